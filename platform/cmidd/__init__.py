@@ -1,0 +1,9 @@
+"""cmidd: dataset distillation with a class-aware CMI regularizer.
+
+``import cmidd`` is light: no torch-heavy work, no ray / mlflow / optuna. Import the modules you need::
+
+    from cmidd.config import load_job
+    from cmidd.runner import run_job
+"""
+
+__version__ = "0.1.0"

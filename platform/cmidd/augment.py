@@ -1,0 +1,265 @@
+"""Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021).
+
+DSA augments real and synthetic images with the *same* random transform so that matching (gradients,
+features, ...) compares like with like, and keeps every op differentiable w.r.t. the images so the loss
+reaches the synthetic pixels through the augmentation.
+
+Here "the same transform" is carried by an integer ``seed``: every op seeds its own CPU ``torch.Generator``
+from (``seed``, position of the op in the strategy) and draws all its per-sample parameters at once as an
+(N, k) tensor. Consequences a caller can rely on:
+
+* same seed, same strategy, same N -> identical transforms (bit-identical output for identical input);
+* same seed, different N (DM: 256 real vs IPC synthetic images) -> sample i gets the same parameters in
+  both calls for every i < min(N_real, N_syn), in every op, because torch's CPU generator fills tensors
+  in order (checked by the tests) and one op's draw never shifts another's;
+* ``shared=True`` draws one parameter set and applies it to all samples; it equals sample 0's per-sample
+  parameters, so shared and per-sample calls with one seed agree on the first image;
+* parameters are drawn in float32 on the CPU whatever ``x``'s device and dtype, so the transform depends
+  only on the seed, not on where the images live.
+
+The module uses no global RNG.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError, UnknownNameError
+
+# Probability of a horizontal flip, fixed at 0.5 as in DSA.
+_FLIP_PROB = 0.5
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class DSAParams:
+    """Augmentation strategy and strengths; the defaults are those of the DSA paper.
+
+    Attributes:
+        strategy: ops joined by "_", applied in order; "color" = brightness, saturation, contrast;
+            "" or "none" = no augmentation. Validated on construction.
+        ratio_scale: per-axis scale factor drawn uniformly in [1 / ratio_scale, ratio_scale] (>= 1).
+        ratio_rotate: rotation angle drawn uniformly in [-ratio_rotate, ratio_rotate] degrees.
+        ratio_crop_pad: maximal translation as a fraction of the image side ("crop" = pad and crop back).
+        ratio_cutout: side of the zeroed square as a fraction of the image side, in [0, 1].
+        brightness: additive shift drawn uniformly in [-brightness / 2, brightness / 2].
+        saturation: factor on the deviation from the per-pixel channel mean, drawn in [0, saturation].
+        contrast: factor on the deviation from the per-image mean, drawn in [contrast, contrast + 1].
+    """
+
+    strategy: str = "color_crop_cutout_flip_scale_rotate"
+    ratio_scale: float = 1.2
+    ratio_rotate: float = 15.0
+    ratio_crop_pad: float = 0.125
+    ratio_cutout: float = 0.5
+    brightness: float = 1.0
+    saturation: float = 2.0
+    contrast: float = 0.5
+
+    def __post_init__(self) -> None:
+        parse_strategy(self.strategy)
+        if not self.ratio_scale >= 1.0:
+            raise ConfigError(f"DSAParams.ratio_scale must be >= 1; got {self.ratio_scale!r}")
+        if not 0.0 <= self.ratio_cutout <= 1.0:
+            raise ConfigError(f"DSAParams.ratio_cutout must be in [0, 1]; got {self.ratio_cutout!r}")
+        for name in ("ratio_rotate", "ratio_crop_pad", "brightness", "saturation", "contrast"):
+            value = getattr(self, name)
+            # `not >=` also rejects NaN.
+            if not value >= 0.0:
+                raise ConfigError(f"DSAParams.{name} must be >= 0; got {value!r}")
+
+
+
+class _Draw:
+    """Uniform [0, 1) parameters for one op: (N, k) per sample, or one row broadcast to N when shared."""
+
+    def __init__(self, seed: int, n: int, shared: bool) -> None:
+        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._n = n
+        self._shared = shared
+
+    def rand(self, k: int) -> Tensor:
+        """(N, k) float32 CPU tensor; one generator call per op keeps the per-sample prefix property."""
+        u = torch.rand(1 if self._shared else self._n, k, generator=self._gen)
+        return u.expand(self._n, k)
+
+
+def _uniform_int(u: Tensor, low: int, high: int) -> Tensor:
+    """Map uniform [0, 1) values to uniform integers in [low, high] (int64, same shape)."""
+    # The clamp guards against u * (high - low + 1) rounding up to the excluded bound.
+    return (u.double() * (high - low + 1)).floor().long().clamp_(max=high - low) + low
+
+
+def _brightness(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    shift = (draw.rand(1) - 0.5) * p.brightness
+    return x + shift.to(x).view(-1, 1, 1, 1)
+
+
+def _saturation(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    factor = (draw.rand(1) * p.saturation).to(x).view(-1, 1, 1, 1)
+    mean = x.mean(dim=1, keepdim=True)
+    return (x - mean) * factor + mean
+
+
+def _contrast(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    factor = (draw.rand(1) + p.contrast).to(x).view(-1, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * factor + mean
+
+
+def _crop(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    """Integer translation with zero fill (= zero-pad, then crop back at a random offset)."""
+    n, _, h, w = x.shape
+    sh, sw = int(h * p.ratio_crop_pad + 0.5), int(w * p.ratio_crop_pad + 0.5)
+    u = draw.rand(2)
+    ty = _uniform_int(u[:, 0], -sh, sh).to(x.device)
+    tx = _uniform_int(u[:, 1], -sw, sw).to(x.device)
+    padded = F.pad(x, (sw, sw, sh, sh))
+    # Output pixel (i, j) reads padded pixel (i + sh - ty, j + sw - tx); indexing keeps the gradient.
+    rows = torch.arange(h, device=x.device)[None, :] + sh - ty[:, None]
+    cols = torch.arange(w, device=x.device)[None, :] + sw - tx[:, None]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    """Zero a square of side ``ratio_cutout * side`` centred anywhere in the image (clipped at borders)."""
+    _, _, h, w = x.shape
+    ch, cw = int(h * p.ratio_cutout + 0.5), int(w * p.ratio_cutout + 0.5)
+    u = draw.rand(2)
+    top = (_uniform_int(u[:, 0], 0, h - 1) - ch // 2).to(x.device)[:, None]
+    left = (_uniform_int(u[:, 1], 0, w - 1) - cw // 2).to(x.device)[:, None]
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top) & (rows < top + ch)
+    in_cols = (cols >= left) & (cols < left + cw)
+    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
+    # A multiplicative mask: zero gradient inside the hole, identity outside.
+    return x * keep[:, None].to(x.dtype)
+
+
+def _flip(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    flip = (draw.rand(1) < _FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+def _warp(x: Tensor, theta: Tensor) -> Tensor:
+    """Resample (N, C, H, W) ``x`` through (N, 2, 3) affine maps, bilinear with zero padding."""
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _scale(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    lo = 1.0 / p.ratio_scale
+    s = draw.rand(2).double() * (p.ratio_scale - lo) + lo
+    theta = torch.zeros(x.shape[0], 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 1, 1] = s[:, 0], s[:, 1]
+    return _warp(x, theta)
+
+
+def _rotate(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
+    angle = (draw.rand(1)[:, 0].double() - 0.5) * 2.0 * math.radians(p.ratio_rotate)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.zeros(x.shape[0], 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, sin, -sin, cos
+    return _warp(x, theta)
+
+
+# name -> op(x, draw, params); every op maps (N, C, H, W) to (N, C, H, W) and is differentiable in x.
+_OPS: dict[str, Callable[[Tensor, _Draw, DSAParams], Tensor]] = {
+    "brightness": _brightness,
+    "saturation": _saturation,
+    "contrast": _contrast,
+    "crop": _crop,
+    "cutout": _cutout,
+    "flip": _flip,
+    "scale": _scale,
+    "rotate": _rotate,
+}
+# Names that stand for several ops, in order.
+_GROUPS: dict[str, tuple[str, ...]] = {"color": ("brightness", "saturation", "contrast")}
+_NONE = ("", "none")
+
+
+def op_names() -> list[str]:
+    """Every name a strategy may contain: groups first, then primitive ops."""
+    return [*_GROUPS, *_OPS]
+
+
+def parse_strategy(s: str) -> list[str]:
+    """Split a DSA strategy string into the primitive ops it applies, in order.
+
+    Args:
+        s: names joined by "_" (e.g. ``"color_crop_cutout"``); ``""`` or ``"none"`` mean no augmentation.
+
+    Returns:
+        Primitive op names with groups expanded, e.g. ``["brightness", "saturation", "contrast", "crop"]``.
+
+    Raises:
+        ConfigError: ``s`` is not a string or names an unknown op (an ``UnknownNameError`` naming the op,
+            the closest name and the choices).
+    """
+    if not isinstance(s, str):
+        raise ConfigError(f"DSA strategy must be a string; got {s!r}")
+    if s in _NONE:
+        return []
+    ops: list[str] = []
+    for name in s.split("_"):
+        if name in _GROUPS:
+            ops += _GROUPS[name]
+        elif name in _OPS:
+            ops.append(name)
+        else:
+            close = difflib.get_close_matches(name, op_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnknownNameError(
+                f"unknown DSA op {name!r} in strategy {s!r}{hint}; choices: {', '.join(op_names())}"
+            )
+    return ops
+
+
+def _op_seed(seed: int, index: int) -> int:
+    """A well-mixed 63-bit seed for the op at ``index`` (splitmix64), so ops draw independent streams."""
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+# Built here, after parse_strategy exists, because construction validates the strategy.
+DEFAULT_PARAMS = DSAParams()
+
+
+def dsa(x: Tensor, seed: int, params: DSAParams = DEFAULT_PARAMS, shared: bool = False) -> Tensor:
+    """Apply the DSA strategy of ``params`` to a batch with transforms determined by ``seed``.
+
+    Args:
+        x: (N, C, H, W) floating images on any device.
+        seed: any Python int; equal seeds give equal transforms (see the module docstring for N mismatch).
+        params: strategy and strengths.
+        shared: draw one parameter set for the whole batch instead of one per sample.
+
+    Returns:
+        (N, C, H, W) augmented images, same dtype and device as ``x``, differentiable w.r.t. ``x``.
+        With an empty strategy ``x`` itself is returned.
+
+    Raises:
+        ValueError: ``x`` is not a 4-D floating tensor.
+        TypeError: ``seed`` is not an int.
+    """
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"dsa expects a 4-D floating tensor (N, C, H, W); got {x.dtype} {tuple(x.shape)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"dsa seed must be an int; got {seed!r}")
+    for index, name in enumerate(parse_strategy(params.strategy)):
+        x = _OPS[name](x, _Draw(_op_seed(seed, index), x.shape[0], shared), params)
+    return x

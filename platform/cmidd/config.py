@@ -1,0 +1,374 @@
+"""Typed, validated job configs (pydantic v2): YAML in, frozen models out.
+
+Every model is frozen and forbids unknown keys. Defaults live only here. Errors become one line each,
+naming the file, the field path, the rule and the value::
+
+    jobs/dm.yaml: cmi.lam: Input should be greater than or equal to 0 (got -1)
+
+Example:
+    >>> job = load_job("jobs/distill_dm_digits_ipc10.yaml", overrides=["cmi.lam=10"])
+    >>> job.cmi.lam
+    10.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, UnknownNameError
+
+Device = Literal["cpu", "cuda", "auto"]
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_name(registry_getter, value: str) -> str:
+    """Validate a plug-in name against its registry (the one source of allowed values)."""
+    try:
+        registry_getter().get(value)
+    except UnknownNameError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+def _nets():
+    from .nets import NETS
+
+    return NETS
+
+
+def _datasets():
+    from .data import DATASETS
+
+    return DATASETS
+
+
+def _methods():
+    from .methods import METHODS
+
+    return METHODS
+
+
+def _proxy_sets():
+    from .proxies import PROXY_SETS
+
+    return PROXY_SETS
+
+
+def _aggs():
+    from .cmi import AGGREGATORS
+
+    return AGGREGATORS
+
+
+class DataCfg(_Cfg):
+    """Which data set, where it lives, and at which resolution."""
+
+    name: str = "digits"
+    root: Path | None = None  # folder of a torchvision-format or imagefolder set; digits need none
+    im_size: int | None = Field(default=None, ge=4, le=512)  # None = native size
+    download: bool = False  # never download unless asked
+    split_seed: int = Field(default=0, ge=0)  # digits' seeded train/test split
+
+    @field_validator("name")
+    @classmethod
+    def v_name(cls, v):
+        return _check_name(_datasets, v)
+
+
+class NetCfg(_Cfg):
+    """A network by registered name plus optional ConvNet-family overrides (None = the variant's default)."""
+
+    name: str = "ConvNet"
+    width: int | None = Field(default=None, ge=1)
+    depth: int | None = Field(default=None, ge=1, le=8)
+    norm: Literal["instance", "batch", "layer", "group", "none"] | None = None
+    act: Literal["relu", "sigmoid", "leakyrelu", "swish"] | None = None
+    pool: Literal["avg", "max", "none"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def v_name(cls, v):
+        return _check_name(_nets, v)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The overrides that are set, as keyword arguments for ``create_net``."""
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+
+DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
+
+
+def _check_strategy(v: str) -> str:
+    from .augment import parse_strategy
+
+    try:
+        parse_strategy(v)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
+class MethodCfg(_Cfg):
+    """The DD method and its image optimizer. ``gm``-only fields are ignored by ``dm``."""
+
+    name: str = "dm"
+    iterations: int = Field(default=300, ge=1)
+    lr_img: float = Field(default=1.0, gt=0)
+    momentum: float = Field(default=0.5, ge=0, lt=1)
+    batch_real: int = Field(default=256, ge=1)  # real images per class per iteration
+    init: Literal["real", "noise"] = "real"
+    dsa: bool = True
+    dsa_strategy: str = DSA_DEFAULT
+    # gradient matching (DC / DSA): outer steps per fresh net, inner net-training steps, net lr
+    outer_loop: int = Field(default=10, ge=1)
+    inner_loop: int = Field(default=50, ge=0)
+    lr_net: float = Field(default=0.01, gt=0)
+    batch_train: int = Field(default=256, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def v_name(cls, v):
+        return _check_name(_methods, v)
+    @field_validator("dsa_strategy")
+    @classmethod
+    def v_dsa(cls, v):
+        return _check_strategy(v)
+
+
+class CMICfg(_Cfg):
+    """The CMI regularizer ``lam * agg_{proxies} CMI_emp(S)``. ``lam = 0`` turns it off."""
+
+    lam: float = Field(default=0.0, ge=0)
+    space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
+    temperature: float = Field(default=1.0, gt=0)
+    agg: str = "random"  # random (paper) | mean over k sampled | max over k sampled
+    k: int = Field(default=1, ge=1)  # proxies sampled per application for mean / max
+    every: int = Field(default=1, ge=1)  # apply every k-th image update
+    subsample: int | None = Field(default=None, ge=2)  # images per class the CMI sees (None = all)
+
+    @field_validator("agg")
+    @classmethod
+    def v_agg(cls, v):
+        return _check_name(_aggs, v)
+
+
+class ProxiesCfg(_Cfg):
+    """A named proxy set: its recipe is in ``proxies.PROXY_SETS``; its weights live in ``dir``.
+
+    ``dir`` None means ``<output.dir>/../proxies/<dataset>-<im_size>px-<set>`` beside the job's folder.
+    """
+
+    set: str = "convnet-x4"
+    dir: Path | None = None
+    epochs: int | None = Field(default=None, ge=1)  # overrides the set's pre-training epochs
+    pretrain_if_missing: bool = True
+    lr: float = Field(default=0.01, gt=0)  # paper: SGD lr 0.01, momentum 0.9, wd 1e-3, batch 256, no aug.
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    batch: int = Field(default=256, ge=1)
+
+    @field_validator("set")
+    @classmethod
+    def v_set(cls, v):
+        return _check_name(_proxy_sets, v)
+
+
+class EvalCfg(_Cfg):
+    """The DD evaluation protocol: fresh nets trained on the set (DSA on), tested on the real test split."""
+
+    archs: list[str] = Field(default_factory=lambda: ["ConvNet"], min_length=1)
+    num_eval: int = Field(default=3, ge=1)  # seeds per architecture
+    epochs: int = Field(default=300, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    lr_decay: float = Field(default=0.1, gt=0, le=1)  # factor applied once, at half the epochs
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    batch: int = Field(default=256, ge=1)
+    dsa: bool = True
+    dsa_strategy: str = DSA_DEFAULT
+    every: int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
+    baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
+
+    @field_validator("archs")
+    @classmethod
+    def v_archs(cls, v: list[str]) -> list[str]:
+        return [_check_name(_nets, a) for a in v]
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def v_dsa(cls, v):
+        return _check_strategy(v)
+
+
+class OutputCfg(_Cfg):
+    """Where the job writes. Nothing is written before the whole job validated and its data loaded."""
+
+    dir: Path = Path("runs/job")
+    checkpoint_every: int = Field(default=100, ge=0)  # 0 = no checkpoints
+
+
+class _JobBase(_Cfg):
+    name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    seed: int = Field(default=0, ge=0)
+    device: Device = "cpu"
+    data: DataCfg = DataCfg()
+    output: OutputCfg = OutputCfg()
+
+
+class DistillJob(_JobBase):
+    """Distil ``ipc`` synthetic images per class with ``method`` (+ ``lam * CMI``), then evaluate."""
+
+    kind: Literal["distill"] = "distill"
+    ipc: int = Field(default=10, ge=1)
+    net: NetCfg = NetCfg()  # the DD network (DM embedder / GM matching net)
+    method: MethodCfg = MethodCfg()
+    cmi: CMICfg = CMICfg()
+    proxies: ProxiesCfg = ProxiesCfg()
+    eval: EvalCfg = EvalCfg()
+
+    @model_validator(mode="after")
+    def _cmi_rules(self) -> "DistillJob":
+        if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
+            raise ValueError(
+                f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
+            )
+        return self
+
+
+class PretrainProxiesJob(_JobBase):
+    """Pre-train the proxy set ``proxies.set`` on the real train split and save it to ``proxies.dir``."""
+
+    kind: Literal["pretrain-proxies"] = "pretrain-proxies"
+    proxies: ProxiesCfg = ProxiesCfg()
+
+
+class EvaluateJob(_JobBase):
+    """Evaluate a saved synthetic set (``synset``) and/or baselines with the DD protocol."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    synset: Path | None = None  # folder with images.pt, labels.pt, manifest.json
+    ipc: int = Field(default=10, ge=1)  # for the random-real baseline
+    eval: EvalCfg = EvalCfg()
+
+    @model_validator(mode="after")
+    def _something(self) -> "EvaluateJob":
+        if self.synset is None and not self.eval.baselines:
+            raise ValueError("set synset or eval.baselines: an evaluate job needs something to evaluate")
+        return self
+
+
+Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob], Field(discriminator="kind")]
+JOB_KINDS = ("distill", "pretrain-proxies", "evaluate")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> --set overrides -> validate -> frozen model
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    """One line per pydantic error: ``source: a.b: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        tail = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            msg, tail = "unknown field", ""
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{tail}")
+    return "; ".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping raises ``ConfigError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed with ``yaml.safe_load``) to a nested dict copy.
+
+    Unknown paths are caught by validation (``extra="forbid"``); a malformed override raises here.
+    """
+    out = _deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: expected key.path=value, got {item!r}")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{source}: {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def parse_job(raw: dict[str, Any], source: str = "<job>") -> DistillJob | PretrainProxiesJob | EvaluateJob:
+    """Validate a job mapping. Raises ``ConfigError`` with one line per problem."""
+    kind = raw.get("kind", "distill")
+    model = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob}.get(kind)
+    if model is None:
+        raise ConfigError(f"{source}: kind: must be one of {', '.join(JOB_KINDS)} (got {kind!r})")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None):
+    """Load, override and validate a job YAML file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``["cmi.lam=100", "ipc=1"]``.
+
+    Returns:
+        A frozen ``DistillJob``, ``PretrainProxiesJob`` or ``EvaluateJob``.
+
+    Raises:
+        ConfigError: one line naming the file, the field path, the rule and the value.
+    """
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_job(raw, str(path))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict to dotted keys (for MLflow params and tables)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,250 @@
+"""THE distillation loop: a ``DistillJob`` + data (+ proxies) -> ``SyntheticSet`` + ``History``.
+
+Per iteration: the method draws what it needs (a fresh net, real batches) from a generator seeded by
+(job seed, iteration); for each of its steps the images take one SGD step on ``L_DD + lam * CMI``. All
+randomness is derived from the seed and the iteration, so a resumed run equals an uninterrupted one.
+
+Tracking, Tune reports and early stopping are ``Hooks``, never a second loop.
+
+Example:
+    >>> job = load_job("jobs/distill_dm_digits_ipc10.yaml")
+    >>> data = load_dataset("digits")
+    >>> synset, history = distill(job, data)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cmi import CMIRegularizer, cmi_emp, proxy_log_probs
+from .config import CMICfg, DistillJob
+from .data import Dataset, RealPool
+from .errors import ConfigError, DivergenceError
+from .evaluate import evaluate
+from .methods import MethodContext, build_method
+from .synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class Hooks:
+    """No-op callbacks of the loop; MLflow logging, Tune reports and stopping rules override them."""
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        """After each iteration (``step`` counts from 1) with loss_dd, cmi (if computed), loss_total."""
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """After an intermediate evaluation (``eval.every``), with acc/<arch>, acc/cross_arch_mean."""
+
+    def on_checkpoint(self, step: int, path: Path, synset: SyntheticSet) -> None:
+        """After a checkpoint was written to ``path``."""
+
+    def should_stop(self) -> bool:
+        """True to end the loop early (after the current iteration)."""
+        return False
+
+
+@dataclass
+class History:
+    """Per-iteration curves and intermediate evaluations."""
+
+    step: list[int] = field(default_factory=list)
+    loss_dd: list[float] = field(default_factory=list)
+    cmi: list[float] = field(default_factory=list)  # NaN where CMI was not computed
+    loss_total: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)  # each with its "step"
+    seconds: float = 0.0
+
+    def append(self, step: int, m: dict[str, float]) -> None:
+        self.step.append(step)
+        self.loss_dd.append(m["loss_dd"])
+        self.cmi.append(m.get("cmi", math.nan))
+        self.loss_total.append(m["loss_total"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' needs a CUDA GPU, and none is available (got 'cuda'); use cpu or auto")
+    return torch.device(name)
+
+
+def iteration_generator(seed: int, it: int) -> torch.Generator:
+    """The CPU generator of iteration ``it``: a pure function of (seed, it), which makes resume exact."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + it) % (2**63 - 1))
+
+
+def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) -> CMIRegularizer | None:
+    """The regularizer, or None when ``lam == 0`` (then no proxy forward ever runs)."""
+    if cfg.lam == 0:
+        return None
+    if not proxies:
+        raise ConfigError("cmi.lam > 0 needs proxies, but none were given")
+    return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample)
+
+
+@torch.no_grad()
+def measure_cmi(synset_images, labels, proxies: list[nn.Module], num_classes: int, cfg: CMICfg) -> float:
+    """CMI of a set averaged over *all* proxies (a measurement, not the training aggregation)."""
+    vals = [
+        float(cmi_emp(proxy_log_probs(p, synset_images, cfg.space, cfg.temperature), labels, num_classes))
+        for p in proxies
+    ]
+    return sum(vals) / len(vals)
+
+
+def _resume_key(job: DistillJob) -> dict:
+    """The config fields a checkpoint must agree with to be resumed."""
+    d = job.model_dump(mode="json")
+    return {k: d[k] for k in ("seed", "ipc", "data", "net", "method", "cmi", "proxies")}
+
+
+def distill(
+    job: DistillJob,
+    data: Dataset,
+    proxies: list[nn.Module] | None = None,
+    hooks: Hooks | None = None,
+    workdir: Path | None = None,
+    resume: bool = False,
+) -> tuple[SyntheticSet, History]:
+    """Distil ``job.ipc`` images per class from ``data``.
+
+    Args:
+        job: validated distill job.
+        data: the real data set (train split used for matching, test split for intermediate evals).
+        proxies: frozen proxy nets, kept in memory; required when ``job.cmi.lam > 0``.
+        hooks: callbacks (logging, reporting, stopping).
+        workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
+        resume: continue from ``workdir/checkpoint.pt`` if it exists.
+
+    Returns:
+        (SyntheticSet, History).
+
+    Raises:
+        DivergenceError: the loss became NaN/Inf; the last good checkpoint stays in ``workdir``.
+        DataError: ipc larger than a class.
+    """
+    hooks = hooks or Hooks()
+    device = resolve_device(job.device)
+    cfg = job.method
+    c_num = data.num_classes
+
+    # -- data and initial images ----------------------------------------------------------------------
+    pool = RealPool(data.train_x, data.train_y, c_num, device)
+    init_gen = torch.Generator().manual_seed(job.seed)
+    x0, labels = pool.random_init(job.ipc, init_gen)  # also validates ipc <= smallest class
+    if cfg.init == "noise":
+        x0 = torch.randn(x0.shape, generator=init_gen).to(device)
+    syn = x0.detach().clone().contiguous().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+
+    # -- method and regularizer -----------------------------------------------------------------------
+    method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device))
+    reg = build_cmi(job.cmi, proxies, c_num)
+    if reg is not None and job.ipc == 1:
+        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
+        reg = None
+
+    # -- resume ---------------------------------------------------------------------------------------
+    history, start = History(), 0
+    ckpt = workdir / CHECKPOINT if workdir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if state["key"] != _resume_key(job):
+            raise ConfigError(f"--resume: {ckpt} was written by a different config; remove it or drop --resume")
+        with torch.no_grad():
+            syn.copy_(state["images"])
+        opt.load_state_dict(state["opt"])
+        history = History(**state["history"])
+        start = state["step"]
+        log.info("resumed from %s at iteration %d", ckpt, start)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    every_log = max(1, cfg.iterations // 20)
+    t0 = time.perf_counter() - history.seconds
+    for it in range(start, cfg.iterations):
+        gen = iteration_generator(job.seed, it)
+        method.begin_iteration(gen)
+        sums = {"loss_dd": 0.0, "cmi": 0.0, "loss_total": 0.0}
+        n_cmi = 0
+        for _ in range(method.steps_per_iteration):
+            loss_dd = method.loss(syn, labels, gen)
+            total = loss_dd
+            if reg is not None and it % job.cmi.every == 0:
+                cmi = reg(syn, labels, gen)
+                total = loss_dd + job.cmi.lam * cmi
+                sums["cmi"] += float(cmi)
+                n_cmi += 1
+            if not torch.isfinite(total):
+                where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
+                raise DivergenceError(
+                    f"loss became {float(total)} at iteration {it + 1} (loss_dd={float(loss_dd)}); {where}; "
+                    "try a smaller method.lr_img or cmi.lam"
+                )
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            method.after_update(syn, labels, gen)
+            sums["loss_dd"] += float(loss_dd)
+            sums["loss_total"] += float(total)
+        steps = method.steps_per_iteration
+        metrics = {"loss_dd": sums["loss_dd"] / steps, "loss_total": sums["loss_total"] / steps}
+        if n_cmi:
+            metrics["cmi"] = sums["cmi"] / n_cmi
+        step = it + 1
+        history.append(step, metrics)
+        hooks.on_step(step, metrics)
+        if step % every_log == 0 or step == cfg.iterations:
+            rate = (time.perf_counter() - t0) / max(1, step - start)
+            cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
+            log.info("it %d/%d loss_dd %.4f%s (%.3f s/it)", step, cfg.iterations, metrics["loss_dd"], cmi_txt, rate)
+
+        if job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
+            res = evaluate(syn.detach(), labels, data, job.eval, job.seed, device)
+            hooks.on_eval(step, res.metrics())
+            history.evals.append({"step": step, **res.metrics()})
+        if ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
+            history.seconds = time.perf_counter() - t0
+            _save_checkpoint(ckpt, syn, opt, step, history, _resume_key(job))
+            hooks.on_checkpoint(step, ckpt, _synset(job, data, syn, labels))
+        if hooks.should_stop():
+            log.info("stopped early at iteration %d", step)
+            break
+
+    history.seconds = time.perf_counter() - t0
+    return _synset(job, data, syn, labels), history
+
+
+def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor) -> SyntheticSet:
+    meta = {
+        "dataset": data.name, "num_classes": data.num_classes, "ipc": job.ipc, "channels": data.channels,
+        "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
+        "class_names": list(data.class_names), "method": job.method.name, "lam": job.cmi.lam,
+        "proxies": job.proxies.set if job.cmi.lam > 0 else None, "seed": job.seed,
+        "config": job.model_dump(mode="json"),
+    }
+    return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
+
+
+def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict) -> None:
+    """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint."""
+    state = {
+        "images": syn.detach().cpu(), "opt": opt.state_dict(), "step": step,
+        "history": asdict(history), "key": key,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,64 @@
+"""The one interface every DD method implements, and the context it is built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..config import MethodCfg, NetCfg
+from ..data import RealPool
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method needs to build itself: its config, the DD net, the real data and the device."""
+
+    cfg: MethodCfg
+    net: NetCfg
+    pool: RealPool
+    channels: int
+    num_classes: int
+    im_size: int
+    device: torch.device
+
+
+class Method(Protocol):
+    """A DD loss over the synthetic images.
+
+    The loop calls, per iteration: ``begin_iteration`` once, then ``steps_per_iteration`` times
+    ``loss`` -> image update -> ``after_update``. All randomness comes from ``gen``.
+    """
+
+    steps_per_iteration: int
+
+    def begin_iteration(self, gen: torch.Generator) -> None:
+        """Start an iteration (e.g. draw a fresh randomly initialized network)."""
+
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+        """Scalar DD loss, differentiable w.r.t. ``syn`` (C*ipc, C, H, W), class-ordered."""
+
+    def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
+        """Work after the image update (e.g. train the matching net on the synthetic set)."""
+
+
+def draw_seed(gen: torch.Generator) -> int:
+    """A 31-bit seed drawn from ``gen`` (for DSA's shared seed and net re-initialization)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def reinit_(net: nn.Module, seed: int) -> nn.Module:
+    """Re-initialize every layer of ``net`` in place from ``seed`` without touching the global RNG.
+
+    Cheaper than building a new net each iteration, and identical to building one under that seed.
+    """
+    device = next(net.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return net

@@ -1,0 +1,66 @@
+"""Distribution matching (DM, Zhao & Bilen 2023): match per-class mean embeddings of a random net."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..augment import DSAParams, dsa
+from ..nets import create_net
+from ._registry import METHODS
+from .base import MethodContext, draw_seed, reinit_
+
+
+def class_means(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(C, D) mean embedding per class, batched with ``index_add`` (classes without rows give 0)."""
+    sums = torch.zeros(num_classes, emb.shape[1], dtype=emb.dtype, device=emb.device).index_add(0, labels, emb)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(emb.dtype)
+    return sums / counts[:, None]
+
+
+def dm_loss(real_emb: Tensor, real_y: Tensor, syn_emb: Tensor, syn_y: Tensor, num_classes: int) -> Tensor:
+    """DM loss: sum over classes of the squared distance between real and synthetic mean embeddings.
+
+    Args:
+        real_emb: (Nr, D) embeddings of real images; real_y: (Nr,) labels.
+        syn_emb: (Ns, D) embeddings of synthetic images; syn_y: (Ns,) labels.
+        num_classes: C.
+
+    Returns:
+        Scalar ``sum_c ||mean(real_c) - mean(syn_c)||^2``.
+    """
+    diff = class_means(real_emb, real_y, num_classes) - class_means(syn_emb, syn_y, num_classes)
+    return (diff**2).sum()
+
+
+class DM:
+    """DM with a fresh randomly initialized embedder per iteration; all classes in one forward each."""
+
+    steps_per_iteration = 1
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
+        self.net.to(ctx.device).train()
+        self.net.requires_grad_(False)  # gradients flow to the images only
+        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
+
+    def begin_iteration(self, gen: torch.Generator) -> None:
+        reinit_(self.net, draw_seed(gen))
+
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+        real, real_y = self.ctx.pool.sample_all(self.ctx.cfg.batch_real, gen)
+        if self.ctx.cfg.dsa:
+            seed = draw_seed(gen)  # siamese: the same seed for the real and the synthetic batch
+            real, syn = dsa(real, seed, self.dsa_params), dsa(syn, seed, self.dsa_params)
+        with torch.no_grad():  # the real side needs no graph
+            real_emb = self.net.embed(real)
+        return dm_loss(real_emb, real_y, self.net.embed(syn), syn_y, self.ctx.num_classes)
+
+    def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
+        return None
+
+
+@METHODS.register("dm")
+def build_dm(ctx: MethodContext) -> DM:
+    return DM(ctx)

@@ -1,0 +1,94 @@
+"""Gradient matching (DC, Zhao et al. 2021; with DSA on it is DSA, Zhao & Bilen 2021).
+
+Per iteration a fresh net is drawn; for ``outer_loop`` steps the synthetic images of each class are moved so
+that the net's gradient on them matches its gradient on real images of that class, and between steps the
+net is trained on the synthetic set for ``inner_loop`` steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..augment import DSAParams, dsa
+from ..nets import create_net
+from ._registry import METHODS
+from .base import MethodContext, draw_seed, reinit_
+
+
+def gm_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
+    """Layer-wise gradient distance: sum over weight tensors and output units of ``1 - cos``.
+
+    One-dimensional tensors (biases, norm affines) are skipped, as in the DC formulation.
+
+    Args:
+        g_real, g_syn: per-parameter gradients of the same shapes.
+
+    Returns:
+        Scalar distance >= 0.
+    """
+    total = g_syn[0].new_zeros(())
+    for gr, gs in zip(g_real, g_syn):
+        if gs.dim() == 1:
+            continue
+        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
+        cos = (gr * gs).sum(1) / (gr.norm(dim=1) * gs.norm(dim=1) + 1e-6)
+        total = total + (1 - cos).sum()
+    return total
+
+
+class GM:
+    """Gradient matching over a net that is re-drawn each iteration and trained on the set in between."""
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.steps_per_iteration = ctx.cfg.outer_loop
+        self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
+        self.net.to(ctx.device).train()
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
+        self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=0.5)
+        self._step = 0
+
+    def begin_iteration(self, gen: torch.Generator) -> None:
+        reinit_(self.net, draw_seed(gen))
+        self.opt = torch.optim.SGD(self.params, lr=self.ctx.cfg.lr_net, momentum=0.5)
+        self._step = 0
+
+    def _aug(self, x: Tensor, seed: int) -> Tensor:
+        return dsa(x, seed, self.dsa_params) if self.ctx.cfg.dsa else x
+
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+        c_num, ipc = self.ctx.num_classes, syn.shape[0] // self.ctx.num_classes
+        total = syn.new_zeros(())
+        # Per-class gradients need one backward per class: the loop is inherent to gradient matching.
+        for c in range(c_num):
+            real = self.ctx.pool.sample(c, self.ctx.cfg.batch_real, gen)
+            seed = draw_seed(gen)
+            y_real = torch.full((real.shape[0],), c, device=real.device)
+            loss_real = F.cross_entropy(self.net(self._aug(real, seed)), y_real)
+            g_real = [g.detach() for g in torch.autograd.grad(loss_real, self.params)]
+            syn_c = syn[c * ipc : (c + 1) * ipc]
+            loss_syn = F.cross_entropy(self.net(self._aug(syn_c, seed)), syn_y[c * ipc : (c + 1) * ipc])
+            g_syn = torch.autograd.grad(loss_syn, self.params, create_graph=True)
+            total = total + gm_distance(g_real, list(g_syn))
+        return total
+
+    def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
+        self._step += 1
+        if self._step >= self.steps_per_iteration:  # the last outer step needs no net update
+            return
+        x_all, y_all = syn.detach(), syn_y
+        for _ in range(self.ctx.cfg.inner_loop):
+            idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
+            out = self.net(self._aug(x_all[idx], draw_seed(gen)))
+            loss = F.cross_entropy(out, y_all[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+
+@METHODS.register("gm")
+def build_gm(ctx: MethodContext) -> GM:
+    return GM(ctx)

@@ -1,0 +1,176 @@
+"""The proxy zoo: named proxy sets, their pre-training on the real train split, save and verified load.
+
+A proxy set is a recipe (architectures, seeds, pre-training epochs) registered by name. Proxies that share an
+(architecture, seed) come from one training run snapshotted at several epochs (training stages, as the
+paper's proxies span pre-training epochs). On disk::
+
+    <dir>/proxy_000.pt ...   state dicts (plain tensors)
+    <dir>/manifest.json      dataset, channels, im_size, num_classes, set, and per proxy:
+                             arch, seed, epoch, file, sha256, test accuracy
+
+Loading verifies every checksum, uses ``weights_only=True`` and checks that the proxies fit the data. The
+proxies are built once and kept in memory for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .cmi import freeze
+from .config import ProxiesCfg
+from .data import Dataset
+from .errors import DataError, IntegrityError
+from .nets import create_net
+from .registry import Registry
+from .synthetic import sha256_file
+from .training import accuracy, seeded_net, train_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """One proxy: an architecture, the seed of its training run, and the epoch it is taken at."""
+
+    arch: str
+    seed: int
+    epochs: int
+
+
+PROXY_SETS: Registry = Registry("proxy set")
+
+
+def _same_arch(arch: str, n: int, epochs: int = 40) -> list[ProxySpec]:
+    return [ProxySpec(arch, s, epochs) for s in range(n)]
+
+
+# Paper: ResNet18 proxies, SGD 40 epochs. Sets mixing architectures and stages serve the ensemble studies.
+PROXY_SETS.register("convnet-x1")(lambda: _same_arch("ConvNet", 1))
+PROXY_SETS.register("convnet-x4")(lambda: _same_arch("ConvNet", 4))
+PROXY_SETS.register("convnet-x8")(lambda: _same_arch("ConvNet", 8))
+PROXY_SETS.register("resnet18-x2")(lambda: _same_arch("ResNet18", 2))
+PROXY_SETS.register("resnet18-x4")(lambda: _same_arch("ResNet18", 4))
+PROXY_SETS.register("mixed-x4")(
+    lambda: [ProxySpec(a, 0, 40) for a in ("ConvNet", "ResNet18", "VGG11", "AlexNet")]
+)
+PROXY_SETS.register("convnet-stages-x4")(lambda: [ProxySpec("ConvNet", 0, e) for e in (5, 10, 20, 40)])
+
+
+def proxy_specs(cfg: ProxiesCfg) -> list[ProxySpec]:
+    """The set's specs; ``cfg.epochs`` rescales the epochs so that the longest equals it."""
+    specs = PROXY_SETS.get(cfg.set)()
+    if cfg.epochs is None:
+        return specs
+    top = max(s.epochs for s in specs)
+    return [ProxySpec(s.arch, s.seed, max(1, round(s.epochs * cfg.epochs / top))) for s in specs]
+
+
+def default_dir(cfg: ProxiesCfg, data: Dataset, jobs_root: Path) -> Path:
+    """Where a proxy set lives unless ``proxies.dir`` says otherwise: shared by the jobs of one root."""
+    if cfg.dir is not None:
+        return cfg.dir
+    epochs = f"-e{cfg.epochs}" if cfg.epochs else ""
+    return jobs_root / "proxies" / f"{data.name}-{data.im_size}px-{cfg.set}{epochs}"
+
+
+def pretrain(cfg: ProxiesCfg, data: Dataset, seed: int, device: torch.device | str = "cpu"):
+    """Pre-train the proxies of ``cfg.set`` on the real train split (SGD, no augmentation, as the paper).
+
+    Returns:
+        List of (spec, state_dict, test_acc), in the set's order.
+    """
+    device = torch.device(device)
+    specs = proxy_specs(cfg)
+    x, y = data.train_x.to(device), data.train_y.to(device)
+    xt, yt = data.test_x.to(device), data.test_y.to(device)
+    runs: dict[tuple[str, int], list[int]] = {}
+    for s in specs:  # one training run per (arch, seed), snapshotted at each requested epoch
+        runs.setdefault((s.arch, s.seed), []).append(s.epochs)
+    states: dict[ProxySpec, tuple[dict, float]] = {}
+    for (arch, s), epochs in runs.items():
+        run_seed = seed * 7919 + s
+
+        def build(arch=arch):
+            return create_net(arch, data.channels, data.num_classes, data.im_size)
+
+        net = seeded_net(build, run_seed, device)
+        snap_epochs = tuple(sorted(set(epochs)))
+        snaps = train_classifier(
+            net, x, y, epochs=max(snap_epochs), lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, batch=cfg.batch, gen=torch.Generator().manual_seed(run_seed),
+            snapshot_epochs=snap_epochs,
+        )
+        for e, state in zip(snap_epochs, snaps):
+            net.load_state_dict(state)
+            acc = accuracy(net, xt, yt)
+            states[ProxySpec(arch, s, e)] = (state, acc)
+            log.info("proxy %s seed %d epoch %d: test acc %.4f", arch, s, e, acc)
+    return [(s, *states[s]) for s in specs]
+
+
+def save(folder: str | Path, cfg: ProxiesCfg, data: Dataset, trained) -> Path:
+    """Write proxies and manifest to ``folder`` atomically (temp folder renamed into place)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    entries = []
+    for i, (spec, state, acc) in enumerate(trained):
+        name = f"proxy_{i:03d}.pt"
+        torch.save(state, tmp / name)
+        entries.append({**asdict(spec), "file": name, "sha256": sha256_file(tmp / name), "test_acc": acc})
+    manifest = {
+        "dataset": data.name, "channels": data.channels, "im_size": data.im_size,
+        "num_classes": data.num_classes, "set": cfg.set, "proxies": entries,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load(folder: str | Path, data: Dataset, device: torch.device | str = "cpu") -> list[nn.Module]:
+    """Load a saved proxy set as frozen nets in eval mode, verifying checksums and fit to ``data``.
+
+    Raises:
+        IntegrityError: a file is missing or altered.
+        DataError: the proxies were trained for another data shape or class count.
+    """
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise DataError(f"proxies.dir: {folder} holds no proxy set (no manifest.json)") from None
+    want = {"channels": data.channels, "im_size": data.im_size, "num_classes": data.num_classes}
+    got = {k: manifest.get(k) for k in want}
+    if got != want:
+        raise DataError(f"proxies.dir: {folder} was trained for {got}, but the data is {want}")
+    nets = []
+    for entry in manifest["proxies"]:
+        path = folder / entry["file"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise IntegrityError(f"{path}: missing or sha256 mismatch: refusing to load")
+        net = create_net(entry["arch"], data.channels, data.num_classes, data.im_size)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        nets.append(freeze(net.to(device)))
+    return nets
+
+
+def ensure(cfg: ProxiesCfg, data: Dataset, folder: Path, seed: int, device) -> list[nn.Module]:
+    """Load the proxy set from ``folder``; pre-train and save it first if missing and allowed."""
+    if not (folder / "manifest.json").is_file():
+        if not cfg.pretrain_if_missing:
+            raise DataError(f"proxies.dir: no proxy set at {folder} and proxies.pretrain_if_missing is false")
+        log.info("pre-training proxy set %s into %s", cfg.set, folder)
+        save(folder, cfg, data, pretrain(cfg, data, seed, device))
+    return load(folder, data, device)

@@ -1,0 +1,175 @@
+"""Run one validated job of any kind, locally, writing its results into ``job.output.dir``.
+
+Order of work, so that bad input leaves nothing behind: validate (already done) -> load data (may raise
+DataError) -> check data-dependent rules -> only then create the output folder and start.
+
+Each job kind has one runner, registered by kind. The result is a plain dict (also written as
+``result.json``) that the CLI prints and the tracking layer logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import proxies as proxy_zoo
+from .config import DistillJob, EvaluateJob, PretrainProxiesJob
+from .data import Dataset, load_dataset
+from .distill import Hooks, History, distill, measure_cmi, resolve_device
+from .errors import DataError
+from .evaluate import EvalResult, baseline_set, evaluate
+from .registry import Registry
+from .synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+RUNNERS: Registry[Callable[..., "JobResult"]] = Registry("job kind")
+
+
+@dataclass
+class JobResult:
+    """What a job produced: metrics, tables and the paths it wrote."""
+
+    kind: str
+    outdir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    synset: SyntheticSet | None = None
+    history: History | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "outdir": str(self.outdir), "metrics": self.metrics, "rows": self.rows,
+            "sha256": self.synset.sha256() if self.synset is not None else None, **self.extra,
+        }
+
+
+def load_job_data(job) -> Dataset:
+    """The job's data set (raises DataError for a missing root and similar)."""
+    d = job.data
+    return load_dataset(d.name, root=d.root, im_size=d.im_size, download=d.download, seed=d.split_seed)
+
+
+def check_ipc(ipc: int, data: Dataset) -> None:
+    """IPC must not exceed the smallest class of the train split."""
+    smallest = int(data.class_counts().min())
+    if ipc > smallest:
+        raise DataError(f"ipc: ipc <= smallest class size must hold, but got ipc={ipc} (smallest class has {smallest})")
+
+
+def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None) -> JobResult:
+    """Run a validated job of any kind.
+
+    Args:
+        job: a ``DistillJob``, ``PretrainProxiesJob`` or ``EvaluateJob``.
+        hooks: callbacks for the distillation loop (tracking, reporting).
+        resume: continue a distill job from its checkpoint.
+        data: the loaded data set (loaded from ``job.data`` if None).
+
+    Returns:
+        JobResult, also written to ``<output.dir>/result.json``.
+    """
+    data = data if data is not None else load_job_data(job)
+    result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume)
+    (result.outdir / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    return result
+
+
+def proxies_dir(job, data: Dataset) -> Path:
+    """The folder of the job's proxy set (``proxies.dir`` or the shared default beside the job)."""
+    return proxy_zoo.default_dir(job.proxies, data, job.output.dir.parent)
+
+
+@RUNNERS.register("pretrain-proxies")
+def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+    device = resolve_device(job.device)
+    folder = proxies_dir(job, data)
+    job.output.dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    trained = proxy_zoo.pretrain(job.proxies, data, job.seed, device)
+    proxy_zoo.save(folder, job.proxies, data, trained)
+    rows = [{"arch": s.arch, "seed": s.seed, "epochs": s.epochs, "test_acc": acc} for s, _, acc in trained]
+    return JobResult(
+        "pretrain-proxies", job.output.dir, metrics={"time/pretrain_s": time.perf_counter() - t0}, rows=rows,
+        extra={"proxies_dir": str(folder)},
+    )
+
+
+@RUNNERS.register("distill")
+def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+    check_ipc(job.ipc, data)
+    device = resolve_device(job.device)
+    outdir = job.output.dir
+    outdir.mkdir(parents=True, exist_ok=True)
+
+    proxies = None
+    if job.cmi.lam > 0:
+        proxies = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, device)
+
+    t0 = time.perf_counter()
+    synset, history = distill(job, data, proxies, hooks, workdir=outdir, resume=resume)
+    t_distill = time.perf_counter() - t0
+    synset.save(outdir / "synthetic")
+    (outdir / "history.json").write_text(json.dumps(history.__dict__, default=float))
+
+    t0 = time.perf_counter()
+    res = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
+    metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
+    rows = res.rows(set_label(job))
+    for name in job.eval.baselines:
+        x, y = baseline_set(name, data, job.ipc, job.seed, device)
+        b = evaluate(x, y, data, job.eval, job.seed, device)
+        rows += b.rows(name)
+        metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
+    if proxies:
+        metrics["cmi_final"] = measure_cmi(synset.images.to(device), synset.labels.to(device), proxies,
+                                           data.num_classes, job.cmi)
+    return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
+
+
+def set_label(job: DistillJob) -> str:
+    """``dm`` or ``dm+cmi`` (the set's name in tables)."""
+    return job.method.name + ("+cmi" if job.cmi.lam > 0 else "")
+
+
+@RUNNERS.register("evaluate")
+def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+    device = resolve_device(job.device)
+    synset = SyntheticSet.load(job.synset) if job.synset is not None else None  # verifies checksums
+    if synset is not None and (synset.meta.get("im_size"), synset.meta.get("channels")) != (
+        data.im_size, data.channels
+    ):
+        raise DataError(
+            f"synset: {job.synset} has {synset.meta.get('channels')}x{synset.meta.get('im_size')}px images, "
+            f"but data is {data.channels}x{data.im_size}px"
+        )
+    if "random-real" in job.eval.baselines:
+        check_ipc(job.ipc, data)
+    job.output.dir.mkdir(parents=True, exist_ok=True)
+    rows, metrics = [], {}
+    if synset is not None:
+        res: EvalResult = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
+        rows += res.rows(str(synset.meta.get("method", "synset")))
+        metrics.update(res.metrics())
+    for name in job.eval.baselines:
+        x, y = baseline_set(name, data, job.ipc, job.seed, device)
+        b = evaluate(x, y, data, job.eval, job.seed, device)
+        rows += b.rows(name)
+        metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
+    return JobResult("evaluate", job.output.dir, metrics=metrics, rows=rows, synset=synset)
+
+
+def random_real_set(data: Dataset, ipc: int, seed: int) -> SyntheticSet:
+    """The random-real baseline as a SyntheticSet (for checksums and CMI in reports)."""
+    x, y = baseline_set("random-real", data, ipc, seed)
+    meta = {
+        "dataset": data.name, "num_classes": data.num_classes, "ipc": ipc, "channels": data.channels,
+        "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
+        "class_names": list(data.class_names), "method": "random-real", "seed": seed,
+    }
+    return SyntheticSet(x, y, meta)
