@@ -186,20 +186,20 @@ def distill(
             if reg is not None and it % job.cmi.every == 0:
                 cmi = reg(syn, labels, gen)
                 total = loss_dd + job.cmi.lam * cmi
-                sums["cmi"] += float(cmi)
+                sums["cmi"] += float(cmi.detach())
                 n_cmi += 1
             if not torch.isfinite(total):
                 where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
                 raise DivergenceError(
-                    f"loss became {float(total)} at iteration {it + 1} (loss_dd={float(loss_dd)}); {where}; "
+                    f"loss became {float(total.detach())} at iteration {it + 1} (loss_dd={float(loss_dd.detach())}); {where}; "
                     "try a smaller method.lr_img or cmi.lam"
                 )
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             method.after_update(syn, labels, gen)
-            sums["loss_dd"] += float(loss_dd)
-            sums["loss_total"] += float(total)
+            sums["loss_dd"] += float(loss_dd.detach())
+            sums["loss_total"] += float(total.detach())
         steps = method.steps_per_iteration
         metrics = {"loss_dd": sums["loss_dd"] / steps, "loss_total": sums["loss_total"] / steps}
         if n_cmi:
