@@ -163,10 +163,13 @@ class ProxiesCfg(_Cfg):
     """A named proxy set: its recipe is in ``proxies.PROXY_SETS``; its weights live in ``dir``.
 
     ``dir`` None means ``<output.dir>/../proxies/<dataset>-<im_size>px-<set>`` beside the job's folder.
+    ``from_registry`` names proxies in the MLflow registry instead (a proxy set name, or
+    ``proxy-<dataset>-<arch>[/version|@alias]``, comma-separated); ``cmidd.tracking`` resolves it to ``dir``.
     """
 
     set: str = "convnet-x4"
     dir: Path | None = None
+    from_registry: str | None = Field(default=None, min_length=1)
     epochs: int | None = Field(default=None, ge=1)  # overrides the set's pre-training epochs
     pretrain_if_missing: bool = True
     lr: float = Field(default=0.01, gt=0)  # paper: SGD lr 0.01, momentum 0.9, wd 1e-3, batch 256, no aug.
@@ -179,6 +182,15 @@ class ProxiesCfg(_Cfg):
     def v_set(cls, v):
         return _check_name(_proxy_sets, v)
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "ProxiesCfg":
+        if self.from_registry is not None and self.dir is not None:
+            raise ValueError(
+                f"set proxies.dir or proxies.from_registry, not both (got dir={str(self.dir)!r}, "
+                f"from_registry={self.from_registry!r})"
+            )
+        return self
+
 
 class EvalCfg(_Cfg):
     """The DD evaluation protocol: fresh nets trained on the set (DSA on), tested on the real test split."""
@@ -186,6 +198,7 @@ class EvalCfg(_Cfg):
     archs: list[str] = Field(default_factory=lambda: ["ConvNet"], min_length=1)
     num_eval: int = Field(default=3, ge=1)  # seeds per architecture
     epochs: int = Field(default=300, ge=1)
+    epochs_by_arch: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)  # per-arch override
     lr: float = Field(default=0.01, gt=0)
     lr_decay: float = Field(default=0.1, gt=0, le=1)  # factor applied once, at half the epochs
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -200,6 +213,17 @@ class EvalCfg(_Cfg):
     @classmethod
     def v_archs(cls, v: list[str]) -> list[str]:
         return [_check_name(_nets, a) for a in v]
+
+    @model_validator(mode="after")
+    def _by_arch_listed(self) -> "EvalCfg":
+        extra = sorted(set(self.epochs_by_arch) - set(self.archs))
+        if extra:
+            raise ValueError(f"eval.epochs_by_arch keys must be in eval.archs, but got {extra}")
+        return self
+
+    def epochs_for(self, arch: str) -> int:
+        """Training epochs of ``arch`` (large nets may train fewer epochs to bound the cost)."""
+        return self.epochs_by_arch.get(arch, self.epochs)
 
     @field_validator("dsa_strategy")
     @classmethod

@@ -92,7 +92,7 @@ def evaluate(
             )
             gen = torch.Generator().manual_seed(model_seed)
             train_classifier(
-                net, x, y, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                net, x, y, epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 batch=cfg.batch, gen=gen, lr_decay=cfg.lr_decay, dsa_params=dsa_params,
             )
             accs.append(accuracy(net, x_test, y_test))

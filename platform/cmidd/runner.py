@@ -20,7 +20,7 @@ from . import proxies as proxy_zoo
 from .config import DistillJob, EvaluateJob, PretrainProxiesJob
 from .data import Dataset, load_dataset
 from .distill import Hooks, History, distill, measure_cmi, resolve_device
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .registry import Registry
 from .synthetic import SyntheticSet
@@ -109,6 +109,9 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> 
 
     proxies = None
     if job.cmi.lam > 0:
+        if job.proxies.from_registry is not None:  # cmidd.tracking.resolve_registry_proxies turns it into dir
+            raise ConfigError(f"proxies.from_registry={job.proxies.from_registry!r} needs the MLflow registry: "
+                              "run with tracking (not --no-track)")
         proxies = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, device)
 
     t0 = time.perf_counter()

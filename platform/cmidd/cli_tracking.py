@@ -1,0 +1,161 @@
+"""The MLflow subcommands of ``cmidd``: ``best``, ``pull``, ``runs``, and the tracked path of ``run``.
+
+``cli.py`` adds them with ``add_commands(sub)`` and, for ``run``, ``add_run_options(r)``; it keeps the
+exit-code mapping (ConfigError -> 2, CmiddError -> 1). mlflow is imported only when a command runs, so
+``cmidd --help`` and ``import cmidd.cli`` stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+EXAMPLES = """examples:
+  cmidd best --dataset digits --ipc 10
+  cmidd best --dataset digits --ipc 10 --metric acc/ConvNetD2 --json
+  cmidd pull --dataset digits --ipc 10 --out sets/digits-ipc10          # the champion
+  cmidd pull --dataset digits --ipc 10 --version 3 --out sets/v3
+  cmidd runs -n 10 --tracking-uri http://127.0.0.1:5000
+"""
+
+DEFAULT = "acc/cross_arch_mean"  # = tracking.DEFAULT_METRIC, repeated so that building the parser needs no mlflow
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)"
+
+
+def _quiet_mlflow() -> None:
+    """No progress bars on stderr for small artifact downloads."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def add_run_options(run_parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri``, ``--resume-run ID`` and ``--no-track`` for ``cmidd run``."""
+    run_parser.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    run_parser.add_argument("--resume-run", default=None, metavar="RUN_ID",
+                            help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")
+    run_parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+
+
+def run_tracked(args, job=None):
+    """Run ``args.job`` (with ``--set``) inside an MLflow run; returns the ``JobResult``.
+
+    Prints the run id and what was registered; the caller prints the result tables as for untracked runs.
+    """
+    from .config import load_job
+    from .tracking import tracked_run
+
+    _quiet_mlflow()
+    job = job if job is not None else load_job(args.job, args.set)
+    tracked = tracked_run(job, args.tracking_uri, resume_run_id=args.resume_run, resume=args.resume)
+    print(f"mlflow run: {tracked.run_id} ({tracked.uri})")
+    for v in tracked.versions:
+        alias = f" [{v['alias']}]" if v["alias"] else ""
+        print(f"registered: {v['name']} version {v['version']}{alias}")
+    return tracked.result
+
+
+def _cmd_best(args) -> int:
+    from .tracking import best_set
+
+    _quiet_mlflow()
+    best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri)
+    if args.json:
+        print(json.dumps(best, sort_keys=False))
+        return 0
+    print(format_best(best, args.metric))
+    return 0
+
+
+def format_best(best: dict, metric: str) -> str:
+    """Human-readable lines for a ``best_set`` result."""
+    p, m = best["params"], best["metrics"]
+    alias = f" [{best['alias']}]" if best["alias"] else ""
+    lam = float(p.get("cmi.lam", "0"))
+    lines = [
+        f"{best['name']} version {best['version']}{alias}",
+        f"  run       {best['run_id']}",
+        f"  method    {p.get('method.name', '-')}   lambda {p.get('cmi.lam', '-')}   "
+        f"proxy set {p.get('proxies.set', '-') if lam > 0 else 'none'}",
+        f"  {metric} = {m[metric]:.4f}",
+    ]
+    for k in sorted(k for k in m if k.startswith("acc/") and k != metric):
+        std = m.get(k.replace("acc/", "acc_std/", 1))
+        lines.append(f"  {k:<24} {m[k]:.4f}" + (f" +- {std:.4f}" if std is not None else ""))
+    lines.append(f"  source    {best['source']}")
+    return "\n".join(lines)
+
+
+def _cmd_pull(args) -> int:
+    from .tracking import pull
+
+    _quiet_mlflow()
+    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri)
+    rec = json.loads((out / "registry.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"pulled {rec['name']} version {rec['version']} (run {rec['run_id']}) to {out}")
+    print(f"checksums verified (content sha256 {manifest['content_sha256'][:16]})")
+    print("load it with:")
+    print("  from cmidd.synthetic import SyntheticSet")
+    print(f"  synset = SyntheticSet.load({str(out)!r})  # verifies the sha256 again")
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from .tracking import list_runs
+
+    _quiet_mlflow()
+    rows = list_runs(args.tracking_uri, args.n, args.experiment)
+    if not rows:
+        print("no runs")
+        return 0
+    print(runs_table(rows))
+    return 0
+
+
+def runs_table(rows: list[dict]) -> str:
+    """A plain-text table of ``list_runs`` rows."""
+    cols = ["run_id", "experiment", "kind", "status", "start", "dataset", "ipc", "method", "lambda", "acc"]
+    cells = [[r["run_id"][:12] if c == "run_id" else
+              (f"{100 * r[c]:.1f}" if r[c] is not None else "-") if c == "acc" else str(r[c])
+              for c in cols] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(cols, *cells)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*cols), "  ".join("-" * w for w in widths), *(fmt.format(*c) for c in cells)])
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_commands(sub) -> None:
+    """Add ``best``, ``pull`` and ``runs`` to ``cmidd``'s subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    b = sub.add_parser("best", help="the best registered distilled set of a data set and IPC",
+                       epilog=EXAMPLES, formatter_class=fmt)
+    b.add_argument("--dataset", required=True)
+    b.add_argument("--ipc", required=True, type=_positive_int)
+    b.add_argument("--metric", default=DEFAULT, help=f"rank by this run metric, higher is better ({DEFAULT})")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    b.set_defaults(fn=_cmd_best)
+
+    p = sub.add_parser("pull", help="download a registered distilled set and verify its checksums",
+                       epilog=EXAMPLES, formatter_class=fmt)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--ipc", required=True, type=_positive_int)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", type=_positive_int, default=None)
+    which.add_argument("--alias", default=None, help="default: champion")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.set_defaults(fn=_cmd_pull)
+
+    r = sub.add_parser("runs", help="list recent MLflow runs", epilog=EXAMPLES, formatter_class=fmt)
+    r.add_argument("-n", type=_positive_int, default=20, help="how many (default 20)")
+    r.add_argument("--experiment", default=None, help="only this experiment (a job's name)")
+    r.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    r.set_defaults(fn=_cmd_runs)

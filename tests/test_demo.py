@@ -1,0 +1,41 @@
+"""The main job end to end at toy size, and its job files kept identical to the code."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cmidd.config import load_job, parse_job
+from cmidd.demo import ARCHS, demo_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {"pretrain": "demo_pretrain_proxies_digits", "dm": "demo_distill_dm_digits_ipc10",
+         "dm+cmi": "demo_distill_dmcmi_digits_ipc10"}
+
+
+@pytest.mark.parametrize("key", list(FILES))
+def test_job_files_match_the_demo(key):
+    from_file = load_job(ROOT / "jobs" / f"{FILES[key]}.yaml")
+    assert from_file == parse_job(demo_jobs(Path("runs/demo"))[key])
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    from cmidd.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--quick", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "digits" and res["ipc"] == 10
+    sets = {"random-real", "dm", "dm+cmi"}
+    assert {(r["set"], r["arch"]) for r in res["rows"]} == {(s, a) for s in sets for a in ARCHS}
+    for r in res["rows"]:
+        assert 0.0 <= r["acc_mean"] <= 1.0 and r["n"] == 1 and r["acc_std"] >= 0
+    assert set(res["cmi"]) == sets and all(math.isfinite(v) and v >= 0 for v in res["cmi"].values())
+    assert set(res["sha256"]) == sets and len(set(res["sha256"].values())) == 3
+    for d in ("dm", "dm-cmi"):
+        assert (out / d / "synthetic" / "grid.png").is_file()
+        manifest = json.loads((out / d / "synthetic" / "manifest.json").read_text())
+        assert manifest["content_sha256"] == res["sha256"][d.replace("-", "+")]
