@@ -90,3 +90,26 @@ def test_ipc1_warns_that_lambda_has_no_effect(tmp_path, digits):
     proxies = ensure(job.proxies, digits, tmp_path / "proxies", 0, "cpu")
     with pytest.warns(UserWarning, match="ipc=1"):
         distill(job, digits, proxies)
+
+
+def test_loop_builds_no_model_and_reads_no_file(tmp_path, digits, monkeypatch):
+    """Per iteration: no proxy construction, no torch.load, and one proxy forward per CMI application."""
+    job = parse_job(tiny_distill(tmp_path, ipc=3, method__iterations=5, cmi__lam=1.0, cmi__agg="random"))
+    proxies = ensure(job.proxies, digits, tmp_path / "proxies", 0, "cpu")
+    forwards = []
+    for p in proxies:
+        p.register_forward_pre_hook(lambda m, a: forwards.append(1))
+        orig = p.embed
+        p.embed = lambda x, orig=orig: (forwards.append(1), orig(x))[1]
+    import cmidd.methods.dm as dm_mod
+    import cmidd.nets as nets_mod
+
+    built, loads = [], []
+    real_create = nets_mod.create_net
+    monkeypatch.setattr(dm_mod, "create_net", lambda *a, **k: (built.append(a[0]), real_create(*a, **k))[1])
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real_load(*a, **k))[1])
+    distill(job, digits, proxies)
+    assert built == ["ConvNetD1"]  # the DM embedder, built once and re-initialized in place
+    assert loads == []
+    assert len(forwards) == job.method.iterations  # agg=random: one proxy forward (embed) per iteration

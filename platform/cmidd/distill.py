@@ -191,8 +191,8 @@ def distill(
             if not torch.isfinite(total):
                 where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
                 raise DivergenceError(
-                    f"loss became {float(total.detach())} at iteration {it + 1} (loss_dd={float(loss_dd.detach())}); {where}; "
-                    "try a smaller method.lr_img or cmi.lam"
+                    f"loss became {float(total.detach())} at iteration {it + 1} "
+                    f"(loss_dd={float(loss_dd.detach())}); {where}; try a smaller method.lr_img or cmi.lam"
                 )
             opt.zero_grad(set_to_none=True)
             total.backward()
