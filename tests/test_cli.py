@@ -42,7 +42,7 @@ def write_job(tmp_path, raw, name="job.yaml") -> Path:
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, over, needle):
     raw = tiny_distill(tmp_path, **over)
     job = write_job(tmp_path, raw)
-    code = main(["run", str(job)])
+    code = main(["run", "--no-track", str(job)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and needle in err[0], err
@@ -52,14 +52,14 @@ def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, over, needl
 def test_yaml_typo_is_one_line(tmp_path, capsys):
     raw = tiny_distill(tmp_path)
     raw["method"]["iteratons"] = 3
-    assert main(["run", str(write_job(tmp_path, raw))]) == 2
+    assert main(["run", "--no-track", str(write_job(tmp_path, raw))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "method.iteratons: unknown field" in err[0]
 
 
 def test_set_override_and_run_writes_results(tmp_path, capsys):
     job = write_job(tmp_path, tiny_distill(tmp_path))
-    assert main(["-q", "run", str(job), "--set", "ipc=1", "--set", "method.iterations=2"]) == 0
+    assert main(["-q", "run", "--no-track", str(job), "--set", "ipc=1", "--set", "method.iterations=2"]) == 0
     out = capsys.readouterr().out
     assert "ConvNetD1" in out and "sha256" in out
     result = json.loads((tmp_path / "job" / "result.json").read_text())
@@ -70,7 +70,7 @@ def test_set_override_and_run_writes_results(tmp_path, capsys):
 
 def test_runtime_failure_exit_1(tmp_path, capsys):
     raw = tiny_distill(tmp_path, method__lr_img=1e30, method__iterations=20)
-    assert main(["-q", "run", str(write_job(tmp_path, raw))]) == 1
+    assert main(["-q", "run", "--no-track", str(write_job(tmp_path, raw))]) == 1
     err = capsys.readouterr().err
     assert "loss became" in err
 
@@ -93,11 +93,11 @@ def test_help_has_examples():
 
 def test_evaluate_job_on_saved_set_and_tampered_set(tmp_path, capsys):
     job = write_job(tmp_path, tiny_distill(tmp_path))
-    assert main(["-q", "run", str(job)]) == 0
+    assert main(["-q", "run", "--no-track", str(job)]) == 0
     ev = {"kind": "evaluate", "synset": str(tmp_path / "job" / "synthetic"), "ipc": 2,
           "eval": {"archs": ["ConvNetD1"], "num_eval": 1, "epochs": 2, "baselines": ["random-real"]},
           "output": {"dir": str(tmp_path / "ev")}}
-    assert main(["-q", "run", str(write_job(tmp_path, ev, "ev.yaml"))]) == 0
+    assert main(["-q", "run", "--no-track", str(write_job(tmp_path, ev, "ev.yaml"))]) == 0
     rows = json.loads((tmp_path / "ev" / "result.json").read_text())["rows"]
     assert {r["set"] for r in rows} == {"dm", "random-real"}
     img = tmp_path / "job" / "synthetic" / "images.pt"
@@ -105,5 +105,5 @@ def test_evaluate_job_on_saved_set_and_tampered_set(tmp_path, capsys):
     raw[-64] ^= 1
     img.write_bytes(bytes(raw))
     capsys.readouterr()
-    assert main(["-q", "run", str(write_job(tmp_path, ev, "ev.yaml"))]) == 1
+    assert main(["-q", "run", "--no-track", str(write_job(tmp_path, ev, "ev.yaml"))]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def test_demo_quick_end_to_end(tmp_path):
     from cmidd.cli import main
 
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--quick", "--out", str(out)]) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["-q", "demo", "--quick", "--out", str(out), "--tracking-uri", uri]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "digits" and res["ipc"] == 10
     sets = {"random-real", "dm", "dm+cmi"}
@@ -39,3 +40,9 @@ def test_demo_quick_end_to_end(tmp_path):
         assert (out / d / "synthetic" / "grid.png").is_file()
         manifest = json.loads((out / d / "synthetic" / "manifest.json").read_text())
         assert manifest["content_sha256"] == res["sha256"][d.replace("-", "+")]
+
+    # tracked: both sets registered as versions of distilled-digits-ipc10; best = the higher cross-arch mean
+    best = res["best"]
+    assert best["name"] == "distilled-digits-ipc10" and best["version"] in ("1", "2", 1, 2)
+    by_set = {s: sum(r["acc_mean"] for r in res["rows"] if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
+    assert best["metrics"]["acc/cross_arch_mean"] == pytest.approx(max(by_set.values()), abs=1e-9)

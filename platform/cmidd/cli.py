@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .cli_tracking import add_commands, add_run_options, run_tracked
 from .errors import CmiddError, ConfigError
 
 EXAMPLES = """examples:
@@ -21,6 +22,9 @@ EXAMPLES = """examples:
   cmidd run jobs/distill_dm_digits_ipc10.yaml --resume
   cmidd validate jobs/*.yaml
   cmidd ls nets 'ConvNet*'
+  cmidd best --dataset digits --ipc 10 --json
+  cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
+  cmidd runs
 """
 
 
@@ -30,7 +34,7 @@ def _cmd_run(args) -> int:
     from .runner import run_job
 
     job = load_job(args.job, args.set)
-    result = run_job(job, resume=args.resume)
+    result = run_job(job, resume=args.resume) if args.no_track else run_tracked(args, job)
     if result.rows:
         print(results_table(result.rows))
     for k, v in result.metrics.items():
@@ -76,9 +80,20 @@ def _cmd_ls(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, quick=args.quick)
+    uri = None
+    if not args.no_track:
+        from .tracking import resolve_uri
+
+        uri = resolve_uri(args.tracking_uri)
+    summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
     print(summary["table"])
     print(f"results: {Path(args.out) / 'results.json'}")
+    if uri is not None:
+        best = summary["best"]
+        print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
+        print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
+              f"method {best['params'].get('method.name')}, lam {best['params'].get('cmi.lam')}): "
+              f"acc/cross_arch_mean {best['metrics'].get('acc/cross_arch_mean', float('nan')):.4f}")
     return 0
 
 
@@ -94,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("job", type=Path)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     r.add_argument("--resume", action="store_true", help="continue from the job's checkpoint")
+    add_run_options(r)
     r.set_defaults(fn=_cmd_run)
 
     v = sub.add_parser("validate", help="check job YAML files without running them")
@@ -108,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on digits: DM and DM+CMI vs random-real")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
     d.add_argument("--quick", action="store_true", help="toy sizes, finishes in under 3 minutes")
+    d.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlflow.db here)")
+    d.add_argument("--no-track", action="store_true", help="write results to --out only, not to MLflow")
     d.set_defaults(fn=_cmd_demo)
+    add_commands(sub)
     return p
 
 
@@ -118,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="[cmidd] %(message)s", stream=sys.stderr
     )
-    warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"[cmidd] warning: {msg}\n"
     try:
         return args.fn(args)

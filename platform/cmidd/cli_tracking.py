@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -20,21 +21,25 @@ EXAMPLES = """examples:
   cmidd runs -n 10 --tracking-uri http://127.0.0.1:5000
 """
 
-DEFAULT = "acc/cross_arch_mean"  # = tracking.DEFAULT_METRIC, repeated so that building the parser needs no mlflow
-URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)"
+DEFAULT = "acc/cross_arch_mean"  # = tracking.DEFAULT_METRIC; repeated so that the parser needs no mlflow
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)"
 
 
 def _quiet_mlflow() -> None:
-    """No progress bars on stderr for small artifact downloads."""
+    """No progress bars for small artifact downloads, no deprecation notices from MLflow's own internals
+    (``cli.main`` turns DeprecationWarnings on for cmidd's users; MLflow's are not theirs to act on)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=DeprecationWarning,
+                            module=r"(mlflow|sqlalchemy|alembic)(\.|$)")
 
 
 def add_run_options(run_parser: argparse.ArgumentParser) -> None:
     """``--tracking-uri``, ``--resume-run ID`` and ``--no-track`` for ``cmidd run``."""
     run_parser.add_argument("--tracking-uri", default=None, help=URI_HELP)
-    run_parser.add_argument("--resume-run", default=None, metavar="RUN_ID",
-                            help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")
-    run_parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    either = run_parser.add_mutually_exclusive_group()
+    either.add_argument("--resume-run", default=None, metavar="RUN_ID",
+                        help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")
+    either.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 def run_tracked(args, job=None):
@@ -42,10 +47,10 @@ def run_tracked(args, job=None):
 
     Prints the run id and what was registered; the caller prints the result tables as for untracked runs.
     """
+    _quiet_mlflow()
     from .config import load_job
     from .tracking import tracked_run
 
-    _quiet_mlflow()
     job = job if job is not None else load_job(args.job, args.set)
     tracked = tracked_run(job, args.tracking_uri, resume_run_id=args.resume_run, resume=args.resume)
     print(f"mlflow run: {tracked.run_id} ({tracked.uri})")
@@ -56,9 +61,9 @@ def run_tracked(args, job=None):
 
 
 def _cmd_best(args) -> int:
+    _quiet_mlflow()
     from .tracking import best_set
 
-    _quiet_mlflow()
     best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri)
     if args.json:
         print(json.dumps(best, sort_keys=False))
@@ -71,12 +76,14 @@ def format_best(best: dict, metric: str) -> str:
     """Human-readable lines for a ``best_set`` result."""
     p, m = best["params"], best["metrics"]
     alias = f" [{best['alias']}]" if best["alias"] else ""
-    lam = float(p.get("cmi.lam", "0"))
+    proxies = "none"
+    if float(p.get("cmi.lam", "0")) > 0:
+        ref = p.get("proxies.from_registry", "None")
+        proxies = f"{ref} (registry)" if ref != "None" else p.get("proxies.set", "-")
     lines = [
         f"{best['name']} version {best['version']}{alias}",
         f"  run       {best['run_id']}",
-        f"  method    {p.get('method.name', '-')}   lambda {p.get('cmi.lam', '-')}   "
-        f"proxy set {p.get('proxies.set', '-') if lam > 0 else 'none'}",
+        f"  method    {p.get('method.name', '-')}   lambda {p.get('cmi.lam', '-')}   proxy set {proxies}",
         f"  {metric} = {m[metric]:.4f}",
     ]
     for k in sorted(k for k in m if k.startswith("acc/") and k != metric):
@@ -87,10 +94,11 @@ def format_best(best: dict, metric: str) -> str:
 
 
 def _cmd_pull(args) -> int:
+    _quiet_mlflow()
     from .tracking import pull
 
-    _quiet_mlflow()
-    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri)
+    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias,
+               uri=args.tracking_uri)
     rec = json.loads((out / "registry.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"pulled {rec['name']} version {rec['version']} (run {rec['run_id']}) to {out}")
@@ -102,9 +110,9 @@ def _cmd_pull(args) -> int:
 
 
 def _cmd_runs(args) -> int:
+    _quiet_mlflow()
     from .tracking import list_runs
 
-    _quiet_mlflow()
     rows = list_runs(args.tracking_uri, args.n, args.experiment)
     if not rows:
         print("no runs")
@@ -121,7 +129,8 @@ def runs_table(rows: list[dict]) -> str:
               for c in cols] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(cols, *cells)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*cols), "  ".join("-" * w for w in widths), *(fmt.format(*c) for c in cells)])
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt.format(*cols), rule, *(fmt.format(*c) for c in cells)])
 
 
 def _positive_int(text: str) -> int:

@@ -63,8 +63,22 @@ def demo_jobs(out: Path, quick: bool = False) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
-    """Run the demo end to end; returns the results mapping (also written to ``out/results.json``)."""
+def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Run the demo end to end; returns the results mapping (also written to ``out/results.json``).
+
+    With ``tracking_uri`` every job is an MLflow run, the sets are registered as versions of
+    ``distilled-digits-ipc10`` and the summary gains ``best`` (what ``cmidd best`` answers).
+    """
+    if tracking_uri is not None:
+        from .tracking import best_set, tracked_run
+
+        def run(job):
+            return tracked_run(job, tracking_uri, data=data).result
+    else:
+
+        def run(job):
+            return run_job(job, data=data)
+
     out = Path(out)
     raw = demo_jobs(out, quick)
     jobs = {k: parse_job(v, f"demo:{k}") for k, v in raw.items()}
@@ -73,14 +87,14 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
 
     t = time.perf_counter()
     log.info("[1/4] pre-training proxies (%s)", jobs["pretrain"].proxies.set)
-    run_job(jobs["pretrain"], data=data)
+    run(jobs["pretrain"])
     seconds["pretrain"] = time.perf_counter() - t
 
     results = {}
     for i, name in enumerate(("dm", "dm+cmi"), start=2):
         t = time.perf_counter()
         log.info("[%d/4] distilling %s at IPC %d, then evaluating on %s", i, name, jobs[name].ipc, ", ".join(ARCHS))
-        results[name] = run_job(jobs[name], data=data)
+        results[name] = run(jobs[name])
         seconds[name] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -104,6 +118,8 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         "lam": LAM, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
         "seconds": seconds,
     }
+    if tracking_uri is not None:
+        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     table = results_table(rows, ARCHS)

@@ -56,7 +56,7 @@ from . import proxies as proxy_zoo
 from .config import flatten
 from .distill import CHECKPOINT, Hooks, History
 from .errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
-from .runner import JobResult, load_job_data, run_job
+from .runner import JobResult, check_ipc, load_job_data, run_job
 from .synthetic import MANIFEST, SyntheticSet, sha256_file
 
 try:
@@ -83,7 +83,7 @@ _BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch lim
 
 
 def resolve_uri(cli_uri: str | None = None) -> str:
-    """The tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
+    """The tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (cwd).
 
     A relative sqlite path is made absolute (workers may run elsewhere). The ``file:`` store is refused:
     MLflow 3 keeps it in maintenance mode and it has no model registry.
@@ -92,7 +92,7 @@ def resolve_uri(cli_uri: str | None = None) -> str:
         ConfigError: a file store, an in-memory sqlite database or an unknown scheme.
     """
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    scheme = urlparse(uri).scheme
+    scheme = "databricks" if uri == "databricks" else urlparse(uri).scheme
     if scheme not in _STORE_SCHEMES:
         raise ConfigError(
             f"--tracking-uri: must be sqlite:///PATH.db or an mlflow server http(s)://HOST:PORT (the file "
@@ -139,7 +139,9 @@ def ensure_experiment(name: str, uri: str | None = None, client: MlflowClient | 
                 raise
             exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage != "active":
-        raise CmiddError(f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or rename the job")
+        raise CmiddError(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or rename the job"
+        )
     return exp.experiment_id
 
 
@@ -284,7 +286,7 @@ class MlflowHooks(Hooks):
 
 def upload_checkpoint(client: MlflowClient, run_id: str, step: int, path: Path, synset: SyntheticSet,
                       current_slot: str | None) -> str:
-    """Upload checkpoint.pt and the set at ``step`` to the slot not named by the run's tag, then point the tag.
+    """Upload checkpoint.pt and the set at ``step`` to the slot the run's tag does not name; move the tag.
 
     Returns:
         The slot written (``checkpoints/0`` or ``checkpoints/1``).
@@ -337,21 +339,24 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         CmiddError: the job or MLflow failed; the run is then FAILED.
     """
     uri = resolve_uri(uri)
-    client = client_for(uri)
     data = data if data is not None else load_job_data(job)
+    _precheck(job, data)  # bad input fails before the store is touched: nothing written
+    client = client_for(uri)
     with mlflow_errors():
-        local = resolve_registry_proxies(job, data, uri, client)  # job as given names the proxies in tags
+        local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
         if resume_run_id:
-            run_id, hooks_ml = _reopen(client, local, resume_run_id, hooks)
+            run_id, hooks_ml = _reopen(client, job, resume_run_id, hooks)
         else:
-            run_id, hooks_ml = _open(client, job, local, hooks, experiment or job.name, parent_run_id)
-    versions: list[dict[str, Any]] = []
+            run_id, hooks_ml = _open(client, job, hooks, experiment or job.name, parent_run_id)
+    versions: list[dict[str, Any]] = []  # filled as versions are created, so that a failure removes them
     try:
+        if local is not job:
+            _set_tags(client, run_id, {"proxies.local_dir": str(local.proxies.dir)})
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data)
         with mlflow_errors():
             hooks_ml.flush()
             _log_result(client, run_id, result, hooks_ml)
-            versions = _publish(client, run_id, job, result)
+            _publish(client, run_id, job, result, versions)
             _terminate(client, run_id, "FINISHED")
     except BaseException as e:
         _fail(client, run_id, e, versions)
@@ -359,12 +364,22 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     return TrackedRun(result, run_id, uri, versions)
 
 
-def _open(client: MlflowClient, job, local, hooks: Hooks | None, experiment: str, parent: str | None):
-    """A new run: tags from the job as given, params from the job as run (``local``: proxies resolved)."""
+def _precheck(job, data) -> None:
+    """The runner's data-dependent rules that can be checked before a run exists (raise DataError)."""
+    if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
+        check_ipc(job.ipc, data)
+
+
+def _open(client: MlflowClient, job, hooks: Hooks | None, experiment: str, parent: str | None):
+    """A new RUNNING run with the job's tags and params."""
     exp_id = ensure_experiment(experiment, client=client)
     tags = job_tags(job) | ({"mlflow.parentRunId": parent} if parent else {})
     run_id = client.create_run(exp_id, run_name=job.name, tags=tags).info.run_id
-    _log_params(client, run_id, job_params(local))
+    try:
+        _log_params(client, run_id, job_params(job))
+    except BaseException as e:
+        _fail(client, run_id, e, [])
+        raise
     log.info("mlflow run %s in experiment %r", run_id, experiment)
     return run_id, MlflowHooks(client, run_id, inner=hooks)
 
@@ -375,10 +390,13 @@ def _reopen(client: MlflowClient, job, run_id: str, hooks: Hooks | None):
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"--resume-run: no run {run_id!r} in this tracking store") from None
+    if job.kind != "distill":
+        raise ConfigError(f"--resume-run: only distill jobs checkpoint; this is a {job.kind!r} job")
     if run.info.status == "FINISHED":
         raise ConfigError(f"--resume-run: run {run_id} is already FINISHED; nothing to resume")
     if run.data.tags.get("kind") != job.kind:
-        raise ConfigError(f"--resume-run: run {run_id} is a {run.data.tags.get('kind')!r} job, not {job.kind!r}")
+        kind = run.data.tags.get("kind")
+        raise ConfigError(f"--resume-run: run {run_id} is a {kind!r} job, not {job.kind!r}")
     changed = sorted(k for k, v in job_params(job).items() if run.data.params.get(k, v) != v)
     if changed:
         diff = ", ".join(f"{k}={run.data.params[k]!r}->{job_params(job)[k]!r}" for k in changed[:5])
@@ -398,7 +416,9 @@ def _fetch_checkpoint(client: MlflowClient, run_id: str, slot: str, sha: str, ou
     with tempfile.TemporaryDirectory(dir=outdir, prefix=".ckpt-") as tmp:
         got = Path(client.download_artifacts(run_id, f"{slot}/{CHECKPOINT}", tmp))
         if sha256_file(got) != sha:
-            raise IntegrityError(f"runs:/{run_id}/{slot}/{CHECKPOINT}: sha256 mismatch with the run's tag {TAG_SHA}")
+            raise IntegrityError(
+                f"runs:/{run_id}/{slot}/{CHECKPOINT}: sha256 mismatch with the run's tag {TAG_SHA}"
+            )
         os.replace(got, outdir / CHECKPOINT)
 
 
@@ -431,15 +451,17 @@ def _backfill(history: History, first_seen: int | None, skip_through: int) -> li
     return out
 
 
-def _publish(client: MlflowClient, run_id: str, job, result: JobResult) -> list[dict[str, Any]]:
-    """Upload the job's artifacts, verify them by download, then register (distill and proxies only)."""
+def _publish(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]]):
+    """Upload the job's artifacts, verify them by download, then register (distill and proxies only).
+
+    Each registered version is appended to ``created`` as soon as it exists.
+    """
     if job.kind == "distill":
         client.log_artifacts(run_id, str(result.outdir / SYNTHETIC), SYNTHETIC)
         verify_remote_set(client, run_id, SYNTHETIC, result.synset.sha256())
-        return [register_set(client, run_id, job, result)]
-    if job.kind == "pretrain-proxies":
-        return publish_proxies(client, run_id, job, Path(result.extra["proxies_dir"]))
-    return []
+        register_set(client, run_id, job, result, created)
+    elif job.kind == "pretrain-proxies":
+        publish_proxies(client, run_id, job, Path(result.extra["proxies_dir"]), created)
 
 
 def verify_remote_set(client: MlflowClient, run_id: str, path: str, content_sha256: str) -> None:
@@ -466,7 +488,7 @@ def _load_verified(folder: Path, label: str) -> SyntheticSet:
 
 
 def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
-    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." for servers; keep stdout clean
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." for servers: keep stdout
         client.set_terminated(run_id, status)
 
 
@@ -499,11 +521,15 @@ def _ensure_model(client: MlflowClient, name: str, description: str, tags: dict[
             raise
 
 
-def register_set(client: MlflowClient, run_id: str, job, result: JobResult) -> dict[str, Any]:
+def register_set(client: MlflowClient, run_id: str, job, result: JobResult,
+                 created: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Register ``runs:/run_id/synthetic`` as a version of ``distilled-<dataset>-ipc<k>``; move ``champion``.
 
     The set is a data artifact, not a model: the version's source is the run's verified ``synthetic/``
     folder (no pyfunc wrapper, no second copy of the files).
+
+    Args:
+        created: the new version is appended here as soon as it exists (for clean-up on a later failure).
 
     Returns:
         {"name", "version", "alias"}: alias is ``champion`` if this version holds it.
@@ -521,9 +547,13 @@ def register_set(client: MlflowClient, run_id: str, job, result: JobResult) -> d
     }
     mv = client.create_model_version(name, f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
                                      description=f"{job.name}: {job.method.name}, lambda={job.cmi.lam}")
+    entry = {"name": name, "version": int(mv.version), "alias": None}
+    if created is not None:
+        created.append(entry)
     champion = move_champion(client, name, also_run=run_id)
     log.info("registered %s version %s (champion: version %s)", name, mv.version, champion)
-    return {"name": name, "version": int(mv.version), "alias": CHAMPION if champion == int(mv.version) else None}
+    entry["alias"] = CHAMPION if champion == entry["version"] else None
+    return entry
 
 
 def move_champion(client: MlflowClient, name: str, metric: str = DEFAULT_METRIC,
@@ -609,7 +639,8 @@ def best_set(dataset: str, ipc: int, metric: str = DEFAULT_METRIC, uri: str | No
             have = sorted({k for v in client.search_model_versions(f"name = '{name}'")
                            for k in _safe_metrics(client, v.run_id)})
             raise ConfigError(
-                f"--metric: no finished version of {name} has {metric!r}; its runs have: {', '.join(have) or 'none'}"
+                f"--metric: no finished version of {name} has {metric!r}; "
+                f"its runs have: {', '.join(have) or 'none'}"
             )
         _, mv, run = ranked[0]
         return _describe(client, mv, run, model.aliases)
@@ -648,7 +679,7 @@ def _download_source(client: MlflowClient, source: str, dst: str) -> Path:
     resolved against MLflow's global registry URI, not ours)."""
     run_id, _, path = source.removeprefix("runs:/").lstrip("/").partition("/")
     if not source.startswith("runs:/") or not run_id or not path:
-        raise CmiddError(f"version source {source!r} is not runs:/<run>/<path>; cmidd registers only such sources")
+        raise CmiddError(f"version source {source!r} is not runs:/<run>/<path> (what cmidd registers)")
     return Path(client.download_artifacts(run_id, path, dst))
 
 
@@ -793,7 +824,8 @@ def verify_proxy_folder(folder: Path, label: str | None = None) -> dict[str, Any
     return manifest
 
 
-def publish_proxies(client: MlflowClient, run_id: str, job, folder: Path) -> list[dict[str, Any]]:
+def publish_proxies(client: MlflowClient, run_id: str, job, folder: Path,
+                    created: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Upload a pre-trained proxy set, verify it by download, register each proxy as a version of
     ``proxy-<dataset>-<arch>``.
 
@@ -804,17 +836,20 @@ def publish_proxies(client: MlflowClient, run_id: str, job, folder: Path) -> lis
         manifest = _proxy_layout(folder, Path(tmp) / PROXIES)
         client.log_artifacts(run_id, str(Path(tmp) / PROXIES), PROXIES)
     with tempfile.TemporaryDirectory(prefix="cmidd-verify-") as tmp:
-        verify_proxy_folder(Path(client.download_artifacts(run_id, PROXIES, tmp)), f"runs:/{run_id}/{PROXIES}")
-    out = []
+        got = Path(client.download_artifacts(run_id, PROXIES, tmp))
+        verify_proxy_folder(got, f"runs:/{run_id}/{PROXIES}")
+    out = created if created is not None else []
     for e in manifest["proxies"]:
         name = proxy_model_name(manifest["dataset"], e["arch"])
         _ensure_model(client, name, f"{e['arch']} proxies pre-trained on {manifest['dataset']}",
                       {"dataset": str(manifest["dataset"]), "arch": e["arch"]})
         tags = {"dataset": manifest["dataset"], "im_size": manifest["im_size"], "set": manifest["set"],
-                "arch": e["arch"], "seed": e["seed"], "epochs": e["epochs"], "test_acc": f"{e['test_acc']:.6g}",
+                "arch": e["arch"], "seed": e["seed"], "epochs": e["epochs"],
+                "test_acc": f"{e['test_acc']:.6g}",
                 "sha256": e["sha256"], "code_version": code_version()}
         source = f"runs:/{run_id}/{PROXIES}/{Path(e['file']).parent}"
-        mv = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in tags.items()})
+        tags = {k: str(v) for k, v in tags.items()}
+        mv = client.create_model_version(name, source, run_id=run_id, tags=tags)
         out.append({"name": name, "version": int(mv.version), "alias": None})
     return out
 
@@ -842,8 +877,10 @@ def _newest_set_source(client: MlflowClient, set_name: str, dataset: str, im_siz
             if run.info.status == "FINISHED" and run.info.lifecycle_stage == "active":
                 runs[run.info.run_id] = run.info.start_time
     if not runs:
-        raise UnknownNameError(f"proxies.from_registry: no registered proxy set {set_name!r} for {dataset} at "
-                               f"{im_size}px; run a pretrain-proxies job with tracking first")
+        raise UnknownNameError(
+            f"proxies.from_registry: no registered proxy set {set_name!r} for {dataset} at {im_size}px; "
+            "run a pretrain-proxies job with tracking first"
+        )
     return f"runs:/{max(runs, key=runs.get)}/{PROXIES}"
 
 
@@ -899,7 +936,8 @@ def fetch_proxies(ref: str, data, dest_root: Path, uri: str | None = None,
     return dest
 
 
-def load_proxies_from_registry(ref: str, data, uri: str | None = None, device="cpu", cache: Path | None = None):
+def load_proxies_from_registry(ref: str, data, uri: str | None = None, device="cpu",
+                               cache: Path | None = None):
     """Frozen proxy nets from the registry (a proxy set name or registered proxies, see ``fetch_proxies``).
 
     Example:
