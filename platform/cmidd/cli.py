@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli_tracking import add_commands, add_run_options, run_tracked
+from .cli_tracking import add_commands, add_run_options, quiet_mlflow, run_tracked
 from .errors import CmiddError, ConfigError
 
 EXAMPLES = """examples:
@@ -84,6 +84,7 @@ def _cmd_demo(args) -> int:
     if not args.no_track:
         from .tracking import resolve_uri
 
+        quiet_mlflow()
         uri = resolve_uri(args.tracking_uri)
     summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
     print(summary["table"])

@@ -25,7 +25,7 @@ DEFAULT = "acc/cross_arch_mean"  # = tracking.DEFAULT_METRIC; repeated so that t
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir)"
 
 
-def _quiet_mlflow() -> None:
+def quiet_mlflow() -> None:
     """No progress bars for small artifact downloads, no deprecation notices from MLflow's own internals
     (``cli.main`` turns DeprecationWarnings on for cmidd's users; MLflow's are not theirs to act on)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -47,7 +47,7 @@ def run_tracked(args, job=None):
 
     Prints the run id and what was registered; the caller prints the result tables as for untracked runs.
     """
-    _quiet_mlflow()
+    quiet_mlflow()
     from .config import load_job
     from .tracking import tracked_run
 
@@ -61,7 +61,7 @@ def run_tracked(args, job=None):
 
 
 def _cmd_best(args) -> int:
-    _quiet_mlflow()
+    quiet_mlflow()
     from .tracking import best_set
 
     best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri)
@@ -94,7 +94,7 @@ def format_best(best: dict, metric: str) -> str:
 
 
 def _cmd_pull(args) -> int:
-    _quiet_mlflow()
+    quiet_mlflow()
     from .tracking import pull
 
     out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias,
@@ -110,7 +110,7 @@ def _cmd_pull(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    _quiet_mlflow()
+    quiet_mlflow()
     from .tracking import list_runs
 
     rows = list_runs(args.tracking_uri, args.n, args.experiment)

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 # leave chance level, while the BN ones reach ~90% on random real images; they also cost 30-50x a ConvNet
 # step here, hence fewer epochs for them (eval.epochs_by_arch).
 ARCHS = ["ConvNetD2", "LeNet", "VGG11BN", "ResNet18BN"]
-DSA = "crop_scale_rotate"  # color jitter and a 4x4 cutout destroy 8x8 grey digits (ConvNet: 85% vs 95%)
+# Evaluation DSA: color jitter and a 4x4 cutout destroy 8x8 grey digits (ConvNet on random-real IPC 10: 85% with
+# the full strategy vs 95% with crop_scale_rotate). DM's own matching runs without DSA here: at IPC 10 it gave
+# 95.1% against 94.1% with crop_scale_rotate (ConvNetD2, 2 seeds each).
+DSA = "crop_scale_rotate"
 
 # Full: 8x8 digits, the DESIGN's scale (300 DM iterations, 300 eval epochs, 3 seeds, 4 architectures).
 # Quick: the same pipeline at toy sizes, for tests and smoke checks (< 3 minutes on 2 cores).
@@ -39,7 +42,7 @@ SIZES = {
     "quick": {"iterations": 20, "epochs": 30, "big_epochs": 10, "num_eval": 1, "proxy_set": "convnet-x1",
               "proxy_epochs": 5},
 }
-LAM = 10.0
+LAM = 8000.0  # the paper code's DM value for CIFAR-10 at IPC 10; features-space CMI is ~1e-4 here
 
 
 def demo_jobs(out: Path, quick: bool = False) -> dict[str, dict[str, Any]]:
@@ -51,7 +54,7 @@ def demo_jobs(out: Path, quick: bool = False) -> dict[str, dict[str, Any]]:
           "epochs_by_arch": {a: z["big_epochs"] for a in ARCHS[2:]}}
     dm = {
         **common, "kind": "distill", "ipc": 10, "net": {"name": "ConvNetD2"},
-        "method": {"name": "dm", "iterations": z["iterations"], "lr_img": 1.0, "dsa_strategy": DSA},
+        "method": {"name": "dm", "iterations": z["iterations"], "lr_img": 1.0, "dsa": False},
         "proxies": proxies, "eval": ev, "output": {"checkpoint_every": 0},
     }
     return {
@@ -123,7 +126,7 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     table = results_table(rows, ARCHS)
-    cmi_line = "  ".join(f"{k}: {v:.4f}" for k, v in cmi.items())
+    cmi_line = "  ".join(f"{k}: {v:.3e}" for k, v in cmi.items())
     text = f"digits {data.im_size}x{data.im_size}, IPC {jobs['dm'].ipc}, test accuracy % (mean +- std over " \
            f"{jobs['dm'].eval.num_eval} seeds)\n\n{table}\n\nCMI under the proxies: {cmi_line}\n"
     (out / "results.md").write_text(text)
