@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import proxies as proxy_zoo
 from .config import parse_job
 from .distill import measure_cmi, resolve_device
+from .evaluate import evaluate
 from .report import results_table
 from .runner import load_job_data, proxies_dir, random_real_set, run_job
-from . import proxies as proxy_zoo
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     t = time.perf_counter()
     log.info("[4/4] evaluating the random-real baseline")
     baseline = random_real_set(data, jobs["dm"].ipc, jobs["dm"].seed)
-    from .evaluate import evaluate
-
     b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed)
     seconds["random-real"] = time.perf_counter() - t
 

@@ -28,5 +28,3 @@ class DivergenceError(CmiddError):
 class IntegrityError(CmiddError):
     """A stored artifact does not match its recorded checksum (or is missing)."""
 
-
-BAD_INPUT = (ConfigError,)
