@@ -37,6 +37,7 @@ def write_job(tmp_path, raw, name="job.yaml") -> Path:
         ({"cmi__lam": -1}, "cmi.lam: Input should be greater than or equal to 0 (got -1)"),
         ({"ipc": 500}, "ipc: ipc <= smallest class size must hold, but got ipc=500"),
         ({"data__name": "cifar10", "data__root": "/nonexistent/cifar"}, "data.root:"),
+        ({"cmi__lam": 1.0, "proxies__pretrain_if_missing": False}, "proxies.dir: no proxy set at"),
     ],
 )
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, over, needle):

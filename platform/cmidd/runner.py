@@ -104,15 +104,14 @@ def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: 
 def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
     check_ipc(job.ipc, data)
     device = resolve_device(job.device)
-    outdir = job.output.dir
-    outdir.mkdir(parents=True, exist_ok=True)
-
-    proxies = None
+    proxies = None  # loaded (or pre-trained) before the job's folder exists: a bad proxy set writes nothing
     if job.cmi.lam > 0:
         if job.proxies.from_registry is not None:  # cmidd.tracking.resolve_registry_proxies turns it into dir
             raise ConfigError(f"proxies.from_registry={job.proxies.from_registry!r} needs the MLflow registry: "
                               "run with tracking (not --no-track)")
         proxies = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, device)
+    outdir = job.output.dir
+    outdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     synset, history = distill(job, data, proxies, hooks, workdir=outdir, resume=resume)
