@@ -32,7 +32,8 @@ def test_every_method_gives_finite_loss_and_image_gradients(digits, name, dsa):
 
 def test_dm_loss_matches_class_loop():
     g = torch.Generator().manual_seed(0)
-    real, syn = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.randn(9, 5, generator=g, dtype=torch.float64)
+    real = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    syn = torch.randn(9, 5, generator=g, dtype=torch.float64)
     ry, sy = torch.arange(3).repeat(10), torch.arange(3).repeat_interleave(3)
     ref = sum(((real[ry == c].mean(0) - syn[sy == c].mean(0)) ** 2).sum() for c in range(3))
     assert dm_loss(real, ry, syn, sy, 3).item() == pytest.approx(ref.item(), rel=1e-12)

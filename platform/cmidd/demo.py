@@ -73,20 +73,17 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     With ``tracking_uri`` every job is an MLflow run, the sets are registered as versions of
     ``distilled-digits-ipc10`` and the summary gains ``best`` (what ``cmidd best`` answers).
     """
-    if tracking_uri is not None:
-        from .tracking import best_set, tracked_run
-
-        def run(job):
-            return tracked_run(job, tracking_uri, data=data).result
-    else:
-
-        def run(job):
-            return run_job(job, data=data)
-
     out = Path(out)
     raw = demo_jobs(out, quick)
     jobs = {k: parse_job(v, f"demo:{k}") for k, v in raw.items()}
     data = load_job_data(jobs["dm"])
+
+    def run(job):
+        if tracking_uri is None:
+            return run_job(job, data=data)
+        from .tracking import tracked_run
+
+        return tracked_run(job, tracking_uri, data=data).result
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -121,6 +118,8 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
         "seconds": seconds,
     }
     if tracking_uri is not None:
+        from .tracking import best_set
+
         summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -92,8 +92,9 @@ def evaluate(
             )
             gen = torch.Generator().manual_seed(model_seed)
             train_classifier(
-                net, x, y, epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                batch=cfg.batch, gen=gen, lr_decay=cfg.lr_decay, dsa_params=dsa_params,
+                net, x, y, epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay, batch=cfg.batch, gen=gen, lr_decay=cfg.lr_decay,
+                dsa_params=dsa_params,
             )
             accs.append(accuracy(net, x_test, y_test))
             log.info("eval %s seed %d/%d: acc %.4f", arch, e + 1, cfg.num_eval, accs[-1])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
 from .registry import Registry
-from .synthetic import sha256_file
+from .synthetic import replace_dir, sha256_file
 from .training import accuracy, seeded_net, train_classifier
 
 log = logging.getLogger(__name__)
@@ -131,11 +130,7 @@ def save(folder: str | Path, cfg: ProxiesCfg, data: Dataset, trained) -> Path:
         "num_classes": data.num_classes, "set": cfg.set, "proxies": entries,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    replace_dir(tmp, folder)
     return folder
 
 
@@ -155,15 +150,26 @@ def load(folder: str | Path, data: Dataset, device: torch.device | str = "cpu") 
     got = {k: manifest.get(k) for k in want}
     if got != want:
         raise DataError(f"proxies.dir: {folder} was trained for {got}, but the data is {want}")
+    verify_files(folder, manifest)
     nets = []
     for entry in manifest["proxies"]:
         path = folder / entry["file"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise IntegrityError(f"{path}: missing or sha256 mismatch: refusing to load")
         net = create_net(entry["arch"], data.channels, data.num_classes, data.im_size)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         nets.append(freeze(net.to(device)))
     return nets
+
+
+def verify_files(folder: Path, manifest: dict, label: str | None = None) -> None:
+    """Check that every proxy file listed in ``manifest`` exists in ``folder`` and matches its sha256.
+
+    Raises:
+        IntegrityError: naming the first missing or altered file.
+    """
+    for entry in manifest["proxies"]:
+        path = folder / entry["file"]
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise IntegrityError(f"{label or folder}/{entry['file']}: missing or sha256 mismatch: refusing to load")
 
 
 def ensure(cfg: ProxiesCfg, data: Dataset, folder: Path, seed: int, device) -> list[nn.Module]:

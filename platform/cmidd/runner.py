@@ -123,15 +123,20 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> 
     res = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
     metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
     rows = res.rows(set_label(job))
+    _evaluate_baselines(job, data, device, rows, metrics)
+    if proxies:
+        metrics["cmi_final"] = measure_cmi(synset.images.to(device), synset.labels.to(device), proxies,
+                                           data.num_classes, job.cmi)
+    return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
+
+
+def _evaluate_baselines(job, data: Dataset, device, rows: list[dict], metrics: dict[str, float]) -> None:
+    """Evaluate each of ``job.eval.baselines``; append its rows and ``baseline/<name>/...`` metrics."""
     for name in job.eval.baselines:
         x, y = baseline_set(name, data, job.ipc, job.seed, device)
         b = evaluate(x, y, data, job.eval, job.seed, device)
         rows += b.rows(name)
         metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
-    if proxies:
-        metrics["cmi_final"] = measure_cmi(synset.images.to(device), synset.labels.to(device), proxies,
-                                           data.num_classes, job.cmi)
-    return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
 
 def set_label(job: DistillJob) -> str:
@@ -158,11 +163,7 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool) -
         res: EvalResult = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
         rows += res.rows(str(synset.meta.get("method", "synset")))
         metrics.update(res.metrics())
-    for name in job.eval.baselines:
-        x, y = baseline_set(name, data, job.ipc, job.seed, device)
-        b = evaluate(x, y, data, job.eval, job.seed, device)
-        rows += b.rows(name)
-        metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
+    _evaluate_baselines(job, data, device, rows, metrics)
     return JobResult("evaluate", job.output.dir, metrics=metrics, rows=rows, synset=synset)
 
 

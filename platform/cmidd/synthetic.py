@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,13 +110,7 @@ class SyntheticSet:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if grid:
             save_grid(self, tmp / GRID)
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            _rmtree(old)
-        else:
-            os.replace(tmp, folder)
+        replace_dir(tmp, folder)
         return folder
 
     @classmethod
@@ -191,7 +186,15 @@ def save_grid(synset: SyntheticSet, path: str | Path, max_per_row: int = 20) -> 
     return path
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder ``src`` to ``dst``, replacing any old ``dst`` with two renames.
 
-    shutil.rmtree(path, ignore_errors=True)
+    Readers see either the old folder or the new one, never a half-written one.
+    """
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

@@ -57,7 +57,7 @@ from .config import flatten
 from .distill import CHECKPOINT, Hooks, History
 from .errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
 from .runner import JobResult, check_ipc, load_job_data, run_job
-from .synthetic import MANIFEST, SyntheticSet, sha256_file
+from .synthetic import MANIFEST, SyntheticSet, replace_dir, sha256_file
 
 try:
     from mlflow import MlflowClient
@@ -713,7 +713,7 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
             record = {"name": name, "version": int(mv.version), "run_id": mv.run_id, "source": mv.source,
                       "tracking_uri": resolve_uri(uri), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (got / "registry.json").write_text(json.dumps(record, indent=2))
-            _replace_dir(got, out)
+            replace_dir(got, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -725,16 +725,6 @@ def _check_pulled(folder: Path, mv) -> None:
     want = (mv.tags or {}).get("content_sha256")
     if want and synset.sha256() != want:
         raise IntegrityError(f"{label}: content sha256 differs from the version's tag: refusing to pull")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 def load_set(dataset: str, ipc: int, version: int | None = None, alias: str | None = None,
@@ -817,10 +807,7 @@ def verify_proxy_folder(folder: Path, label: str | None = None) -> dict[str, Any
         manifest = json.loads((folder / "manifest.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         raise IntegrityError(f"{label}: no readable manifest.json: not a proxy set") from None
-    for e in manifest["proxies"]:
-        path = folder / e["file"]
-        if not path.is_file() or sha256_file(path) != e["sha256"]:
-            raise IntegrityError(f"{label}/{e['file']}: missing or sha256 mismatch: refusing to load")
+    proxy_zoo.verify_files(folder, manifest, label)
     return manifest
 
 
@@ -930,7 +917,7 @@ def fetch_proxies(ref: str, data, dest_root: Path, uri: str | None = None,
             rel = got.relative_to(tmp)
             entries += [{**e, "file": f"{rel}/{e['file']}"} for e in manifest["proxies"]]
         (tmp / "manifest.json").write_text(json.dumps({**head, "set": ref, "proxies": entries}, indent=2))
-        _replace_dir(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
