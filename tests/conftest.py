@@ -36,3 +36,13 @@ def tiny_distill(tmp_path, **over) -> dict:
             node = node[p]
         node[leaf] = v
     return job
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray with 2 CPUs for the whole test session (each ray.init costs 2.5-4 s)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
