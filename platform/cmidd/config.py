@@ -238,6 +238,14 @@ class OutputCfg(_Cfg):
     checkpoint_every: int = Field(default=100, ge=0)  # 0 = no checkpoints
 
 
+class ScalingCfg(_Cfg):
+    """How many Ray Train workers run one distillation (1 = the plain single-process loop)."""
+
+    workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+
+
 class _JobBase(_Cfg):
     name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
     seed: int = Field(default=0, ge=0)
@@ -256,6 +264,7 @@ class DistillJob(_JobBase):
     cmi: CMICfg = CMICfg()
     proxies: ProxiesCfg = ProxiesCfg()
     eval: EvalCfg = EvalCfg()
+    scaling: ScalingCfg = ScalingCfg()
 
     @model_validator(mode="after")
     def _cmi_rules(self) -> "DistillJob":
