@@ -62,3 +62,22 @@ def reinit_(net: nn.Module, seed: int) -> nn.Module:
             if m is not net and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
     return net
+
+
+# On CPU a large no-grad batch runs fastest in small channels_last chunks whose activations stay in cache: a
+# ConvNet (width 128) on 2560 real 32x32 images took 3.6 s as one NCHW batch and 0.8 s in NHWC chunks of 32
+# on this project's 2-core machine. Same float32 math; only the batching and the memory layout differ.
+CPU_CHUNK = 32
+
+
+@torch.no_grad()
+def embed_nograd(net: nn.Module, x: Tensor, chunk: int | None = None) -> Tensor:
+    """``net.embed(x)`` without a graph, in chunks (CPU: ``CPU_CHUNK``; other devices: one batch).
+
+    Use it for the real side of a matching loss, which needs no gradient. Put the net in channels_last
+    (``net.to(memory_format=torch.channels_last)``) for the full speed-up.
+    """
+    if chunk is None:
+        chunk = CPU_CHUNK if x.device.type == "cpu" else max(1, x.shape[0])
+    x = x.contiguous(memory_format=torch.channels_last)
+    return torch.cat([net.embed(part) for part in x.split(chunk)])

@@ -8,7 +8,7 @@ from torch import Tensor
 from ..augment import DSAParams, dsa
 from ..nets import create_net
 from ._registry import METHODS
-from .base import MethodContext, draw_seed, reinit_
+from .base import MethodContext, draw_seed, embed_nograd, reinit_
 
 
 def class_means(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -41,7 +41,7 @@ class DM:
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
-        self.net.to(ctx.device).train()
+        self.net.to(ctx.device, memory_format=torch.channels_last).train()  # see embed_nograd
         self.net.requires_grad_(False)  # gradients flow to the images only
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
 
@@ -53,8 +53,7 @@ class DM:
         if self.ctx.cfg.dsa:
             seed = draw_seed(gen)  # siamese: the same seed for the real and the synthetic batch
             real, syn = dsa(real, seed, self.dsa_params), dsa(syn, seed, self.dsa_params)
-        with torch.no_grad():  # the real side needs no graph
-            real_emb = self.net.embed(real)
+        real_emb = embed_nograd(self.net, real)  # the real side needs no graph
         return dm_loss(real_emb, real_y, self.net.embed(syn), syn_y, self.ctx.num_classes)
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
