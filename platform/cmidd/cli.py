@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   cmidd best --dataset digits --ipc 10 --json
   cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
   cmidd runs
+  cmidd bench --quick --out runs/bench-quick   # speed + quality report (< 10 min)
+  cmidd bench --suite speed --device cuda
 """
 
 
@@ -98,6 +100,29 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import os
+
+    from .bench import plan_for, run_bench
+
+    report = run_bench(args.suite.split(","), plan_for(args.quick, args.repeats), args.device, args.out)
+    print((Path(args.out) / "bench.md").read_text())
+    missed = [t["target"] for t in report["targets"] if not t["met"]]
+    print(f"targets: {len(report['targets']) - len(missed)} met, {len(missed)} missed")
+    print(f"report: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        from .bench import report_metrics
+        from .tracking import log_report, resolve_uri
+
+        quiet_mlflow()
+        files = ["bench.json", "bench.md", *report["plots"]]
+        run_id = log_report(resolve_uri(uri), "cmidd-bench", f"bench-{'quick' if args.quick else 'full'}",
+                            report["plan"], report_metrics(report), Path(args.out), files)
+        print(f"mlflow run: {run_id} (experiment cmidd-bench)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmidd", description="Dataset distillation with a class-aware CMI regularizer.",
@@ -128,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlflow.db here)")
     d.add_argument("--no-track", action="store_true", help="write results to --out only, not to MLflow")
     d.set_defaults(fn=_cmd_demo)
+
+    b = sub.add_parser("bench", help="speed and quality side by side: bench.json, bench.md and plots")
+    b.add_argument("--suite", default="all", help="speed | quality | ray | search | ensemble | all, or a comma list")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    b.add_argument("--out", type=Path, default=Path("runs/bench"))
+    b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
+    b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
+    b.add_argument("--tracking-uri", default=None, help="also log the report to MLflow (default: "
+                   "$MLFLOW_TRACKING_URI if set, else not logged)")
+    b.set_defaults(fn=_cmd_bench)
     add_commands(sub)
     return p
 

@@ -950,3 +950,28 @@ def resolve_registry_proxies(job, data, uri: str | None = None, client: MlflowCl
     log.info("proxies.from_registry %r -> %s", cfg.from_registry, folder)
     new = cfg.model_copy(update={"dir": folder, "from_registry": None, "pretrain_if_missing": False})
     return job.model_copy(update={"proxies": new})
+
+
+# ----------------------------------------------------------------------------------------------------
+# reports (cmidd bench)
+
+
+def log_report(uri: str, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+               folder: Path, files: list[str]) -> str:
+    """One finished run holding a report: flat params, scalar metrics, and ``files`` from ``folder`` as
+    artifacts. Returns the run id; a failure leaves the run FAILED."""
+    client = client_for(uri)
+    with mlflow_errors():
+        run = client.create_run(ensure_experiment(experiment, client=client), run_name=run_name,
+                                tags={"cmidd.kind": "report", "cmidd.code_version": code_version()})
+        run_id = run.info.run_id
+        try:
+            _log_params(client, run_id, {k: str(v)[:6000] for k, v in flatten(params).items()})
+            log_metrics(client, run_id, _metrics_at(0, metrics))
+            for name in files:
+                client.log_artifact(run_id, str(folder / name))
+        except BaseException:
+            _terminate(client, run_id, "FAILED")
+            raise
+        _terminate(client, run_id, "FINISHED")
+    return run_id

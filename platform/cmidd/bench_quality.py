@@ -1,0 +1,135 @@
+"""The quality suite of ``cmidd bench``: accuracy of distilled sets on digits, the demo's protocol per IPC.
+
+For each IPC: the random-real baseline, then every method variant (``dm``, ``dm+cmi``, ``gm``, ``gm+cmi``,
+``dm+cmi(every4)``, ...) distilled and evaluated with the same evaluation config (architectures x seeds);
+the full-data accuracy of the first architecture as the ceiling; the CMI of every set under the proxies.
+The jobs are the demo's (``demo.demo_jobs``) with IPC, iterations and evaluation sizes changed, so the
+suite and the demo share one protocol.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from . import proxies as proxy_zoo
+from .config import parse_job
+from .demo import demo_jobs
+from .distill import measure_cmi, resolve_device
+from .evaluate import evaluate
+from .runner import load_job_data, proxies_dir, random_real_set, run_job
+
+log = logging.getLogger(__name__)
+
+# DC/DSA's outer/inner loop per IPC (Zhao et al.), used for gm variants.
+GM_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
+
+
+def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, out: Path) -> dict[str, Any]:
+    """The demo's dm job turned into ``variant`` (``dm``, ``gm+cmi``, ``dm+cmi(every4)``) at ``ipc``."""
+    method, _, cmi = variant.partition("+")
+    job = copy.deepcopy(base)
+    job.update(name=f"bench-{method}{'-cmi' if cmi else ''}-ipc{ipc}", ipc=ipc)
+    job["method"].update(name=method, iterations=iterations)
+    if method == "gm":
+        outer, inner = GM_LOOPS.get(ipc, (10, 50))
+        job["method"].update(outer_loop=outer, inner_loop=inner, dsa=False, lr_img=0.1)
+    if cmi:
+        every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
+        job["cmi"] = {**job.get("cmi", {}), "every": every}
+    else:
+        job["cmi"] = {"lam": 0.0}
+    slug = variant.replace("+", "-").replace("(", "-").replace(")", "")
+    job["output"] = {"dir": str(out / f"ipc{ipc}" / slug), "checkpoint_every": 0}
+    return job
+
+
+def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, archs: list[str], iterations: int,
+                gm_iterations: int, epochs: int, big_epochs: int, full_epochs: int, lam: float,
+                proxy_set: str, proxy_epochs: int) -> dict[str, Any]:
+    """Run the suite; returns ``{"rows": [...], "cmi": {...}, "curves": {...}, "ceiling": {...}}``.
+
+    Rows: ``{"ipc", "set", "arch", "acc_mean", "acc_std", "n"}`` plus ``{"arch": "cross_arch_mean"}`` rows.
+    """
+    raw = demo_jobs(out, quick=False)
+    ev = {**raw["dm"]["eval"], "archs": archs, "num_eval": seeds, "epochs": epochs,
+          "epochs_by_arch": {a: big_epochs for a in archs if a in ("VGG11BN", "ResNet18BN", "VGG11", "ResNet18")}}
+    base = {**raw["dm+cmi"], "eval": ev, "cmi": {**raw["dm+cmi"]["cmi"], "lam": lam}}
+    base["proxies"] = {**base["proxies"], "set": proxy_set, "epochs": proxy_epochs}
+    pre = {**raw["pretrain"], "proxies": base["proxies"]}
+
+    first = parse_job(base, "bench:quality")
+    data = load_job_data(first)
+    if any("+cmi" in v for v in variants):
+        run_job(parse_job(pre, "bench:proxies"), data=data)
+    proxies = proxy_zoo.load(proxies_dir(first, data), data, resolve_device("cpu")) if _has_proxies(first, data) \
+        else None
+
+    rows: list[dict[str, Any]] = []
+    cmi: dict[str, float] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    for ipc in ipcs:
+        sets = {"random-real": random_real_set(data, ipc, first.seed)}
+        log.info("[quality] ipc %d: evaluating random-real", ipc)
+        res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed)
+        rows += _rows(ipc, "random-real", res.rows("random-real"))
+        for v in variants:
+            its = gm_iterations if v.startswith("gm") else iterations
+            job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
+            log.info("[quality] ipc %d: %s (%d iterations), then evaluating", ipc, v, its)
+            result = run_job(job, data=data)
+            sets[v] = result.synset
+            rows += _rows(ipc, v, result.rows)
+            h = result.history
+            curves[f"{v}/ipc{ipc}"] = {"step": h.step, "loss_dd": h.loss_dd, "cmi": h.cmi}
+        if proxies is not None:
+            for name, s in sets.items():
+                cmi[f"{name}/ipc{ipc}"] = measure_cmi(s.images, s.labels, proxies, data.num_classes, first.cmi)
+
+    ceiling_cfg = first.eval.model_copy(update={"epochs": full_epochs})
+    log.info("[quality] full-data ceiling on %s", archs[0])
+    full = evaluate(data.train_x, data.train_y, data, ceiling_cfg, first.seed, archs=[archs[0]])
+    ceiling = {"arch": archs[0], "acc_mean": full.mean(archs[0]), "acc_std": full.std(archs[0]),
+               "n": len(full.accs[archs[0]]), "epochs": full_epochs}
+    return {"dataset": data.name, "im_size": data.im_size, "lam": lam, "proxy_set": proxy_set, "archs": archs,
+            "seeds": seeds, "rows": rows, "cmi": cmi, "curves": curves, "ceiling": ceiling}
+
+
+def _has_proxies(job, data) -> bool:
+    return (proxies_dir(job, data) / "manifest.json").is_file()
+
+
+def _rows(ipc: int, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = [{"ipc": ipc, **r, "set": name} for r in rows]
+    means = [r["acc_mean"] for r in rows]
+    if means:
+        out.append({"ipc": ipc, "set": name, "arch": "cross_arch_mean", "acc_mean": sum(means) / len(means),
+                    "acc_std": math.nan, "n": len(means)})
+    return out
+
+
+def quality_targets(q: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue targets judged from the rows: DM beats random-real (IPC 1, 10); DM+CMI >= DM - 1 std, lower CMI."""
+    arch = q["archs"][0]
+    cell = {(r["ipc"], r["set"]): r for r in q["rows"] if r["arch"] == arch}
+    out = []
+    for ipc in (1, 10):
+        dm, rr = cell.get((ipc, "dm")), cell.get((ipc, "random-real"))
+        if dm and rr:
+            out.append({"target": f"dm > random-real at IPC {ipc} ({arch})", "value": dm["acc_mean"] - rr["acc_mean"],
+                        "bound": "> 0", "met": dm["acc_mean"] > rr["acc_mean"]})
+    for (ipc, name), r in sorted(cell.items()):
+        if name != "dm+cmi" or (ipc, "dm") not in cell:
+            continue
+        dm = cell[(ipc, "dm")]
+        gap = r["acc_mean"] - dm["acc_mean"]
+        out.append({"target": f"dm+cmi >= dm - 1 std at IPC {ipc} ({arch})", "value": gap,
+                    "bound": f">= -{dm['acc_std']:.4f}", "met": gap >= -max(dm["acc_std"], r["acc_std"])})
+        c_dm, c_cmi = q["cmi"].get(f"dm/ipc{ipc}"), q["cmi"].get(f"dm+cmi/ipc{ipc}")
+        if c_dm is not None and c_cmi is not None and ipc > 1:
+            out.append({"target": f"dm+cmi has lower CMI than dm at IPC {ipc}", "value": c_cmi - c_dm,
+                        "bound": "< 0", "met": c_cmi < c_dm})
+    return out
