@@ -93,6 +93,7 @@ PLANS = {
     ),
 }
 
+ALL = ("speed", "quality", "ray", "search", "ensemble")  # the order of ``--suite all``
 SUITES: Registry[Callable[[BenchPlan, torch.device, Path], dict[str, Any]]] = Registry("bench suite")
 
 
@@ -158,7 +159,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def run_bench(suites: list[str], plan: BenchPlan, device: str, out: str | Path) -> dict[str, Any]:
     """Run ``suites`` (or ``["all"]``) and write ``bench.json``, ``bench.md`` and plots under ``out``."""
-    names = SUITES.names() if suites == ["all"] else suites
+    names = [n for n in ALL if n in SUITES.names()] if suites == ["all"] else suites
     for n in names:
         SUITES.get(n)  # unknown names fail before any work
     dev = resolve_device(device)
