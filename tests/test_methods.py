@@ -7,9 +7,11 @@ import torch
 
 from cmidd.config import MethodCfg, NetCfg
 from cmidd.data import RealPool
+from cmidd.experts import flat_params
 from cmidd.methods import METHODS, MethodContext, build_method
 from cmidd.methods.dm import dm_loss
 from cmidd.methods.gm import gm_distance
+from cmidd.nets import create_net
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -17,7 +19,11 @@ from cmidd.methods.gm import gm_distance
 def test_every_method_gives_finite_loss_and_image_gradients(digits, name, dsa):
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
     cfg = MethodCfg(name=name, batch_real=8, dsa=dsa, outer_loop=2, inner_loop=1, batch_train=8)
-    ctx = MethodContext(cfg, NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
+    # MTT's expert trajectories: a ConvNetD1's parameters plus drift, one row per epoch (others ignore them)
+    start = flat_params(create_net("ConvNetD1", 1, 10, 8, width=8))
+    drift = torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
+    experts = [torch.stack([start + 0.01 * e * drift for e in range(5)])]
+    ctx = MethodContext(cfg, NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"), experts)
     m = build_method(ctx)
     gen = torch.Generator().manual_seed(0)
     syn, y = pool.random_init(2, gen)

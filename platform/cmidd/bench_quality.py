@@ -87,7 +87,7 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
             curves[f"{v}/ipc{ipc}"] = {"step": h.step, "loss_dd": h.loss_dd, "cmi": h.cmi}
         if proxies is not None:
             for name, s in sets.items():
-                cmi[f"{name}/ipc{ipc}"] = measure_cmi(s.images, s.labels, proxies, data.num_classes, first.cmi)
+                cmi[f"{name}/ipc{ipc}"] = measure_cmi(*s.training_set(), proxies, data.num_classes, first.cmi)
 
     ceiling_cfg = first.eval.model_copy(update={"epochs": full_epochs})
     log.info("[quality] full-data ceiling on %s", archs[0])

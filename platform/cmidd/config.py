@@ -131,6 +131,15 @@ class MethodCfg(_Cfg):
     inner_loop: int = Field(default=50, ge=0)
     lr_net: float = Field(default=0.01, gt=0)
     batch_train: int = Field(default=256, ge=1)
+    # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
+    factor: int = Field(default=1, ge=1, le=4)
+    # trajectory matching (MTT): student steps on the set, expert epochs to match, start-epoch range, lrs
+    syn_steps: int = Field(default=10, ge=1)
+    expert_epochs: int = Field(default=2, ge=1)
+    max_start_epoch: int = Field(default=2, ge=0)
+    lr_teacher: float = Field(default=0.01, gt=0)  # the student's initial (learnable) step size
+    lr_lr: float = Field(default=1e-5, gt=0)  # the learning rate of that step size
+    batch_syn: int | None = Field(default=None, ge=1)  # synthetic images per student step (None = all)
 
     @field_validator("name")
     @classmethod
@@ -231,6 +240,25 @@ class EvalCfg(_Cfg):
         return _check_strategy(v)
 
 
+class ExpertsCfg(_Cfg):
+    """MTT's expert trajectories: ``num`` nets of the job's ``net`` trained ``epochs`` on the real data."""
+
+    num: int = Field(default=2, ge=1)
+    epochs: int = Field(default=6, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    batch: int = Field(default=256, ge=1)
+    dsa: bool = False
+    dsa_strategy: str = DSA_DEFAULT
+    dir: Path | None = None  # default: <output.dir>/../experts/<data>-<net>-n<num>-e<epochs>
+    train_if_missing: bool = True
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def v_dsa(cls, v):
+        return _check_strategy(v)
+
+
 class OutputCfg(_Cfg):
     """Where the job writes. Nothing is written before the whole job validated and its data loaded."""
 
@@ -265,9 +293,16 @@ class DistillJob(_JobBase):
     proxies: ProxiesCfg = ProxiesCfg()
     eval: EvalCfg = EvalCfg()
     scaling: ScalingCfg = ScalingCfg()
+    experts: ExpertsCfg = ExpertsCfg()  # used by method mtt
 
     @model_validator(mode="after")
     def _cmi_rules(self) -> "DistillJob":
+        m = self.method
+        if m.name == "mtt" and m.max_start_epoch + m.expert_epochs > self.experts.epochs:
+            raise ValueError(
+                "method.max_start_epoch + method.expert_epochs <= experts.epochs must hold, but got "
+                f"{m.max_start_epoch} + {m.expert_epochs} > {self.experts.epochs}"
+            )
         if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
@@ -280,6 +315,14 @@ class PretrainProxiesJob(_JobBase):
 
     kind: Literal["pretrain-proxies"] = "pretrain-proxies"
     proxies: ProxiesCfg = ProxiesCfg()
+
+
+class ExpertsJob(_JobBase):
+    """Train MTT's expert trajectories for ``net`` on the data set (distill jobs also train them on demand)."""
+
+    kind: Literal["experts"] = "experts"
+    net: NetCfg = NetCfg()
+    experts: ExpertsCfg = ExpertsCfg()
 
 
 class EvaluateJob(_JobBase):
@@ -297,8 +340,10 @@ class EvaluateJob(_JobBase):
         return self
 
 
-Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob], Field(discriminator="kind")]
-JOB_KINDS = ("distill", "pretrain-proxies", "evaluate")
+Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob], Field(discriminator="kind")]
+JOB_MODELS = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob,
+              "experts": ExpertsJob}
+JOB_KINDS = tuple(JOB_MODELS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -366,10 +411,10 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
-def parse_job(raw: dict[str, Any], source: str = "<job>") -> DistillJob | PretrainProxiesJob | EvaluateJob:
+def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:
     """Validate a job mapping. Raises ``ConfigError`` with one line per problem."""
     kind = raw.get("kind", "distill")
-    model = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob}.get(kind)
+    model = JOB_MODELS.get(kind)
     if model is None:
         raise ConfigError(f"{source}: kind: must be one of {', '.join(JOB_KINDS)} (got {kind!r})")
     try:

@@ -109,7 +109,7 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     proxies = proxy_zoo.load(proxies_dir(jobs["dm"], data), data, device)
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     cmi_cfg = jobs["dm+cmi"].cmi
-    cmi = {k: measure_cmi(s.images, s.labels, proxies, data.num_classes, cmi_cfg) for k, s in sets.items()}
+    cmi = {k: measure_cmi(*s.training_set(), proxies, data.num_classes, cmi_cfg) for k, s in sets.items()}
 
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
     summary = {

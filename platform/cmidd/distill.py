@@ -30,6 +30,7 @@ from .config import CMICfg, DistillJob
 from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
+from .formation import check_factor, decode, init_stored
 from .methods import MethodContext, build_method
 from .synthetic import SyntheticSet
 
@@ -109,7 +110,7 @@ def measure_cmi(synset_images, labels, proxies: list[nn.Module], num_classes: in
 def _resume_key(job: DistillJob) -> dict:
     """The config fields a checkpoint must agree with to be resumed."""
     d = job.model_dump(mode="json")
-    return {k: d[k] for k in ("seed", "ipc", "data", "net", "method", "cmi", "proxies")}
+    return {k: d[k] for k in ("seed", "ipc", "data", "net", "method", "cmi", "proxies", "experts")}
 
 
 def distill(
@@ -119,6 +120,7 @@ def distill(
     hooks: Hooks | None = None,
     workdir: Path | None = None,
     resume: bool = False,
+    experts: list[torch.Tensor] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """Distil ``job.ipc`` images per class from ``data``.
 
@@ -129,6 +131,7 @@ def distill(
         hooks: callbacks (logging, reporting, stopping).
         workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
         resume: continue from ``workdir/checkpoint.pt`` if it exists.
+        experts: expert trajectories (method ``mtt``), see ``cmidd.experts``.
 
     Returns:
         (SyntheticSet, History).
@@ -145,16 +148,17 @@ def distill(
     # -- data and initial images ----------------------------------------------------------------------
     pool = RealPool(data.train_x, data.train_y, c_num, device)
     init_gen = torch.Generator().manual_seed(job.seed)
-    x0, labels = pool.random_init(job.ipc, init_gen)  # also validates ipc <= smallest class
+    check_factor(cfg.factor, data.im_size)
+    x0, labels = init_stored(pool, job.ipc, cfg.factor, init_gen)  # also validates ipc <= smallest class
     if cfg.init == "noise":
         x0 = torch.randn(x0.shape, generator=init_gen).to(device)
     syn = x0.detach().clone().contiguous().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
 
     # -- method and regularizer -----------------------------------------------------------------------
-    method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device))
+    method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device, experts))
     reg = build_cmi(job.cmi, proxies, c_num)
-    if reg is not None and job.ipc == 1:
+    if reg is not None and job.ipc * cfg.factor**2 == 1:
         warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
         reg = None
 
@@ -168,6 +172,8 @@ def distill(
         with torch.no_grad():
             syn.copy_(state["images"])
         opt.load_state_dict(state["opt"])
+        if "method" in state:
+            method.load_state_dict(state["method"])
         history = History(**state["history"])
         start = state["step"]
         log.info("resumed from %s at iteration %d", ckpt, start)
@@ -181,10 +187,11 @@ def distill(
         sums = {"loss_dd": 0.0, "cmi": 0.0, "loss_total": 0.0}
         n_cmi = 0
         for _ in range(method.steps_per_iteration):
-            loss_dd = method.loss(syn, labels, gen)
+            x, y = decode(syn, labels, cfg.factor)  # multi-formation; the identity for factor 1
+            loss_dd = method.loss(x, y, gen)
             total = loss_dd
             if reg is not None and it % job.cmi.every == 0:
-                cmi = reg(syn, labels, gen)
+                cmi = reg(x, y, gen)
                 total = loss_dd + job.cmi.lam * cmi
                 sums["cmi"] += float(cmi.detach())
                 n_cmi += 1
@@ -197,7 +204,7 @@ def distill(
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
-            method.after_update(syn, labels, gen)
+            method.after_update(*decode(syn.detach(), labels, cfg.factor), gen)
             sums["loss_dd"] += float(loss_dd.detach())
             sums["loss_total"] += float(total.detach())
         steps = method.steps_per_iteration
@@ -213,12 +220,12 @@ def distill(
             log.info("it %d/%d loss_dd %.4f%s (%.3f s/it)", step, cfg.iterations, metrics["loss_dd"], cmi_txt, rate)
 
         if job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
-            res = evaluate(syn.detach(), labels, data, job.eval, job.seed, device)
+            res = evaluate(*decode(syn.detach(), labels, cfg.factor), data, job.eval, job.seed, device)
             hooks.on_eval(step, res.metrics())
             history.evals.append({"step": step, **res.metrics()})
         if ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
             history.seconds = time.perf_counter() - t0
-            _save_checkpoint(ckpt, syn, opt, step, history, _resume_key(job))
+            _save_checkpoint(ckpt, syn, opt, step, history, _resume_key(job), method)
             hooks.on_checkpoint(step, ckpt, _synset(job, data, syn, labels))
         if hooks.should_stop():
             log.info("stopped early at iteration %d", step)
@@ -233,18 +240,23 @@ def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Ten
         "dataset": data.name, "num_classes": data.num_classes, "ipc": job.ipc, "channels": data.channels,
         "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
         "class_names": list(data.class_names), "method": job.method.name, "lam": job.cmi.lam,
-        "proxies": job.proxies.set if job.cmi.lam > 0 else None, "seed": job.seed,
+        "proxies": job.proxies.set if job.cmi.lam > 0 else None, "seed": job.seed, "factor": job.method.factor,
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
 
 
-def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict) -> None:
-    """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint."""
+def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None) -> None:
+    """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint.
+
+    A method with state of its own (MTT's learnable step size) provides ``state_dict``/``load_state_dict``.
+    """
     state = {
         "images": syn.detach().cpu(), "opt": opt.state_dict(), "step": step,
         "history": asdict(history), "key": key,
     }
+    if hasattr(method, "state_dict"):
+        state["method"] = method.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

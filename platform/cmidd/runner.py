@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import experts as expert_zoo
 from . import proxies as proxy_zoo
-from .config import DistillJob, EvaluateJob, PretrainProxiesJob
+from .config import DistillJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
 from .data import Dataset, load_dataset
 from .distill import Hooks, History, distill, measure_cmi, resolve_device
 from .errors import ConfigError, DataError
@@ -85,6 +86,24 @@ def proxies_dir(job, data: Dataset) -> Path:
     return proxy_zoo.default_dir(job.proxies, data, job.output.dir.parent)
 
 
+def experts_dir(job, data: Dataset) -> Path:
+    """The folder of the job's expert trajectories (``experts.dir`` or the shared default beside the job)."""
+    return expert_zoo.default_dir(job.experts, job.net, data, job.output.dir.parent)
+
+
+@RUNNERS.register("experts")
+def _run_experts(job: ExpertsJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+    device = resolve_device(job.device)
+    folder = experts_dir(job, data)
+    job.output.dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    trained = expert_zoo.train_experts(job.experts, job.net, data, job.seed, device)
+    expert_zoo.save(folder, job.experts, job.net, data, trained)
+    rows = [{"expert": i, "epochs": job.experts.epochs, "test_acc": acc} for i, (_, acc) in enumerate(trained)]
+    return JobResult("experts", job.output.dir, metrics={"time/experts_s": time.perf_counter() - t0}, rows=rows,
+                     extra={"experts_dir": str(folder)})
+
+
 @RUNNERS.register("pretrain-proxies")
 def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
     device = resolve_device(job.device)
@@ -110,22 +129,26 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> 
             raise ConfigError(f"proxies.from_registry={job.proxies.from_registry!r} needs the MLflow registry: "
                               "run with tracking (not --no-track)")
         proxies = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, device)
+    experts = None
+    if job.method.name == "mtt":
+        experts = expert_zoo.ensure(job.experts, job.net, data, experts_dir(job, data), job.seed, device)
     outdir = job.output.dir
     outdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    synset, history = distill(job, data, proxies, hooks, workdir=outdir, resume=resume)
+    synset, history = distill(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
     t_distill = time.perf_counter() - t0
     synset.save(outdir / "synthetic")
     (outdir / "history.json").write_text(json.dumps(history.__dict__, default=float))
 
     t0 = time.perf_counter()
-    res = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
+    res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
     metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
     rows = res.rows(set_label(job))
     _evaluate_baselines(job, data, device, rows, metrics)
     if proxies:
-        metrics["cmi_final"] = measure_cmi(synset.images.to(device), synset.labels.to(device), proxies,
+        x, y = synset.training_set()
+        metrics["cmi_final"] = measure_cmi(x.to(device), y.to(device), proxies,
                                            data.num_classes, job.cmi)
     return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
@@ -160,7 +183,7 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool) -
     job.output.dir.mkdir(parents=True, exist_ok=True)
     rows, metrics = [], {}
     if synset is not None:
-        res: EvalResult = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
+        res: EvalResult = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
         rows += res.rows(str(synset.meta.get("method", "synset")))
         metrics.update(res.metrics())
     _evaluate_baselines(job, data, device, rows, metrics)

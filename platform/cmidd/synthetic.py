@@ -75,6 +75,12 @@ class SyntheticSet:
     def num_classes(self) -> int:
         return int(self.meta["num_classes"])
 
+    def training_set(self) -> tuple[Tensor, Tensor]:
+        """The images networks train on: the stored ones, decoded when the set uses multi-formation."""
+        from .formation import decode
+
+        return decode(self.images, self.labels, int(self.meta.get("factor", 1)))
+
     def sha256(self) -> str:
         """The content checksum of this set (see ``content_sha256``)."""
         return content_sha256(self.images, self.labels)

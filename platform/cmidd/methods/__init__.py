@@ -2,7 +2,7 @@
 
 from ._registry import METHODS
 from .base import Method, MethodContext
-from . import dm, gm  # noqa: E402,F401  (registration)
+from . import dm, gm, idc, mtt  # noqa: E402,F401  (registration)
 
 
 def build_method(ctx: MethodContext) -> Method:

@@ -23,6 +23,7 @@ class MethodContext:
     num_classes: int
     im_size: int
     device: torch.device
+    experts: list[Tensor] | None = None  # MTT's expert trajectories, (epochs + 1, P) each
 
 
 class Method(Protocol):

@@ -38,22 +38,35 @@ def gm_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
     return total
 
 
-class GM:
-    """Gradient matching over a net that is re-drawn each iteration and trained on the set in between."""
+def mse_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
+    """IDC's gradient distance: the summed squared difference over every parameter's gradient."""
+    return sum(((gr - gs) ** 2).sum() for gr, gs in zip(g_real, g_syn))
 
-    def __init__(self, ctx: MethodContext) -> None:
-        self.ctx = ctx
+
+class GM:
+    """Gradient matching over a net that is re-drawn each iteration and trained in between.
+
+    Args:
+        ctx: the method context.
+        distance: gradient distance (``gm_distance``: DC's layer-wise 1 - cos; ``mse_distance``: IDC's).
+        net_on_real: train the net between outer steps on real data (IDC) instead of the synthetic set (DC).
+    """
+
+    net_momentum = 0.5
+
+    def __init__(self, ctx: MethodContext, distance=gm_distance, net_on_real: bool = False) -> None:
+        self.ctx, self.distance, self.net_on_real = ctx, distance, net_on_real
         self.steps_per_iteration = ctx.cfg.outer_loop
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
         self.net.to(ctx.device).train()
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
-        self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=0.5)
+        self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         reinit_(self.net, draw_seed(gen))
-        self.opt = torch.optim.SGD(self.params, lr=self.ctx.cfg.lr_net, momentum=0.5)
+        self.opt = torch.optim.SGD(self.params, lr=self.ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
 
     def _aug(self, x: Tensor, seed: int) -> Tensor:
@@ -72,7 +85,7 @@ class GM:
             syn_c = syn[c * ipc : (c + 1) * ipc]
             loss_syn = F.cross_entropy(self.net(self._aug(syn_c, seed)), syn_y[c * ipc : (c + 1) * ipc])
             g_syn = torch.autograd.grad(loss_syn, self.params, create_graph=True)
-            total = total + gm_distance(g_real, list(g_syn))
+            total = total + self.distance(g_real, list(g_syn))
         return total
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
@@ -80,10 +93,14 @@ class GM:
         if self._step >= self.steps_per_iteration:  # the last outer step needs no net update
             return
         x_all, y_all = syn.detach(), syn_y
+        per_class = max(1, self.ctx.cfg.batch_train // self.ctx.num_classes)
         for _ in range(self.ctx.cfg.inner_loop):
-            idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
-            out = self.net(self._aug(x_all[idx], draw_seed(gen)))
-            loss = F.cross_entropy(out, y_all[idx])
+            if self.net_on_real:
+                x, y = self.ctx.pool.sample_all(per_class, gen)
+            else:
+                idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
+                x, y = x_all[idx], y_all[idx]
+            loss = F.cross_entropy(self.net(self._aug(x, draw_seed(gen))), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
