@@ -189,3 +189,22 @@ def test_experts_tamper_is_refused(tmp_path, digits):
         fh.write(b"x")
     with pytest.raises(IntegrityError, match="sha256 mismatch"):
         load(folder, job.net, digits)
+
+
+def test_experts_job_is_tracked_and_registered(tmp_path, digits):
+    from mlflow import MlflowClient
+
+    from cmidd.tracking import tracked_run
+
+    job = parse_job({"kind": "experts", "name": "experts-test", "net": {"name": "ConvNetD1", "width": 8},
+                     "experts": {"num": 2, "epochs": 1, "dir": str(tmp_path / "experts")},
+                     "output": {"dir": str(tmp_path / "job")}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tracked_run(job, uri, data=digits)
+    assert run.versions == [{"name": "experts-digits-ConvNetD1", "version": 1, "alias": None}]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = client.get_model_version("experts-digits-ConvNetD1", "1")
+    assert mv.tags["num"] == "2" and len(mv.tags["sha256"].split(",")) == 2
+    assert {a.path for a in client.list_artifacts(run.run_id, "experts")} >= {"experts/manifest.json",
+                                                                              "experts/expert_000.pt"}
+    assert len(load(tmp_path / "experts", job.net, digits)) == 2

@@ -110,13 +110,16 @@ def load(folder: Path, net_cfg: NetCfg, data: Dataset) -> list[Tensor]:
     got = {k: manifest.get(k) for k in want}
     if got != want:
         raise DataError(f"experts.dir: {folder} was trained for {got}, but the job needs {want}")
-    out = []
+    verify_files(folder, manifest)
+    return [torch.load(folder / e["file"], map_location="cpu", weights_only=True) for e in manifest["experts"]]
+
+
+def verify_files(folder: Path, manifest: dict, label: str | None = None) -> None:
+    """Every trajectory file of ``manifest`` exists in ``folder`` and matches its sha256 (else IntegrityError)."""
     for e in manifest["experts"]:
         path = folder / e["file"]
         if not path.is_file() or sha256_file(path) != e["sha256"]:
-            raise IntegrityError(f"{folder}/{e['file']}: missing or sha256 mismatch: refusing to load")
-        out.append(torch.load(path, map_location="cpu", weights_only=True))
-    return out
+            raise IntegrityError(f"{label or folder}/{e['file']}: missing or sha256 mismatch: refusing to load")
 
 
 def ensure(cfg: ExpertsCfg, net_cfg: NetCfg, data: Dataset, folder: Path, seed: int, device) -> list[Tensor]:

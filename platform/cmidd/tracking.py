@@ -462,6 +462,8 @@ def _publish(client: MlflowClient, run_id: str, job, result: JobResult, created:
         register_set(client, run_id, job, result, created)
     elif job.kind == "pretrain-proxies":
         publish_proxies(client, run_id, job, Path(result.extra["proxies_dir"]), created)
+    elif job.kind == "experts":
+        publish_experts(client, run_id, Path(result.extra["experts_dir"]), created)
 
 
 def verify_remote_set(client: MlflowClient, run_id: str, path: str, content_sha256: str) -> None:
@@ -950,6 +952,42 @@ def resolve_registry_proxies(job, data, uri: str | None = None, client: MlflowCl
     log.info("proxies.from_registry %r -> %s", cfg.from_registry, folder)
     new = cfg.model_copy(update={"dir": folder, "from_registry": None, "pretrain_if_missing": False})
     return job.model_copy(update={"proxies": new})
+
+
+# ----------------------------------------------------------------------------------------------------
+# MTT expert trajectories
+
+EXPERTS = "experts"
+
+
+def experts_model_name(dataset: str, net: str) -> str:
+    return f"experts-{dataset}-{net}"
+
+
+def publish_experts(client: MlflowClient, run_id: str, folder: Path,
+                    created: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Upload an expert-trajectory folder, verify it by download, register it as one version of
+    ``experts-<dataset>-<net>`` (source ``runs:/<run>/experts``)."""
+    from .experts import verify_files
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    client.log_artifacts(run_id, str(folder), EXPERTS)
+    with tempfile.TemporaryDirectory(prefix="cmidd-verify-") as tmp:
+        got = Path(client.download_artifacts(run_id, EXPERTS, tmp))
+        verify_files(got, json.loads((got / MANIFEST).read_text()), f"runs:/{run_id}/{EXPERTS}")
+    net = manifest["net"]["name"]
+    name = experts_model_name(manifest["dataset"], net)
+    _ensure_model(client, name, f"MTT expert trajectories of {net} on {manifest['dataset']}",
+                  {"dataset": str(manifest["dataset"]), "net": net})
+    cfg = manifest["experts_cfg"]
+    tags = {"dataset": manifest["dataset"], "im_size": manifest["im_size"], "net": net, "num": cfg["num"],
+            "epochs": cfg["epochs"], "sha256": ",".join(e["sha256"] for e in manifest["experts"]),
+            "code_version": code_version()}
+    mv = client.create_model_version(name, f"runs:/{run_id}/{EXPERTS}", run_id=run_id,
+                                     tags={k: str(v) for k, v in tags.items()})
+    out = created if created is not None else []
+    out.append({"name": name, "version": int(mv.version), "alias": None})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
