@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 GM_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
 
 
+# IDC and MTT as in jobs/distill_idc_digits_ipc10.yaml and jobs/distill_mtt_digits_ipc10.yaml.
+QUALITY_FIELDS: dict[str, dict[str, Any]] = {
+    "idc": {"factor": 2, "lr_img": 0.01, "batch_real": 64, "dsa": False, "outer_loop": 10, "inner_loop": 10},
+    "mtt": {"lr_img": 100.0, "dsa": False, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 4,
+            "batch_syn": 50},
+}
+
+
 def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, out: Path) -> dict[str, Any]:
     """The demo's dm job turned into ``variant`` (``dm``, ``gm+cmi``, ``dm+cmi(every4)``) at ``ipc``."""
     method, _, cmi = variant.partition("+")
@@ -37,6 +45,9 @@ def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, o
     if method == "gm":
         outer, inner = GM_LOOPS.get(ipc, (10, 50))
         job["method"].update(outer_loop=outer, inner_loop=inner, dsa=False, lr_img=0.1)
+    job["method"].update(QUALITY_FIELDS.get(method, {}))
+    if method == "mtt":
+        job["experts"] = {"num": 4, "epochs": 10, "dir": str(out / "experts")}
     if cmi:
         every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
         job["cmi"] = {**job.get("cmi", {}), "every": every}
@@ -77,7 +88,7 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
         res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed)
         rows += _rows(ipc, "random-real", res.rows("random-real"))
         for v in variants:
-            its = gm_iterations if v.startswith("gm") else iterations
+            its = gm_iterations if v.startswith(("gm", "idc", "mtt")) else iterations
             job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
             log.info("[quality] ipc %d: %s (%d iterations), then evaluating", ipc, v, its)
             result = run_job(job, data=data)
