@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +45,10 @@ from .synthetic import SyntheticSet
 log = logging.getLogger(__name__)
 
 WORKERS_FILE = "ray_workers.json"  # one record per worker start: rank, pid, node, step it resumed from
+# After rank 0's result, how long to wait for TorchTrainer.fit() to return. The worker group is shut down
+# within a few health checks, but Ray 2.60's controller then waits ~12 s for its PlacementGroupCleaner to
+# stop (ray-project/ray#65443); that wait holds no resources, so it runs out in the background.
+FINISH_GRACE_S = 1.0
 
 
 def connect(address: str | None = None) -> bool:
@@ -94,7 +99,8 @@ class _WorkerHooks(Hooks):
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.shard.main:
-            self._last, self._pending = self._pending, self.sink.put.remote("step", (step, metrics))
+            event = (step, metrics, time.perf_counter())  # rank 0's clock, for per-iteration timings
+            self._last, self._pending = self._pending, self.sink.put.remote("step", event)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         if self.shard.main:  # only rank 0 evaluates
@@ -171,8 +177,8 @@ def _train_worker(cfg: dict) -> None:
 class _Driver:
     """Turns the sink's events into calls of the caller's hooks (on the caller's thread), once per step."""
 
-    def __init__(self, hooks: Hooks, workdir: Path | None, sink) -> None:
-        self.hooks, self.workdir, self.sink = hooks, workdir, sink
+    def __init__(self, hooks: Hooks, workdir: Path | None, sink, clock: list[float] | None = None) -> None:
+        self.hooks, self.workdir, self.sink, self.clock = hooks, workdir, sink, clock
         self.last = {"step": 0, "eval": 0, "checkpoint": 0}
         self.workers: list[dict] = []
         self.done: tuple | None = None
@@ -203,6 +209,8 @@ class _Driver:
             return
         self.last[kind] = step
         if kind == "step":
+            if self.clock is not None:
+                self.clock.append(payload[2])
             self.hooks.on_step(step, payload[1])
             if self.hooks.should_stop():
                 self._stop()
@@ -258,6 +266,8 @@ def distill_distributed(
     workdir: Path | None = None,
     resume: bool = False,
     address: str | None = None,
+    *,
+    step_clock: list[float] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
 
@@ -270,6 +280,7 @@ def distill_distributed(
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
         address: Ray cluster to connect to when Ray is not initialized yet (None = start a local one).
+        step_clock: if given, filled with rank 0's ``time.perf_counter()`` at the end of each step (benchmarks).
 
     Returns:
         (SyntheticSet, History) from rank 0.
@@ -321,7 +332,7 @@ def distill_distributed(
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
-        driver = _Driver(hooks, workdir, sink)
+        driver = _Driver(hooks, workdir, sink, step_clock)
         failure: list[BaseException] = []
 
         def fit() -> None:
@@ -332,12 +343,17 @@ def distill_distributed(
 
         thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
         thread.start()
+        ended = None
         while True:
             alive = thread.is_alive()
             for kind, payload in ray.get(sink.take.remote()):
                 driver.handle(kind, payload)
             if not alive:
                 break
+            if driver.done is not None or isinstance(driver.error, CmiddError):
+                ended = ended or time.monotonic()
+                if time.monotonic() - ended > FINISH_GRACE_S:
+                    break  # the workers are done; the controller still waits on Ray's placement group cleaner
             thread.join(0.05)
         ray.kill(sink)
         if driver.error is not None:
