@@ -1,5 +1,5 @@
 """Ray Train: N workers equal the single-process loop, rank-0 hooks on the driver, restart after a killed
-worker from a Ray Train checkpoint, and a job spread over two nodes through the CLI."""
+worker from a Ray Train checkpoint, and a tracked job spread over two nodes through the CLI (one MLflow run)."""
 
 from __future__ import annotations
 
@@ -175,10 +175,19 @@ def test_two_node_cluster_through_the_cli(tmp_path, proxies4):
                        **{**MEAN4, "proxies__dir": str(proxies4[0] / "proxies")})  # already pre-trained
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     cli = str(Path(sys.executable).with_name("cmidd"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with cluster(tmp_path, (1, 1)) as address:
-        out = subprocess.run([cli, "-q", "run", str(tmp_path / "job.yaml"), "--address", address, "--no-track"],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run([cli, "-q", "run", str(tmp_path / "job.yaml"), "--address", address,
+                              "--tracking-uri", uri], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    # tracked as without Ray: one MLflow run, rank 0's per-step metrics, its last checkpoint uploaded
+    from cmidd.tracking import TAG_STEP, client_for
+
+    client = client_for(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss_total")]
+    assert sorted(steps) == list(range(1, 7)) and runs[0].data.tags[TAG_STEP] == "6"
     workers = json.loads((tmp_path / "job" / "ray_workers.json").read_text())
     assert sorted(w["rank"] for w in workers) == [0, 1]
     assert len({w["node_id"] for w in workers}) == 2  # one worker on each node
