@@ -57,6 +57,65 @@ class Recorder(Hooks):
         return self.stop_at is not None and bool(self.steps) and self.steps[-1][0] >= self.stop_at
 
 
+# -- the sharded terms, without Ray: the workers' parts sum to the whole (float64 references) ----------
+
+
+def _grad_of(fn, syn: torch.Tensor) -> tuple[float, torch.Tensor]:
+    x = syn.clone().requires_grad_(True)
+    loss = fn(x)
+    (g,) = torch.autograd.grad(loss, x)
+    return float(loss), g
+
+
+@pytest.mark.parametrize("name", ["dm", "gm"])
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_method_class_shards_sum_to_the_full_loss_and_gradient(digits, name, norm):
+    from cmidd.config import MethodCfg, NetCfg
+    from cmidd.data import RealPool
+    from cmidd.methods import MethodContext, build_method
+
+    pool = RealPool(digits.train_x.double(), digits.train_y, digits.num_classes)
+    cfg = MethodCfg(name=name, batch_real=8, dsa=True, outer_loop=1, inner_loop=0)
+    ctx = MethodContext(cfg, NetCfg(name="ConvNetD1", width=8, norm=norm), pool, 1, 10, 8, torch.device("cpu"))
+    m = build_method(ctx)
+    m.net.double()
+    syn, y = pool.random_init(2, torch.Generator().manual_seed(0))
+
+    def loss_with(classes, seed=1):  # the same generator state for every shard, as in lockstep workers
+        gen = torch.Generator().manual_seed(seed)
+        m.begin_iteration(gen)
+        return _grad_of(lambda x: m.loss(x, y, gen, classes), syn)
+
+    full, g_full = loss_with(None)
+    parts = [loss_with(list(range(r, 10, 3))) for r in range(3)]
+    assert sum(p[0] for p in parts) == pytest.approx(full, rel=1e-10)
+    assert torch.allclose(sum(p[1] for p in parts), g_full, rtol=1e-9, atol=1e-12)
+    assert all(p[1].abs().sum() > 0 for p in parts)
+
+
+@pytest.mark.parametrize("agg", ["mean", "random"])
+def test_cmi_proxy_shards_sum_to_the_ensemble_value(digits, agg):
+    from cmidd.cmi import CMIRegularizer
+    from cmidd.methods.base import reinit_
+    from cmidd.nets import create_net
+
+    nets = [reinit_(create_net("ConvNetD1", 1, 10, 8, width=8).double(), s) for s in range(5)]
+    syn = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(10).repeat_interleave(2)
+
+    def value(held):  # worker r of 2 holds proxies r, r+2, ...
+        reg = CMIRegularizer(held, 10, agg, k=4, space="logits")
+        return _grad_of(lambda x: reg(x, y, torch.Generator().manual_seed(3)), syn)
+
+    full, g_full = value(nets)
+    parts = [value([p if i % 2 == r else None for i, p in enumerate(nets)]) for r in range(2)]
+    assert full > 0 and sum(p[0] for p in parts) == pytest.approx(full, rel=1e-10)
+    assert torch.allclose(parts[0][1] + parts[1][1], g_full, rtol=1e-9, atol=1e-14)
+
+
+# -- Ray Train ------------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def proxies4(tmp_path_factory, digits):
     folder = tmp_path_factory.mktemp("proxies4")

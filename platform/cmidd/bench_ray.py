@@ -63,7 +63,7 @@ def _segments(clock: list[float], warmup: int, repeats: int, iterations: int) ->
 
 def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int = 32,
               workers: tuple[int, ...] = (1, 2), warmup: int = 2, proxies: int = 2, proxy_net: str = "ConvNet",
-              net: str = "ConvNet", batch_real: int = 64, address: str | None = None,
+              net: str = "ConvNet", batch_real: int = 64, threads: int = 1, address: str | None = None,
               seed: int = 0) -> dict:
     """Per-iteration seconds of DM + CMI (``agg: mean`` over ``proxies`` nets): plain loop vs Ray Train.
 
@@ -71,15 +71,17 @@ def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int
         repeats: timed segments per configuration (median / min / max over them).
         iterations: steps per segment.
         ipc, im_size: synthetic images per class; image side (3 channels, 10 classes).
-        workers: Ray Train worker counts to time; each worker gets ``cluster CPUs / workers`` CPUs (and as
-            many torch threads), the plain loop this process's torch threads.
+        workers: Ray Train worker counts to time.
+        threads: torch threads of the plain loop and CPUs (so threads) of each Ray worker: the same compute
+            per process, so that ``ray_1w / plain`` is Ray's overhead and ``ray_2w / plain`` the speed-up.
         warmup: untimed steps first.
         proxies, proxy_net: the CMI ensemble (spread over the workers).
         net, batch_real: the DM embedder and real images per class per step.
         address: Ray cluster (None = a local Ray, started and stopped here unless one is running).
 
     Returns:
-        ``{"settings", "plain", "ray_<n>w" ..., "ratios": {"ray_<n>w_over_plain": median ratio}}``.
+        ``{"settings", "plain", "ray_<n>w" ..., "ratios": {"ray_<n>w_over_plain": median ratio}}``; the plain
+        loop is timed before and after the Ray runs and its figures pool both (``repeats * 2`` segments).
     """
     from .distributed import connect, distill_distributed
 
@@ -97,25 +99,35 @@ def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int
         "proxies": f"{proxies} x {proxy_net}", "net": net, "batch_real": batch_real, "method": "dm+cmi (mean)",
         "machine": f"{host.machine()} {os.cpu_count()} CPUs (shared: figures are noisy)",
     }}
-    clock = _Clock()
-    distill(parse_job(raw), data, nets, clock)
-    out["plain"] = {**_segments(clock.t, warmup, repeats, iterations), "threads": torch.get_num_threads()}
+    def plain() -> list[float]:
+        clock, before = _Clock(), torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            distill(parse_job(raw), data, nets, clock)
+        finally:
+            torch.set_num_threads(before)
+        return clock.t
+
+    before = plain()  # timed before and after the Ray runs: a shared machine's load drifts
 
     import ray
 
     started = connect(address)
     try:
-        cpus = ray.cluster_resources().get("CPU", 1.0)
         for n in workers:
-            per = cpus / n
-            job = parse_job({**raw, "scaling": {"workers": n, "cpus_per_worker": per}})
+            job = parse_job({**raw, "scaling": {"workers": n, "cpus_per_worker": threads}})
             t: list[float] = []
             distill_distributed(job, data, nets, step_clock=t)
-            out[f"ray_{n}w"] = {**_segments(t, warmup, repeats, iterations), "cpus_per_worker": per,
-                                "threads_per_worker": max(1, int(per))}
+            out[f"ray_{n}w"] = {**_segments(t, warmup, repeats, iterations), "cpus_per_worker": threads}
     finally:
         if started:
             ray.shutdown()
+    after = plain()
+    segs = [_segments(t, warmup, repeats, iterations)["per_repeat_s"] for t in (before, after)]
+    per = segs[0] + segs[1]
+    out["plain"] = {"median_s": statistics.median(per), "min_s": min(per), "max_s": max(per),
+                    "per_repeat_s": per, "before_ray_median_s": statistics.median(segs[0]),
+                    "after_ray_median_s": statistics.median(segs[1]), "threads": threads}
     base = out["plain"]["median_s"]
     out["ratios"] = {f"ray_{n}w_over_plain": out[f"ray_{n}w"]["median_s"] / base for n in workers}
     return out
@@ -128,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--im-size", type=int, default=32)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the plain loop = CPUs per worker")
     p.add_argument("--address", default=None)
     a = p.parse_args(argv)
-    res = ray_speed(a.repeats, a.iterations, a.ipc, a.im_size, tuple(a.workers), address=a.address)
+    res = ray_speed(a.repeats, a.iterations, a.ipc, a.im_size, tuple(a.workers), threads=a.threads,
+                    address=a.address)
     print(json.dumps(res, indent=2))
 
 

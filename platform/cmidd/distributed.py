@@ -93,8 +93,8 @@ def _sink_class():
 class _WorkerHooks(Hooks):
     """Hooks inside a worker: rank 0 forwards to the sink; checkpoints are collective ``ray.train.report``s."""
 
-    def __init__(self, sink, shard: Shard) -> None:
-        self.sink, self.shard = sink, shard
+    def __init__(self, sink, shard: Shard, device: str) -> None:
+        self.sink, self.shard, self.device = sink, shard, device
         self._pending = self._last = None  # the last two steps' put()s: their answer is the stop request
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
@@ -121,7 +121,7 @@ class _WorkerHooks(Hooks):
         if self.shard.main and self._last is not None:
             stop = bool(ray.get(self._last))
         if self.shard.world > 1:  # every worker must leave the loop at the same step
-            flag = torch.tensor([float(stop)])
+            flag = torch.tensor([float(stop)], device=self.device)  # nccl needs it on the GPU
             torch.distributed.broadcast(flag, 0)
             stop = bool(flag.item())
         return stop
@@ -160,10 +160,11 @@ def _train_worker(cfg: dict) -> None:
             resumed_from = int(torch.load(work / CHECKPOINT, weights_only=True)["step"])
         sink.put.remote("worker", {
             "rank": rank, "world": world, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-            "resumed_from": resumed_from, "ray_checkpoint": ray_ckpt is not None,
+            "resumed_from": resumed_from, "ray_checkpoint": ray_ckpt is not None, "threads": torch.get_num_threads(),
         })
+        hooks = _WorkerHooks(sink, shard, device)
         try:
-            synset, history = distill(job, data, proxies, _WorkerHooks(sink, shard), work, resume=True, shard=shard)
+            synset, history = distill(job, data, proxies, hooks, work, resume=True, shard=shard)
         except CmiddError as e:  # deterministic: every rank raises at the same step; no restart would help
             if shard.main:
                 ray.get(sink.put.remote("error", (type(e).__name__, str(e))))
@@ -177,7 +178,7 @@ def _train_worker(cfg: dict) -> None:
 class _Driver:
     """Turns the sink's events into calls of the caller's hooks (on the caller's thread), once per step."""
 
-    def __init__(self, hooks: Hooks, workdir: Path | None, sink, clock: list[float] | None = None) -> None:
+    def __init__(self, hooks: Hooks, workdir: Path, sink, clock: list[float] | None = None) -> None:
         self.hooks, self.workdir, self.sink, self.clock = hooks, workdir, sink, clock
         self.last = {"step": 0, "eval": 0, "checkpoint": 0}
         self.workers: list[dict] = []
@@ -188,8 +189,7 @@ class _Driver:
     def handle(self, kind: str, payload: Any) -> None:
         if kind == "worker":
             self.workers.append(payload)
-            if self.workdir is not None:
-                (self.workdir / WORKERS_FILE).write_text(json.dumps(self.workers, indent=1))
+            (self.workdir / WORKERS_FILE).write_text(json.dumps(self.workers, indent=1))
         elif kind == "done":
             self.done = payload
         elif kind == "error":
@@ -222,8 +222,7 @@ class _Driver:
             self.hooks.on_checkpoint(step, path, synset)
 
     def _write_checkpoint(self, blob: bytes) -> Path:
-        folder = self.workdir if self.workdir is not None else Path(tempfile.mkdtemp(prefix="cmidd-ckpt-"))
-        path = folder / CHECKPOINT
+        path = self.workdir / CHECKPOINT
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.replace(tmp, path)
@@ -267,6 +266,7 @@ def distill_distributed(
     resume: bool = False,
     address: str | None = None,
     *,
+    callbacks: list | None = None,
     step_clock: list[float] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
@@ -280,6 +280,8 @@ def distill_distributed(
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
         address: Ray cluster to connect to when Ray is not initialized yet (None = start a local one).
+        callbacks: Ray Train ``UserCallback``s for the trainer's ``RunConfig`` (e.g. Tune's
+            ``TuneReportCallback`` inside a Tune trial; it sees the checkpoint reports, ``{"step": k}``).
         step_clock: if given, filled with rank 0's ``time.perf_counter()`` at the end of each step (benchmarks).
 
     Returns:
@@ -312,7 +314,8 @@ def distill_distributed(
         _check_resources(job)
         if workdir is None:
             tmp_root = Path(tempfile.mkdtemp(prefix="cmidd-ray-"))
-        storage = (workdir if workdir is not None else tmp_root).resolve() / "ray"
+        folder = workdir if workdir is not None else tmp_root
+        storage = folder.resolve() / "ray"
         n = len(proxies) if proxies else 0
         shards = [ray.put({i: _on_cpu(proxies[i]) for i in range(r, n, s.workers)}) for r in range(s.workers)]
         sink = _sink_class().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -329,10 +332,10 @@ def distill_distributed(
             run_config=RunConfig(
                 name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=s.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
             ),
         )
-        driver = _Driver(hooks, workdir, sink, step_clock)
+        driver = _Driver(hooks, folder, sink, step_clock)
         failure: list[BaseException] = []
 
         def fit() -> None:
