@@ -219,7 +219,8 @@ def distill(
         sums = {"loss_dd": 0.0, "cmi": 0.0, "loss_total": 0.0}
         n_cmi = 0
         for _ in range(method.steps_per_iteration):
-            loss_dd = method.loss(syn, labels, gen, classes)
+            # a class subset only when sharded, so a method without the argument still runs in one process
+            loss_dd = method.loss(syn, labels, gen) if classes is None else method.loss(syn, labels, gen, classes)
             total, cmi = loss_dd, None
             if reg is not None and it % job.cmi.every == 0:
                 cmi = reg(syn, labels, gen)
