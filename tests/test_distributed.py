@@ -19,7 +19,7 @@ import yaml
 
 from cmidd.config import parse_job
 from cmidd.distill import CHECKPOINT, Hooks, distill
-from cmidd.errors import ConfigError
+from cmidd.errors import ConfigError, DivergenceError
 from cmidd.proxies import ensure
 
 from conftest import tiny_distill
@@ -206,6 +206,17 @@ def test_bad_scaling_is_a_config_error_before_any_worker(ray_local, tmp_path, di
     assert not (tmp_path / "ray").exists()
     with pytest.raises(ConfigError, match="cmi.agg must be mean or random"):
         parse_job(tiny_distill(tmp_path, cmi__lam=1.0, cmi__agg="max", scaling={"workers": 2}))
+
+
+def test_divergence_on_the_workers_is_the_loops_error(ray_local, tmp_path, digits):
+    from cmidd.distributed import distill_distributed
+
+    job = parse_job(tiny_distill(tmp_path, method__lr_img=1e30, method__iterations=20, output__checkpoint_every=1,
+                                 scaling={"workers": 2, "cpus_per_worker": 0.9}))
+    with pytest.raises(DivergenceError, match="loss became"):  # raised once, not retried max_failures times
+        distill_distributed(job, digits, workdir=tmp_path)
+    assert torch.isfinite(torch.load(tmp_path / CHECKPOINT, weights_only=True)["images"]).all()
+    assert len(json.loads((tmp_path / "ray_workers.json").read_text())) == 2  # one start per worker
 
 
 def test_killed_worker_restarts_from_checkpoint(ray_local, tmp_path, digits, proxies4):

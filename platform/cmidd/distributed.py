@@ -52,14 +52,16 @@ FINISH_GRACE_S = 1.0
 
 
 def connect(address: str | None = None) -> bool:
-    """Connect this process to Ray: ``address`` (``auto`` or ``HOST:PORT``), else a local Ray sized to the
-    machine. Returns True when this call started Ray (the caller may shut it down)."""
+    """Connect this process to Ray: ``address`` (``auto`` or ``HOST:PORT``), else ``$RAY_ADDRESS`` (set inside
+    ``ray job submit``), else a new local Ray sized to the machine (never a stale ``ray start`` cluster found in
+    /tmp/ray). Returns True when this call started or joined Ray (the caller then shuts its connection down)."""
     import ray
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
-        ray.init(address=address or "local", log_to_driver=False)  # "local": never a stale `ray start` cluster
+        ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(f"--address: cannot connect to a Ray cluster at {address!r}: {e}") from None
     return True
