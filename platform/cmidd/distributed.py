@@ -191,6 +191,8 @@ class _Driver:
     def handle(self, kind: str, payload: Any) -> None:
         if kind == "worker":
             self.workers.append(payload)
+            if payload["ray_checkpoint"] and payload["rank"] == 0:
+                log.info("Ray Train restarted the workers from the checkpoint at step %d", payload["resumed_from"])
             (self.workdir / WORKERS_FILE).write_text(json.dumps(self.workers, indent=1))
         elif kind == "done":
             self.done = payload
@@ -349,17 +351,21 @@ def distill_distributed(
         thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
         thread.start()
         ended = None
-        while True:
-            alive = thread.is_alive()
-            for kind, payload in ray.get(sink.take.remote()):
-                driver.handle(kind, payload)
-            if not alive:
-                break
-            if driver.done is not None or isinstance(driver.error, CmiddError):
-                ended = ended or time.monotonic()
-                if time.monotonic() - ended > FINISH_GRACE_S:
-                    break  # the workers are done; the controller still waits on Ray's placement group cleaner
-            thread.join(0.05)
+        try:
+            while True:
+                alive = thread.is_alive()
+                for kind, payload in ray.get(sink.take.remote()):
+                    driver.handle(kind, payload)
+                if not alive:
+                    break
+                if driver.done is not None or isinstance(driver.error, CmiddError):
+                    ended = ended or time.monotonic()
+                    if time.monotonic() - ended > FINISH_GRACE_S:
+                        break  # the workers are done; the controller still waits on Ray's placement group cleaner
+                thread.join(0.05)
+        except BaseException:  # e.g. Ctrl-C: the workers on a cluster stop at their next step
+            sink.request_stop.remote()
+            raise
         ray.kill(sink)
         if driver.error is not None:
             raise driver.error
