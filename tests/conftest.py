@@ -43,6 +43,7 @@ def ray_local():
     """One local Ray with 2 CPUs for the whole test session (each ray.init costs 2.5-4 s)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # address="local": a new Ray, never a cluster some `ray start` on this machine left in /tmp/ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   cmidd demo --quick --out runs/demo-quick     # the same at toy size (< 3 min)
   cmidd run jobs/distill_dm_digits_ipc10.yaml --set cmi.lam=100 --set ipc=1
   cmidd run jobs/distill_dm_digits_ipc10.yaml --resume
+  cmidd run jobs/distill_dmcmi_digits_ipc10_2workers.yaml --address auto   # Ray Train on a running cluster
   cmidd validate jobs/*.yaml
   cmidd ls nets 'ConvNet*'
   cmidd best --dataset digits --ipc 10 --json
@@ -36,6 +37,10 @@ def _cmd_run(args) -> int:
     from .runner import run_job
 
     job = load_job(args.job, args.set)
+    if args.address is not None and getattr(job, "scaling", None) is not None and job.scaling.workers > 1:
+        from .distributed import connect
+
+        connect(args.address)
     result = run_job(job, resume=args.resume) if args.no_track else run_tracked(args, job)
     if result.rows:
         print(results_table(result.rows))

@@ -34,8 +34,10 @@ def quiet_mlflow() -> None:
 
 
 def add_run_options(run_parser: argparse.ArgumentParser) -> None:
-    """``--tracking-uri``, ``--resume-run ID`` and ``--no-track`` for ``cmidd run``."""
+    """``--tracking-uri``, ``--address``, ``--resume-run ID`` and ``--no-track`` for ``cmidd run``."""
     run_parser.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    run_parser.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                            help="Ray cluster for jobs with scaling.workers > 1 (default: a local Ray on this machine)")
     either = run_parser.add_mutually_exclusive_group()
     either.add_argument("--resume-run", default=None, metavar="RUN_ID",
                         help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")

@@ -100,7 +100,9 @@ class CMIRegularizer:
     pass of the chosen proxy (or of k proxies) over the synthetic images. No disk I/O happens here.
 
     Args:
-        proxies: frozen networks exposing ``embed(x)`` and ``forward(x)``.
+        proxies: frozen networks exposing ``embed(x)`` and ``forward(x)``; in a data-parallel worker, None
+            for the proxies another worker holds: their values count 0 here (the workers' terms are summed,
+            which is exact for the linear aggregators ``mean`` and ``random``).
         num_classes: C.
         agg: name in ``AGGREGATORS`` (random | mean | max).
         k: proxies per application for ``mean`` / ``max``.
@@ -121,7 +123,7 @@ class CMIRegularizer:
     ) -> None:
         if not proxies:
             raise ValueError("CMIRegularizer needs at least one proxy")
-        self.proxies = [freeze(p) for p in proxies]
+        self.proxies = [freeze(p) if p is not None else None for p in proxies]
         self.num_classes = num_classes
         self.aggregate = AGGREGATORS.get(agg)
         self.k, self.space, self.temperature, self.subsample = k, space, temperature, subsample
@@ -134,17 +136,14 @@ class CMIRegularizer:
                 idx = subsample_per_class(self.num_classes, ipc, self.subsample, gen).to(images.device)
                 images, labels = images[idx], labels[idx]
 
+        def value(i: int) -> Tensor:
+            if self.proxies[i] is None:  # held by another worker
+                return images.new_zeros(())
+            log_p = proxy_log_probs(self.proxies[i], images, self.space, self.temperature)
+            return cmi_emp(log_p, labels, self.num_classes)
+
         def values_of(indices: list[int]) -> Tensor:
-            return torch.stack(
-                [
-                    cmi_emp(
-                        proxy_log_probs(self.proxies[i], images, self.space, self.temperature),
-                        labels,
-                        self.num_classes,
-                    )
-                    for i in indices
-                ]
-            )
+            return torch.stack([value(i) for i in indices])
 
         return self.aggregate(values_of, len(self.proxies), self.k, gen)
 

@@ -272,6 +272,7 @@ class ScalingCfg(_Cfg):
     workers: int = Field(default=1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    max_failures: int = Field(default=2, ge=0)  # worker-group restarts (from the last checkpoint) before failing
 
 
 class _JobBase(_Cfg):
@@ -306,6 +307,11 @@ class DistillJob(_JobBase):
         if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
+            )
+        if self.scaling.workers > 1 and self.cmi.lam > 0 and self.cmi.agg == "max":
+            raise ValueError(  # a max over proxies held by different workers is not a sum of the workers' terms
+                f"cmi.agg must be mean or random when scaling.workers > 1, but got cmi.agg='max' "
+                f"with scaling.workers={self.scaling.workers}"
             )
         return self
 

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -74,6 +75,40 @@ class History:
         self.loss_total.append(m["loss_total"])
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel distillation (``distributed.py`` builds one per Ray worker).
+
+    Every worker holds the full synthetic set and draws the same random numbers; worker ``rank`` computes the
+    DD term on classes ``rank, rank + world, ...`` and the CMI term on the proxies it holds, weighted so that
+    the SUM over workers of the image gradients is the single-process gradient of ``L_DD + lam * CMI``.
+    ``all_reduce`` sums a tensor in place over the workers; all then take the identical SGD step.
+    """
+
+    rank: int
+    world: int
+    all_reduce: Callable[[torch.Tensor], None]
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 evaluates and reports; the others only compute."""
+        return self.rank == 0
+
+    def classes(self, num_classes: int) -> list[int] | None:
+        """The classes of this worker's DD term (None = all, the single-process case)."""
+        return None if self.world == 1 else list(range(self.rank, num_classes, self.world))
+
+    def reduce(self, syn: torch.Tensor, *scalars: torch.Tensor) -> list[torch.Tensor]:
+        """Sum ``syn.grad`` and the metric scalars over the workers in one collective; returns the sums."""
+        if self.world == 1:
+            return list(scalars)
+        n = syn.numel()
+        flat = torch.cat([syn.grad.reshape(-1), torch.stack([s.detach().to(syn.grad.dtype) for s in scalars])])
+        self.all_reduce(flat)
+        syn.grad.copy_(flat[:n].view_as(syn))
+        return list(flat[n:].unbind())
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a config error."""
     if name == "auto":
@@ -120,6 +155,7 @@ def distill(
     hooks: Hooks | None = None,
     workdir: Path | None = None,
     resume: bool = False,
+    shard: Shard | None = None,
     experts: list[torch.Tensor] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """Distil ``job.ipc`` images per class from ``data``.
@@ -131,6 +167,8 @@ def distill(
         hooks: callbacks (logging, reporting, stopping).
         workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
         resume: continue from ``workdir/checkpoint.pt`` if it exists.
+        shard: this worker's part of a data-parallel run (``distributed.py``); None = the whole job here.
+            ``proxies`` then has one entry per proxy of the set, None for those another worker holds.
         experts: expert trajectories (method ``mtt``), see ``cmidd.experts``.
 
     Returns:
@@ -166,9 +204,7 @@ def distill(
     history, start = History(), 0
     ckpt = workdir / CHECKPOINT if workdir is not None else None
     if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state["key"] != _resume_key(job):
-            raise ConfigError(f"--resume: {ckpt} was written by a different config; remove it or drop --resume")
+        state = load_checkpoint(ckpt, job, device)
         with torch.no_grad():
             syn.copy_(state["images"])
         opt.load_state_dict(state["opt"])
@@ -179,6 +215,8 @@ def distill(
         log.info("resumed from %s at iteration %d", ckpt, start)
 
     # -- the loop -------------------------------------------------------------------------------------
+    classes = shard.classes(c_num) if shard is not None else None
+    main = shard is None or shard.main
     every_log = max(1, cfg.iterations // 20)
     t0 = time.perf_counter() - history.seconds
     for it in range(start, cfg.iterations):
@@ -188,11 +226,19 @@ def distill(
         n_cmi = 0
         for _ in range(method.steps_per_iteration):
             x, y = decode(syn, labels, cfg.factor)  # multi-formation; the identity for factor 1
-            loss_dd = method.loss(x, y, gen)
-            total = loss_dd
+            # a class subset only when sharded, so a method without the argument still runs in one process
+            loss_dd = method.loss(x, y, gen) if classes is None else method.loss(x, y, gen, classes)
+            total, cmi = loss_dd, None
             if reg is not None and it % job.cmi.every == 0:
                 cmi = reg(x, y, gen)
                 total = loss_dd + job.cmi.lam * cmi
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if shard is not None:  # this worker's terms -> the whole job's (gradient and metrics)
+                loss_dd, cmi_sum, total = shard.reduce(syn, loss_dd, cmi if cmi is not None else syn.new_zeros(()),
+                                                      total)
+                cmi = cmi_sum if cmi is not None else None
+            if cmi is not None:
                 sums["cmi"] += float(cmi.detach())
                 n_cmi += 1
             if not torch.isfinite(total):
@@ -201,8 +247,6 @@ def distill(
                     f"loss became {float(total.detach())} at iteration {it + 1} "
                     f"(loss_dd={float(loss_dd.detach())}); {where}; try a smaller method.lr_img or cmi.lam"
                 )
-            opt.zero_grad(set_to_none=True)
-            total.backward()
             opt.step()
             method.after_update(*decode(syn.detach(), labels, cfg.factor), gen)
             sums["loss_dd"] += float(loss_dd.detach())
@@ -219,7 +263,7 @@ def distill(
             cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
             log.info("it %d/%d loss_dd %.4f%s (%.3f s/it)", step, cfg.iterations, metrics["loss_dd"], cmi_txt, rate)
 
-        if job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
+        if main and job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
             res = evaluate(*decode(syn.detach(), labels, cfg.factor), data, job.eval, job.seed, device)
             hooks.on_eval(step, res.metrics())
             history.evals.append({"step": step, **res.metrics()})
@@ -244,6 +288,14 @@ def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Ten
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
+
+
+def load_checkpoint(path: Path, job: DistillJob, device: torch.device | str = "cpu") -> dict:
+    """A loop checkpoint's state, after checking that ``job`` may resume it (ConfigError otherwise)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state["key"] != _resume_key(job):
+        raise ConfigError(f"--resume: {path} was written by a different config; remove it or drop --resume")
+    return state
 
 
 def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None) -> None:

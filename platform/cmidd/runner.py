@@ -136,7 +136,10 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> 
     outdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    synset, history = distill(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
+    loop = distill
+    if job.scaling.workers > 1:  # the same loop on Ray Train workers (imports ray)
+        from .distributed import distill_distributed as loop
+    synset, history = loop(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
     t_distill = time.perf_counter() - t0
     synset.save(outdir / "synthetic")
     (outdir / "history.json").write_text(json.dumps(history.__dict__, default=float))

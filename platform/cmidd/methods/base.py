@@ -38,11 +38,20 @@ class Method(Protocol):
     def begin_iteration(self, gen: torch.Generator) -> None:
         """Start an iteration (e.g. draw a fresh randomly initialized network)."""
 
-    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
-        """Scalar DD loss, differentiable w.r.t. ``syn`` (C*ipc, C, H, W), class-ordered."""
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
+        """Scalar DD loss, differentiable w.r.t. ``syn`` (C*ipc, C, H, W), class-ordered.
+
+        ``classes``: only these classes' part of the loss (a sum over classes), for a data-parallel worker;
+        ``gen`` is consumed exactly as for all classes, so that every worker stays in lockstep.
+        """
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         """Work after the image update (e.g. train the matching net on the synthetic set)."""
+
+
+def class_mask(y: Tensor, classes: list[int]) -> Tensor:
+    """(N,) bool: which rows of ``y`` belong to ``classes``."""
+    return torch.isin(y, torch.as_tensor(classes, device=y.device))
 
 
 def draw_seed(gen: torch.Generator) -> int:

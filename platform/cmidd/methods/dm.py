@@ -8,7 +8,7 @@ from torch import Tensor
 from ..augment import DSAParams, dsa
 from ..nets import create_net
 from ._registry import METHODS
-from .base import MethodContext, draw_seed, embed_nograd, reinit_
+from .base import MethodContext, class_mask, draw_seed, embed_nograd, reinit_
 
 
 def class_means(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -44,17 +44,26 @@ class DM:
         self.net.to(ctx.device, memory_format=torch.channels_last).train()  # see embed_nograd
         self.net.requires_grad_(False)  # gradients flow to the images only
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
+        # batch statistics make a row's embedding depend on the others: such nets embed all rows, then slice
+        self.batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         reinit_(self.net, draw_seed(gen))
 
-    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
         real, real_y = self.ctx.pool.sample_all(self.ctx.cfg.batch_real, gen)
-        if self.ctx.cfg.dsa:
+        if self.ctx.cfg.dsa:  # augment the full batches, so each image gets the augmentation it gets in one process
             seed = draw_seed(gen)  # siamese: the same seed for the real and the synthetic batch
             real, syn = dsa(real, seed, self.dsa_params), dsa(syn, seed, self.dsa_params)
-        real_emb = embed_nograd(self.net, real)  # the real side needs no graph
-        return dm_loss(real_emb, real_y, self.net.embed(syn), syn_y, self.ctx.num_classes)
+        keep_r = keep_s = slice(None)
+        if classes is not None:  # a worker's share: DM's loss is a sum over classes
+            keep_r, keep_s = class_mask(real_y, classes), class_mask(syn_y, classes)
+            real_y, syn_y = real_y[keep_r], syn_y[keep_s]
+            if not self.batch_stats:
+                real, syn, keep_r, keep_s = real[keep_r], syn[keep_s], slice(None), slice(None)
+        # the real side needs no graph; chunks only where rows are independent (no batch statistics)
+        real_emb = embed_nograd(self.net, real, real.shape[0] if self.batch_stats else None)[keep_r]
+        return dm_loss(real_emb, real_y, self.net.embed(syn)[keep_s], syn_y, self.ctx.num_classes)
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         return None

@@ -72,13 +72,15 @@ class GM:
     def _aug(self, x: Tensor, seed: int) -> Tensor:
         return dsa(x, seed, self.dsa_params) if self.ctx.cfg.dsa else x
 
-    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
         c_num, ipc = self.ctx.num_classes, syn.shape[0] // self.ctx.num_classes
         total = syn.new_zeros(())
         # Per-class gradients need one backward per class: the loop is inherent to gradient matching.
         for c in range(c_num):
             real = self.ctx.pool.sample(c, self.ctx.cfg.batch_real, gen)
             seed = draw_seed(gen)
+            if classes is not None and c not in classes:  # another worker's class; gen was consumed alike
+                continue
             y_real = torch.full((real.shape[0],), c, device=real.device)
             loss_real = F.cross_entropy(self.net(self._aug(real, seed)), y_real)
             g_real = [g.detach() for g in torch.autograd.grad(loss_real, self.params)]

@@ -70,7 +70,10 @@ class MTT:
         t = int(torch.randint(self.ctx.cfg.max_start_epoch + 1, (1,), generator=gen))
         self._pick = (e, t)
 
-    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> Tensor:
+    def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
+        """The trajectory loss. Sharded (``classes`` given), it does not split over classes: every worker
+        computes it, drawing the same random numbers as the others, and only the worker holding class 0 keeps
+        it, so that the summed gradient is the single-process one."""
         e, t = self._pick
         traj = self.experts[e]
         start, target = traj[t], traj[t + self.ctx.cfg.expert_epochs]
@@ -78,7 +81,8 @@ class MTT:
         augment = (lambda x, s: dsa(x, s, self.dsa_params)) if self.ctx.cfg.dsa else None
         theta = unrolled_student(self.net, theta0, syn, syn_y, self.lr, self.ctx.cfg.syn_steps,
                                  self.ctx.cfg.batch_syn, gen, augment)
-        return param_distance(theta, start, target)
+        loss = param_distance(theta, start, target)
+        return loss if classes is None or 0 in classes else loss * 0.0
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         if self.lr.grad is not None:

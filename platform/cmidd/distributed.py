@@ -1,0 +1,386 @@
+"""Ray Train: the distillation loop (``distill.distill``) on N workers, the proxy ensemble spread across them.
+
+Each worker runs the same loop with a ``distill.Shard``: it holds the full synthetic set and the proxies
+``r, r + N, ...``, draws the same random numbers as every other worker, computes the DD term on its classes
+and the CMI term on its proxies, and all-reduces (sums) the synthetic-image gradients, so that every worker
+takes the identical SGD step and the result equals the single-process loop with ``cmi.agg: mean``.
+
+Rank 0 sends its per-step metrics, evaluations and checkpoints to a small actor (``_Sink``); the driver
+drains it on the calling thread and calls the caller's ``Hooks`` there (one MLflow run per job, Tune reports
+from the trial's own thread). ``should_stop`` travels back the same way, one step late. Every
+``output.checkpoint_every`` steps all workers call ``ray.train.report`` with rank 0's checkpoint (images,
+optimizer state, step, history); after a worker failure (``scaling.max_failures``) the group restarts from
+``ray.train.get_checkpoint()``. The driver also keeps the last checkpoint in ``workdir`` as the plain loop
+does, so ``--resume`` works across both.
+
+Example:
+    >>> synset, history = distill_distributed(job, data, proxies, workdir=Path("runs/x"))
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import errors
+from .config import DistillJob
+from .data import Dataset
+from .distill import CHECKPOINT, History, Hooks, Shard, distill, load_checkpoint
+from .errors import CmiddError, ConfigError
+from .synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+WORKERS_FILE = "ray_workers.json"  # one record per worker start: rank, pid, node, step it resumed from
+# After rank 0's result, how long to wait for TorchTrainer.fit() to return. The worker group is shut down
+# within a few health checks, but Ray 2.60's controller then waits ~12 s for its PlacementGroupCleaner to
+# stop (ray-project/ray#65443); that wait holds no resources, so it runs out in the background.
+FINISH_GRACE_S = 1.0
+
+
+def connect(address: str | None = None) -> bool:
+    """Connect this process to Ray: ``address`` (``auto`` or ``HOST:PORT``), else ``$RAY_ADDRESS`` (set inside
+    ``ray job submit``), else a new local Ray sized to the machine (never a stale ``ray start`` cluster found in
+    /tmp/ray). Returns True when this call started or joined Ray (the caller then shuts its connection down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"--address: cannot connect to a Ray cluster at {address!r}: {e}") from None
+    return True
+
+
+def _sink_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class _Sink:
+        """Events from rank 0 (and worker starts) for the driver, and the driver's stop request."""
+
+        def __init__(self) -> None:
+            self.events: list[tuple[str, Any]] = []
+            self.stop = False
+
+        def put(self, kind: str, payload: Any) -> bool:
+            self.events.append((kind, payload))
+            return self.stop
+
+        def take(self) -> list[tuple[str, Any]]:
+            out, self.events = self.events, []
+            return out
+
+        def request_stop(self) -> None:
+            self.stop = True
+
+    return _Sink
+
+
+class _WorkerHooks(Hooks):
+    """Hooks inside a worker: rank 0 forwards to the sink; checkpoints are collective ``ray.train.report``s."""
+
+    def __init__(self, sink, shard: Shard, device: str) -> None:
+        self.sink, self.shard, self.device = sink, shard, device
+        self._pending = self._last = None  # the last two steps' put()s: their answer is the stop request
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.shard.main:
+            event = (step, metrics, time.perf_counter())  # rank 0's clock, for per-iteration timings
+            self._last, self._pending = self._pending, self.sink.put.remote("step", event)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.shard.main:  # only rank 0 evaluates
+            self.sink.put.remote("eval", (step, metrics))
+
+    def on_checkpoint(self, step: int, path: Path, synset: SyntheticSet) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(str(path.parent)) if self.shard.main else None
+        ray.train.report({"step": step}, checkpoint=ckpt)  # collective: every rank calls it
+        if self.shard.main:
+            self.sink.put.remote("checkpoint", (step, path.read_bytes(), synset))
+
+    def should_stop(self) -> bool:
+        import ray
+
+        stop = False
+        if self.shard.main and self._last is not None:
+            stop = bool(ray.get(self._last))
+        if self.shard.world > 1:  # every worker must leave the loop at the same step
+            flag = torch.tensor([float(stop)], device=self.device)  # nccl needs it on the GPU
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+
+def _train_worker(cfg: dict) -> None:
+    """The function every Ray Train worker runs: resume state, then ``distill`` with this worker's shard."""
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = "cuda" if cfg["job"].scaling.use_gpu else "cpu"  # Ray gives a GPU worker its own CUDA device
+    job: DistillJob = cfg["job"].model_copy(update={"device": device})
+    data: Dataset = ray.get(cfg["data"])
+    held: dict[int, nn.Module] = ray.get(cfg["proxies"][rank]) if cfg["proxies"] else {}
+    proxies = [held.get(i) for i in range(cfg["n_proxies"])] if cfg["n_proxies"] else None
+    if proxies:
+        proxies = [p.to(device) if p is not None else None for p in proxies]
+
+    def all_reduce(t: torch.Tensor) -> None:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+    shard = Shard(rank, world, all_reduce)
+    sink = cfg["sink"]
+    work = Path(tempfile.mkdtemp(prefix=f"cmidd-rank{rank}-"))
+    try:
+        resumed_from, ray_ckpt = 0, ray.train.get_checkpoint()
+        if ray_ckpt is not None:  # a restart after a failure: Ray Train's last checkpoint wins
+            with ray_ckpt.as_directory() as d:
+                shutil.copy(Path(d) / CHECKPOINT, work / CHECKPOINT)
+        elif cfg["initial"] is not None:  # --resume from the driver's workdir
+            (work / CHECKPOINT).write_bytes(ray.get(cfg["initial"]))
+        if (work / CHECKPOINT).is_file():
+            resumed_from = int(torch.load(work / CHECKPOINT, weights_only=True)["step"])
+        sink.put.remote("worker", {
+            "rank": rank, "world": world, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+            "resumed_from": resumed_from, "ray_checkpoint": ray_ckpt is not None, "threads": torch.get_num_threads(),
+        })
+        hooks = _WorkerHooks(sink, shard, device)
+        try:
+            experts = ray.get(cfg["experts"]) if cfg["experts"] is not None else None
+            synset, history = distill(job, data, proxies, hooks, work, resume=True, shard=shard, experts=experts)
+        except CmiddError as e:  # deterministic: every rank raises at the same step; no restart would help
+            if shard.main:
+                ray.get(sink.put.remote("error", (type(e).__name__, str(e))))
+            return
+        if shard.main:
+            ray.get(sink.put.remote("done", (synset, asdict(history))))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _Driver:
+    """Turns the sink's events into calls of the caller's hooks (on the caller's thread), once per step."""
+
+    def __init__(self, hooks: Hooks, workdir: Path, sink, clock: list[float] | None = None) -> None:
+        self.hooks, self.workdir, self.sink, self.clock = hooks, workdir, sink, clock
+        self.last = {"step": 0, "eval": 0, "checkpoint": 0}
+        self.workers: list[dict] = []
+        self.done: tuple | None = None
+        self.error: BaseException | None = None
+        self.stop_sent = False
+
+    def handle(self, kind: str, payload: Any) -> None:
+        if kind == "worker":
+            self.workers.append(payload)
+            if payload["ray_checkpoint"] and payload["rank"] == 0:
+                log.info("Ray Train restarted the workers from the checkpoint at step %d", payload["resumed_from"])
+            (self.workdir / WORKERS_FILE).write_text(json.dumps(self.workers, indent=1))
+        elif kind == "done":
+            self.done = payload
+        elif kind == "error":
+            name, msg = payload
+            cls = getattr(errors, name, CmiddError)
+            self.error = cls(msg) if isinstance(cls, type) and issubclass(cls, CmiddError) else CmiddError(msg)
+        elif self.error is None:
+            try:
+                self._hook(kind, payload)
+            except BaseException as e:  # stop the workers, then re-raise on this thread
+                self.error = e
+                self._stop()
+
+    def _hook(self, kind: str, payload: Any) -> None:
+        step = payload[0]
+        if step <= self.last[kind]:  # a restarted worker group repeats steps since its checkpoint
+            return
+        self.last[kind] = step
+        if kind == "step":
+            if self.clock is not None:
+                self.clock.append(payload[2])
+            self.hooks.on_step(step, payload[1])
+            if self.hooks.should_stop():
+                self._stop()
+        elif kind == "eval":
+            self.hooks.on_eval(step, payload[1])
+        elif kind == "checkpoint":
+            _, blob, synset = payload
+            path = self._write_checkpoint(blob)
+            self.hooks.on_checkpoint(step, path, synset)
+
+    def _write_checkpoint(self, blob: bytes) -> Path:
+        path = self.workdir / CHECKPOINT
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+        return path
+
+    def _stop(self) -> None:
+        if not self.stop_sent:
+            self.sink.request_stop.remote()
+            self.stop_sent = True
+
+
+def _on_cpu(net: nn.Module) -> nn.Module:
+    """``net`` itself if on the CPU, else a CPU copy (the driver's proxies stay where they are)."""
+    if all(p.device.type == "cpu" for p in net.parameters()):
+        return net
+    return copy.deepcopy(net).cpu()
+
+
+def _check_resources(job: DistillJob) -> None:
+    """The cluster must be able to place every worker at once (Ray would otherwise wait forever)."""
+    import ray
+
+    s = job.scaling
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    if s.workers * s.cpus_per_worker > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling: workers * cpus_per_worker <= the cluster's CPUs must hold, but got "
+            f"{s.workers} * {s.cpus_per_worker} > {cpus:g}"
+        )
+    if s.use_gpu and s.workers > gpus:
+        raise ConfigError(f"scaling.use_gpu: one GPU per worker needed, but got workers={s.workers} > {gpus:g} GPUs")
+
+
+def distill_distributed(
+    job: DistillJob,
+    data: Dataset,
+    proxies: list[nn.Module] | None = None,
+    hooks: Hooks | None = None,
+    workdir: Path | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    experts: list[torch.Tensor] | None = None,
+    *,
+    callbacks: list | None = None,
+    step_clock: list[float] | None = None,
+) -> tuple[SyntheticSet, History]:
+    """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
+
+    Args:
+        job: validated distill job (``scaling``: workers, use_gpu, cpus_per_worker, max_failures).
+        data: the real data set (sent once through Ray's object store).
+        proxies: the proxy set; worker r receives only proxies r, r + N, ...
+        hooks: called on this thread with rank 0's steps, evaluations and checkpoints.
+        workdir: where the last checkpoint (``checkpoint.pt``), Ray Train's storage (``ray/``) and the
+            worker records (``ray_workers.json``) go; None = a temporary folder.
+        resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
+        address: Ray cluster to connect to when Ray is not initialized yet (None = start a local one).
+        experts: MTT's expert trajectories (every worker gets them all; MTT's term is rank 0's, see mtt.py).
+        callbacks: Ray Train ``UserCallback``s for the trainer's ``RunConfig`` (e.g. Tune's
+            ``TuneReportCallback`` inside a Tune trial; it sees the checkpoint reports, ``{"step": k}``).
+        step_clock: if given, filled with rank 0's ``time.perf_counter()`` at the end of each step (benchmarks).
+
+    Returns:
+        (SyntheticSet, History) from rank 0.
+
+    Raises:
+        ConfigError: bad scaling for the cluster, a checkpoint of another config, an unreachable address.
+        DivergenceError: as the plain loop.
+        CmiddError: Ray Train failed more than ``scaling.max_failures`` times.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    hooks = hooks or Hooks()
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # propagated to the controller and workers
+    s = job.scaling
+    if s.workers > data.num_classes:
+        raise ConfigError(f"scaling.workers <= the number of classes must hold (each worker matches >= 1 class), "
+                          f"but got {s.workers} > {data.num_classes}")
+    initial = None
+    ckpt = workdir / CHECKPOINT if workdir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        load_checkpoint(ckpt, job)  # a checkpoint of another config fails here, before any worker starts
+        initial = ckpt.read_bytes()
+    started = connect(address)
+    tmp_root = None
+    try:
+        _check_resources(job)
+        if workdir is None:
+            tmp_root = Path(tempfile.mkdtemp(prefix="cmidd-ray-"))
+        folder = workdir if workdir is not None else tmp_root
+        storage = folder.resolve() / "ray"
+        n = len(proxies) if proxies else 0
+        shards = [ray.put({i: _on_cpu(proxies[i]) for i in range(r, n, s.workers)}) for r in range(s.workers)]
+        sink = _sink_class().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=True)).remote()
+        config = {
+            "job": job, "data": ray.put(data), "proxies": shards if n else None, "n_proxies": n, "sink": sink,
+            "initial": ray.put(initial) if initial is not None else None,
+            "experts": ray.put(experts) if experts is not None else None,
+        }
+        resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+        trainer = TorchTrainer(
+            _train_worker, train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=s.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+            ),
+        )
+        driver = _Driver(hooks, folder, sink, step_clock)
+        failure: list[BaseException] = []
+
+        def fit() -> None:
+            try:
+                trainer.fit()
+            except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+                failure.append(e)
+
+        thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
+        thread.start()
+        ended = None
+        try:
+            while True:
+                alive = thread.is_alive()
+                for kind, payload in ray.get(sink.take.remote()):
+                    driver.handle(kind, payload)
+                if not alive:
+                    break
+                if driver.done is not None or isinstance(driver.error, CmiddError):
+                    ended = ended or time.monotonic()
+                    if time.monotonic() - ended > FINISH_GRACE_S:
+                        break  # the workers are done; the controller still waits on Ray's placement group cleaner
+                thread.join(0.05)
+        except BaseException:  # e.g. Ctrl-C: the workers on a cluster stop at their next step
+            sink.request_stop.remote()
+            raise
+        ray.kill(sink)
+        if driver.error is not None:
+            raise driver.error
+        if failure:
+            raise CmiddError(f"Ray Train failed (scaling.max_failures={s.max_failures}): {failure[0]}")
+        if driver.done is None:
+            raise CmiddError("Ray Train finished without a result from rank 0")
+        synset, hist = driver.done
+        return synset, History(**hist)
+    finally:
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+        if started:
+            ray.shutdown()
