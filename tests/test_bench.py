@@ -127,3 +127,14 @@ def test_report_logs_to_mlflow(report, tmp_path):
     assert run.data.metrics["speed/dm_cmi/ipc2/digits8/s_per_iter"] > 0
     assert run.data.params["repeats"] == "2"
     assert {a.path for a in client.list_artifacts(run_id)} >= {"bench.json", "bench.md", "speed.png"}
+
+
+def test_ray_suite_reports_plain_and_workers(ray_local, tmp_path):
+    plan = dataclasses.replace(TINY, repeats=1, warmup=1, ray_iterations=1)
+    r = run_bench(["ray"], plan, "cpu", tmp_path)["ray"]
+    assert set(r["ratios"]) == {"ray_1w_over_plain", "ray_2w_over_plain"}
+    assert all(_positive_finite(v) for v in r["ratios"].values())
+    assert _positive_finite(r["plain"]["median_s"]) and _positive_finite(r["ray_2w"]["median_s"])
+    (t,) = r["targets"]
+    assert t["bound"] == "<= 0.15" and isinstance(t["met"], bool)
+    assert "Ray Train, 2 worker(s)" in (tmp_path / "bench.md").read_text()

@@ -29,7 +29,7 @@ import os
 import re
 import platform as std_platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,7 +67,7 @@ class BenchPlan:
     lam: float = LAM
     proxy_set: str = "convnet-x4"
     proxy_epochs: int = 20
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to the ray / search / ensemble suites
+    ray_iterations: int = 5  # steps per timed segment of the Ray suite (repeats segments per configuration)
 
     def settings(self) -> list[Setting]:
         out = []
@@ -90,6 +90,7 @@ PLANS = {
         repeats=5, speed_ipcs=(10,), speed_methods=("dm", "dm+cmi", "dm+cmi(every4)", "gm"),
         quality_ipcs=(1, 10), quality_variants=("dm", "dm+cmi"), quality_archs=("ConvNetD2", "LeNet"),
         quality_iterations=100, eval_epochs=100, full_epochs=30, proxy_set="convnet-x1", proxy_epochs=10,
+        ray_iterations=3,
     ),
 }
 
@@ -124,7 +125,27 @@ def _optional_suite(name: str, module: str, fn: str) -> None:
     SUITES.register(name)(run)
 
 
-_optional_suite("ray", "bench_ray", "bench_suite")
+@SUITES.register("ray")
+def _ray(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """Ray Train with 1 and 2 workers against the plain loop: DM+CMI, IPC 10, 32x32 (``bench_ray``)."""
+    try:
+        from .bench_ray import ray_speed
+    except ImportError as e:
+        return {"unavailable": f"Ray is not installed ({e})"}
+    r = ray_speed(repeats=plan.repeats, iterations=plan.ray_iterations, ipc=10, im_size=32, warmup=plan.warmup)
+    over = r["ratios"]["ray_1w_over_plain"] - 1
+    r["targets"] = [{"target": "Ray Train overhead, 1 worker vs the plain loop (DM+CMI, IPC 10, 32x32)",
+                     "value": over, "bound": "<= 0.15", "met": over <= 0.15}]
+    rows = [("plain loop", r["plain"])] + [(f"Ray Train, {k[4:-1]} worker(s)", v) for k, v in r.items()
+                                           if k.startswith("ray_") and k.endswith("w")]
+    r["table"] = "\n".join(
+        [f"DM+CMI, IPC 10, 32x32, {r['settings']['proxies']} proxies (agg mean), seconds per iteration:", "",
+         "| loop | median | min | max |", "|---|---:|---:|---:|"]
+        + [f"| {name} | {v['median_s']:.3f} | {v['min_s']:.3f} | {v['max_s']:.3f} |" for name, v in rows]
+        + ["", "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ratios"].items())]
+    )
+    return r
+
 _optional_suite("search", "bench_search", "bench_suite")
 _optional_suite("ensemble", "bench_ensemble", "bench_suite")
 
