@@ -262,6 +262,61 @@ def _check_resources(job: DistillJob) -> None:
         raise ConfigError(f"scaling.use_gpu: one GPU per worker needed, but got workers={s.workers} > {gpus:g} GPUs")
 
 
+def _trainer(job: DistillJob, config: dict, storage: Path, callbacks: list | None):
+    """The TorchTrainer of one job: N workers of ``cpus_per_worker`` CPUs (+ 1 GPU), gloo or nccl, restarts."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s = job.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    return TorchTrainer(
+        _train_worker, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+        ),
+    )
+
+
+def _drive(trainer, sink, driver: _Driver) -> BaseException | None:
+    """Run ``trainer.fit()`` on a thread while this thread hands the sink's events to ``driver``.
+
+    Returns the exception ``fit`` raised (None if it returned, or once rank 0's result is in).
+    """
+    import ray
+
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            failure.append(e)
+
+    thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
+    thread.start()
+    ended = None
+    try:
+        while True:
+            alive = thread.is_alive()
+            for kind, payload in ray.get(sink.take.remote()):
+                driver.handle(kind, payload)
+            if not alive:
+                break
+            if driver.done is not None or isinstance(driver.error, CmiddError):
+                ended = ended or time.monotonic()
+                if time.monotonic() - ended > FINISH_GRACE_S:
+                    break  # the workers are done; the controller still waits on Ray's placement group cleaner
+            thread.join(0.05)
+    except BaseException:  # e.g. Ctrl-C: the workers on a cluster stop at their next step
+        sink.request_stop.remote()
+        raise
+    return failure[0] if failure else None
+
+
 def distill_distributed(
     job: DistillJob,
     data: Dataset,
@@ -285,7 +340,8 @@ def distill_distributed(
         workdir: where the last checkpoint (``checkpoint.pt``), Ray Train's storage (``ray/``) and the
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
-        address: Ray cluster to connect to when Ray is not initialized yet (None = start a local one).
+        address: Ray cluster to connect to when Ray is not initialized yet (None: ``$RAY_ADDRESS``, else a
+            new local Ray, shut down at the end).
         experts: MTT's expert trajectories (every worker gets them all; MTT's term is rank 0's, see mtt.py).
         callbacks: Ray Train ``UserCallback``s for the trainer's ``RunConfig`` (e.g. Tune's
             ``TuneReportCallback`` inside a Tune trial; it sees the checkpoint reports, ``{"step": k}``).
@@ -300,8 +356,6 @@ def distill_distributed(
         CmiddError: Ray Train failed more than ``scaling.max_failures`` times.
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     hooks = hooks or Hooks()
@@ -332,49 +386,14 @@ def distill_distributed(
             "initial": ray.put(initial) if initial is not None else None,
             "experts": ray.put(experts) if experts is not None else None,
         }
-        resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
-        trainer = TorchTrainer(
-            _train_worker, train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=s.workers, use_gpu=s.use_gpu, resources_per_worker=resources),
-            torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-            run_config=RunConfig(
-                name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=s.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
-            ),
-        )
+        trainer = _trainer(job, config, storage, callbacks)
         driver = _Driver(hooks, folder, sink, step_clock)
-        failure: list[BaseException] = []
-
-        def fit() -> None:
-            try:
-                trainer.fit()
-            except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-                failure.append(e)
-
-        thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
-        thread.start()
-        ended = None
-        try:
-            while True:
-                alive = thread.is_alive()
-                for kind, payload in ray.get(sink.take.remote()):
-                    driver.handle(kind, payload)
-                if not alive:
-                    break
-                if driver.done is not None or isinstance(driver.error, CmiddError):
-                    ended = ended or time.monotonic()
-                    if time.monotonic() - ended > FINISH_GRACE_S:
-                        break  # the workers are done; the controller still waits on Ray's placement group cleaner
-                thread.join(0.05)
-        except BaseException:  # e.g. Ctrl-C: the workers on a cluster stop at their next step
-            sink.request_stop.remote()
-            raise
+        failure = _drive(trainer, sink, driver)
         ray.kill(sink)
         if driver.error is not None:
             raise driver.error
-        if failure:
-            raise CmiddError(f"Ray Train failed (scaling.max_failures={s.max_failures}): {failure[0]}")
+        if failure is not None:
+            raise CmiddError(f"Ray Train failed (scaling.max_failures={s.max_failures}): {failure}")
         if driver.done is None:
             raise CmiddError("Ray Train finished without a result from rank 0")
         synset, hist = driver.done
