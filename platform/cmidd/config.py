@@ -208,6 +208,9 @@ class EvalCfg(_Cfg):
     dsa_strategy: str = DSA_DEFAULT
     every: int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
     baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
+    ensemble: bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
+    ece_bins: int = Field(default=15, ge=1)  # equal-width confidence bins of ece/ensemble
+    batched: bool = True  # train the seeds of one arch together (torch.func vmap); BatchNorm nets loop
 
     @field_validator("archs")
     @classmethod
