@@ -96,7 +96,7 @@ def test_ensemble_accuracy_and_ece_by_hand():
 
 def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):
     x, y = digits.train_x[:30], digits.train_y[:30]
-    cfg = EvalCfg(archs=["ConvNetD1", "LeNet"], num_eval=2, epochs=1, batch=16, dsa=False)
+    cfg = EvalCfg(archs=["ConvNetD1", "LeNet"], num_eval=2, epochs=1, batch=16, dsa=False, batched="vmap")
     res = evaluate(x, y, digits, cfg, seed=0)
     m = res.metrics()
     assert 0 <= m["acc/ensemble"] <= 1 and 0 <= m["ece/ensemble"] <= 1
@@ -108,7 +108,7 @@ def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):
     mean_cell = table.splitlines()[2].split()[-4]  # "mean" excludes the ensemble row
     assert float(mean_cell) == pytest.approx(100 * res.cross_arch_mean, abs=0.051)
     # the same evaluation with the sequential loop gives the same accuracies; ensemble off drops the metrics
-    loop = evaluate(x, y, digits, cfg.model_copy(update={"batched": False, "ensemble": False}), seed=0)
+    loop = evaluate(x, y, digits, cfg.model_copy(update={"batched": "loop", "ensemble": False}), seed=0)
     assert "acc/ensemble" not in loop.metrics() and loop.rows("s")[-1]["arch"] != ENSEMBLE
     for a in cfg.archs:
         assert loop.accs[a] == pytest.approx(res.accs[a], abs=0.02)

@@ -3,8 +3,8 @@
 Each (architecture, seed) trains from scratch with SGD (DSA on by default, the lr decayed once at half the
 epochs) and reports test accuracy; results are mean +- std over ``num_eval`` seeds, plus the mean over
 architectures (``acc/cross_arch_mean``). With ``cfg.ensemble`` the M = archs x seeds models also vote as one
-averaged-softmax ensemble (``acc/ensemble``, ``ece/ensemble``); with ``cfg.batched`` the seeds of one
-architecture train together (``cmidd.ensemble.train_seeds``; BatchNorm nets fall back to a loop). Baselines: ``random-real`` (ipc random real images per class) and
+averaged-softmax ensemble (``acc/ensemble``, ``ece/ensemble``); with ``cfg.batched`` (``vmap``, or ``auto`` on
+CUDA) the seeds of one architecture train together (``cmidd.ensemble.train_seeds``; BatchNorm nets loop). Baselines: ``random-real`` (ipc random real images per class) and
 ``full`` (the whole train split).
 """
 
@@ -103,13 +103,17 @@ def evaluate(
     dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
     result = EvalResult()
     member_probs = []
+    vmap_on = cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda")
     for ai, arch in enumerate(archs or cfg.archs):
         seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
         nets, mode = train_seeds(
             lambda: create_net(arch, data.channels, data.num_classes, data.im_size), seeds, x, y,
             epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device, batched=cfg.batched,
+            batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device,
+            batched=vmap_on,
         )
+        if not vmap_on:
+            mode = f"loop (eval.batched={cfg.batched} on {device.type})"
         probs = [predict_proba(net, x_test) for net in nets]
         result.accs[arch] = [float((p.argmax(1) == y_test).float().mean()) for p in probs]
         result.modes[arch] = mode
