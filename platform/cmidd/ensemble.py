@@ -175,3 +175,96 @@ def ensemble_scores(member_probs: Tensor, labels: Tensor, bins: int = 15) -> tup
     probs = member_probs.mean(dim=0)
     acc = float((probs.argmax(dim=1) == labels).float().mean())
     return acc, expected_calibration_error(probs, labels, bins)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ensembles of distilled sets
+
+SET_MODES = ("concat", "per-class-best")
+
+
+def _check_compatible(sets: list) -> None:
+    from .errors import DataError
+
+    if not sets:
+        raise DataError("ensemble: no source sets")
+    keys = ("dataset", "num_classes", "channels", "im_size")
+    first = {k: sets[0].meta.get(k) for k in keys}
+    for i, s in enumerate(sets[1:], start=1):
+        got = {k: s.meta.get(k) for k in keys}
+        if got != first:
+            raise DataError(f"ensemble: source {i} is {got}, but source 0 is {first}: sets must match")
+
+
+def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sources: list[str] | None = None):
+    """One synthetic set built from several of the same data set (class-ordered, as ``SyntheticSet``).
+
+    Modes:
+        ``concat``: class c gets the class-c images of every source, in source order; IPC = sum of the IPCs.
+        ``per-class-best``: class c takes all its images from the source with the highest ``class_scores[:, c]``
+            (ties: the earlier source, i.e. the better-ranked one); every source must have the same IPC,
+            which is kept.
+
+    Args:
+        sets: ``SyntheticSet``s, best-ranked first.
+        class_scores: (len(sets), num_classes) per-class scores (``per_class_accuracy``), for per-class-best.
+        sources: labels of the sources for the set's metadata (``ensemble_of``).
+
+    Returns:
+        A new ``SyntheticSet``; its meta has ``method = "ensemble-<mode>"``, ``ensemble_of`` and, for
+        per-class-best, ``class_source`` (the source index chosen per class).
+    """
+    from .errors import ConfigError, DataError
+    from .synthetic import SyntheticSet
+
+    if mode not in SET_MODES:
+        raise ConfigError(f"--mode: must be one of {', '.join(SET_MODES)} (got {mode!r})")
+    _check_compatible(sets)
+    c_num = sets[0].num_classes
+    by_class = [s.images.view(c_num, s.ipc, *s.images.shape[1:]) for s in sets]
+    meta = {k: v for k, v in sets[0].meta.items() if k not in ("ipc", "config", "content_sha256")}
+    meta.update(method=f"ensemble-{mode}", ensemble_of=list(sources or range(len(sets))))
+    if mode == "concat":
+        images = torch.cat(by_class, dim=1)
+    else:
+        ipcs = sorted({s.ipc for s in sets})
+        if len(ipcs) != 1:
+            raise DataError(f"ensemble: per-class-best needs sources of one IPC, got IPCs {ipcs}")
+        if class_scores is None or tuple(class_scores.shape) != (len(sets), c_num):
+            got = None if class_scores is None else tuple(class_scores.shape)
+            raise DataError(f"ensemble: per-class-best needs class_scores of shape {(len(sets), c_num)}, got {got}")
+        # argmax returns the first maximal index: ties go to the better-ranked source
+        choice = [int(torch.argmax(class_scores[:, c])) for c in range(c_num)]
+        images = torch.stack([by_class[j][c] for c, j in enumerate(choice)])
+        meta["class_source"] = choice
+    ipc = images.shape[1]
+    meta["ipc"] = ipc
+    labels = torch.arange(c_num).repeat_interleave(ipc)
+    return SyntheticSet(images.reshape(c_num * ipc, *images.shape[2:]).clone(), labels, meta)
+
+
+def per_class_accuracy(images: Tensor, labels: Tensor, data, cfg, seed: int, device="cpu") -> Tensor:
+    """(num_classes,) test recall per class, averaged over the models of ``cfg.archs`` x ``cfg.num_eval``
+    trained on (images, labels) with the evaluation protocol (same seeds as ``evaluate``)."""
+    from .nets import create_net
+    from .training import predict_proba
+
+    device = torch.device(device)
+    x, y = images.detach().to(device), labels.to(device)
+    xt, yt = data.test_x.to(device), data.test_y.to(device)
+    dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
+    hits = torch.zeros(data.num_classes, dtype=torch.float64)
+    count = torch.zeros(data.num_classes, dtype=torch.float64)
+    for ai, arch in enumerate(cfg.archs):
+        seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
+        nets, _ = train_seeds(
+            lambda: create_net(arch, data.channels, data.num_classes, data.im_size), seeds, x, y,
+            epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device,
+            batched=cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda"),
+        )
+        for net in nets:
+            right = (predict_proba(net, xt).argmax(1) == yt).double().cpu()
+            hits += torch.zeros_like(hits).index_add_(0, yt.cpu(), right)
+            count += torch.bincount(yt.cpu(), minlength=data.num_classes).double()
+    return hits / count.clamp(min=1)
