@@ -125,5 +125,6 @@ def test_ensemble_cli_bad_input_exits_2_and_writes_nothing(search, capsys):
     assert "--dataset" in capsys.readouterr().err
     assert main(["ensemble", "--from-search", parent, "--set", "eval.epochs=0", "--tracking-uri", uri]) == 2
     assert "--set: eval.epochs: Input should be greater than or equal to 1 (got 0)" in capsys.readouterr().err
-    assert main(["ensemble", "--from-search", "nope", "--tracking-uri", uri]) == 1
+    assert main(["ensemble", "--from-search", "nope", "--tracking-uri", uri]) == 2  # an unknown name is bad input
+    assert "no run 'nope'" in capsys.readouterr().err
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == n_runs
