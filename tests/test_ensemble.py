@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -113,3 +114,7 @@ def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):
     for a in cfg.archs:
         assert loop.accs[a] == pytest.approx(res.accs[a], abs=0.02)
     assert not math.isnan(m["acc/cross_arch_mean"])
+    # per-class recall, averaged over the models: its class-size-weighted mean is the mean accuracy
+    sizes = torch.bincount(digits.test_y, minlength=10).double()
+    weighted = float((torch.tensor(res.class_acc, dtype=torch.float64) * sizes).sum() / sizes.sum())
+    assert weighted == pytest.approx(statistics.fmean(a for v in res.accs.values() for a in v), abs=1e-6)

@@ -207,7 +207,7 @@ def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sour
 
     Args:
         sets: ``SyntheticSet``s, best-ranked first.
-        class_scores: (len(sets), num_classes) per-class scores (``per_class_accuracy``), for per-class-best.
+        class_scores: (len(sets), num_classes) per-class scores (``EvalResult.class_acc``), for per-class-best.
         sources: labels of the sources for the set's metadata (``ensemble_of``).
 
     Returns:
@@ -242,29 +242,3 @@ def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sour
     labels = torch.arange(c_num).repeat_interleave(ipc)
     return SyntheticSet(images.reshape(c_num * ipc, *images.shape[2:]).clone(), labels, meta)
 
-
-def per_class_accuracy(images: Tensor, labels: Tensor, data, cfg, seed: int, device="cpu") -> Tensor:
-    """(num_classes,) test recall per class, averaged over the models of ``cfg.archs`` x ``cfg.num_eval``
-    trained on (images, labels) with the evaluation protocol (same seeds as ``evaluate``)."""
-    from .nets import create_net
-    from .training import predict_proba
-
-    device = torch.device(device)
-    x, y = images.detach().to(device), labels.to(device)
-    xt, yt = data.test_x.to(device), data.test_y.to(device)
-    dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
-    hits = torch.zeros(data.num_classes, dtype=torch.float64)
-    count = torch.zeros(data.num_classes, dtype=torch.float64)
-    for ai, arch in enumerate(cfg.archs):
-        seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
-        nets, _ = train_seeds(
-            lambda: create_net(arch, data.channels, data.num_classes, data.im_size), seeds, x, y,
-            epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device,
-            batched=cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda"),
-        )
-        for net in nets:
-            right = (predict_proba(net, xt).argmax(1) == yt).double().cpu()
-            hits += torch.zeros_like(hits).index_add_(0, yt.cpu(), right)
-            count += torch.bincount(yt.cpu(), minlength=data.num_classes).double()
-    return hits / count.clamp(min=1)

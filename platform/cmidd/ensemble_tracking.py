@@ -26,7 +26,7 @@ import torch
 
 from .config import EvalCfg, flatten
 from .data import load_dataset
-from .ensemble import combine_sets, per_class_accuracy
+from .ensemble import combine_sets
 from .errors import ConfigError, UnknownNameError
 from .evaluate import evaluate
 from .synthetic import SyntheticSet
@@ -124,7 +124,7 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     data = load_dataset(meta["dataset"], im_size=meta.get("im_size"))
     scores = None
     if mode == "per-class-best":  # score each source per class with the same protocol, then pick
-        scores = torch.stack([per_class_accuracy(s.images, s.labels, data, eval_cfg, seed) for s in sets])
+        scores = torch.tensor([evaluate(s.images, s.labels, data, eval_cfg, seed).class_acc for s in sets])
     synset = combine_sets(sets, mode, scores, sources)  # bad input raises before any run exists
     client = client_for(uri)
     dataset = str(meta["dataset"])

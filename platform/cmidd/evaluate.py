@@ -40,6 +40,7 @@ class EvalResult:
     ensemble_acc: float | None = None
     ensemble_ece: float | None = None
     modes: dict[str, str] = field(default_factory=dict)
+    class_acc: list[float] = field(default_factory=list)  # test recall per class, mean over all models
 
     def mean(self, arch: str) -> float:
         return statistics.fmean(self.accs[arch])
@@ -102,7 +103,7 @@ def evaluate(
     x_test, y_test = data.test_x.to(device), data.test_y.to(device)
     dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
     result = EvalResult()
-    member_probs = []
+    member_probs, hits = [], torch.zeros(data.num_classes, dtype=torch.float64)
     vmap_on = cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda")
     for ai, arch in enumerate(archs or cfg.archs):
         seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
@@ -117,10 +118,15 @@ def evaluate(
         probs = [predict_proba(net, x_test) for net in nets]
         result.accs[arch] = [float((p.argmax(1) == y_test).float().mean()) for p in probs]
         result.modes[arch] = mode
+        for p in probs:
+            hits.index_add_(0, y_test.cpu(), (p.argmax(1) == y_test).double().cpu())
         if cfg.ensemble:
             member_probs += probs
         log.info("eval %s, %d seeds trained by %s: acc %s", arch, len(seeds), mode,
                  " ".join(f"{a:.4f}" for a in result.accs[arch]))
+    n_models = sum(len(v) for v in result.accs.values())
+    per_class = torch.bincount(y_test.cpu(), minlength=data.num_classes).double().clamp(min=1) * n_models
+    result.class_acc = (hits / per_class).tolist()
     if cfg.ensemble:
         result.ensemble_acc, result.ensemble_ece = ensemble_scores(torch.stack(member_probs), y_test, cfg.ece_bins)
         log.info("eval ensemble of %d models: acc %.4f, ece %.4f", len(member_probs), result.ensemble_acc,
