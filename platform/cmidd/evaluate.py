@@ -4,8 +4,8 @@ Each (architecture, seed) trains from scratch with SGD (DSA on by default, the l
 epochs) and reports test accuracy; results are mean +- std over ``num_eval`` seeds, plus the mean over
 architectures (``acc/cross_arch_mean``). With ``cfg.ensemble`` the M = archs x seeds models also vote as one
 averaged-softmax ensemble (``acc/ensemble``, ``ece/ensemble``); with ``cfg.batched`` (``vmap``, or ``auto`` on
-CUDA) the seeds of one architecture train together (``cmidd.ensemble.train_seeds``; BatchNorm nets loop). Baselines: ``random-real`` (ipc random real images per class) and
-``full`` (the whole train split).
+CUDA) the seeds of one architecture train together (``cmidd.ensemble.train_seeds``; BatchNorm nets loop).
+Baselines: ``random-real`` (ipc random real images per class) and ``full`` (the whole train split).
 """
 
 from __future__ import annotations
