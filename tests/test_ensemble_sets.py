@@ -84,6 +84,8 @@ def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(sea
 
     uri, client, parent, trials = search
     acc = {t.run_id: t.result.metrics["acc/cross_arch_mean"] for t in trials}
+    logged = client.get_run(trials[0].run_id).data.metrics  # every tracked evaluation logs its ensemble
+    assert {"acc/ensemble", "ece/ensemble"} <= set(logged)
     top2 = sorted(acc, key=lambda r: -acc[r])[:2]
     r = ensemble_from_search(parent, top=2, mode="concat", eval_cfg=EVAL, uri=uri)
     assert r.sources == [f"runs:/{i}" for i in top2]
