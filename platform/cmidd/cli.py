@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   cmidd best --dataset digits --ipc 10 --json
   cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
   cmidd runs
+  cmidd ensemble --from-search RUN_ID --top 3 --mode concat
 """
 
 

@@ -58,9 +58,11 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
     Raises:
         UnknownNameError: no such parent run, or it has no usable child.
     """
+    from mlflow.exceptions import MlflowException
+
     try:
         parent = client.get_run(parent_run_id)
-    except Exception:
+    except MlflowException:
         raise UnknownNameError(f"--from-search: no run {parent_run_id!r} in this tracking store") from None
     runs = client.search_runs(
         [parent.info.experiment_id],

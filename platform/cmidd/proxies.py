@@ -80,7 +80,12 @@ def describe(name: str) -> str:
         mine = [s for s in specs if s.arch == arch]
         seeds = sorted({s.seed for s in mine})
         epochs = sorted({s.epochs for s in mine})
-        seed_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+        if len(seeds) == 1:
+            seed_txt = f"seed {seeds[0]}"
+        elif seeds == list(range(seeds[0], seeds[-1] + 1)):
+            seed_txt = f"seeds {seeds[0]}-{seeds[-1]}"
+        else:
+            seed_txt = f"seeds {','.join(map(str, seeds))}"
         parts.append(f"{arch} ({seed_txt}; epochs {','.join(map(str, epochs))})")
     return f"{len(specs)} prox{'y' if len(specs) == 1 else 'ies'}: " + ", ".join(parts)
 
