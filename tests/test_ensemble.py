@@ -118,3 +118,13 @@ def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):
     sizes = torch.bincount(digits.test_y, minlength=10).double()
     weighted = float((torch.tensor(res.class_acc, dtype=torch.float64) * sizes).sum() / sizes.sum())
     assert weighted == pytest.approx(statistics.fmean(a for v in res.accs.values() for a in v), abs=1e-6)
+
+
+def test_bench_reports_both_timings_and_equal_nets():
+    from cmidd.bench_ensemble import ensemble_speed
+
+    r = ensemble_speed(seeds=2, n_images=20, epochs=1, arch="ConvNetD1", repeats=1)
+    assert r["mode"] == BATCHED and r["n_images"] == 20 and r["seeds"] == 2
+    assert r["batched_s"] > 0 and r["sequential_s"] > 0
+    assert r["speedup"] == pytest.approx(r["sequential_s"] / r["batched_s"])
+    assert r["max_abs_diff"] < 1e-4  # the two timed variants trained the same nets

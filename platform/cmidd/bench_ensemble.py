@@ -62,7 +62,7 @@ def ensemble_speed(seeds: int = 5, n_images: int = 100, epochs: int = 20, arch: 
         ts, nets_s, _ = timed(False)
         times_b.append(tb)
         times_s.append(ts)
-    diff = max(float((pb - ps).abs().max()) for nb, ns in zip(nets_b, nets_s)
+    diff = max(float((pb - ps).detach().abs().max()) for nb, ns in zip(nets_b, nets_s)
                for pb, ps in zip(nb.parameters(), ns.parameters()))
     b, s = statistics.median(times_b), statistics.median(times_s)
     return {"arch": arch, "seeds": seeds, "n_images": int(x.shape[0]), "epochs": epochs, "im_size": data.im_size,
