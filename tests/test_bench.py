@@ -17,7 +17,7 @@ TINY = dataclasses.replace(
     PLANS["quick"], warmup=1, repeats=2, speed_ipcs=(2,), speed_images=("digits8",),
     speed_methods=("dm", "dm+cmi", "gm", "gm+cmi"), quality_ipcs=(1, 2), quality_variants=("dm", "dm+cmi"),
     quality_seeds=2, quality_archs=("ConvNetD1",), quality_iterations=3, eval_epochs=2, full_epochs=1,
-    proxy_epochs=1,
+    proxy_epochs=1, ensemble_epochs=1,
 )
 
 
@@ -28,7 +28,7 @@ def _positive_finite(x) -> bool:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return out, run_bench(["speed", "quality"], TINY, "cpu", out)
+    return out, run_bench(["speed", "quality", "ensemble"], TINY, "cpu", out)
 
 
 def test_speed_schema_and_figures(report):
@@ -138,3 +138,19 @@ def test_ray_suite_reports_plain_and_workers(ray_local, tmp_path):
     (t,) = r["targets"]
     assert t["bound"] == "<= 0.15" and isinstance(t["met"], bool)
     assert "Ray Train, 2 worker(s)" in (tmp_path / "bench.md").read_text()
+
+
+def test_ensemble_suite_and_quality_ensemble_column(report):
+    out, r = report
+    e = r["ensemble"]
+    assert _positive_finite(e["batched_s"]) and _positive_finite(e["sequential_s"])
+    assert e["speedup"] == pytest.approx(e["sequential_s"] / e["batched_s"])
+    assert e["max_abs_diff"] < 1e-3  # batched and sequential train the same nets
+    assert any(t["bound"] == ">= 2" for t in r["targets"])
+    ens = [row for row in r["quality"]["rows"] if row["arch"] == "ensemble"]
+    assert ens and all(0 < row["acc_mean"] <= 1 for row in ens)
+    cross = {(row["ipc"], row["set"]): row["acc_mean"] for row in r["quality"]["rows"]
+             if row["arch"] == "cross_arch_mean"}
+    single = {(row["ipc"], row["set"]): row["acc_mean"] for row in r["quality"]["rows"] if row["arch"] == "ConvNetD1"}
+    assert cross == single  # one architecture: the ensemble row does not enter the cross-architecture mean
+    assert "| ConvNetD1 | ensemble | cross-arch mean |" in (out / "bench.md").read_text()

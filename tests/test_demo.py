@@ -31,9 +31,14 @@ def test_demo_quick_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["dataset"] == "digits" and res["ipc"] == 10
     sets = {"random-real", "dm", "dm+cmi"}
-    assert {(r["set"], r["arch"]) for r in res["rows"]} == {(s, a) for s in sets for a in ARCHS}
-    for r in res["rows"]:
+    singles = [r for r in res["rows"] if r["arch"] != "ensemble"]
+    assert {(r["set"], r["arch"]) for r in singles} == {(s, a) for s in sets for a in ARCHS}
+    for r in singles:
         assert 0.0 <= r["acc_mean"] <= 1.0 and r["n"] == 1 and r["acc_std"] >= 0
+    # the averaged-softmax ensemble of the 4 single models, next to them in the rows and the printed table
+    ens = {r["set"]: r for r in res["rows"] if r["arch"] == "ensemble"}
+    assert set(ens) == sets and all(r["n"] == len(ARCHS) and 0 <= r["ece"] <= 1 for r in ens.values())
+    assert "ensemble" in (out / "results.md").read_text().splitlines()[2]
     assert set(res["cmi"]) == sets and all(math.isfinite(v) and v >= 0 for v in res["cmi"].values())
     assert set(res["sha256"]) == sets and len(set(res["sha256"].values())) == 3
     for d in ("dm", "dm-cmi"):
@@ -44,5 +49,5 @@ def test_demo_quick_end_to_end(tmp_path):
     # tracked: both sets registered as versions of distilled-digits-ipc10; best = the higher cross-arch mean
     best = res["best"]
     assert best["name"] == "distilled-digits-ipc10" and best["version"] in ("1", "2", 1, 2)
-    by_set = {s: sum(r["acc_mean"] for r in res["rows"] if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
+    by_set = {s: sum(r["acc_mean"] for r in singles if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
     assert best["metrics"]["acc/cross_arch_mean"] == pytest.approx(max(by_set.values()), abs=1e-9)

@@ -68,6 +68,7 @@ class BenchPlan:
     proxy_set: str = "convnet-x4"
     proxy_epochs: int = 20
     ray_iterations: int = 5  # steps per timed segment of the Ray suite (repeats segments per configuration)
+    ensemble_epochs: int = 20  # epochs of the batched-vs-sequential ensemble training
 
     def settings(self) -> list[Setting]:
         out = []
@@ -147,7 +148,22 @@ def _ray(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
     return r
 
 _optional_suite("search", "bench_search", "bench_suite")
-_optional_suite("ensemble", "bench_ensemble", "bench_suite")
+
+
+@SUITES.register("ensemble")
+def _ensemble(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """Training 5 seeds of ConvNet on a 100-image set, batched (torch.func vmap) vs one after another."""
+    from .bench_ensemble import ensemble_speed
+
+    r = ensemble_speed(seeds=5, n_images=100, epochs=plan.ensemble_epochs, repeats=max(1, plan.repeats // 2),
+                       device=str(device))
+    r["targets"] = [{"target": "ensemble training, 5 ConvNet seeds on 100 images: sequential / batched time",
+                     "value": r["speedup"], "bound": ">= 2", "met": r["speedup"] >= 2}]
+    r["table"] = (f"{r['seeds']} seeds of {r['arch']} on {r['n_images']} images ({r['im_size']}x{r['im_size']}), "
+                  f"{r['epochs']} epochs, median of {r['repeats']}: batched ({r['mode']}) {r['batched_s']:.2f} s, "
+                  f"sequential {r['sequential_s']:.2f} s, speed-up {r['speedup']:.2f}x; largest weight difference "
+                  f"{r['max_abs_diff']:.1e}")
+    return r
 
 
 def environment(device: torch.device) -> dict[str, Any]:

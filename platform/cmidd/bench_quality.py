@@ -19,7 +19,7 @@ from . import proxies as proxy_zoo
 from .config import parse_job
 from .demo import demo_jobs
 from .distill import measure_cmi, resolve_device
-from .evaluate import evaluate
+from .evaluate import ENSEMBLE, evaluate
 from .runner import load_job_data, proxies_dir, random_real_set, run_job
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _has_proxies(job, data) -> bool:
 
 def _rows(ipc: int, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = [{"ipc": ipc, **r, "set": name} for r in rows]
-    means = [r["acc_mean"] for r in rows]
+    means = [r["acc_mean"] for r in rows if r["arch"] != ENSEMBLE]  # the ensemble is not an architecture
     if means:
         out.append({"ipc": ipc, "set": name, "arch": "cross_arch_mean", "acc_mean": sum(means) / len(means),
                     "acc_std": math.nan, "n": len(means)})

@@ -68,7 +68,7 @@ def _speed_md(s: dict[str, Any], plan: dict[str, Any]) -> list[str]:
 
 
 def _quality_md(q: dict[str, Any]) -> list[str]:
-    archs = list(q["archs"])
+    archs = list(q["archs"]) + (["ensemble"] if any(r["arch"] == "ensemble" for r in q["rows"]) else [])
     head = ["IPC", "set", *archs, "cross-arch mean", "CMI"]
     lines = [
         "", f"## Quality ({q['dataset']} {q['im_size']}x{q['im_size']}, test accuracy %, mean +- std over "

@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   cmidd runs
   cmidd bench --quick --out runs/bench-quick   # speed + quality report (< 10 min)
   cmidd bench --suite speed --device cuda
+  cmidd ensemble --from-search RUN_ID --top 3 --mode concat
 """
 
 
@@ -79,7 +80,15 @@ def _listing(kind: str):
 
 
 def _cmd_ls(args) -> int:
-    for name in _listing(args.what).names(args.pattern):
+    names = _listing(args.what).names(args.pattern)
+    if args.what == "proxy-sets":  # a set is a recipe: say what is in it
+        from .proxies import describe
+
+        width = max(map(len, names), default=0)
+        for name in names:
+            print(f"{name:<{width}}  {describe(name)}")
+        return 0
+    for name in names:
         print(name)
     return 0
 

@@ -170,3 +170,72 @@ def add_commands(sub) -> None:
     r.add_argument("--experiment", default=None, help="only this experiment (a job's name)")
     r.add_argument("--tracking-uri", default=None, help=URI_HELP)
     r.set_defaults(fn=_cmd_runs)
+    add_ensemble_command(sub)
+
+
+ENSEMBLE_EXAMPLES = """examples:
+  cmidd ensemble --from-search RUN_ID --top 3 --mode concat             # IPC grows 3-fold
+  cmidd ensemble --dataset digits --ipc 10 --versions 1,2,3 --mode per-class-best --set eval.epochs=100
+"""
+
+
+def _versions(text: str) -> list[int]:
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated version numbers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated version numbers >= 1, got {text!r}")
+    return out
+
+
+def _cmd_ensemble(args) -> int:
+    quiet_mlflow()
+    from .config import EvalCfg, _format_error, apply_overrides
+    from .ensemble_tracking import ensemble_from_search, ensemble_from_versions
+    from .errors import ConfigError
+    from .report import results_table
+
+    raw = apply_overrides({}, args.set)
+    if set(raw) - {"eval"}:
+        raise ConfigError(f"--set: only eval.* fields apply to an ensemble, got {sorted(set(raw) - {'eval'})}")
+    try:
+        cfg = EvalCfg.model_validate(raw.get("eval", {}))
+    except Exception as e:  # pydantic ValidationError: one line per problem, as for job files
+        from pydantic import ValidationError
+
+        if not isinstance(e, ValidationError):
+            raise
+        raise ConfigError(_format_error("--set", e).replace("--set: ", "--set: eval.")) from None
+    if args.from_search:
+        r = ensemble_from_search(args.from_search, args.top, args.mode, cfg, args.tracking_uri, args.seed)
+    else:
+        if not (args.dataset and args.ipc and args.versions):
+            raise ConfigError("--versions: needs --dataset and --ipc too (or use --from-search RUN_ID)")
+        r = ensemble_from_versions(args.dataset, args.ipc, args.versions, args.mode, cfg, args.tracking_uri,
+                                   args.seed)
+    print(results_table(r.rows))
+    print(f"ensemble of {', '.join(r.sources)} ({args.mode}, IPC {r.synset.ipc})")
+    print(f"mlflow run: {r.run_id}")
+    alias = f" [{r.version['alias']}]" if r.version["alias"] else ""
+    print(f"registered: {r.version['name']} version {r.version['version']}{alias}")
+    return 0
+
+
+def add_ensemble_command(sub) -> None:
+    """``cmidd ensemble``: a set built from the top trials of a search or from registered versions."""
+    e = sub.add_parser("ensemble", help="combine distilled sets (top-k of a search or registered versions)",
+                       epilog=ENSEMBLE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-search", default=None, metavar="RUN_ID", help="the search's parent run")
+    src.add_argument("--versions", type=_versions, default=None, metavar="V1,V2,...",
+                     help="versions of distilled-<dataset>-ipc<k> (with --dataset, --ipc)")
+    e.add_argument("--top", type=_positive_int, default=3, help="trials to combine with --from-search (3)")
+    e.add_argument("--dataset", default=None)
+    e.add_argument("--ipc", type=_positive_int, default=None)
+    e.add_argument("--mode", choices=["concat", "per-class-best"], default="concat",
+                   help="concat: IPC grows k-fold; per-class-best: each class from its best source, IPC kept")
+    e.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE", help="evaluation settings")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    e.set_defaults(fn=_cmd_ensemble)

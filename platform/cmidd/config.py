@@ -217,6 +217,11 @@ class EvalCfg(_Cfg):
     dsa_strategy: str = DSA_DEFAULT
     every: int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
     baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
+    ensemble: bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
+    ece_bins: int = Field(default=15, ge=1)  # equal-width confidence bins of ece/ensemble
+    # how the seeds of one arch train: "vmap" together (torch.func; BatchNorm nets still loop), "loop" one after
+    # another, "auto" = vmap on CUDA, loop on CPU (where vmap measured ~0.5x the loop's speed: cmidd bench)
+    batched: Literal["auto", "vmap", "loop"] = "auto"
 
     @field_validator("archs")
     @classmethod

@@ -2,8 +2,10 @@
 
 Each (architecture, seed) trains from scratch with SGD (DSA on by default, the lr decayed once at half the
 epochs) and reports test accuracy; results are mean +- std over ``num_eval`` seeds, plus the mean over
-architectures (``acc/cross_arch_mean``). Baselines: ``random-real`` (ipc random real images per class) and
-``full`` (the whole train split).
+architectures (``acc/cross_arch_mean``). With ``cfg.ensemble`` the M = archs x seeds models also vote as one
+averaged-softmax ensemble (``acc/ensemble``, ``ece/ensemble``); with ``cfg.batched`` (``vmap``, or ``auto`` on
+CUDA) the seeds of one architecture train together (``cmidd.ensemble.train_seeds``; BatchNorm nets loop).
+Baselines: ``random-real`` (ipc random real images per class) and ``full`` (the whole train split).
 """
 
 from __future__ import annotations
@@ -18,17 +20,27 @@ from torch import Tensor
 from .augment import DSAParams
 from .config import EvalCfg
 from .data import Dataset, RealPool
+from .ensemble import ensemble_scores, train_seeds
 from .nets import create_net
-from .training import accuracy, seeded_net, train_classifier
+from .training import predict_proba
 
 log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"  # the arch name of the ensemble's row in results tables
 
 
 @dataclass
 class EvalResult:
-    """Test accuracies per architecture (one per seed)."""
+    """Test accuracies per architecture (one per seed), and the averaged-softmax ensemble of all models.
+
+    ``modes`` says per architecture how its seeds were trained (``vmap`` or ``loop (<reason>)``).
+    """
 
     accs: dict[str, list[float]] = field(default_factory=dict)
+    ensemble_acc: float | None = None
+    ensemble_ece: float | None = None
+    modes: dict[str, str] = field(default_factory=dict)
+    class_acc: list[float] = field(default_factory=list)  # test recall per class, mean over all models
 
     def mean(self, arch: str) -> float:
         return statistics.fmean(self.accs[arch])
@@ -42,19 +54,27 @@ class EvalResult:
         return statistics.fmean(self.mean(a) for a in self.accs)
 
     def metrics(self) -> dict[str, float]:
-        """``acc/<arch>``, ``acc_std/<arch>`` and ``acc/cross_arch_mean`` (the MLflow metric names)."""
+        """``acc/<arch>``, ``acc_std/<arch>``, ``acc/cross_arch_mean`` and, for an ensemble, ``acc/ensemble``
+        and ``ece/ensemble`` (the MLflow metric names)."""
         out: dict[str, float] = {}
         for a in self.accs:
             out[f"acc/{a}"], out[f"acc_std/{a}"] = self.mean(a), self.std(a)
         out["acc/cross_arch_mean"] = self.cross_arch_mean
+        if self.ensemble_acc is not None:
+            out["acc/ensemble"], out["ece/ensemble"] = self.ensemble_acc, self.ensemble_ece
         return out
 
     def rows(self, set_name: str) -> list[dict]:
-        """Rows for results tables: set, arch, acc_mean, acc_std, n."""
-        return [
+        """Rows for results tables: set, arch, acc_mean, acc_std, n; the ensemble as arch ``ensemble``
+        (n = number of members, with its ``ece``; ``report.results_table`` keeps it out of the mean)."""
+        rows = [
             {"set": set_name, "arch": a, "acc_mean": self.mean(a), "acc_std": self.std(a), "n": len(v)}
             for a, v in self.accs.items()
         ]
+        if self.ensemble_acc is not None:
+            rows.append({"set": set_name, "arch": ENSEMBLE, "acc_mean": self.ensemble_acc, "acc_std": 0.0,
+                         "n": sum(len(v) for v in self.accs.values()), "ece": self.ensemble_ece})
+        return rows
 
 
 def evaluate(
@@ -83,22 +103,34 @@ def evaluate(
     x_test, y_test = data.test_x.to(device), data.test_y.to(device)
     dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
     result = EvalResult()
+    member_probs, hits = [], torch.zeros(data.num_classes, dtype=torch.float64)
+    vmap_on = cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda")
     for ai, arch in enumerate(archs or cfg.archs):
-        accs = []
-        for e in range(cfg.num_eval):
-            model_seed = seed * 1_000_003 + ai * 1_009 + e
-            net = seeded_net(
-                lambda: create_net(arch, data.channels, data.num_classes, data.im_size), model_seed, device
-            )
-            gen = torch.Generator().manual_seed(model_seed)
-            train_classifier(
-                net, x, y, epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay, batch=cfg.batch, gen=gen, lr_decay=cfg.lr_decay,
-                dsa_params=dsa_params,
-            )
-            accs.append(accuracy(net, x_test, y_test))
-            log.info("eval %s seed %d/%d: acc %.4f", arch, e + 1, cfg.num_eval, accs[-1])
-        result.accs[arch] = accs
+        seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
+        nets, mode = train_seeds(
+            lambda: create_net(arch, data.channels, data.num_classes, data.im_size), seeds, x, y,
+            epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device,
+            batched=vmap_on,
+        )
+        if not vmap_on:
+            mode = f"loop (eval.batched={cfg.batched} on {device.type})"
+        probs = [predict_proba(net, x_test) for net in nets]
+        result.accs[arch] = [float((p.argmax(1) == y_test).float().mean()) for p in probs]
+        result.modes[arch] = mode
+        for p in probs:
+            hits.index_add_(0, y_test.cpu(), (p.argmax(1) == y_test).double().cpu())
+        if cfg.ensemble:
+            member_probs += probs
+        log.info("eval %s, %d seeds trained by %s: acc %s", arch, len(seeds), mode,
+                 " ".join(f"{a:.4f}" for a in result.accs[arch]))
+    n_models = sum(len(v) for v in result.accs.values())
+    per_class = torch.bincount(y_test.cpu(), minlength=data.num_classes).double().clamp(min=1) * n_models
+    result.class_acc = (hits / per_class).tolist()
+    if cfg.ensemble:
+        result.ensemble_acc, result.ensemble_ece = ensemble_scores(torch.stack(member_probs), y_test, cfg.ece_bins)
+        log.info("eval ensemble of %d models: acc %.4f, ece %.4f", len(member_probs), result.ensemble_acc,
+                 result.ensemble_ece)
     return result
 
 

@@ -61,6 +61,33 @@ PROXY_SETS.register("mixed-x4")(
     lambda: [ProxySpec(a, 0, 40) for a in ("ConvNet", "ResNet18", "VGG11", "AlexNet")]
 )
 PROXY_SETS.register("convnet-stages-x4")(lambda: [ProxySpec("ConvNet", 0, e) for e in (5, 10, 20, 40)])
+# Architectures x training stages: an early (10) and a late (40) snapshot of one run per architecture.
+PROXY_SETS.register("mixed-stages-x8")(
+    lambda: [ProxySpec(a, 0, e) for a in ("ConvNet", "ResNet18", "VGG11", "AlexNet") for e in (10, 40)]
+)
+
+
+def describe(name: str) -> str:
+    """One line about a proxy set: how many proxies, and per architecture its seeds and epochs (stages).
+
+    Example:
+        >>> describe("convnet-stages-x4")
+        '4 proxies: ConvNet (seed 0; epochs 5,10,20,40)'
+    """
+    specs = PROXY_SETS.get(name)()
+    parts = []
+    for arch in dict.fromkeys(s.arch for s in specs):
+        mine = [s for s in specs if s.arch == arch]
+        seeds = sorted({s.seed for s in mine})
+        epochs = sorted({s.epochs for s in mine})
+        if len(seeds) == 1:
+            seed_txt = f"seed {seeds[0]}"
+        elif seeds == list(range(seeds[0], seeds[-1] + 1)):
+            seed_txt = f"seeds {seeds[0]}-{seeds[-1]}"
+        else:
+            seed_txt = f"seeds {','.join(map(str, seeds))}"
+        parts.append(f"{arch} ({seed_txt}; epochs {','.join(map(str, epochs))})")
+    return f"{len(specs)} prox{'y' if len(specs) == 1 else 'ies'}: " + ", ".join(parts)
 
 
 def proxy_specs(cfg: ProxiesCfg) -> list[ProxySpec]:

@@ -6,14 +6,16 @@ What a job leaves in MLflow (see DESIGN.md, "MLflow conventions")::
     params       the flattened config (``cmidd.config.flatten``)
     tags         kind, dataset, ipc, method, lambda, proxy_set, code_version (cmidd version + git sha)
     metrics      loss_dd, cmi, loss_total per iteration (step = iteration); acc/<arch>, acc_std/<arch>,
-                 acc/cross_arch_mean at eval steps and at the end; time/distill_s, time/eval_s, ...
+                 acc/cross_arch_mean, acc/ensemble, ece/ensemble at eval steps and at the end; time/distill_s,
+                 time/eval_s, ...
     artifacts    synthetic/{images.pt, labels.pt, manifest.json, grid.png}, result.json, history.json;
                  checkpoints/{0,1}/{checkpoint.pt, synthetic/}: two slots written in turn, the run tag
                  ``cmidd.checkpoint.slot`` names the last *complete* one (a kill mid-upload spoils only
                  the other slot); pretrain-proxies jobs: proxies/ (one sub-folder per proxy)
     registry     ``distilled-<dataset>-ipc<k>``: one version per distill run, source
                  ``runs:/<run>/synthetic``, tags with its method, lambda, proxy set and accuracies; the
-                 alias ``champion`` is on the best version by acc/cross_arch_mean.
+                 alias ``champion`` is on the best version by acc/cross_arch_mean. Ensembles of sets
+                 (``cmidd.ensemble_tracking``) register here too, tagged ``ensemble_of``.
                  ``proxy-<dataset>-<arch>``: one version per proxy, source ``runs:/<run>/proxies/<stem>``.
 
 Registration comes last: artifacts are uploaded, downloaded again and checked against the manifest's
