@@ -637,6 +637,9 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
         cfg = SearchCfg.model_validate({**raw, "base": base_job, "base_raw": base_raw, "source": path})
     except ValidationError as e:
         raise ConfigError(_format_error(str(path), e)) from None
+    if cfg.search.asha is not None and cfg.base.eval.every == 0:
+        raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
+                          f"(got eval.every=0); set it or asha: null")
     for key, spec in cfg.params.items():
         where = f"{path}: params.{key}"
         if not _field_exists(DistillJob, key):
