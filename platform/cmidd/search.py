@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -267,7 +268,8 @@ def _tuner(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool):
         time_attr="step", metric=metric, mode=mode, max_t=cfg.max_t + 1, grace_period=a.grace_period,
         reduction_factor=a.reduction_factor)
     reporter = None
-    if progress:
+    if progress:  # Ray's new console output ignores a CLIReporter (and its columns) unless this is 0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         reporter = tune.CLIReporter(
             parameter_columns=list(space), metric_columns={"step": "step", cfg.search.metric: "acc"},
             max_report_frequency=10, sort_by_metric=False,
