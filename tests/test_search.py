@@ -69,10 +69,10 @@ def store(tmp_path: Path, template_db: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
-def child_runs(uri: str, experiment: str):
+def child_runs(uri: str, experiment: str, client=None):
     from cmidd.tracking import client_for
 
-    client = client_for(uri)
+    client = client or client_for(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None, []
@@ -224,7 +224,8 @@ def test_interrupt_and_resume(tmp_path, template_db):
     from cmidd.tracking import client_for
 
     uri = store(tmp_path, template_db)
-    path = write(tmp_path, space(tmp_path, num_samples=7))
+    path = write(tmp_path, space(tmp_path, num_samples=8))
+    client = client_for(uri)
     cmd = [CLI, "search", str(path), "--tracking-uri", uri]
     env = {**os.environ, **ENV}
     with open(tmp_path / "first.log", "w") as log:
@@ -232,10 +233,10 @@ def test_interrupt_and_resume(tmp_path, template_db):
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and proc.poll() is None:
-                _, children = child_runs(uri, "search-tiny")
+                _, children = child_runs(uri, "search-tiny", client)
                 if sum(c.info.status == "FINISHED" for c in children) >= 2:
                     break
-                time.sleep(1)
+                time.sleep(0.5)
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             proc.send_signal(signal.SIGINT)
             rc = proc.wait(120)
@@ -246,7 +247,7 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert rc == 130, log_text[-3000:]
     parents, before = child_runs(uri, "search-tiny")
     assert parents[0].info.status == "KILLED"
-    assert len(before) < 7
+    assert len(before) < 8
 
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -256,7 +257,7 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags.get("cmidd.search.resumed") == "true"
     trial_ids = [c.data.tags[TAG_TRIAL] for c in after]
-    assert len(trial_ids) == len(set(trial_ids)) == 7  # one run per trial, none duplicated
+    assert len(trial_ids) == len(set(trial_ids)) == 8  # one run per trial, none duplicated
     assert all(c.info.status in ("FINISHED", "KILLED") for c in after)  # none left RUNNING
     finished_before = {c.info.run_id for c in before if c.info.status == "FINISHED"}
     assert finished_before <= {c.info.run_id for c in after if c.info.status == "FINISHED"}

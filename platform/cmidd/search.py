@@ -288,11 +288,16 @@ def _tuner(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool):
     )
 
 
-def _trials_of(grid) -> list[dict[str, Any]]:
-    """Per Tune trial: id, status, config, last result, whether it finished (reported ``final``)."""
+def _trials_of(path: Path) -> list[dict[str, Any]]:
+    """Per Tune trial: id, status, config, last result, whether it finished (reported ``final``).
+
+    Read from the experiment state Tune saved in ``path``: after a Ctrl-C it keeps unfinished trials PENDING,
+    where the in-memory result grid of ``Tuner.fit()`` shows them TERMINATED like the trials ASHA stopped.
+    """
+    from ray.tune import ExperimentAnalysis
+
     out = []
-    analysis = getattr(grid, "_experiment_analysis", None)
-    for t in getattr(analysis, "trials", None) or []:
+    for t in ExperimentAnalysis(str(path)).trials:
         last = t.last_result or {}
         out.append({"trial_id": t.trial_id, "status": t.status, "config": dict(t.config), "last": last,
                     "final": bool(last.get(FINAL)), "error": t.status == "ERROR"})
@@ -330,9 +335,9 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         _prepare_proxies(cfg)
         tuner = _tuner(cfg, uri, parent, resume, progress)
         t0 = time.perf_counter()
-        grid = tuner.fit()
+        tuner.fit()
         wall = time.perf_counter() - t0
-        trials = _trials_of(grid)
+        trials = _trials_of(cfg.storage_dir / TUNE_DIR)
     except BaseException:
         with mlflow_errors():
             _terminate(client, parent, "KILLED")
