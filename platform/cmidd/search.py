@@ -453,8 +453,9 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
         if r["state"] != "finished" or r["metric"] is None:
             continue
         values = {k: v for k, v in r["params"].items() if k in space}
-        study.add_trial(optuna.trial.create_trial(params=values, distributions={k: space[k] for k in values},
-                                                  value=float(r["metric"]), user_attrs={"tune_trial_id": r["trial_id"]}))
+        study.add_trial(optuna.trial.create_trial(
+            params=values, distributions={k: space[k] for k in values}, value=float(r["metric"]),
+            user_attrs={"tune_trial_id": r["trial_id"]}))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
     values = {t.value for t in study.trials}
