@@ -215,6 +215,25 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
     assert json.loads(capsys.readouterr().out)["run_id"] == best["run_id"]
 
 
+def test_trials_with_two_ray_train_workers(tmp_path, template_db, ray_local):
+    """scaling.workers 2: each trial's driver takes 0.1 CPU and starts Ray Train; ASHA stops one of them."""
+    from cmidd.search import TAG_STOPPED, run_search
+
+    uri = store(tmp_path, template_db)
+    mapping = space(tmp_path, num_samples=2)
+    mapping["base"]["scaling"] = {"workers": 2, "cpus_per_worker": 0.9}
+    mapping["base"]["cmi"]["agg"] = "mean"
+    summary = run_search(load_search(write(tmp_path, mapping)), uri, progress=False)
+    states = sorted(r["state"] for r in summary["trials"])
+    assert states == ["finished", "stopped"]  # the 2nd trial is worse than the 1st at step 4
+    best = summary["best"]
+    workers = json.loads((tmp_path / "store" / "trials" / best["trial_id"] / "ray_workers.json").read_text())
+    assert sorted(w["rank"] for w in workers) == [0, 1]
+    _, children = child_runs(uri, "search-tiny")
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
+    assert all(c.data.tags.get(TAG_STOPPED) == "true" for c in children if c.info.status == "KILLED")
+
+
 # -- interrupt and resume through the CLI ----------------------------------------------------------------
 
 
