@@ -210,21 +210,30 @@ def _prepare_proxies(cfg: SearchCfg) -> None:
             proxy_zoo.ensure(job.proxies, data, folder, job.seed, "cpu")
 
 
+def _check_storage(cfg: SearchCfg, resume: bool) -> None:
+    """A new search needs an unused storage folder; ``--resume`` needs one holding a search."""
+    store = cfg.storage_dir
+    pfile, tune_dir = store / PARENT_FILE, store / TUNE_DIR
+    if resume and (not pfile.is_file() or not tune_dir.is_dir()):
+        raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or {TUNE_DIR}/)")
+    if not resume and (pfile.exists() or tune_dir.exists()):
+        raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
+                          "storage folder (or delete this one)")
+
+
 def _open_parent(client, cfg: SearchCfg, resume: bool) -> str:
     """Create the parent run (or reopen it on resume); its id goes to ``<storage>/parent_run_id``."""
     store = cfg.storage_dir
     pfile = store / PARENT_FILE
-    tune_dir = store / TUNE_DIR
     if resume:
-        if not pfile.is_file() or not tune_dir.is_dir():
-            raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or {TUNE_DIR}/)")
         parent = pfile.read_text().strip()
+        try:
+            client.get_run(parent)
+        except Exception:
+            raise ConfigError(f"--resume: parent run {parent} (from {pfile}) is not in this tracking store") from None
         client.update_run(parent, status="RUNNING")
         _set_tags(client, parent, {"cmidd.search.resumed": "true"})
         return parent
-    if pfile.exists() or tune_dir.exists():
-        raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
-                          "storage folder (or delete this one)")
     exp_id = ensure_experiment(cfg.name, client=client)
     tags = {"kind": "search", TAG_SEARCH: cfg.name, "code_version": code_version(), "mlflow.source.name": "cmidd",
             "dataset": cfg.base.data.name}
@@ -328,9 +337,17 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
 
     uri = resolve_uri(uri)
     client = client_for(uri)
-    with mlflow_errors():
-        parent = _open_parent(client, cfg, resume)
-    started = connect(address)
+    _check_storage(cfg, resume)
+    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
+    try:
+        with mlflow_errors():
+            parent = _open_parent(client, cfg, resume)
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
     try:
         _prepare_proxies(cfg)
         tuner = _tuner(cfg, uri, parent, resume, progress)
@@ -373,6 +390,11 @@ def _finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], w
             "step": t["last"].get("step"), "metric": t["last"].get(cfg.search.metric),
             "params": {k: v for k, v in t["config"].items()},
         })
+    known = {t["trial_id"] for t in trials}
+    for trial_id, run in runs.items():  # a driver killed hard may leave runs of trials Tune never saved
+        if trial_id not in known and run.info.status == "RUNNING" and not interrupted:
+            _set_tags(client, run.info.run_id, {"cmidd.search.orphaned": "true"})
+            _terminate(client, run.info.run_id, "KILLED")
     if interrupted:
         _terminate(client, parent, "KILLED")
         raise KeyboardInterrupt(f"search interrupted with {len(interrupted)} trial(s) unfinished; rerun with --resume")
