@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   cmidd run jobs/distill_dm_digits_ipc10.yaml --resume
   cmidd run jobs/distill_dmcmi_digits_ipc10_2workers.yaml --address auto   # Ray Train on a running cluster
   cmidd validate jobs/*.yaml
+  cmidd search search_spaces/digits_dmcmi.yaml [--resume] [--address auto]   # Ray Tune + Optuna over lambda, ...
   cmidd ls nets 'ConvNet*'
   cmidd best --dataset digits --ipc 10 --json
   cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
@@ -137,6 +138,24 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_search(args) -> int:
+    from .cli_tracking import quiet_mlflow
+    from .config import load_search
+
+    cfg = load_search(args.space, args.set)
+    quiet_mlflow()
+    from .search import run_search, summary_table
+
+    summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
+    print(summary_table(summary, cfg.search.metric))
+    best = summary["best"]
+    print(f"best: trial {best['trial_id']} ({cfg.search.metric} {best['metric']:.4f}), run {best['run_id']}")
+    for v in summary["registered"]:
+        print(f"registered: {v['name']} version {v['version']} (run {v['run_id']})")
+    print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmidd", description="Dataset distillation with a class-aware CMI regularizer.",
@@ -160,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["nets", "methods", "datasets", "proxy-sets", "cmi-aggs"])
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(fn=_cmd_ls)
+
+    s = sub.add_parser("search", help="Ray Tune + Optuna search over a space YAML (search_spaces/), tracked in MLflow")
+    s.add_argument("space", type=Path)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the space (search.num_samples=4) or of its base job (base.ipc=5)")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted search in its storage folder")
+    s.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to run the trials on (default: $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db here; an http:// mlflow server allows concurrent trials)")
+    s.set_defaults(fn=_cmd_search)
 
     d = sub.add_parser("demo", help="the main job on digits: DM and DM+CMI vs random-real")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))

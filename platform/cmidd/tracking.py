@@ -319,7 +319,8 @@ class TrackedRun:
 
 def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, resume: bool = False,
                 hooks: Hooks | None = None, data=None, experiment: str | None = None,
-                parent_run_id: str | None = None) -> TrackedRun:
+                parent_run_id: str | None = None, register: bool = True,
+                tags: dict[str, str] | None = None) -> TrackedRun:
     """Run a validated job inside an MLflow run, log everything, verify the artifacts, then register.
 
     Args:
@@ -332,6 +333,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         data: the loaded data set (loaded from ``job.data`` if None).
         experiment: experiment name (default ``job.name``); a search passes its own.
         parent_run_id: the search's run, for trial runs (tag ``mlflow.parentRunId``).
+        register: register the distilled set (a search registers only its top-k trials, at the end).
+        tags: extra run tags (a search's trial id, the node it ran on).
 
     Returns:
         TrackedRun.
@@ -350,6 +353,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
             run_id, hooks_ml = _reopen(client, job, resume_run_id, hooks)
         else:
             run_id, hooks_ml = _open(client, job, hooks, experiment or job.name, parent_run_id)
+        if tags:
+            _set_tags(client, run_id, tags)
     versions: list[dict[str, Any]] = []  # filled as versions are created, so that a failure removes them
     try:
         if local is not job:
@@ -358,7 +363,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         with mlflow_errors():
             hooks_ml.flush()
             _log_result(client, run_id, result, hooks_ml)
-            _publish(client, run_id, job, result, versions)
+            _publish(client, run_id, job, result, versions, register)
             _terminate(client, run_id, "FINISHED")
     except BaseException as e:
         _fail(client, run_id, e, versions)
@@ -453,15 +458,18 @@ def _backfill(history: History, first_seen: int | None, skip_through: int) -> li
     return out
 
 
-def _publish(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]]):
+def _publish(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+             register: bool = True):
     """Upload the job's artifacts, verify them by download, then register (distill and proxies only).
 
-    Each registered version is appended to ``created`` as soon as it exists.
+    Each registered version is appended to ``created`` as soon as it exists. ``register=False`` uploads and
+    verifies a distilled set without registering it (search trials).
     """
     if job.kind == "distill":
         client.log_artifacts(run_id, str(result.outdir / SYNTHETIC), SYNTHETIC)
         verify_remote_set(client, run_id, SYNTHETIC, result.synset.sha256())
-        register_set(client, run_id, job, result, created)
+        if register:
+            register_set(client, run_id, job, result, created)
     elif job.kind == "pretrain-proxies":
         publish_proxies(client, run_id, job, Path(result.extra["proxies_dir"]), created)
     elif job.kind == "experts":

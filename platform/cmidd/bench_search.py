@@ -1,0 +1,158 @@
+"""``cmidd bench --suite search``: TPE + ASHA against a grid over the same lambda range, on digits.
+
+Both arms run the same Tune function trial (``search.make_trainable``: distill + evaluate, tracked in a
+throw-away MLflow store) on the same Ray, one trial at a time, so the only difference is which trials run
+and for how long: the grid tries ``grid_points`` lambdas (0 and a log-spaced range) to the end; TPE samples
+``num_samples`` (lambda log-uniform, the lambda = 0 arm enqueued, and lr_img) and ASHA stops the weak ones.
+CPU-seconds = the sum of the trials' running times (one CPU each; Tune's actor start-up not counted).
+
+Example:
+    >>> r = search_vs_grid(iterations=20, num_samples=8, grid_points=6)
+    >>> r["tpe_asha"]["best"], r["tpe_asha"]["cpu_s"], r["grid"]["best"], r["grid"]["cpu_s"]
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import load_search
+from .search import TUNE_DIR, make_trainable, run_search
+
+METRIC = "acc/cross_arch_mean"
+
+
+def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs: int, lam_range: tuple[float, float],
+           num_samples: int, grace: int, seed: int) -> Path:
+    import yaml
+
+    mapping = {
+        "name": "bench-search",
+        "base": {
+            "kind": "distill", "name": "bench-search-trial", "seed": seed, "ipc": ipc, "data": {"name": "digits"},
+            "net": {"name": "ConvNetD2", "width": 32},
+            "method": {"name": "dm", "iterations": iterations, "batch_real": 64, "dsa": False},
+            "cmi": {"lam": 10.0, "agg": "random"},
+            "proxies": {"set": "convnet-x1", "epochs": 5},
+            "eval": {"archs": ["ConvNetD2"], "num_eval": 1, "epochs": eval_epochs, "every": eval_every,
+                     "dsa_strategy": "crop_scale_rotate"},
+            "output": {"dir": str(folder / "runs" / "trial"), "checkpoint_every": 0},
+        },
+        "params": {"cmi.lam": {"loguniform": list(lam_range), "zero_arm": True},
+                   "method.lr_img": {"loguniform": [0.3, 3.0]}},
+        "search": {"num_samples": num_samples, "seed": seed,
+                   "asha": {"grace_period": grace, "reduction_factor": 2}},
+        "register_top_k": 1,
+        "storage": str(folder / "tpe"),
+    }
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def _curve(trials: list[tuple[float, float | None]]) -> list[tuple[float, float]]:
+    """(cumulative CPU-seconds, best accuracy so far) after each trial, in the order the trials ran."""
+    out, spent, best = [], 0.0, -math.inf
+    for seconds, acc in trials:
+        spent += seconds
+        if acc is not None:
+            best = max(best, acc)
+        out.append((spent, best))
+    return out
+
+
+def _analysis_trials(path: Path, final_only: bool) -> list[tuple[float, float | None]]:
+    """(running seconds, final accuracy or None if stopped) per trial, by start time."""
+    from ray.tune import ExperimentAnalysis
+
+    rows = []
+    for t in ExperimentAnalysis(str(path)).trials:
+        last = t.last_result or {}
+        acc = last.get(METRIC) if (last.get("final") or not final_only) else None
+        rows.append((last.get("date", ""), float(last.get("time_total_s", 0.0)), acc))
+    rows.sort()
+    return [(s, a) for _, s, a in rows]
+
+
+def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, eval_epochs: int = 30,
+                   lam_range: tuple[float, float] = (1.0, 1000.0), num_samples: int = 8, grid_points: int = 6,
+                   grace: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Best accuracy vs CPU-seconds: TPE + ASHA (``num_samples``) against a grid of ``grid_points`` lambdas.
+
+    Returns:
+        {"settings", "tpe_asha": {"best", "cpu_s", "wall_s", "trials", "stopped", "curve"},
+         "grid": {...same...}, "ratios": {"cpu_grid_over_tpe", "best_tpe_minus_grid"}}.
+    """
+    import time
+
+    import ray
+    from ray import tune
+
+    from .tracking import client_for, ensure_experiment
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cmidd-bench-search-") as tmp:
+            folder = Path(tmp)
+            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            cfg = load_search(_space(folder, ipc, iterations, eval_every, eval_epochs, lam_range, num_samples,
+                                     grace or eval_every, seed))
+            t0 = time.perf_counter()
+            summary = run_search(cfg, uri, progress=False)
+            tpe_wall = time.perf_counter() - t0
+            tpe = _analysis_trials(cfg.storage_dir / TUNE_DIR, final_only=True)
+
+            lo, hi = lam_range
+            lams = [0.0] + [lo * (hi / lo) ** (i / max(grid_points - 2, 1)) for i in range(grid_points - 1)]
+            client = client_for(uri)
+            parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
+            grid_dir = folder / "grid"
+            t0 = time.perf_counter()
+            tune.Tuner(
+                tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
+                param_space={"cmi.lam": tune.grid_search(lams)},
+                tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
+                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
+            ).fit()
+            grid_wall = time.perf_counter() - t0
+            client.set_terminated(parent, "FINISHED")
+            grid = _analysis_trials(grid_dir / TUNE_DIR, final_only=True)
+    finally:
+        if started:
+            ray.shutdown()
+
+    def arm(trials, wall, stopped):
+        curve = _curve(trials)
+        return {"best": curve[-1][1], "cpu_s": curve[-1][0], "wall_s": wall, "trials": len(trials),
+                "stopped": stopped, "curve": curve}
+
+    r = {
+        "settings": {"dataset": "digits", "ipc": ipc, "iterations": iterations, "eval_every": eval_every,
+                     "eval_epochs": eval_epochs, "lam_range": list(lam_range), "num_samples": num_samples,
+                     "grid_lams": lams, "seed": seed},
+        "tpe_asha": arm(tpe, tpe_wall, len(summary["stopped"])),
+        "grid": arm(grid, grid_wall, 0),
+    }
+    r["ratios"] = {"cpu_grid_over_tpe": r["grid"]["cpu_s"] / max(r["tpe_asha"]["cpu_s"], 1e-9),
+                   "best_tpe_minus_grid": r["tpe_asha"]["best"] - r["grid"]["best"]}
+    return r
+
+
+def bench_suite(plan, device, out: Path) -> dict[str, Any]:
+    """The ``search`` suite of ``cmidd bench`` (sizes from the plan; quick plans use fewer iterations)."""
+    quick = plan.quality_iterations <= 100
+    r = search_vs_grid(iterations=20 if quick else 100, eval_every=5 if quick else 25,
+                       eval_epochs=20 if quick else 100, num_samples=6 if quick else 16,
+                       grid_points=5 if quick else 9)
+    t, g = r["tpe_asha"], r["grid"]
+    r["table"] = "\n".join([
+        f"TPE+ASHA vs a lambda grid, digits IPC {r['settings']['ipc']}, {r['settings']['iterations']} iterations:",
+        "", "| arm | trials | stopped | best acc | CPU-s | wall-s |", "|---|---:|---:|---:|---:|---:|",
+        f"| TPE+ASHA | {t['trials']} | {t['stopped']} | {t['best']:.4f} | {t['cpu_s']:.1f} | {t['wall_s']:.1f} |",
+        f"| grid | {g['trials']} | 0 | {g['best']:.4f} | {g['cpu_s']:.1f} | {g['wall_s']:.1f} |",
+    ])
+    return r
