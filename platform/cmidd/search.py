@@ -486,6 +486,7 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
             imp = optuna.importance.get_param_importances(study)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
+            files += _importance_plot(imp, folder)
         except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
             log.info("optuna importances skipped: %s", e)
     return files
@@ -527,6 +528,23 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
         plt.close(fig)
         files.append("accuracy_vs_ipc.png")
     return files
+
+
+def _importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
+    """optuna_importances.png: a bar per searched parameter (fANOVA importances from Optuna)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(imp)))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("importance (Optuna)")
+    fig.tight_layout()
+    fig.savefig(folder / "optuna_importances.png", dpi=100)
+    plt.close(fig)
+    return ["optuna_importances.png"]
 
 
 def _lam(cfg: SearchCfg, params: dict[str, Any]) -> float:
