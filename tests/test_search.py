@@ -134,6 +134,13 @@ def test_bad_search_settings(tmp_path):
         assert rule in str(e.value), (over, str(e.value))
 
 
+def test_ipc_1_with_lambda_warns(tmp_path):
+    mapping = space(tmp_path)
+    mapping["params"]["ipc"] = {"choice": [1, 2]}
+    with pytest.warns(UserWarning, match="at IPC 1 CMI is identically 0"):
+        load_search(write(tmp_path, mapping))
+
+
 def test_cli_bad_space_exit_2(tmp_path):
     mapping = space(tmp_path)
     mapping["params"] = {"ipc": {"choice": []}}
@@ -299,6 +306,9 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert parents[0].info.status == "KILLED"
     assert len(before) < 8
 
+    changed = subprocess.run([*cmd, "--resume", "--set", "search.seed=1"], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert changed.returncode == 2 and "--resume: the space or its base job differs" in changed.stderr
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "best: trial" in out.stdout
