@@ -134,6 +134,13 @@ def test_bad_search_settings(tmp_path):
         assert rule in str(e.value), (over, str(e.value))
 
 
+def test_ipc_1_with_lambda_warns(tmp_path):
+    mapping = space(tmp_path)
+    mapping["params"]["ipc"] = {"choice": [1, 2]}
+    with pytest.warns(UserWarning, match="at IPC 1 CMI is identically 0"):
+        load_search(write(tmp_path, mapping))
+
+
 def test_cli_bad_space_exit_2(tmp_path):
     mapping = space(tmp_path)
     mapping["params"] = {"ipc": {"choice": []}}
@@ -154,6 +161,37 @@ def test_zero_arm_is_enqueued_first():
 
     assert trial_job(cfg, points[0], "t0").cmi.lam == 0.0  # the zero arm runs plain DM
     assert trial_job(cfg, {**points[0], ZERO_ARM: True}, "t1").cmi.lam == 10
+
+
+def _row(tid, state, metric, lam, on=True, lr=1.0):
+    return {"trial_id": tid, "run_id": f"r{tid}", "state": state, "step": 8 if state == "finished" else 2,
+            "metric": metric, "params": {"cmi.lam": lam, ZERO_ARM: on, "method.lr_img": lr}}
+
+
+def test_study_summary_and_plots_degenerate_cases(tmp_path):
+    """Importances need two finished trials with different values; plots draw lambda = 0 at the left edge."""
+    from cmidd.search import plots, study_summary, summary_table
+
+    cfg = load_search(write(tmp_path, space(tmp_path)))
+    assert study_summary(cfg, [], tmp_path) == ["optuna_study.csv"]  # no finished trial
+    same = [_row("a", "finished", 0.5, 10.0), _row("b", "finished", 0.5, 20.0), _row("c", "stopped", 0.1, 3.0)]
+    assert study_summary(cfg, same, tmp_path) == ["optuna_study.csv"]  # one distinct value: no importances
+    rows = [_row("a", "finished", 0.5, 10.0, lr=0.1), _row("b", "finished", 0.7, 50.0, on=False, lr=2.0),
+            _row("c", "finished", 0.6, 2.0, lr=5.0), _row("d", "stopped", 0.1, 3.0)]
+    files = study_summary(cfg, rows, tmp_path)
+    assert files == ["optuna_study.csv", "optuna_importances.json", "optuna_importances.png"]
+    imp = json.loads((tmp_path / "optuna_importances.json").read_text())
+    assert set(imp) <= {"cmi.lam", ZERO_ARM, "method.lr_img"} and sum(imp.values()) == pytest.approx(1.0)
+    assert plots(cfg, rows, tmp_path) == ["accuracy_vs_lambda.png", "accuracy_vs_ipc.png"]
+    table = summary_table({"trials": rows}, "acc").splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["b", "c", "a", "d"]  # best first
+
+
+def test_bench_curve_is_best_so_far_against_cumulative_seconds():
+    from cmidd.bench_search import _curve
+
+    assert _curve([(2.0, 0.5), (1.0, None), (3.0, 0.7), (1.5, 0.6)]) == [(2.0, 0.5), (3.0, 0.5), (6.0, 0.7),
+                                                                        (7.5, 0.7)]
 
 
 # -- a real search ---------------------------------------------------------------------------------------
@@ -268,6 +306,9 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert parents[0].info.status == "KILLED"
     assert len(before) < 8
 
+    changed = subprocess.run([*cmd, "--resume", "--set", "search.seed=1"], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert changed.returncode == 2 and "--resume: the space or its base job differs" in changed.stderr
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "best: trial" in out.stdout

@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,12 +114,13 @@ def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, ev
             parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
             grid_dir = folder / "grid"
             t0 = time.perf_counter()
-            tune.Tuner(
-                tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
-                param_space={"cmi.lam": tune.grid_search(lams)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
-            ).fit()
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: keep the report's stdout clean
+                tune.Tuner(
+                    tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
+                    param_space={"cmi.lam": tune.grid_search(lams)},
+                    tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
+                    run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
+                ).fit()
             grid_wall = time.perf_counter() - t0
             client.set_terminated(parent, "FINISHED")
             grid = _analysis_trials(grid_dir / TUNE_DIR, final_only=True)

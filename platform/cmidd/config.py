@@ -645,6 +645,12 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
     if cfg.search.asha is not None and cfg.base.eval.every == 0:
         raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
                           f"(got eval.every=0); set it or asha: null")
+    ipcs = cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]
+    if "cmi.lam" in cfg.params and 1 in ipcs:
+        import warnings
+
+        warnings.warn(f"{path}: ipc 1 is searched with cmi.lam, but at IPC 1 CMI is identically 0 and lambda has no "
+                      "effect; those trials differ only in the other fields")
     for key, spec in cfg.params.items():
         where = f"{path}: params.{key}"
         if not _field_exists(DistillJob, key):

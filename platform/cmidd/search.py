@@ -33,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -57,6 +59,7 @@ from .tracking import (
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "parent_run_id"
+SPACE_FILE = "space.json"  # the search's fingerprint, checked on --resume
 TAG_TRIAL, TAG_NODE, TAG_STOPPED, TAG_SEARCH = "cmidd.tune_trial_id", "cmidd.node_id", "cmidd.search.stopped", \
     "cmidd.search"
 FINAL = "final"  # key of the trial's last report (after the full evaluation); a trial without it was stopped
@@ -219,6 +222,17 @@ def _check_storage(cfg: SearchCfg, resume: bool) -> None:
     if not resume and (pfile.exists() or tune_dir.exists()):
         raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
                           "storage folder (or delete this one)")
+    saved = store / SPACE_FILE
+    if resume and saved.is_file() and json.loads(saved.read_text()) != _fingerprint(cfg):
+        raise ConfigError(f"--resume: the space or its base job differs from the search stored in {store} "
+                          f"({saved}); resume with the same file and --set options")
+
+
+def _fingerprint(cfg: SearchCfg) -> dict[str, Any]:
+    """What a resumed search must share with the original: the base job, the space and the search settings."""
+    space = {"base": cfg.base.model_dump(mode="json"), "search": cfg.search.model_dump(mode="json"),
+             "params": {k: v.model_dump(mode="json") for k, v in cfg.params.items()}}
+    return json.loads(json.dumps(space))
 
 
 def _open_parent(client, cfg: SearchCfg, resume: bool) -> str:
@@ -249,6 +263,7 @@ def _open_parent(client, cfg: SearchCfg, resume: bool) -> str:
         (Path(tmp) / "base_job.json").write_text(json.dumps(cfg.base.model_dump(mode="json"), indent=2))
         client.log_artifact(parent, str(Path(tmp) / "base_job.json"))
     store.mkdir(parents=True, exist_ok=True)
+    (store / SPACE_FILE).write_text(json.dumps(_fingerprint(cfg), indent=1))
     tmpf = pfile.with_suffix(".tmp")
     tmpf.write_text(parent)
     tmpf.replace(pfile)
@@ -352,7 +367,8 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         _prepare_proxies(cfg)
         tuner = _tuner(cfg, uri, parent, resume, progress)
         t0 = time.perf_counter()
-        tuner.fit()
+        with contextlib.nullcontext() if progress else contextlib.redirect_stdout(sys.stderr):
+            tuner.fit()  # without progress, Tune's own banner goes to stderr: stdout stays the caller's
         wall = time.perf_counter() - t0
         trials = _trials_of(cfg.storage_dir / TUNE_DIR)
     except BaseException:
@@ -486,6 +502,7 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
             imp = optuna.importance.get_param_importances(study)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
+            files += _importance_plot(imp, folder)
         except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
             log.info("optuna importances skipped: %s", e)
     return files
@@ -527,6 +544,23 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
         plt.close(fig)
         files.append("accuracy_vs_ipc.png")
     return files
+
+
+def _importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
+    """optuna_importances.png: a bar per searched parameter (fANOVA importances from Optuna)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(imp)))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("importance (Optuna)")
+    fig.tight_layout()
+    fig.savefig(folder / "optuna_importances.png", dpi=100)
+    plt.close(fig)
+    return ["optuna_importances.png"]
 
 
 def _lam(cfg: SearchCfg, params: dict[str, Any]) -> float:
