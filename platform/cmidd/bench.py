@@ -184,7 +184,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     except OSError:
         pass
     env = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": std_platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": std_platform.python_version(),
         "torch": torch.__version__, "ray": version("ray"), "mlflow": version("mlflow"), "optuna": version("optuna"),
         "cmidd": version("cmidd"), "device": str(device), "threads": torch.get_num_threads(),
         "cpu": cpu, "cpu_count": os.cpu_count(),

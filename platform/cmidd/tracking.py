@@ -505,8 +505,10 @@ def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
 
 
 def _fail(client: MlflowClient, run_id: str, error: BaseException, versions: list[dict[str, Any]]) -> None:
-    """Best effort: delete versions this run created, tag the error, end the run FAILED (KILLED on Ctrl-C)."""
-    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    """Best effort: delete versions this run created, tag the error, end the run FAILED (KILLED on Ctrl-C, or
+    on SystemExit: how Ray Tune ends a trial that a scheduler stopped, possibly after the search's driver
+    already marked that run KILLED - so both orders end KILLED)."""
+    status = "KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED"
     try:
         for v in versions:
             client.delete_model_version(v["name"], str(v["version"]))
