@@ -93,6 +93,11 @@ def test_shipped_spaces_load(name):
         assert cfg.params["cmi.lam"].loguniform[1] == 80000.0  # the paper's largest lambda
 
 
+def test_method_space_loads_and_chooses_methods():
+    cfg = load_search(ROOT / "search_spaces" / "digits_methods.yaml")
+    assert cfg.params["method.name"].choice == ["dm", "gm"] and cfg.params["cmi.lam"].zero_arm
+
+
 def test_base_as_path_and_overrides(tmp_path):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "base.yaml").write_text(yaml.safe_dump(tiny_distill(tmp_path, eval__every=2)))
