@@ -19,6 +19,7 @@ from . import proxies as proxy_zoo
 from .config import parse_job
 from .demo import demo_jobs
 from .distill import measure_cmi, resolve_device
+from .errors import DivergenceError
 from .evaluate import ENSEMBLE, evaluate
 from .runner import load_job_data, proxies_dir, random_real_set, run_job
 
@@ -82,6 +83,7 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
     rows: list[dict[str, Any]] = []
     cmi: dict[str, float] = {}
     curves: dict[str, dict[str, list[float]]] = {}
+    diverged: list[str] = []
     for ipc in ipcs:
         sets = {"random-real": random_real_set(data, ipc, first.seed)}
         log.info("[quality] ipc %d: evaluating random-real", ipc)
@@ -91,7 +93,12 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
             its = gm_iterations if v.startswith(("gm", "idc", "mtt")) else iterations
             job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
             log.info("[quality] ipc %d: %s (%d iterations), then evaluating", ipc, v, its)
-            result = run_job(job, data=data)
+            try:
+                result = run_job(job, data=data)
+            except DivergenceError as e:  # reported as a row-less variant, not a crashed benchmark
+                log.warning("[quality] ipc %d: %s diverged: %s", ipc, v, e)
+                diverged.append(f"{v}/ipc{ipc}")
+                continue
             sets[v] = result.synset
             rows += _rows(ipc, v, result.rows)
             h = result.history
@@ -106,7 +113,7 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
     ceiling = {"arch": archs[0], "acc_mean": full.mean(archs[0]), "acc_std": full.std(archs[0]),
                "n": len(full.accs[archs[0]]), "epochs": full_epochs}
     return {"dataset": data.name, "im_size": data.im_size, "lam": lam, "proxy_set": proxy_set, "archs": archs,
-            "seeds": seeds, "rows": rows, "cmi": cmi, "curves": curves, "ceiling": ceiling}
+            "seeds": seeds, "rows": rows, "cmi": cmi, "curves": curves, "ceiling": ceiling, "diverged": diverged}
 
 
 def _has_proxies(job, data) -> bool:

@@ -84,6 +84,8 @@ def _quality_md(q: dict[str, Any]) -> list[str]:
         cross = by_arch.get("cross_arch_mean", {}).get("acc_mean")
         cmi = q["cmi"].get(f"{name}/ipc{ipc}")
         lines.append(f"| {ipc} | {name} | " + " | ".join(accs) + f" | {_pct(cross)} | {_num(cmi, '.3e')} |")
+    if q.get("diverged"):
+        lines += ["", "Diverged (no rows): " + ", ".join(q["diverged"])]
     c = q["ceiling"]
     lines += ["", f"Full-data ceiling ({c['arch']}, {c['epochs']} epochs): {_pct(c['acc_mean'])} +- "
                   f"{_pct(c['acc_std'])} over {c['n']} seeds."]
