@@ -53,7 +53,8 @@ class BenchPlan:
     warmup: int = 1
     repeats: int = 5
     speed_ipcs: tuple[int, ...] = (1, 10, 50)
-    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "gm", "gm+cmi")
+    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "gm", "gm+cmi", "idc", "idc+cmi", "mtt",
+                                      "mtt+cmi")
     speed_images: tuple[str, ...] = ("cifar32", "digits8")
     quality_ipcs: tuple[int, ...] = (1, 10, 50)
     quality_variants: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)")
