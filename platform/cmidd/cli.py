@@ -6,7 +6,6 @@ Exit codes: 0 ok; 2 bad input (one line, nothing written); 1 runtime failure.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
