@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib
 import importlib.metadata as md
 import json
 import logging
@@ -35,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .bench_quality import quality_targets, run_quality
+from .bench_quality import parse_variant, quality_targets, run_quality
 from .bench_report import markdown, plots
 from .bench_speed import Setting, run_speed
 from .demo import ARCHS, LAM
@@ -76,13 +75,12 @@ class BenchPlan:
         for images in self.speed_images:
             for ipc in self.speed_ipcs:
                 for m in self.speed_methods:
-                    method, _, cmi = m.partition("+")
-                    every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
+                    method, cmi, every = parse_variant(m)
                     if cmi and ipc == 1:
                         continue  # CMI is identically 0 at IPC 1 (cmidd turns it off)
                     if every > 1 and (images != "cifar32" or ipc != 10):
                         continue  # the every-k trade-off is shown at the headline setting only
-                    out.append(Setting(method, bool(cmi), ipc, images, every))
+                    out.append(Setting(method, cmi, ipc, images, every))
         return out
 
 
@@ -114,19 +112,6 @@ def _quality(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]
     )
 
 
-def _optional_suite(name: str, module: str, fn: str) -> None:
-    """A suite that lives in its own module (``cmidd.<module>.<fn>(plan, device, out)``), if installed."""
-
-    def run(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
-        try:
-            mod = importlib.import_module(f"cmidd.{module}")
-        except ImportError as e:
-            return {"unavailable": f"cmidd.{module} is not installed ({e})"}
-        return getattr(mod, fn)(plan, device, out)
-
-    SUITES.register(name)(run)
-
-
 @SUITES.register("ray")
 def _ray(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
     """Ray Train with 1 and 2 workers against the plain loop: DM+CMI, IPC 10, 32x32 (``bench_ray``)."""
@@ -148,7 +133,14 @@ def _ray(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
     )
     return r
 
-_optional_suite("search", "bench_search", "bench_suite")
+@SUITES.register("search")
+def _search(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """TPE+ASHA against a lambda grid: best accuracy vs CPU-seconds (``bench_search``)."""
+    try:
+        from .bench_search import bench_suite
+    except ImportError as e:
+        return {"unavailable": f"Ray Tune / Optuna are not installed ({e})"}
+    return bench_suite(plan, device, out)
 
 
 @SUITES.register("ensemble")

@@ -37,9 +37,16 @@ QUALITY_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_variant(variant: str) -> tuple[str, bool, int]:
+    """``"dm+cmi(every4)"`` -> (method ``dm``, CMI on, ``cmi.every`` 4); ``"gm"`` -> (``gm``, off, 1)."""
+    method, _, cmi = variant.partition("+")
+    every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
+    return method, bool(cmi), every
+
+
 def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, out: Path) -> dict[str, Any]:
     """The demo's dm job turned into ``variant`` (``dm``, ``gm+cmi``, ``dm+cmi(every4)``) at ``ipc``."""
-    method, _, cmi = variant.partition("+")
+    method, cmi, every = parse_variant(variant)
     job = copy.deepcopy(base)
     job.update(name=f"bench-{method}{'-cmi' if cmi else ''}-ipc{ipc}", ipc=ipc)
     job["method"].update(name=method, iterations=iterations)
@@ -50,7 +57,6 @@ def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, o
     if method == "mtt":
         job["experts"] = {"num": 4, "epochs": 10, "dir": str(out / "experts")}
     if cmi:
-        every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
         job["cmi"] = {**job.get("cmi", {}), "every": every}
     else:
         job["cmi"] = {"lam": 0.0}
