@@ -21,7 +21,8 @@ from .demo import demo_jobs
 from .distill import measure_cmi, resolve_device
 from .errors import DivergenceError
 from .evaluate import ENSEMBLE, evaluate
-from .runner import load_job_data, proxies_dir, random_real_set, run_job
+from .launch import run_job
+from .runner import load_job_data, proxies_dir, random_real_set
 
 log = logging.getLogger(__name__)
 

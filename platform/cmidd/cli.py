@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 def _cmd_run(args) -> int:
     from .config import load_job
     from .report import results_table
-    from .runner import run_job
+    from .launch import run_job
 
     job = load_job(args.job, args.set)
     if args.address is not None and getattr(job, "scaling", None) is not None and job.scaling.workers > 1:

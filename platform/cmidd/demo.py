@@ -22,7 +22,8 @@ from .config import parse_job
 from .distill import measure_cmi, resolve_device
 from .evaluate import evaluate
 from .report import results_table
-from .runner import load_job_data, proxies_dir, random_real_set, run_job
+from .launch import run_job
+from .runner import load_job_data, proxies_dir, random_real_set
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from .synthetic import SyntheticSet
 log = logging.getLogger(__name__)
 
 RUNNERS: Registry[Callable[..., "JobResult"]] = Registry("job kind")
+Loop = Callable[..., tuple[SyntheticSet, History]]
 
 
 @dataclass
@@ -63,20 +64,23 @@ def check_ipc(ipc: int, data: Dataset) -> None:
         raise DataError(f"ipc: ipc <= smallest class size must hold, but got ipc={ipc} (smallest class has {smallest})")
 
 
-def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None) -> JobResult:
+def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None,
+            loop: Loop = distill) -> JobResult:
     """Run a validated job of any kind.
 
     Args:
-        job: a ``DistillJob``, ``PretrainProxiesJob`` or ``EvaluateJob``.
+        job: a ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob`` or ``EvaluateJob``.
         hooks: callbacks for the distillation loop (tracking, reporting).
         resume: continue a distill job from its checkpoint.
         data: the loaded data set (loaded from ``job.data`` if None).
+        loop: the distillation loop, called like ``distill``; ``cmidd.launch.run_job`` passes the Ray Train loop
+            for ``scaling.workers > 1`` (the core never imports Ray).
 
     Returns:
         JobResult, also written to ``<output.dir>/result.json``.
     """
     data = data if data is not None else load_job_data(job)
-    result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume)
+    result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
     (result.outdir / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
 
@@ -92,7 +96,7 @@ def experts_dir(job, data: Dataset) -> Path:
 
 
 @RUNNERS.register("experts")
-def _run_experts(job: ExpertsJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+def _run_experts(job: ExpertsJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     device = resolve_device(job.device)
     folder = experts_dir(job, data)
     job.output.dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +109,7 @@ def _run_experts(job: ExpertsJob, data: Dataset, hooks: Hooks, resume: bool) -> 
 
 
 @RUNNERS.register("pretrain-proxies")
-def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     device = resolve_device(job.device)
     folder = proxies_dir(job, data)
     job.output.dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +124,11 @@ def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: 
 
 
 @RUNNERS.register("distill")
-def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     check_ipc(job.ipc, data)
+    if job.scaling.workers > 1 and loop is distill:
+        raise ConfigError(f"scaling.workers: > 1 needs the Ray Train loop (cmidd.launch.run_job), "
+                          f"got {job.scaling.workers} with the single-process loop")
     device = resolve_device(job.device)
     proxies = None  # loaded (or pre-trained) before the job's folder exists: a bad proxy set writes nothing
     if job.cmi.lam > 0:
@@ -136,9 +143,6 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool) -> 
     outdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    loop = distill
-    if job.scaling.workers > 1:  # the same loop on Ray Train workers (imports ray)
-        from .distributed import distill_distributed as loop
     synset, history = loop(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
     t_distill = time.perf_counter() - t0
     synset.save(outdir / "synthetic")
@@ -171,7 +175,7 @@ def set_label(job: DistillJob) -> str:
 
 
 @RUNNERS.register("evaluate")
-def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool) -> JobResult:
+def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     device = resolve_device(job.device)
     synset = SyntheticSet.load(job.synset) if job.synset is not None else None  # verifies checksums
     if synset is not None and (synset.meta.get("im_size"), synset.meta.get("channels")) != (

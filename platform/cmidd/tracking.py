@@ -58,7 +58,8 @@ from . import proxies as proxy_zoo
 from .config import flatten
 from .distill import CHECKPOINT, Hooks, History
 from .errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
-from .runner import JobResult, check_ipc, load_job_data, run_job
+from .launch import run_job
+from .runner import JobResult, check_ipc, load_job_data
 from .synthetic import MANIFEST, SyntheticSet, replace_dir, sha256_file
 
 try:

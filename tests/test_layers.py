@@ -1,0 +1,192 @@
+"""The layers of platform/cmidd, checked by walking every module's AST (no import is executed).
+
+core      config, data/, nets/, methods/, augment, cmi, distill, evaluate, ... : imports no layer above it and
+          no ray / mlflow / optuna, not even inside a function;
+platform  tracking, ensemble_tracking (MLflow), distributed, search (Ray / Optuna), launch (picks the plain or
+          Ray Train loop for a job): imports no app module;
+app       cli, cli_tracking, bench*, demo: may import anything.
+Module-level imports (outside ``if TYPE_CHECKING:``) form no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
+PLATFORM = {"tracking", "ensemble_tracking", "distributed", "search", "launch"}
+APP_PREFIXES = ("cli", "bench", "demo")
+THIRD_PARTY_PLATFORM = {"ray", "mlflow", "optuna"}
+RANK = {"core": 0, "platform": 1, "app": 2}
+
+
+def layer_of(module: str) -> str:
+    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.search`` -> 'platform'; ``cmidd.bench_speed`` -> 'app'."""
+    top = module.split(".")[1] if module.count(".") else ""
+    if top in PLATFORM:
+        return "platform"
+    if top.startswith(APP_PREFIXES):
+        return "app"
+    return "core"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def imports(path: Path) -> list[tuple[str, bool]]:
+    """(absolute module name, at module level) for every import in the file; TYPE_CHECKING blocks skipped."""
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for c in child.orelse:
+                    visit(ast.Module(body=[c], type_ignores=[]), top)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((a.name, top) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                found.append((target, top))
+                if not child.module:  # `from . import x`: x is a module
+                    found.extend((f"{target}.{a.name}", top) for a in child.names)
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), True)
+    return found
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def violations(modules: dict[str, Path]) -> list[str]:
+    """Every import from a lower layer to a higher one, or of ray/mlflow/optuna from the core."""
+    bad = []
+    for mod, path in modules.items():
+        mine = layer_of(mod)
+        for target, _ in imports(path):
+            if target.split(".")[0] in THIRD_PARTY_PLATFORM and mine == "core":
+                bad.append(f"{mod} ({mine}) imports {target}")
+            elif target.startswith("cmidd.") and RANK[layer_of(target)] > RANK[mine]:
+                bad.append(f"{mod} ({mine}) imports {target} ({layer_of(target)})")
+    return bad
+
+
+def _resolve(target: str, modules: dict[str, Path]) -> str | None:
+    while target and target not in modules:  # `from .x import name` -> the module `x`
+        target = target.rpartition(".")[0]
+    return target or None
+
+
+def cycles(modules: dict[str, Path]) -> list[list[str]]:
+    """Cycles of module-level imports between cmidd modules (a package's own __init__ is not an edge)."""
+    graph = {m: set() for m in modules}
+    for mod, path in modules.items():
+        for target, top in imports(path):
+            dst = _resolve(target, modules) if top and target.startswith("cmidd") else None
+            if dst and dst != mod and not mod.startswith(dst + "."):
+                graph[mod].add(dst)
+    found, state = [], {}
+
+    def dfs(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                dfs(nxt, stack + [nxt])
+        state[node] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            dfs(m, [m])
+    return found
+
+
+def test_no_import_goes_up_a_layer():
+    assert violations(all_modules()) == []
+
+
+def test_module_level_imports_have_no_cycle():
+    assert cycles(all_modules()) == []
+
+
+def test_the_walk_can_fail(tmp_path):
+    """A deliberate bad tree: the core importing mlflow and the search module, and a two-module cycle."""
+    pkg = tmp_path / "cmidd"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cmi.py").write_text("def f():\n    import mlflow\n    from .search import run_search\n")
+    (pkg / "search.py").write_text("from .cli import main\n")
+    (pkg / "cli.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("from .a import x\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                              "    from .cli import main\n")
+    global PKG
+    saved, PKG = PKG, pkg
+    try:
+        mods = all_modules()
+        bad = violations(mods)
+        cyc = cycles(mods)
+    finally:
+        PKG = saved
+    assert "cmidd.cmi (core) imports mlflow" in bad
+    assert "cmidd.cmi (core) imports cmidd.search (platform)" in bad
+    assert "cmidd.search (platform) imports cmidd.cli (app)" in bad
+    assert not any(v.startswith("cmidd.b ") for v in bad)  # TYPE_CHECKING imports are annotations only
+    assert cyc == [["cmidd.a", "cmidd.b", "cmidd.a"]]
+
+
+@pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.search", "platform"),
+                                       ("cmidd.bench_speed", "app"), ("cmidd.runner", "core")])
+def test_layer_names(mod, layer):
+    assert layer_of(mod) == layer
+
+
+def _two_worker_job(tmp_path):
+    from cmidd.config import parse_job
+
+    return parse_job({"kind": "distill", "name": "w2", "ipc": 1, "data": {"name": "digits"},
+                      "net": {"name": "ConvNetD2"}, "method": {"name": "dm", "iterations": 1, "dsa": False},
+                      "scaling": {"workers": 2}, "output": {"dir": str(tmp_path / "w2")}})
+
+
+def test_launch_picks_the_ray_loop_only_for_several_workers(tmp_path):
+    from cmidd import launch
+    from cmidd.distill import distill
+    from cmidd.distributed import distill_distributed
+
+    job = _two_worker_job(tmp_path)
+    assert launch.pick_loop(job) is distill_distributed
+    assert launch.pick_loop(job.model_copy(update={"scaling": job.scaling.model_copy(update={"workers": 1})})) \
+        is distill
+
+
+def test_core_runner_refuses_several_workers_without_the_ray_loop(tmp_path):
+    from cmidd.errors import ConfigError
+    from cmidd.runner import run_job
+
+    with pytest.raises(ConfigError, match=r"scaling\.workers: > 1 needs the Ray Train loop"):
+        run_job(_two_worker_job(tmp_path))
+    assert not (tmp_path / "w2").exists()  # nothing half-written
