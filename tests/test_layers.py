@@ -190,3 +190,14 @@ def test_core_runner_refuses_several_workers_without_the_ray_loop(tmp_path):
     with pytest.raises(ConfigError, match=r"scaling\.workers: > 1 needs the Ray Train loop"):
         run_job(_two_worker_job(tmp_path))
     assert not (tmp_path / "w2").exists()  # nothing half-written
+
+
+def test_no_private_name_is_imported_across_modules():
+    """``from .x import _name`` couples a module to another's internals: a shared helper gets a public name."""
+    bad = []
+    for mod, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                bad += [f"{mod}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                        for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+    assert bad == []

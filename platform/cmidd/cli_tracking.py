@@ -191,7 +191,7 @@ def _versions(text: str) -> list[int]:
 
 def _cmd_ensemble(args) -> int:
     quiet_mlflow()
-    from .config import EvalCfg, _format_error, apply_overrides
+    from .config import EvalCfg, format_error, apply_overrides
     from .ensemble_tracking import ensemble_from_search, ensemble_from_versions
     from .errors import ConfigError
     from .report import results_table
@@ -206,7 +206,7 @@ def _cmd_ensemble(args) -> int:
 
         if not isinstance(e, ValidationError):
             raise
-        raise ConfigError(_format_error("--set", e).replace("--set: ", "--set: eval.")) from None
+        raise ConfigError(format_error("--set", e).replace("--set: ", "--set: eval.")) from None
     if args.from_search:
         r = ensemble_from_search(args.from_search, args.top, args.mode, cfg, args.tracking_uri, args.seed)
     else:

@@ -361,7 +361,7 @@ JOB_KINDS = tuple(JOB_MODELS)
 # Loading: YAML -> dict -> --set overrides -> validate -> frozen model
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def format_error(source: str, err: ValidationError) -> str:
     """One line per pydantic error: ``source: a.b: message (got value)``."""
     lines = []
     for e in err.errors():
@@ -431,7 +431,7 @@ def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(source, e)) from None
+        raise ConfigError(format_error(source, e)) from None
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None):
@@ -641,7 +641,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
     try:
         cfg = SearchCfg.model_validate({**raw, "base": base_job, "base_raw": base_raw, "source": path})
     except ValidationError as e:
-        raise ConfigError(_format_error(str(path), e)) from None
+        raise ConfigError(format_error(str(path), e)) from None
     if cfg.search.asha is not None and cfg.base.eval.every == 0:
         raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
                           f"(got eval.every=0); set it or asha: null")

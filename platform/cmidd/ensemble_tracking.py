@@ -31,8 +31,8 @@ from .errors import ConfigError, UnknownNameError
 from .evaluate import evaluate
 from .synthetic import SyntheticSet
 from .tracking import (
-    CHAMPION, DEFAULT_METRIC, SYNTHETIC, _ensure_model, _fail, _load_verified, _log_params, _metrics_at, _set_tags,
-    _terminate, client_for, code_version, ensure_experiment, log_metrics, mlflow_errors, move_champion, pull,
+    CHAMPION, DEFAULT_METRIC, SYNTHETIC, ensure_model, fail_run, load_verified, log_params, metrics_at, set_tags,
+    end_run, client_for, code_version, ensure_experiment, log_metrics, mlflow_errors, move_champion, pull,
     resolve_uri, set_model_name, verify_remote_set,
 )
 
@@ -85,7 +85,7 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
 def _fetch_run_set(client, run_id: str) -> SyntheticSet:
     with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
         got = Path(client.download_artifacts(run_id, SYNTHETIC, tmp))
-        return _load_verified(got, f"runs:/{run_id}/{SYNTHETIC}")
+        return load_verified(got, f"runs:/{run_id}/{SYNTHETIC}")
 
 
 def ensemble_from_search(parent_run_id: str, top: int, mode: str, eval_cfg: EvalCfg | None = None,
@@ -141,21 +141,21 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     created: list[dict[str, Any]] = []
     try:
         with mlflow_errors():
-            _log_params(client, run_id, params)
+            log_params(client, run_id, params)
             if scores is not None:
-                _set_tags(client, run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
+                set_tags(client, run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
         res = evaluate(synset.images, synset.labels, data, eval_cfg, seed)
         metrics = res.metrics()
         with mlflow_errors():
-            log_metrics(client, run_id, _metrics_at(0, metrics))
+            log_metrics(client, run_id, metrics_at(0, metrics))
             with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
                 synset.save(Path(tmp) / SYNTHETIC)
                 client.log_artifacts(run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
             verify_remote_set(client, run_id, SYNTHETIC, synset.sha256())  # only a verified set is registered
             version = _register(client, run_id, synset, sources, mode, metrics, created)
-            _terminate(client, run_id, "FINISHED")
+            end_run(client, run_id, "FINISHED")
     except BaseException as e:
-        _fail(client, run_id, e, created)
+        fail_run(client, run_id, e, created)
         raise
     return EnsembleResult(synset, run_id, metrics, res.rows(synset.meta["method"]), version, sources)
 
@@ -165,7 +165,7 @@ def _register(client, run_id: str, synset: SyntheticSet, sources: list[str], mod
     """A version of ``distilled-<dataset>-ipc<k'>`` with ``ensemble_of``; ``champion`` moved if best."""
     dataset, ipc = str(synset.meta["dataset"]), synset.ipc
     name = set_model_name(dataset, ipc)
-    _ensure_model(client, name, f"Distilled {dataset} sets, {ipc} images per class",
+    ensure_model(client, name, f"Distilled {dataset} sets, {ipc} images per class",
                   {"dataset": dataset, "ipc": str(ipc)})
     accs = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("acc/", "acc_std/", "ece/"))}
     tags = {"method": synset.meta["method"], "ensemble_of": json.dumps(sources), "ensemble_mode": mode,

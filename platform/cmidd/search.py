@@ -51,8 +51,8 @@ from .distill import Hooks
 from .errors import CmiddError, ConfigError
 from .runner import JobResult, load_job_data, proxies_dir
 from .tracking import (
-    _load_verified, _log_params, _set_tags, _terminate, client_for, code_version, ensure_experiment,
-    log_metrics, _metrics_at, mlflow_errors, move_champion, register_set, resolve_uri, set_model_name,
+    load_verified, log_params, set_tags, end_run, client_for, code_version, ensure_experiment,
+    log_metrics, metrics_at, mlflow_errors, move_champion, register_set, resolve_uri, set_model_name,
     tracked_run,
 )
 
@@ -246,7 +246,7 @@ def _open_parent(client, cfg: SearchCfg, resume: bool) -> str:
         except Exception:
             raise ConfigError(f"--resume: parent run {parent} (from {pfile}) is not in this tracking store") from None
         client.update_run(parent, status="RUNNING")
-        _set_tags(client, parent, {"cmidd.search.resumed": "true"})
+        set_tags(client, parent, {"cmidd.search.resumed": "true"})
         return parent
     exp_id = ensure_experiment(cfg.name, client=client)
     tags = {"kind": "search", TAG_SEARCH: cfg.name, "code_version": code_version(), "mlflow.source.name": "cmidd",
@@ -256,7 +256,7 @@ def _open_parent(client, cfg: SearchCfg, resume: bool) -> str:
                 for k, v in cfg.search.model_dump(mode="json").items()}
     space = {f"space.{k}": json.dumps(v.model_dump(mode="json", by_alias=True, exclude_none=True))
              for k, v in cfg.params.items()}
-    _log_params(client, parent, {**settings, **space, "register_top_k": str(cfg.register_top_k)})
+    log_params(client, parent, {**settings, **space, "register_top_k": str(cfg.register_top_k)})
     with tempfile.TemporaryDirectory(prefix="cmidd-search-") as tmp:
         if cfg.source is not None and Path(cfg.source).is_file():
             client.log_artifact(parent, str(cfg.source))
@@ -373,7 +373,7 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         trials = _trials_of(cfg.storage_dir / TUNE_DIR)
     except BaseException:
         with mlflow_errors():
-            _terminate(client, parent, "KILLED")
+            end_run(client, parent, "KILLED")
         raise
     finally:
         if started:
@@ -399,8 +399,8 @@ def _finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], w
         if state == "stopped":
             stopped.append(t["trial_id"])
             if run is not None and run.data.tags.get(TAG_STOPPED) != "true":
-                _set_tags(client, run.info.run_id, {TAG_STOPPED: "true"})
-                _terminate(client, run.info.run_id, "KILLED")
+                set_tags(client, run.info.run_id, {TAG_STOPPED: "true"})
+                end_run(client, run.info.run_id, "KILLED")
         rows.append({
             "trial_id": t["trial_id"], "run_id": run.info.run_id if run is not None else None, "state": state,
             "step": t["last"].get("step"), "metric": t["last"].get(cfg.search.metric),
@@ -409,16 +409,16 @@ def _finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], w
     known = {t["trial_id"] for t in trials}
     for trial_id, run in runs.items():  # a driver killed hard may leave runs of trials Tune never saved
         if trial_id not in known and run.info.status == "RUNNING" and not interrupted:
-            _set_tags(client, run.info.run_id, {"cmidd.search.orphaned": "true"})
-            _terminate(client, run.info.run_id, "KILLED")
+            set_tags(client, run.info.run_id, {"cmidd.search.orphaned": "true"})
+            end_run(client, run.info.run_id, "KILLED")
     if interrupted:
-        _terminate(client, parent, "KILLED")
+        end_run(client, parent, "KILLED")
         raise KeyboardInterrupt(f"search interrupted with {len(interrupted)} trial(s) unfinished; rerun with --resume")
     sign = 1 if cfg.search.mode == "max" else -1
     done = sorted((r for r in rows if r["state"] == "finished" and r["run_id"] and r["metric"] is not None),
                   key=lambda r: -sign * r["metric"])
     if not done:
-        _terminate(client, parent, "FAILED")
+        end_run(client, parent, "FAILED")
         raise CmiddError(f"search {cfg.name}: no trial finished ({len(stopped)} stopped, "
                          f"{sum(r['state'] == 'error' for r in rows)} failed); see the child runs")
     registered = _register_top(client, cfg, done[:cfg.register_top_k])
@@ -426,7 +426,7 @@ def _finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], w
     summary = {"parent_run_id": parent, "experiment": cfg.name, "trials": rows, "best": best,
                "registered": registered, "stopped": stopped, "wall_s": wall}
     _log_parent(client, cfg, parent, summary)
-    _terminate(client, parent, "FINISHED")
+    end_run(client, parent, "FINISHED")
     return summary
 
 
@@ -444,7 +444,7 @@ def _register_top(client, cfg: SearchCfg, top: list[dict[str, Any]]) -> list[dic
             continue
         run = client.get_run(row["run_id"])
         with tempfile.TemporaryDirectory(prefix="cmidd-top-") as tmp:
-            synset = _load_verified(Path(client.download_artifacts(row["run_id"], "synthetic", tmp)),
+            synset = load_verified(Path(client.download_artifacts(row["run_id"], "synthetic", tmp)),
                                     f"runs:/{row['run_id']}/synthetic")
             result = JobResult("distill", Path(tmp), metrics=dict(run.data.metrics), synset=synset)
             entry = register_set(client, row["run_id"], job, result)
@@ -461,12 +461,12 @@ def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any]) ->
     params = {f"best.{k}": str(v) for k, v in best["params"].items()}
     params |= {"best.trial_id": best["trial_id"], "best.run_id": best["run_id"]}
     existing = client.get_run(parent).data.params
-    _log_params(client, parent, {k: v for k, v in params.items() if k not in existing})  # resume: logged once
+    log_params(client, parent, {k: v for k, v in params.items() if k not in existing})  # resume: logged once
     rows = summary["trials"]
     counts = {"trials/finished": sum(r["state"] == "finished" for r in rows), "trials/stopped": len(summary["stopped"]),
               "trials/failed": sum(r["state"] == "error" for r in rows), f"best/{cfg.search.metric}": best["metric"],
               "time/search_s": summary["wall_s"]}
-    log_metrics(client, parent, _metrics_at(0, counts))
+    log_metrics(client, parent, metrics_at(0, counts))
     with tempfile.TemporaryDirectory(prefix="cmidd-search-") as tmp:
         folder = Path(tmp)
         (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))

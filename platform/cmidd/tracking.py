@@ -210,17 +210,17 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> Non
         client.log_batch(run_id, metrics=chunk, synchronous=True)
 
 
-def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     for chunk in _chunks([Param(k, v) for k, v in params.items()], _BATCH["params"]):
         client.log_batch(run_id, params=chunk, synchronous=True)
 
 
-def _set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], _BATCH["tags"]):
         client.log_batch(run_id, tags=chunk, synchronous=True)
 
 
-def _metrics_at(step: int, values: dict[str, float]) -> list[Metric]:
+def metrics_at(step: int, values: dict[str, float]) -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, step) for k, v in values.items()]
 
@@ -260,7 +260,7 @@ class MlflowHooks(Hooks):
         if self.first_step is None:
             self.first_step = step
         if step > self.skip_through:
-            self._buf += _metrics_at(step, metrics)
+            self._buf += metrics_at(step, metrics)
             self._since += 1
             if self._since >= self.flush_every or time.monotonic() - self._last > self.flush_seconds:
                 self.flush()
@@ -268,7 +268,7 @@ class MlflowHooks(Hooks):
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         if step > self.skip_through:
-            self._buf += _metrics_at(step, metrics)
+            self._buf += metrics_at(step, metrics)
         self.flush()
         self.inner.on_eval(step, metrics)
 
@@ -300,7 +300,7 @@ def upload_checkpoint(client: MlflowClient, run_id: str, step: int, path: Path, 
         synset.save(Path(tmp) / SYNTHETIC)
         sha = sha256_file(Path(tmp) / CHECKPOINT)
         client.log_artifacts(run_id, tmp, slot)
-    _set_tags(client, run_id, {TAG_SLOT: slot, TAG_STEP: str(step), TAG_SHA: sha})  # only after the upload
+    set_tags(client, run_id, {TAG_SLOT: slot, TAG_STEP: str(step), TAG_SHA: sha})  # only after the upload
     return slot
 
 
@@ -355,19 +355,19 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         else:
             run_id, hooks_ml = _open(client, job, hooks, experiment or job.name, parent_run_id)
         if tags:
-            _set_tags(client, run_id, tags)
+            set_tags(client, run_id, tags)
     versions: list[dict[str, Any]] = []  # filled as versions are created, so that a failure removes them
     try:
         if local is not job:
-            _set_tags(client, run_id, {"proxies.local_dir": str(local.proxies.dir)})
+            set_tags(client, run_id, {"proxies.local_dir": str(local.proxies.dir)})
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data)
         with mlflow_errors():
             hooks_ml.flush()
             _log_result(client, run_id, result, hooks_ml)
             _publish(client, run_id, job, result, versions, register)
-            _terminate(client, run_id, "FINISHED")
+            end_run(client, run_id, "FINISHED")
     except BaseException as e:
-        _fail(client, run_id, e, versions)
+        fail_run(client, run_id, e, versions)
         raise
     return TrackedRun(result, run_id, uri, versions)
 
@@ -384,9 +384,9 @@ def _open(client: MlflowClient, job, hooks: Hooks | None, experiment: str, paren
     tags = job_tags(job) | ({"mlflow.parentRunId": parent} if parent else {})
     run_id = client.create_run(exp_id, run_name=job.name, tags=tags).info.run_id
     try:
-        _log_params(client, run_id, job_params(job))
+        log_params(client, run_id, job_params(job))
     except BaseException as e:
-        _fail(client, run_id, e, [])
+        fail_run(client, run_id, e, [])
         raise
     log.info("mlflow run %s in experiment %r", run_id, experiment)
     return run_id, MlflowHooks(client, run_id, inner=hooks)
@@ -415,7 +415,7 @@ def _reopen(client: MlflowClient, job, run_id: str, hooks: Hooks | None):
         log.info("resuming run %s from its checkpoint at step %s", run_id, run.data.tags.get(TAG_STEP))
     logged = [m.step for m in client.get_metric_history(run_id, "loss_dd")]
     client.update_run(run_id, status="RUNNING")
-    _set_tags(client, run_id, {"cmidd.resumed_from_step": run.data.tags.get(TAG_STEP, "0")})
+    set_tags(client, run_id, {"cmidd.resumed_from_step": run.data.tags.get(TAG_STEP, "0")})
     return run_id, MlflowHooks(client, run_id, inner=hooks, skip_through=max(logged, default=0), slot=slot)
 
 
@@ -436,7 +436,7 @@ def _log_result(client: MlflowClient, run_id: str, result: JobResult, hooks: Mlf
     if history is not None:
         log_metrics(client, run_id, _backfill(history, hooks.first_step, hooks.skip_through))
     last = history.step[-1] if history is not None and history.step else 0
-    log_metrics(client, run_id, _metrics_at(last, {k: v for k, v in result.metrics.items()
+    log_metrics(client, run_id, metrics_at(last, {k: v for k, v in result.metrics.items()
                                                    if isinstance(v, (int, float))}))
     for name in ("result.json", "history.json"):
         if (result.outdir / name).is_file():
@@ -452,10 +452,10 @@ def _backfill(history: History, first_seen: int | None, skip_through: int) -> li
             vals = {"loss_dd": history.loss_dd[i], "loss_total": history.loss_total[i]}
             if history.cmi[i] == history.cmi[i]:  # not NaN: CMI was computed at this step
                 vals["cmi"] = history.cmi[i]
-            out += _metrics_at(step, vals)
+            out += metrics_at(step, vals)
     for ev in history.evals:
         if skip_through < ev["step"] < first:
-            out += _metrics_at(int(ev["step"]), {k: v for k, v in ev.items() if k != "step"})
+            out += metrics_at(int(ev["step"]), {k: v for k, v in ev.items() if k != "step"})
     return out
 
 
@@ -485,14 +485,14 @@ def verify_remote_set(client: MlflowClient, run_id: str, path: str, content_sha2
     """
     with tempfile.TemporaryDirectory(prefix="cmidd-verify-") as tmp:
         got = Path(client.download_artifacts(run_id, path, tmp))
-        synset = _load_verified(got, f"runs:/{run_id}/{path}")
+        synset = load_verified(got, f"runs:/{run_id}/{path}")
         if synset.sha256() != content_sha256:
             raise IntegrityError(f"runs:/{run_id}/{path}: uploaded set differs from the distilled one")
         if not (got / "grid.png").is_file():
             raise IntegrityError(f"runs:/{run_id}/{path}: grid.png is missing")
 
 
-def _load_verified(folder: Path, label: str) -> SyntheticSet:
+def load_verified(folder: Path, label: str) -> SyntheticSet:
     """``SyntheticSet.load`` with the error naming ``label`` instead of a temporary folder."""
     try:
         return SyntheticSet.load(folder)
@@ -500,12 +500,12 @@ def _load_verified(folder: Path, label: str) -> SyntheticSet:
         raise IntegrityError(str(e).replace(str(folder), label)) from None
 
 
-def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." for servers: keep stdout
         client.set_terminated(run_id, status)
 
 
-def _fail(client: MlflowClient, run_id: str, error: BaseException, versions: list[dict[str, Any]]) -> None:
+def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: list[dict[str, Any]]) -> None:
     """Best effort: delete versions this run created, tag the error, end the run FAILED (KILLED on Ctrl-C, or
     on SystemExit: how Ray Tune ends a trial that a scheduler stopped, possibly after the search's driver
     already marked that run KILLED - so both orders end KILLED)."""
@@ -513,8 +513,8 @@ def _fail(client: MlflowClient, run_id: str, error: BaseException, versions: lis
     try:
         for v in versions:
             client.delete_model_version(v["name"], str(v["version"]))
-        _set_tags(client, run_id, {"cmidd.error": f"{type(error).__name__}: {error}"[:5000]})
-        _terminate(client, run_id, status)
+        set_tags(client, run_id, {"cmidd.error": f"{type(error).__name__}: {error}"[:5000]})
+        end_run(client, run_id, status)
     except Exception as e:  # the original error matters more than this one
         log.warning("could not mark run %s %s: %s", run_id, status, e)
 
@@ -528,7 +528,7 @@ def set_model_name(dataset: str, ipc: int) -> str:
     return f"distilled-{dataset}-ipc{int(ipc)}"
 
 
-def _ensure_model(client: MlflowClient, name: str, description: str, tags: dict[str, str]) -> None:
+def ensure_model(client: MlflowClient, name: str, description: str, tags: dict[str, str]) -> None:
     try:
         client.create_registered_model(name, tags=tags, description=description)
     except MlflowException as e:
@@ -551,7 +551,7 @@ def register_set(client: MlflowClient, run_id: str, job, result: JobResult,
     """
     synset = result.synset
     name = set_model_name(synset.meta["dataset"], job.ipc)
-    _ensure_model(client, name, f"Distilled {synset.meta['dataset']} sets, {job.ipc} images per class",
+    ensure_model(client, name, f"Distilled {synset.meta['dataset']} sets, {job.ipc} images per class",
                   {"dataset": str(synset.meta["dataset"]), "ipc": str(job.ipc)})
     accs = {k: f"{v:.6g}" for k, v in result.metrics.items() if k.startswith(("acc/", "acc_std/"))}
     tags = {
@@ -736,7 +736,7 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
 
 def _check_pulled(folder: Path, mv) -> None:
     label = f"{mv.name} version {mv.version} ({mv.source})"
-    synset = _load_verified(folder, label)
+    synset = load_verified(folder, label)
     want = (mv.tags or {}).get("content_sha256")
     if want and synset.sha256() != want:
         raise IntegrityError(f"{label}: content sha256 differs from the version's tag: refusing to pull")
@@ -843,7 +843,7 @@ def publish_proxies(client: MlflowClient, run_id: str, job, folder: Path,
     out = created if created is not None else []
     for e in manifest["proxies"]:
         name = proxy_model_name(manifest["dataset"], e["arch"])
-        _ensure_model(client, name, f"{e['arch']} proxies pre-trained on {manifest['dataset']}",
+        ensure_model(client, name, f"{e['arch']} proxies pre-trained on {manifest['dataset']}",
                       {"dataset": str(manifest["dataset"]), "arch": e["arch"]})
         tags = {"dataset": manifest["dataset"], "im_size": manifest["im_size"], "set": manifest["set"],
                 "arch": e["arch"], "seed": e["seed"], "epochs": e["epochs"],
@@ -990,7 +990,7 @@ def publish_experts(client: MlflowClient, run_id: str, folder: Path,
         verify_files(got, json.loads((got / MANIFEST).read_text()), f"runs:/{run_id}/{EXPERTS}")
     net = manifest["net"]["name"]
     name = experts_model_name(manifest["dataset"], net)
-    _ensure_model(client, name, f"MTT expert trajectories of {net} on {manifest['dataset']}",
+    ensure_model(client, name, f"MTT expert trajectories of {net} on {manifest['dataset']}",
                   {"dataset": str(manifest["dataset"]), "net": net})
     cfg = manifest["experts_cfg"]
     tags = {"dataset": manifest["dataset"], "im_size": manifest["im_size"], "net": net, "num": cfg["num"],
@@ -1017,12 +1017,12 @@ def log_report(uri: str, experiment: str, run_name: str, params: dict[str, Any],
                                 tags={"cmidd.kind": "report", "cmidd.code_version": code_version()})
         run_id = run.info.run_id
         try:
-            _log_params(client, run_id, {k: str(v)[:6000] for k, v in flatten(params).items()})
-            log_metrics(client, run_id, _metrics_at(0, metrics))
+            log_params(client, run_id, {k: str(v)[:6000] for k, v in flatten(params).items()})
+            log_metrics(client, run_id, metrics_at(0, metrics))
             for name in files:
                 client.log_artifact(run_id, str(folder / name))
         except BaseException:
-            _terminate(client, run_id, "FAILED")
+            end_run(client, run_id, "FAILED")
             raise
-        _terminate(client, run_id, "FINISHED")
+        end_run(client, run_id, "FINISHED")
     return run_id
