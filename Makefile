@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-fast lint clean
+.PHONY: setup demo demo-quick test test-fast lint clean gpu-check gpu-check-cpu wheels
 
 setup: $(STAMP)
 
@@ -35,6 +35,20 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check platform tests
+
+# The GPU readiness check (tools/gpu_check.py): on a CUDA machine with only torch & co., pydantic comes from .whl/.
+# `make wheels` once where pip reaches PyPI; `make gpu-check` on the GPU machine; `make gpu-check-cpu` is the dry run.
+WHEELS := pydantic pydantic-core annotated-types typing-extensions typing-inspection
+wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(WHEELS)
+
+gpu-check:
+	tools/gpu_check.sh --device cuda
+
+gpu-check-cpu: setup
+	PYTHON=$(PY) tools/gpu_check.sh --device cpu --out runs/gpu-check-cpu
 
 clean:
 	rm -rf runs mlflow.db mlruns .pytest_cache
