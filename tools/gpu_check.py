@@ -130,7 +130,8 @@ def run_methods(device: torch.device, sz: dict[str, Any]) -> list[dict[str, Any]
             if len(history.step) != sz["iterations"]:
                 raise CheckFailed(f"{key}: ran {len(history.step)} iterations, expected {sz['iterations']}")
             rows.append({"run": key, "seconds": seconds, "s_per_iter": seconds / sz["iterations"],
-                         "ops_by_device": audit.by_device, "host_moves": audit.host_moves, "images": list(synset.images.shape),
+                         "ops_by_device": audit.by_device, "host_moves": audit.host_moves,
+                         "images": list(synset.images.shape),
                          "dtype": str(synset.images.dtype), "loss_total": history.loss_total[-1]})
             print(f"[methods] {key}: {seconds:.2f} s ({sz['iterations']} it), ops {audit.by_device}", flush=True)
     return rows
