@@ -113,9 +113,11 @@ def test_device_audit_flags_work_off_the_device():
     audit = DeviceAudit(torch.device("cuda"), limit=100)
     with audit:
         small = torch.ones(10) * 2  # small host tensors (random draws, indices) are allowed
-        big = torch.ones(1000) + 1
-    assert big.sum() == 2000 and small.sum() == 20
-    assert audit.bad and "(1000,)" in audit.bad[0] and audit.by_device["cpu"] >= 4
+        moved = torch.ones(1000).clone()  # a large host copy is listed, not fatal
+        big = torch.ones(1000) + 1  # large host compute is a mismatch
+    assert big.sum() == 2000 and small.sum() == 20 and moved.sum() == 1000
+    assert len(audit.bad) == 1 and "add" in audit.bad[0] and "(1000,)" in audit.bad[0]
+    assert audit.host_moves.get("clone.default") == 1 and audit.by_device["cpu"] >= 6
     ok = DeviceAudit(torch.device("cpu"), limit=100)
     with ok:
         torch.ones(1000) + 1
