@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmidd.augment import DSAParams, dsa, op_names, parse_strategy
+from cmidd.augment import (
+    _OPS, DSAParams, _Draw, _op_seed, chosen_group, dsa, dsa_classes, op_names, parse_groups, parse_strategy,
+)
 from cmidd.errors import ConfigError, UnknownNameError
 
 OPS = ["brightness", "saturation", "contrast", "crop", "cutout", "flip", "scale", "rotate"]
@@ -119,3 +121,102 @@ def test_bad_input_rejected() -> None:
 def test_same_transform_on_gpu() -> None:
     x = _images()
     torch.testing.assert_close(dsa(x.cuda(), 2).cpu(), dsa(x, 2), rtol=1e-4, atol=1e-4)
+
+
+# --- DSA mode: single (reference aug_mode 'S') vs multi; siamese per-class matching (dsa_classes) ---
+
+FULL = "color_crop_cutout_flip_scale_rotate"
+
+
+def _changed_group(x: torch.Tensor, y: torch.Tensor, seed: int, params: DSAParams) -> list[int]:
+    """Indices of the groups whose multi-mode application alone (with the same streams) reproduces y."""
+    hits = []
+    for g, (start, ops) in enumerate(parse_groups(params.strategy)):
+        out = x
+        for i, name in enumerate(ops):
+            # one group applied alone, with the stream of its position in the full strategy
+            out = _OPS[name](out, _Draw([_op_seed(seed, start + i)], x.shape[0]), params)
+        if torch.equal(out, y):
+            hits.append(g)
+    return hits
+
+
+def test_single_mode_applies_exactly_one_group_chosen_by_seed() -> None:
+    x = _images(n=6, size=16)
+    params = DSAParams(strategy=FULL, mode="single")
+    groups = parse_groups(FULL)
+    assert [ops for _, ops in groups][0] == ("brightness", "saturation", "contrast") and len(groups) == 6
+    seen = set()
+    for seed in range(40):
+        y = dsa(x, seed, params)
+        hits = _changed_group(x, y, seed, params)
+        assert hits == [chosen_group(seed, params)], (seed, hits)
+        assert torch.equal(dsa(x, seed, params), y)  # same seed, same group and output
+        seen.add(hits[0])
+    assert len(seen) >= 5  # different seeds cover several groups
+
+
+def test_multi_mode_applies_every_op_in_order() -> None:
+    x = _images(n=3, size=16)
+    params = DSAParams(strategy=FULL, mode="multi")
+    out = x
+    for i, name in enumerate(parse_strategy(FULL)):
+        out = _OPS[name](out, _Draw([_op_seed(5, i)], 3), params)
+    torch.testing.assert_close(dsa(x, 5, params), out, rtol=0, atol=0)
+
+
+def test_bad_mode_rejected() -> None:
+    with pytest.raises(ConfigError, match="mode.*'both'"):
+        DSAParams(mode="both")
+
+
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_dsa_classes_siamese_same_transform_within_class(mode: str) -> None:
+    params = DSAParams(strategy=FULL, mode=mode)
+    base = _images(n=3, size=16)
+    # real: 5 rows per class, syn: 2 rows per class, every row of class c is the image base[c]
+    real_y = torch.arange(3).repeat_interleave(5)
+    syn_y = torch.arange(3).repeat_interleave(2)
+    seeds = [11, 12, 13]
+    real = dsa_classes(base[real_y], real_y, seeds, params)
+    syn = dsa_classes(base[syn_y], syn_y, seeds, params)
+    for c in range(3):
+        for row in real[real_y == c]:
+            torch.testing.assert_close(row, syn[syn_y == c][0], rtol=0, atol=0)
+        # equals the shared-parameter call on the class alone
+        torch.testing.assert_close(syn[syn_y == c], dsa(base[syn_y][syn_y == c], seeds[c], params, shared=True),
+                                   rtol=0, atol=0)
+    # different classes' transforms differ
+    one = [dsa(base[:1], s, params, shared=True) for s in seeds]
+    assert not torch.allclose(one[0], one[1])
+
+
+def test_dsa_classes_order_and_gradient() -> None:
+    params = DSAParams(strategy=FULL)
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 1])
+    x = _images(n=7, size=8).double().requires_grad_()
+    seeds = [3, 4, 5]
+    out = dsa_classes(x, y, seeds, params)
+    for i in range(7):
+        torch.testing.assert_close(out[i : i + 1], dsa(x[i : i + 1], seeds[int(y[i])], params, shared=True))
+    xs = x.detach()[:4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: dsa_classes(t, y[:4], seeds, params), (xs,))
+
+
+def test_eval_single_mode_per_sample_parameters() -> None:
+    # evaluation: per-sample draws, still one group per call
+    params = DSAParams(strategy="crop", mode="single")
+    x = _images(n=1, size=16).expand(8, -1, -1, -1).contiguous()
+    y = dsa(x, 3, params)
+    assert any(not torch.equal(y[0], y[i]) for i in range(1, 8))
+
+
+def test_config_dsa_mode_validated_and_passed() -> None:
+    from cmidd.config import parse_job
+
+    job = parse_job({"kind": "distill", "method": {"dsa_mode": "multi"}})
+    assert job.method.dsa_mode == "multi" and job.eval.dsa_mode == "single"
+    with pytest.raises(ConfigError) as e:
+        parse_job({"kind": "distill", "eval": {"dsa_mode": "both"}})
+    msg = str(e.value)
+    assert "eval.dsa_mode" in msg and "both" in msg and "\n" not in msg

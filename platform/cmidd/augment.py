@@ -15,7 +15,14 @@ from (``seed``, position of the op in the strategy) and draws all its per-sample
 * ``shared=True`` draws one parameter set and applies it to all samples; it equals sample 0's per-sample
   parameters, so shared and per-sample calls with one seed agree on the first image;
 * parameters are drawn in float32 on the CPU whatever ``x``'s device and dtype, so the transform depends
-  only on the seed, not on where the images live.
+  only on the seed, not on where the images live;
+* ``mode="single"`` (the reference's aug_mode 'S', the default) applies ONE group of the strategy per call
+  ("color" is one group of three ops, every other name a group of one), chosen by the seed; an op keeps
+  the stream of its position in the full strategy, so single = multi restricted to the chosen group;
+  ``mode="multi"`` applies every op in order;
+* ``dsa_classes`` is the siamese per-class form used in matching (the reference's batchmode): class c's
+  rows all get one parameter set and one group drawn from ``seeds[c]``, so a real and a synthetic batch
+  augmented with the same seeds see the same transform per class. It is one vectorized call for all classes.
 
 The module uses no global RNG.
 """
@@ -36,6 +43,7 @@ from .errors import ConfigError, UnknownNameError
 # Probability of a horizontal flip, fixed at 0.5 as in DSA.
 _FLIP_PROB = 0.5
 _MASK64 = (1 << 64) - 1
+DSA_MODES = ("single", "multi")
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class DSAParams:
         brightness: additive shift drawn uniformly in [-brightness / 2, brightness / 2].
         saturation: factor on the deviation from the per-pixel channel mean, drawn in [0, saturation].
         contrast: factor on the deviation from the per-image mean, drawn in [contrast, contrast + 1].
+        mode: "single" = one group of the strategy per call, chosen by the seed (reference DSA);
+            "multi" = every op of the strategy in order.
     """
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
@@ -62,9 +72,12 @@ class DSAParams:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
+    mode: str = "single"
 
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)
+        if self.mode not in DSA_MODES:
+            raise ConfigError(f"DSAParams.mode must be one of {', '.join(DSA_MODES)}; got {self.mode!r}")
         if not self.ratio_scale >= 1.0:
             raise ConfigError(f"DSAParams.ratio_scale must be >= 1; got {self.ratio_scale!r}")
         if not 0.0 <= self.ratio_cutout <= 1.0:
@@ -78,17 +91,23 @@ class DSAParams:
 
 
 class _Draw:
-    """Uniform [0, 1) parameters for one op: (N, k) per sample, or one row broadcast to N when shared."""
+    """Uniform [0, 1) parameters for one op, as an (N, k) float32 CPU tensor.
 
-    def __init__(self, seed: int, n: int, shared: bool) -> None:
-        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+    ``index`` None: one row per sample from ``seeds[0]``. Otherwise one row per seed (parameter set), and
+    sample i gets row ``index[i]`` (shared = one seed and an all-zero index; per class = labels).
+    """
+
+    def __init__(self, seeds: list[int], n: int, index: Tensor | None = None) -> None:
+        self._gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         self._n = n
-        self._shared = shared
+        self._index = index
 
     def rand(self, k: int) -> Tensor:
-        """(N, k) float32 CPU tensor; one generator call per op keeps the per-sample prefix property."""
-        u = torch.rand(1 if self._shared else self._n, k, generator=self._gen)
-        return u.expand(self._n, k)
+        """One generator call per op and seed keeps the per-sample prefix property."""
+        if self._index is None:
+            return torch.rand(self._n, k, generator=self._gens[0])
+        rows = torch.cat([torch.rand(1, k, generator=g) for g in self._gens])
+        return rows[self._index]
 
 
 def _uniform_int(u: Tensor, low: int, high: int) -> Tensor:
@@ -227,6 +246,22 @@ def parse_strategy(s: str) -> list[str]:
     return ops
 
 
+def parse_groups(s: str) -> list[tuple[int, tuple[str, ...]]]:
+    """The groups of a strategy as (position of the group's first op in ``parse_strategy(s)``, its ops).
+
+    ``"color_crop"`` -> ``[(0, ("brightness", "saturation", "contrast")), (3, ("crop",))]``.
+    """
+    groups, start = [], 0
+    if s in _NONE:
+        return groups
+    parse_strategy(s)  # validates
+    for name in s.split("_"):
+        ops = _GROUPS.get(name, (name,))
+        groups.append((start, ops))
+        start += len(ops)
+    return groups
+
+
 def _op_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for the op at ``index`` (splitmix64), so ops draw independent streams."""
     z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
@@ -235,8 +270,25 @@ def _op_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
+def chosen_group(seed: int, params: "DSAParams") -> int:
+    """Index into ``parse_groups(params.strategy)`` of the group a single-mode call with ``seed`` applies."""
+    # index -1 is a stream no op uses (ops use 0, 1, ...)
+    return _op_seed(seed, -1) % len(parse_groups(params.strategy))
+
+
 # Built here, after parse_strategy exists, because construction validates the strategy.
 DEFAULT_PARAMS = DSAParams()
+
+
+def _check(x: Tensor, seed: int) -> None:
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"dsa expects a 4-D floating tensor (N, C, H, W); got {x.dtype} {tuple(x.shape)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"dsa seed must be an int; got {seed!r}")
+
+
+def _ops_of(groups: list[tuple[int, tuple[str, ...]]]) -> list[tuple[int, str]]:
+    return [(start + i, name) for start, names in groups for i, name in enumerate(names)]
 
 
 def dsa(x: Tensor, seed: int, params: DSAParams = DEFAULT_PARAMS, shared: bool = False) -> Tensor:
@@ -245,7 +297,7 @@ def dsa(x: Tensor, seed: int, params: DSAParams = DEFAULT_PARAMS, shared: bool =
     Args:
         x: (N, C, H, W) floating images on any device.
         seed: any Python int; equal seeds give equal transforms (see the module docstring for N mismatch).
-        params: strategy and strengths.
+        params: strategy, strengths and mode (single: the seed picks one group; multi: every op).
         shared: draw one parameter set for the whole batch instead of one per sample.
 
     Returns:
@@ -256,10 +308,59 @@ def dsa(x: Tensor, seed: int, params: DSAParams = DEFAULT_PARAMS, shared: bool =
         ValueError: ``x`` is not a 4-D floating tensor.
         TypeError: ``seed`` is not an int.
     """
+    _check(x, seed)
+    groups = parse_groups(params.strategy)
+    if not groups:
+        return x
+    if params.mode == "single":
+        groups = [groups[chosen_group(seed, params)]]
+    index = torch.zeros(x.shape[0], dtype=torch.long) if shared else None
+    return _run(x, _ops_of(groups), [seed], index, params)
+
+
+def _run(x: Tensor, ops: list[tuple[int, str]], seeds: list[int], index: Tensor | None, p: DSAParams) -> Tensor:
+    for position, name in ops:
+        x = _OPS[name](x, _Draw([_op_seed(s, position) for s in seeds], x.shape[0], index), p)
+    return x
+
+
+def dsa_classes(x: Tensor, labels: Tensor, seeds: list[int], params: DSAParams = DEFAULT_PARAMS) -> Tensor:
+    """Siamese per-class DSA: the rows of class c share one transform drawn from ``seeds[c]``.
+
+    Equals ``dsa(x[labels == c], seeds[c], params, shared=True)`` for every class c (checked by the tests),
+    in one vectorized pass per group: augmenting a real and a synthetic batch with the same ``seeds`` gives
+    both the same transform per class, whatever their sizes.
+
+    Args:
+        x: (N, C, H, W) floating images.
+        labels: (N,) integer class of each row, in [0, len(seeds)).
+        seeds: one int seed per class.
+        params: strategy, strengths and mode.
+
+    Returns:
+        (N, C, H, W) augmented images in the order of ``x``, differentiable w.r.t. ``x``.
+    """
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"dsa expects a 4-D floating tensor (N, C, H, W); got {x.dtype} {tuple(x.shape)}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"dsa seed must be an int; got {seed!r}")
-    for index, name in enumerate(parse_strategy(params.strategy)):
-        x = _OPS[name](x, _Draw(_op_seed(seed, index), x.shape[0], shared), params)
-    return x
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"dsa_classes labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
+    for s in seeds:
+        _check(x, s)
+    groups = parse_groups(params.strategy)
+    if not groups or x.shape[0] == 0:
+        return x
+    index = labels.detach().to("cpu", torch.long)
+    if params.mode == "multi":
+        return _run(x, _ops_of(groups), list(seeds), index, params)
+    chosen = torch.tensor([chosen_group(s, params) for s in seeds], dtype=torch.long)[index]
+    parts, order = [], []
+    for g in chosen.unique().tolist():
+        rows = (chosen == g).nonzero()[:, 0]
+        # the draw rows stay indexed by class, so each part's rows pick their class's parameter set
+        parts.append(_run(x[rows.to(x.device)], _ops_of([groups[g]]), list(seeds), index[rows], params))
+        order.append(rows)
+    if len(parts) == 1:
+        return parts[0]
+    inverse = torch.empty_like(index)
+    inverse[torch.cat(order)] = torch.arange(index.shape[0])
+    return torch.cat(parts)[inverse.to(x.device)]

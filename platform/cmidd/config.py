@@ -126,6 +126,7 @@ class MethodCfg(_Cfg):
     init: Literal["real", "noise"] = "real"
     dsa: bool = True
     dsa_strategy: str = DSA_DEFAULT
+    dsa_mode: Literal["single", "multi"] = "single"  # single: one op group per call (reference DSA)
     # gradient matching (DC / DSA): outer steps per fresh net, inner net-training steps, net lr
     outer_loop: int = Field(default=10, ge=1)
     inner_loop: int = Field(default=50, ge=0)
@@ -215,6 +216,7 @@ class EvalCfg(_Cfg):
     batch: int = Field(default=256, ge=1)
     dsa: bool = True
     dsa_strategy: str = DSA_DEFAULT
+    dsa_mode: Literal["single", "multi"] = "single"  # single: one op group per call (reference DSA)
     every: int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
     baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
     ensemble: bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
@@ -255,6 +257,7 @@ class ExpertsCfg(_Cfg):
     batch: int = Field(default=256, ge=1)
     dsa: bool = False
     dsa_strategy: str = DSA_DEFAULT
+    dsa_mode: Literal["single", "multi"] = "single"  # single: one op group per call (reference DSA)
     dir: Path | None = None  # default: <output.dir>/../experts/<data>-<net>-n<num>-e<epochs>
     train_if_missing: bool = True
 

@@ -238,19 +238,24 @@ def distill(
                 loss_dd, cmi_sum, total = shard.reduce(syn, loss_dd, cmi if cmi is not None else syn.new_zeros(()),
                                                       total)
                 cmi = cmi_sum if cmi is not None else None
+            # one device->host read per step for all three scalars (each float() would be a sync of its own)
+            zero = total.new_zeros(())
+            dd_v, cmi_v, total_v = torch.stack(
+                [t.detach().to(torch.float64) for t in (loss_dd, cmi if cmi is not None else zero, total)]
+            ).tolist()
             if cmi is not None:
-                sums["cmi"] += float(cmi.detach())
+                sums["cmi"] += cmi_v
                 n_cmi += 1
-            if not torch.isfinite(total):
+            if not math.isfinite(total_v):  # before the step, so the images never take a NaN update
                 where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
                 raise DivergenceError(
-                    f"loss became {float(total.detach())} at iteration {it + 1} "
-                    f"(loss_dd={float(loss_dd.detach())}); {where}; try a smaller method.lr_img or cmi.lam"
+                    f"loss became {total_v} at iteration {it + 1} "
+                    f"(loss_dd={dd_v}); {where}; try a smaller method.lr_img or cmi.lam"
                 )
             opt.step()
             method.after_update(*decode(syn.detach(), labels, cfg.factor), gen)
-            sums["loss_dd"] += float(loss_dd.detach())
-            sums["loss_total"] += float(total.detach())
+            sums["loss_dd"] += dd_v
+            sums["loss_total"] += total_v
         steps = method.steps_per_iteration
         metrics = {"loss_dd": sums["loss_dd"] / steps, "loss_total": sums["loss_total"] / steps}
         if n_cmi:

@@ -101,7 +101,7 @@ def evaluate(
     device = torch.device(device)
     x, y = images.detach().to(device), labels.to(device)
     x_test, y_test = data.test_x.to(device), data.test_y.to(device)
-    dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
+    dsa_params = DSAParams(strategy=cfg.dsa_strategy, mode=cfg.dsa_mode) if cfg.dsa else None
     result = EvalResult()
     member_probs, hits = [], torch.zeros(data.num_classes, dtype=torch.float64)
     vmap_on = cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda")

@@ -48,7 +48,7 @@ def unflatten(vec: Tensor, net: nn.Module) -> dict[str, Tensor]:
 def train_experts(cfg: ExpertsCfg, net_cfg: NetCfg, data: Dataset, seed: int, device) -> list[tuple[Tensor, float]]:
     """Train ``cfg.num`` experts; returns (trajectory, final test accuracy) per expert."""
     out = []
-    dsa_params = DSAParams(strategy=cfg.dsa_strategy) if cfg.dsa else None
+    dsa_params = DSAParams(strategy=cfg.dsa_strategy, mode=cfg.dsa_mode) if cfg.dsa else None
     x, y = data.train_x.to(device), data.train_y.to(device)
     for i in range(cfg.num):
         s = seed * 1_000_003 + 7_919 * (i + 1)

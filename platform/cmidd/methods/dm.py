@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..augment import DSAParams, dsa
+from ..augment import DSAParams, dsa_classes
 from ..nets import create_net
 from ._registry import METHODS
 from .base import MethodContext, class_mask, draw_seed, embed_nograd, reinit_
@@ -43,7 +43,7 @@ class DM:
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
         self.net.to(ctx.device, memory_format=torch.channels_last).train()  # see embed_nograd
         self.net.requires_grad_(False)  # gradients flow to the images only
-        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
+        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy, mode=ctx.cfg.dsa_mode)
         # batch statistics make a row's embedding depend on the others: such nets embed all rows, then slice
         self.batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
 
@@ -52,18 +52,25 @@ class DM:
 
     def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
         real, real_y = self.ctx.pool.sample_all(self.ctx.cfg.batch_real, gen)
-        if self.ctx.cfg.dsa:  # augment the full batches, so each image gets the augmentation it gets in one process
-            seed = draw_seed(gen)  # siamese: the same seed for the real and the synthetic batch
-            real, syn = dsa(real, seed, self.dsa_params), dsa(syn, seed, self.dsa_params)
+        # siamese per class (reference DM): class c's real and synthetic rows share one transform, drawn
+        # for every class so that ``gen`` is consumed the same in every worker
+        seeds = [draw_seed(gen) for _ in range(self.ctx.num_classes)] if self.ctx.cfg.dsa else None
         keep_r = keep_s = slice(None)
         if classes is not None:  # a worker's share: DM's loss is a sum over classes
             keep_r, keep_s = class_mask(real_y, classes), class_mask(syn_y, classes)
+            if not self.batch_stats:  # rows are independent: drop the other classes before any work on them
+                real, syn = real[keep_r], syn[keep_s]
+                real_y, syn_y, keep_r, keep_s = real_y[keep_r], syn_y[keep_s], slice(None), slice(None)
+        if seeds is not None:  # a row's transform depends only on its class's seed, not on the other rows
+            real = dsa_classes(real, real_y, seeds, self.dsa_params)
+            syn = dsa_classes(syn, syn_y, seeds, self.dsa_params)
+        if not isinstance(keep_r, slice):  # batch statistics: all rows embedded together, then sliced
             real_y, syn_y = real_y[keep_r], syn_y[keep_s]
-            if not self.batch_stats:
-                real, syn, keep_r, keep_s = real[keep_r], syn[keep_s], slice(None), slice(None)
         # the real side needs no graph; chunks only where rows are independent (no batch statistics)
         real_emb = embed_nograd(self.net, real, real.shape[0] if self.batch_stats else None)[keep_r]
-        return dm_loss(real_emb, real_y, self.net.embed(syn)[keep_s], syn_y, self.ctx.num_classes)
+        # the net is channels_last: give it the synthetic batch in that layout too (no per-conv conversion)
+        syn_emb = self.net.embed(syn.contiguous(memory_format=torch.channels_last))[keep_s]
+        return dm_loss(real_emb, real_y, syn_emb, syn_y, self.ctx.num_classes)
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         return None

@@ -60,7 +60,7 @@ class GM:
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
         self.net.to(ctx.device).train()
         self.params = [p for p in self.net.parameters() if p.requires_grad]
-        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy)
+        self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy, mode=ctx.cfg.dsa_mode)
         self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
 
@@ -69,8 +69,9 @@ class GM:
         self.opt = torch.optim.SGD(self.params, lr=self.ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
 
-    def _aug(self, x: Tensor, seed: int) -> Tensor:
-        return dsa(x, seed, self.dsa_params) if self.ctx.cfg.dsa else x
+    def _aug(self, x: Tensor, seed: int, shared: bool = False) -> Tensor:
+        """DSA when on; ``shared`` (matching): one transform for the batch, as the reference's batchmode."""
+        return dsa(x, seed, self.dsa_params, shared=shared) if self.ctx.cfg.dsa else x
 
     def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
         c_num, ipc = self.ctx.num_classes, syn.shape[0] // self.ctx.num_classes
@@ -82,10 +83,10 @@ class GM:
             if classes is not None and c not in classes:  # another worker's class; gen was consumed alike
                 continue
             y_real = torch.full((real.shape[0],), c, device=real.device)
-            loss_real = F.cross_entropy(self.net(self._aug(real, seed)), y_real)
+            loss_real = F.cross_entropy(self.net(self._aug(real, seed, shared=True)), y_real)
             g_real = [g.detach() for g in torch.autograd.grad(loss_real, self.params)]
             syn_c = syn[c * ipc : (c + 1) * ipc]
-            loss_syn = F.cross_entropy(self.net(self._aug(syn_c, seed)), syn_y[c * ipc : (c + 1) * ipc])
+            loss_syn = F.cross_entropy(self.net(self._aug(syn_c, seed, shared=True)), syn_y[c * ipc : (c + 1) * ipc])
             g_syn = torch.autograd.grad(loss_syn, self.params, create_graph=True)
             total = total + self.distance(g_real, list(g_syn))
         return total

@@ -62,7 +62,7 @@ class MTT:
         self.experts = [t.to(ctx.device) for t in ctx.experts]
         self.lr = torch.tensor(cfg.lr_teacher, device=ctx.device, requires_grad=True)
         self.lr_opt = torch.optim.SGD([self.lr], lr=cfg.lr_lr, momentum=0.5)
-        self.dsa_params = DSAParams(strategy=cfg.dsa_strategy)
+        self.dsa_params = DSAParams(strategy=cfg.dsa_strategy, mode=cfg.dsa_mode)
         self._pick: tuple[int, int] = (0, 0)
 
     def begin_iteration(self, gen: torch.Generator) -> None:
