@@ -155,7 +155,7 @@ def evaluate(
     return result
 
 
-def step_seconds(build, x: Tensor, y: Tensor, batch: int, device: torch.device, repeats: int = 2) -> float:
+def step_seconds(build, x: Tensor, y: Tensor, batch: int, device: torch.device, repeats: int = 1) -> float:
     """Seconds of one SGD training step (forward + backward) of a throw-away net on ``x[:batch]``.
 
     The net is built under a forked RNG (``seeded_net``), so the caller's random streams do not move; the
