@@ -33,6 +33,7 @@ from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
 from .methods import MethodContext, build_method
+from .progress import format_seconds
 from .synthetic import SyntheticSet
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,9 @@ def distill(
         if step % every_log == 0 or step == cfg.iterations:
             rate = (time.perf_counter() - t0) / max(1, step - start)
             cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
-            log.info("it %d/%d loss_dd %.4f%s (%.3f s/it)", step, cfg.iterations, metrics["loss_dd"], cmi_txt, rate)
+            log.info("it %d/%d loss_dd %.4f%s (%.3f s/it), elapsed %s, left ~%s", step, cfg.iterations,
+                     metrics["loss_dd"], cmi_txt, rate, format_seconds(time.perf_counter() - t0),
+                     format_seconds(rate * (cfg.iterations - step)))
 
         if main and job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
             res = evaluate(*decode(syn.detach(), labels, cfg.factor), data, job.eval, job.seed, device)

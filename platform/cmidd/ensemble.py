@@ -59,6 +59,7 @@ def train_seeds(
     dsa_params: DSAParams | None = None,
     device: torch.device | str = "cpu",
     batched: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> tuple[list[nn.Module], str]:
     """Train one net per seed on (x, y), batched with ``vmap`` where possible.
 
@@ -71,6 +72,7 @@ def train_seeds(
         x: (N, C, H, W) images on ``device``; y: (N,) labels.
         epochs, lr, momentum, weight_decay, batch, lr_decay, dsa_params: as ``train_classifier``.
         batched: False forces the sequential loop.
+        on_epoch: called with the number of epochs done so far, summed over the seeds, after each epoch.
 
     Returns:
         (nets, mode): the trained nets in eval mode, in the order of ``seeds``; mode is ``"vmap"`` or
@@ -85,11 +87,12 @@ def train_seeds(
     hp = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch=batch, lr_decay=lr_decay,
               dsa_params=dsa_params)
     if reason is not None:
-        for net, gen in zip(nets, gens):
-            train_classifier(net, x, y, gen=gen, **hp)
+        for i, (net, gen) in enumerate(zip(nets, gens)):
+            tick = None if on_epoch is None else (lambda e, i=i: on_epoch(i * epochs + e))
+            train_classifier(net, x, y, gen=gen, on_epoch=tick, **hp)
         mode = f"{LOOP} ({reason})"
     else:
-        _train_stacked(nets, gens, x, y, **hp)
+        _train_stacked(nets, gens, x, y, on_epoch=on_epoch, **hp)
         mode = BATCHED
     for net in nets:
         net.eval()
@@ -98,7 +101,7 @@ def train_seeds(
 
 def _train_stacked(nets: list[nn.Module], gens: list[torch.Generator], x: Tensor, y: Tensor, *, epochs: int,
                    lr: float, momentum: float, weight_decay: float, batch: int, lr_decay: float,
-                   dsa_params: DSAParams | None) -> None:
+                   dsa_params: DSAParams | None, on_epoch: Callable[[int], None] | None = None) -> None:
     """SGD on stacked parameters (one ``vmap``-ed gradient per step), written back into ``nets``."""
     from torch.func import functional_call, grad, stack_module_state, vmap
 
@@ -137,6 +140,8 @@ def _train_stacked(nets: list[nn.Module], gens: list[torch.Generator], x: Tensor
                         else:
                             d = bufs[k] = d.clone()
                     p.add_(d, alpha=-step_lr)
+        if on_epoch is not None:
+            on_epoch(epoch * len(nets))
     with torch.no_grad():
         for i, net in enumerate(nets):
             for k, p in net.named_parameters():

@@ -11,7 +11,9 @@ Baselines: ``random-real`` (ipc random real images per class) and ``full`` (the 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +24,8 @@ from .config import EvalCfg
 from .data import Dataset, RealPool
 from .ensemble import ensemble_scores, train_seeds
 from .nets import create_net
-from .training import predict_proba
+from .progress import Progress
+from .training import predict_proba, seeded_net
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +108,32 @@ def evaluate(
     result = EvalResult()
     member_probs, hits = [], torch.zeros(data.num_classes, dtype=torch.float64)
     vmap_on = cfg.batched == "vmap" or (cfg.batched == "auto" and device.type == "cuda")
-    for ai, arch in enumerate(archs or cfg.archs):
+    archs = archs or cfg.archs
+    builds = {a: (lambda a=a: create_net(a, data.channels, data.num_classes, data.im_size)) for a in archs}
+    # progress in units of seconds: epochs x the measured cost of one epoch of each architecture (their costs
+    # differ ~15x at 8x8), so the estimate of the time left holds from the first line
+    epoch_s = {a: step_seconds(builds[a], x, y, cfg.batch, device) * math.ceil(x.shape[0] / cfg.batch)
+               for a in archs}
+    n_models = len(archs) * cfg.num_eval
+    progress = Progress(f"eval {n_models} models", sum(epoch_s[a] * cfg.epochs_for(a) * cfg.num_eval for a in archs),
+                        fmt=lambda d, t: f"{100 * d / t:.0f}%")
+    done = 0.0
+    for ai, arch in enumerate(archs):
         seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
+        epochs = cfg.epochs_for(arch)
+
+        def tick(e: int, arch=arch, epochs=epochs, first=ai * cfg.num_eval, base=done) -> None:
+            k = min(first + 1 + (e - 1) // epochs, n_models)
+            progress.update(base + e * epoch_s[arch], note=f"(model {k}/{n_models}: {arch}, "
+                            f"epoch {(e - 1) % epochs + 1}/{epochs})")
+
         nets, mode = train_seeds(
-            lambda: create_net(arch, data.channels, data.num_classes, data.im_size), seeds, x, y,
-            epochs=cfg.epochs_for(arch), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            builds[arch], seeds, x, y,
+            epochs=epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             batch=cfg.batch, lr_decay=cfg.lr_decay, dsa_params=dsa_params, device=device,
-            batched=vmap_on,
+            batched=vmap_on, on_epoch=tick,
         )
+        done += epoch_s[arch] * epochs * cfg.num_eval
         if not vmap_on:
             mode = f"loop (eval.batched={cfg.batched} on {device.type})"
         probs = [predict_proba(net, x_test) for net in nets]
@@ -132,6 +153,24 @@ def evaluate(
         log.info("eval ensemble of %d models: acc %.4f, ece %.4f", len(member_probs), result.ensemble_acc,
                  result.ensemble_ece)
     return result
+
+
+def step_seconds(build, x: Tensor, y: Tensor, batch: int, device: torch.device, repeats: int = 1) -> float:
+    """Seconds of one SGD training step (forward + backward) of a throw-away net on ``x[:batch]``.
+
+    The net is built under a forked RNG (``seeded_net``), so the caller's random streams do not move; the
+    fastest of ``repeats`` steps after one warm-up step is returned (a cost weight for progress estimates).
+    """
+    net = seeded_net(build, 0, device)
+    net.train()
+    xb, yb = x[:batch], y[:batch]
+    best = math.inf
+    for r in range(repeats + 1):
+        t = time.perf_counter()
+        torch.nn.functional.cross_entropy(net(xb), yb).backward()
+        if r:
+            best = min(best, time.perf_counter() - t)
+    return best
 
 
 def baseline_set(name: str, data: Dataset, ipc: int, seed: int, device: torch.device | str = "cpu"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +33,7 @@ def train_classifier(
     lr_decay: float = 1.0,
     dsa_params: DSAParams | None = None,
     snapshot_epochs: tuple[int, ...] = (),
+    on_epoch: Callable[[int], None] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Train ``net`` with SGD on (x, y) in shuffled mini-batches.
 
@@ -41,6 +44,7 @@ def train_classifier(
         gen: CPU generator for shuffling and DSA seeds.
         dsa_params: DSA augmentation of every batch (None = no augmentation).
         snapshot_epochs: epochs (1-based) after which a CPU copy of the state dict is returned.
+        on_epoch: called with the epoch (1-based) after each epoch (progress lines).
 
     Returns:
         The requested snapshots, in order of ``snapshot_epochs``.
@@ -65,6 +69,8 @@ def train_classifier(
             opt.step()
         if epoch in snapshot_epochs:
             snapshots.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        if on_epoch is not None:
+            on_epoch(epoch)
     return snapshots
 
 
