@@ -228,8 +228,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# cmidd GPU check ({report['device']}, {report['device_name']})", "",
              f"torch {report['torch']}, python {report['python']}, {report['seconds']:.1f} s, "
              f"status **{report['status']}**", "", "## Methods (a few iterations each)", "",
-             "| run | seconds (whole call, setup included) | aten ops by device |", "|---|---:|---|"]
-    lines += [f"| {r['run']} | {r['seconds']:.2f} | {r['ops_by_device']} |" for r in report.get("methods", [])]
+             "| run | seconds (whole call, setup included) | aten ops by device | large host copies |",
+             "|---|---:|---|---|"]
+    lines += [f"| {r['run']} | {r['seconds']:.2f} | {r['ops_by_device']} | {r.get('host_moves') or '-'} |"
+              for r in report.get("methods", [])]
     ev = report.get("eval")
     if ev:
         lines += ["", "## Evaluation", "", f"{ev['seeds']} seeds of {ev['archs'][0]}, {ev['epochs']} epochs: "
