@@ -12,7 +12,7 @@ from cmidd.config import parse_job
 
 TINY = br.plan_named(
     "quick", data="digits", ipcs=(1, 2), iterations=tuple((m, 2) for m in br.METHODS), eval_epochs=1, seeds=1,
-    proxy_epochs=1, experts=1, expert_epochs=3,
+    proxy_epochs=1, experts=1, expert_epochs=3, idc_loops=(1, 1),
 )
 
 

@@ -71,6 +71,7 @@ class ReproducePlan:
     experts: int = 10
     expert_epochs: int = 20
     seed: int = 0
+    idc_loops: tuple[int, int] = (10, 10)  # IDC's (outer, inner) loop
 
     def iterations_of(self, method: str) -> int:
         return dict(self.iterations)[method]
@@ -81,6 +82,7 @@ REPRODUCE_PLANS = {
     "quick": ReproducePlan(
         label="reduced budget", iterations=(("dc", 5), ("dsa", 5), ("dm", 100), ("idc", 5), ("mtt", 5)),
         eval_epochs=50, seeds=1, proxy_set="convnet-x1", proxy_epochs=2, experts=1, expert_epochs=5,
+        idc_loops=(2, 5),
     ),
 }
 
@@ -93,6 +95,8 @@ def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: 
          "dsa_mode": "single", **copy.deepcopy(fields)}
     if method == "gm":
         m["outer_loop"], m["inner_loop"] = GM_LOOPS.get(ipc, (10, 50))
+    if method == "idc":
+        m["outer_loop"], m["inner_loop"] = plan.idc_loops
     job: dict[str, Any] = {
         "kind": "distill", "name": f"reproduce-{variant.replace('+', '-')}-ipc{ipc}", "seed": plan.seed,
         "device": device, "ipc": ipc, "data": {"name": plan.data}, "net": dict(NET), "method": m,
