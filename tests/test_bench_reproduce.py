@@ -29,6 +29,7 @@ def test_jobs_follow_the_reference_setting(tmp_path):
     assert not parse_job(br.variant_job(full, "dc", 10, tmp_path), "dc").method.dsa
 
 
+@pytest.mark.slow  # ~8 min on 2 shared CPU cores (IDC / MTT double backward, 21 distillations)
 @pytest.mark.timeout(900)
 def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
     monkeypatch.setitem(br.REPRODUCE_PLANS, "quick", TINY)
