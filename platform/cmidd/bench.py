@@ -6,6 +6,7 @@ Suites (a registry; ``all`` runs every available one):
   inputs and on 8x8 digits; CMI overhead; loop time over bare forward/backward time; peak memory.
 - ``quality``: digits, random-real vs DM vs DM+CMI (...) per IPC, mean +- std over seeds, cross-architecture
   mean, the full-data ceiling and the CMI of every set.
+- ``reproduce`` (``bench_reproduce``; not in ``all``): DC/DSA/DM/IDC/MTT (+CMI) on mnist5k vs the papers.
 - ``ray``, ``search``, ``ensemble``: Ray Train 1 / 2 workers vs the plain loop, TPE+ASHA vs grid, batched vs
   sequential ensemble training - each from its own module, when that module is installed.
 
@@ -69,6 +70,7 @@ class BenchPlan:
     proxy_epochs: int = 20
     ray_iterations: int = 5  # steps per timed segment of the Ray suite (repeats segments per configuration)
     ensemble_epochs: int = 20  # epochs of the batched-vs-sequential ensemble training
+    reproduce: str = "full"  # the bench_reproduce.REPRODUCE_PLANS entry
 
     def settings(self) -> list[Setting]:
         out = []
@@ -90,7 +92,7 @@ PLANS = {
         repeats=5, speed_ipcs=(10,), speed_methods=("dm", "dm+cmi", "dm+cmi(every4)", "gm"),
         quality_ipcs=(1, 10), quality_variants=("dm", "dm+cmi"), quality_archs=("ConvNetD2", "LeNet"),
         quality_iterations=100, eval_epochs=100, full_epochs=30, proxy_set="convnet-x1", proxy_epochs=10,
-        ray_iterations=3,
+        ray_iterations=3, reproduce="quick",
     ),
 }
 
@@ -132,6 +134,14 @@ def _ray(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
         + ["", "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ratios"].items())]
     )
     return r
+
+@SUITES.register("reproduce")
+def _reproduce(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """Ours vs published on MNIST (``bench_reproduce``); ``--quick`` runs its reduced budget."""
+    from .bench_reproduce import REPRODUCE_PLANS, run_reproduce
+
+    return run_reproduce(REPRODUCE_PLANS[plan.reproduce], out / "reproduce", device.type)
+
 
 @SUITES.register("search")
 def _search(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:

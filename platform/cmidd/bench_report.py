@@ -34,7 +34,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += _speed_md(r["speed"], r["plan"])
     if "quality" in r:
         lines += _quality_md(r["quality"])
-    for suite in ("ray", "search", "ensemble"):
+    for suite in ("reproduce", "ray", "search", "ensemble"):
         if suite in r:
             lines += ["", f"## {suite}", ""]
             s = r[suite]

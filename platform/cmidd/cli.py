@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_demo)
 
     b = sub.add_parser("bench", help="speed and quality side by side: bench.json, bench.md and plots")
-    b.add_argument("--suite", default="all", help="speed | quality | ray | search | ensemble | all, or a comma list")
+    b.add_argument("--suite", default="all",
+                   help="speed | quality | reproduce | ray | search | ensemble | all (not reproduce), or a comma list")
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     b.add_argument("--out", type=Path, default=Path("runs/bench"))
     b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")

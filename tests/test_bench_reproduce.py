@@ -1,0 +1,56 @@
+"""The reproduce suite of cmidd bench on a tiny budget: every variant runs and the table has its structure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cmidd import bench_reproduce as br
+from cmidd.bench import PLANS, run_bench
+from cmidd.config import parse_job
+
+TINY = br.plan_named(
+    "quick", data="digits", ipcs=(1, 2), iterations=tuple((m, 2) for m in br.METHODS), eval_epochs=1, seeds=1,
+    proxy_epochs=1, experts=1, expert_epochs=3, idc_loops=(1, 1),
+)
+
+
+def test_jobs_follow_the_reference_setting(tmp_path):
+    full = br.REPRODUCE_PLANS["full"]
+    for v in full.variants:
+        job = parse_job(br.variant_job(full, v, 10, tmp_path), v)
+        assert job.data.name == "mnist5k" and job.net.name == "ConvNet"
+        assert (job.net.depth, job.net.width, job.net.norm) == (3, 128, "instance")
+        assert job.eval.dsa_strategy == "color_crop_cutout_scale_rotate" and job.eval.dsa_mode == "single"
+        assert (job.eval.lr, job.eval.momentum, job.eval.weight_decay, job.eval.batch) == (0.01, 0.9, 5e-4, 256)
+        assert (job.cmi.lam > 0) == v.endswith("+cmi")
+    assert parse_job(br.variant_job(full, "dsa", 10, tmp_path), "dsa").method.dsa
+    assert not parse_job(br.variant_job(full, "dc", 10, tmp_path), "dc").method.dsa
+
+
+@pytest.mark.slow  # ~8 min on 2 shared CPU cores (IDC / MTT double backward, 21 distillations)
+@pytest.mark.timeout(900)
+def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
+    monkeypatch.setitem(br.REPRODUCE_PLANS, "quick", TINY)
+    report = run_bench(["reproduce"], PLANS["quick"], "cpu", tmp_path)
+    r = report["reproduce"]
+    assert r["dataset"] == "digits" and r["label"] == "reduced budget"
+    got = [(row["ipc"], row["variant"]) for row in r["rows"]]
+    assert got == [(ipc, v) for ipc in (1, 2) for v in ("random-real", *TINY.variants)]
+    for row in r["rows"]:
+        assert row["eval_epochs"] == 1 and row["seeds"] == 1
+        assert row["iterations"] == (0 if row["variant"] == "random-real" else 2)
+        if row["ipc"] == 1 and "+cmi" in row["variant"]:
+            assert row["acc"] is None and "CMI is 0" in row["note"]
+            continue
+        assert 0.0 <= row["acc"] <= 100.0, row
+        assert row["vs_random"] == pytest.approx(row["acc"] - r["rows"][0 if row["ipc"] == 1 else 11]["acc"])
+        pub = br.PUBLISHED.get(row["variant"], {}).get(row["ipc"])
+        assert row["published"] == pub and (row["gap"] is None) == (pub is None)
+        if pub is not None:
+            assert row["gap"] == pytest.approx(row["acc"] - pub)
+    md = (tmp_path / "bench.md").read_text()
+    assert "## reproduce" in md and "reduced budget" in md
+    assert "| 1 | dm |" in md and "| 89.7 |" in md  # published DM at IPC 1 beside ours
+    assert json.loads((tmp_path / "bench.json").read_text())["reproduce"]["rows"][0]["variant"] == "random-real"
