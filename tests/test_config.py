@@ -25,6 +25,27 @@ def test_every_job_file_validates(path):
     assert job.kind in JOB_KINDS
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_search_space_file_validates(path):
+    """Globbed (torchtune's test_configs): a new space file is checked without being listed here."""
+    from cmidd.config import load_search
+
+    cfg = load_search(path)
+    assert cfg.params and cfg.base.kind == "distill"
+
+
+def test_name_types_share_one_source_of_choices():
+    """Every plug-in name field is checked against the same registry that ``cmidd ls`` lists."""
+    from cmidd.catalog import catalog
+    from cmidd.config import parse_job
+
+    for field, kind in [("net.name", "nets"), ("method.name", "methods"), ("data.name", "datasets"),
+                        ("proxies.set", "proxy-sets"), ("cmi.agg", "cmi-aggs")]:
+        section, leaf = field.split(".")
+        with pytest.raises(ConfigError, match=rf"{field}: unknown .*choices: {catalog()[kind].names()[0]}"):
+            parse_job({section: {leaf: "nope"}}, "t")
+
+
 @pytest.mark.parametrize(
     "raw, needles",
     [

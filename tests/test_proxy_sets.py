@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cmidd.config import ProxiesCfg
-from cmidd.proxies import PROXY_SETS, describe, proxy_specs
+from cmidd.proxy_sets import PROXY_SETS, describe, proxy_specs
 
 
 def test_mixed_stages_set_spans_four_archs_at_an_early_and_a_late_epoch():

@@ -69,20 +69,15 @@ def _cmd_validate(args) -> int:
 
 
 def _listing(kind: str):
-    from .cmi import AGGREGATORS
-    from .data import DATASETS
-    from .methods import METHODS
-    from .nets import NETS
-    from .proxies import PROXY_SETS
+    from .catalog import catalog
 
-    return {"nets": NETS, "methods": METHODS, "datasets": DATASETS, "proxy-sets": PROXY_SETS,
-            "cmi-aggs": AGGREGATORS}[kind]
+    return catalog()[kind]
 
 
 def _cmd_ls(args) -> int:
     names = _listing(args.what).names(args.pattern)
     if args.what == "proxy-sets":  # a set is a recipe: say what is in it
-        from .proxies import describe
+        from .proxy_sets import describe
 
         width = max(map(len, names), default=0)
         for name in names:

@@ -21,13 +21,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from .cmi import CMIRegularizer, cmi_emp, proxy_log_probs
-from .config import CMICfg, DistillJob
 from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
@@ -35,6 +34,9 @@ from .formation import check_factor, decode, init_stored
 from .methods import MethodContext, build_method
 from .progress import format_seconds
 from .synthetic import SyntheticSet
+
+if TYPE_CHECKING:
+    from .config import CMICfg, DistillJob
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +211,7 @@ def distill(
         with torch.no_grad():
             syn.copy_(state["images"])
         opt.load_state_dict(state["opt"])
-        if "method" in state:
-            method.load_state_dict(state["method"])
+        method.load_state_dict(state.get("method", {}))
         history = History(**state["history"])
         start = state["step"]
         log.info("resumed from %s at iteration %d", ckpt, start)
@@ -227,8 +228,7 @@ def distill(
         n_cmi = 0
         for _ in range(method.steps_per_iteration):
             x, y = decode(syn, labels, cfg.factor)  # multi-formation; the identity for factor 1
-            # a class subset only when sharded, so a method without the argument still runs in one process
-            loss_dd = method.loss(x, y, gen) if classes is None else method.loss(x, y, gen, classes)
+            loss_dd = method.loss(x, y, gen, classes)  # classes: a worker's share (None = all)
             total, cmi = loss_dd, None
             if reg is not None and it % job.cmi.every == 0:
                 cmi = reg(x, y, gen)
@@ -309,13 +309,13 @@ def load_checkpoint(path: Path, job: DistillJob, device: torch.device | str = "c
 def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None) -> None:
     """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint.
 
-    A method with state of its own (MTT's learnable step size) provides ``state_dict``/``load_state_dict``.
+    The method's own state (MTT's learnable step size; {} for the others) travels with the images.
     """
     state = {
         "images": syn.detach().cpu(), "opt": opt.state_dict(), "step": step,
         "history": asdict(history), "key": key,
     }
-    if hasattr(method, "state_dict"):
+    if method is not None:
         state["method"] = method.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)

@@ -15,17 +15,20 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .augment import DSAParams
-from .config import EvalCfg
 from .data import Dataset, RealPool
 from .ensemble import ensemble_scores, train_seeds
 from .nets import create_net
 from .progress import Progress
 from .training import predict_proba, seeded_net
+
+if TYPE_CHECKING:
+    from .config import EvalCfg
 
 log = logging.getLogger(__name__)
 

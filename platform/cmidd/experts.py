@@ -12,17 +12,20 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .augment import DSAParams
-from .config import ExpertsCfg, NetCfg
 from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
 from .synthetic import replace_dir, sha256_file
 from .training import accuracy, seeded_net, train_classifier
+
+if TYPE_CHECKING:
+    from .config import ExpertsCfg, NetCfg
 
 log = logging.getLogger(__name__)
 

@@ -64,3 +64,4 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+

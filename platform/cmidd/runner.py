@@ -14,17 +14,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import experts as expert_zoo
 from . import proxies as proxy_zoo
-from .config import DistillJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
 from .data import Dataset, load_dataset
 from .distill import Hooks, History, distill, measure_cmi, resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .registry import Registry
 from .synthetic import SyntheticSet
+
+if TYPE_CHECKING:
+    from .config import DistillJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
 
 log = logging.getLogger(__name__)
 

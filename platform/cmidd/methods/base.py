@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ..config import MethodCfg, NetCfg
 from ..data import RealPool
+
+if TYPE_CHECKING:
+    from ..config import MethodCfg, NetCfg
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class Method(Protocol):
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         """Work after the image update (e.g. train the matching net on the synthetic set)."""
+
+    def state_dict(self) -> dict:
+        """The method's own state that outlives an iteration, for checkpoints ({} when there is none)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned (resume stays exact)."""
 
 
 def class_mask(y: Tensor, classes: list[int]) -> Tensor:

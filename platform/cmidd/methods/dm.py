@@ -75,6 +75,13 @@ class DM:
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         return None
 
+    def state_dict(self) -> dict:
+        """Nothing outlives an iteration (the embedder is re-drawn by ``begin_iteration``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
 
 @METHODS.register("dm")
 def build_dm(ctx: MethodContext) -> DM:

@@ -50,12 +50,12 @@ class GM:
         ctx: the method context.
         distance: gradient distance (``gm_distance``: DC's layer-wise 1 - cos; ``mse_distance``: IDC's).
         net_on_real: train the net between outer steps on real data (IDC) instead of the synthetic set (DC).
+        net_momentum: SGD momentum of the net's training between outer steps (DC 0.5, IDC 0.9).
     """
 
-    net_momentum = 0.5
-
-    def __init__(self, ctx: MethodContext, distance=gm_distance, net_on_real: bool = False) -> None:
-        self.ctx, self.distance, self.net_on_real = ctx, distance, net_on_real
+    def __init__(self, ctx: MethodContext, distance=gm_distance, net_on_real: bool = False,
+                 net_momentum: float = 0.5) -> None:
+        self.ctx, self.distance, self.net_on_real, self.net_momentum = ctx, distance, net_on_real, net_momentum
         self.steps_per_iteration = ctx.cfg.outer_loop
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
         self.net.to(ctx.device).train()
@@ -107,6 +107,13 @@ class GM:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
+
+    def state_dict(self) -> dict:
+        """Nothing outlives an iteration (the net is re-drawn by ``begin_iteration``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
 
 
 @METHODS.register("gm")

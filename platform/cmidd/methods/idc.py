@@ -16,13 +16,7 @@ from .base import MethodContext
 from .gm import GM, mse_distance
 
 
-class IDC(GM):
-    net_momentum = 0.9
-
-    def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx, distance=mse_distance, net_on_real=True)
-
-
 @METHODS.register("idc")
-def build_idc(ctx: MethodContext) -> IDC:
-    return IDC(ctx)
+def build_idc(ctx: MethodContext) -> GM:
+    """Gradient matching with IDC's distance, a net trained on real data, and net momentum 0.9."""
+    return GM(ctx, distance=mse_distance, net_on_real=True, net_momentum=0.9)

@@ -1,0 +1,87 @@
+"""YAML in, one-line errors out: reading a mapping, ``--set a.b=v`` overrides, flattening for MLflow."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+
+
+def format_error(source: str, err: ValidationError) -> str:
+    """One line per pydantic error: ``source: a.b: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        tail = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            msg, tail = "unknown field", ""
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{tail}")
+    return "; ".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping raises ``ConfigError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str | None = None) -> dict[str, Any]:
+    """A copy of ``raw`` with ``dotted`` (``cmi.lam``) set to ``value``, sections created as needed.
+
+    Raises:
+        ConfigError: a part of the path is a value, not a section (``source`` prefixes the message).
+    """
+    out = copy.deepcopy(raw)
+    node = out
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source + ': ' if source else ''}{dotted}: {p!r} is not a section")
+    node[leaf] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed with ``yaml.safe_load``) to a copy of ``raw``.
+
+    Unknown paths are caught by validation (``extra="forbid"``); a malformed override raises here.
+    """
+    out = raw
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: expected key.path=value, got {item!r}")
+        out = set_path(out, key.strip(), yaml.safe_load(value) if value.strip() else None, source)
+    return copy.deepcopy(out) if out is raw else out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict to dotted keys (for MLflow params and tables)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,291 @@
+"""The job schema: one frozen pydantic model per job kind, validated at the boundary.
+
+Every model forbids unknown keys; defaults live only here. ``parse_job`` dispatches on ``kind`` through the
+discriminated union ``Job``; ``load_job`` reads YAML, applies ``--set`` overrides and validates.
+
+Example:
+    >>> job = load_job("jobs/distill_dm_digits_ipc10.yaml", overrides=["cmi.lam=10"])
+    >>> job.cmi.lam
+    10.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ._fields import (DSA_DEFAULT, AggName, Cfg, DatasetName, Device, DsaMode, DsaStrategy, MethodName, NetName,
+                      ProxySetName)
+from ._load import apply_overrides, format_error, read_yaml
+
+
+class DataCfg(Cfg):
+    """Which data set, where it lives, and at which resolution."""
+
+    name: DatasetName = "digits"
+    root: Path | None = None  # folder of a torchvision-format or imagefolder set; digits need none
+    im_size: int | None = Field(default=None, ge=4, le=512)  # None = native size
+    download: bool = False  # never download unless asked
+    split_seed: int = Field(default=0, ge=0)  # digits' seeded train/test split
+
+
+class NetCfg(Cfg):
+    """A network by registered name plus optional ConvNet-family overrides (None = the variant's default)."""
+
+    name: NetName = "ConvNet"
+    width: int | None = Field(default=None, ge=1)
+    depth: int | None = Field(default=None, ge=1, le=8)
+    norm: Literal["instance", "batch", "layer", "group", "none"] | None = None
+    act: Literal["relu", "sigmoid", "leakyrelu", "swish"] | None = None
+    pool: Literal["avg", "max", "none"] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """The overrides that are set, as keyword arguments for ``create_net``."""
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+
+class MethodCfg(Cfg):
+    """The DD method and its image optimizer. ``gm``-only fields are ignored by ``dm``."""
+
+    name: MethodName = "dm"
+    iterations: int = Field(default=300, ge=1)
+    lr_img: float = Field(default=1.0, gt=0)
+    momentum: float = Field(default=0.5, ge=0, lt=1)
+    batch_real: int = Field(default=256, ge=1)  # real images per class per iteration
+    init: Literal["real", "noise"] = "real"
+    dsa: bool = True
+    dsa_strategy: DsaStrategy = DSA_DEFAULT
+    dsa_mode: DsaMode = "single"
+    # gradient matching (DC / DSA): outer steps per fresh net, inner net-training steps, net lr
+    outer_loop: int = Field(default=10, ge=1)
+    inner_loop: int = Field(default=50, ge=0)
+    lr_net: float = Field(default=0.01, gt=0)
+    batch_train: int = Field(default=256, ge=1)
+    # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
+    factor: int = Field(default=1, ge=1, le=4)
+    # trajectory matching (MTT): student steps on the set, expert epochs to match, start-epoch range, lrs
+    syn_steps: int = Field(default=10, ge=1)
+    expert_epochs: int = Field(default=2, ge=1)
+    max_start_epoch: int = Field(default=2, ge=0)
+    lr_teacher: float = Field(default=0.01, gt=0)  # the student's initial (learnable) step size
+    lr_lr: float = Field(default=1e-5, gt=0)  # the learning rate of that step size
+    batch_syn: int | None = Field(default=None, ge=1)  # synthetic images per student step (None = all)
+
+
+class CMICfg(Cfg):
+    """The CMI regularizer ``lam * agg_{proxies} CMI_emp(S)``. ``lam = 0`` turns it off."""
+
+    lam: float = Field(default=0.0, ge=0)
+    space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
+    temperature: float = Field(default=1.0, gt=0)
+    agg: AggName = "random"  # random (paper) | mean over k sampled | max over k sampled
+    k: int = Field(default=1, ge=1)  # proxies sampled per application for mean / max
+    every: int = Field(default=1, ge=1)  # apply every k-th image update
+    subsample: int | None = Field(default=None, ge=2)  # images per class the CMI sees (None = all)
+
+
+class ProxiesCfg(Cfg):
+    """A named proxy set: its recipe is in ``proxy_sets.PROXY_SETS``; its weights live in ``dir``.
+
+    ``dir`` None means ``<output.dir>/../proxies/<dataset>-<im_size>px-<set>`` beside the job's folder.
+    ``from_registry`` names proxies in the MLflow registry instead (a proxy set name, or
+    ``proxy-<dataset>-<arch>[/version|@alias]``, comma-separated); ``cmidd.tracking`` resolves it to ``dir``.
+    """
+
+    set: ProxySetName = "convnet-x4"
+    dir: Path | None = None
+    from_registry: str | None = Field(default=None, min_length=1)
+    epochs: int | None = Field(default=None, ge=1)  # overrides the set's pre-training epochs
+    pretrain_if_missing: bool = True
+    lr: float = Field(default=0.01, gt=0)  # paper: SGD lr 0.01, momentum 0.9, wd 1e-3, batch 256, no aug.
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    batch: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ProxiesCfg":
+        if self.from_registry is not None and self.dir is not None:
+            raise ValueError(
+                f"set proxies.dir or proxies.from_registry, not both (got dir={str(self.dir)!r}, "
+                f"from_registry={self.from_registry!r})"
+            )
+        return self
+
+
+class EvalCfg(Cfg):
+    """The DD evaluation protocol: fresh nets trained on the set (DSA on), tested on the real test split."""
+
+    archs: list[NetName] = Field(default_factory=lambda: ["ConvNet"], min_length=1)
+    num_eval: int = Field(default=3, ge=1)  # seeds per architecture
+    epochs: int = Field(default=300, ge=1)
+    epochs_by_arch: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)  # per-arch override
+    lr: float = Field(default=0.01, gt=0)
+    lr_decay: float = Field(default=0.1, gt=0, le=1)  # factor applied once, at half the epochs
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    batch: int = Field(default=256, ge=1)
+    dsa: bool = True
+    dsa_strategy: DsaStrategy = DSA_DEFAULT
+    dsa_mode: DsaMode = "single"
+    every: int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
+    baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
+    ensemble: bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
+    ece_bins: int = Field(default=15, ge=1)  # equal-width confidence bins of ece/ensemble
+    # how the seeds of one arch train: "vmap" together (torch.func; BatchNorm nets still loop), "loop" one after
+    # another, "auto" = vmap on CUDA, loop on CPU (where vmap measured ~0.5x the loop's speed: cmidd bench)
+    batched: Literal["auto", "vmap", "loop"] = "auto"
+
+    @model_validator(mode="after")
+    def _by_arch_listed(self) -> "EvalCfg":
+        extra = sorted(set(self.epochs_by_arch) - set(self.archs))
+        if extra:
+            raise ValueError(f"eval.epochs_by_arch keys must be in eval.archs, but got {extra}")
+        return self
+
+    def epochs_for(self, arch: str) -> int:
+        """Training epochs of ``arch`` (large nets may train fewer epochs to bound the cost)."""
+        return self.epochs_by_arch.get(arch, self.epochs)
+
+
+class ExpertsCfg(Cfg):
+    """MTT's expert trajectories: ``num`` nets of the job's ``net`` trained ``epochs`` on the real data."""
+
+    num: int = Field(default=2, ge=1)
+    epochs: int = Field(default=6, ge=1)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    batch: int = Field(default=256, ge=1)
+    dsa: bool = False
+    dsa_strategy: DsaStrategy = DSA_DEFAULT
+    dsa_mode: DsaMode = "single"
+    dir: Path | None = None  # default: <output.dir>/../experts/<data>-<net>-n<num>-e<epochs>
+    train_if_missing: bool = True
+
+
+class OutputCfg(Cfg):
+    """Where the job writes. Nothing is written before the whole job validated and its data loaded."""
+
+    dir: Path = Path("runs/job")
+    checkpoint_every: int = Field(default=100, ge=0)  # 0 = no checkpoints
+
+
+class ScalingCfg(Cfg):
+    """How many Ray Train workers run one distillation (1 = the plain single-process loop)."""
+
+    workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    max_failures: int = Field(default=2, ge=0)  # worker-group restarts (from the last checkpoint) before failing
+
+
+class _JobBase(Cfg):
+    name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    seed: int = Field(default=0, ge=0)
+    device: Device = "cpu"
+    data: DataCfg = DataCfg()
+    output: OutputCfg = OutputCfg()
+
+
+class DistillJob(_JobBase):
+    """Distil ``ipc`` synthetic images per class with ``method`` (+ ``lam * CMI``), then evaluate."""
+
+    kind: Literal["distill"] = "distill"
+    ipc: int = Field(default=10, ge=1)
+    net: NetCfg = NetCfg()  # the DD network (DM embedder / GM matching net)
+    method: MethodCfg = MethodCfg()
+    cmi: CMICfg = CMICfg()
+    proxies: ProxiesCfg = ProxiesCfg()
+    eval: EvalCfg = EvalCfg()
+    scaling: ScalingCfg = ScalingCfg()
+    experts: ExpertsCfg = ExpertsCfg()  # used by method mtt
+
+    @model_validator(mode="after")
+    def _cmi_rules(self) -> "DistillJob":
+        m = self.method
+        if m.name == "mtt" and m.max_start_epoch + m.expert_epochs > self.experts.epochs:
+            raise ValueError(
+                "method.max_start_epoch + method.expert_epochs <= experts.epochs must hold, but got "
+                f"{m.max_start_epoch} + {m.expert_epochs} > {self.experts.epochs}"
+            )
+        if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
+            raise ValueError(
+                f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
+            )
+        if self.scaling.workers > 1 and self.cmi.lam > 0 and self.cmi.agg == "max":
+            raise ValueError(  # a max over proxies held by different workers is not a sum of the workers' terms
+                f"cmi.agg must be mean or random when scaling.workers > 1, but got cmi.agg='max' "
+                f"with scaling.workers={self.scaling.workers}"
+            )
+        return self
+
+
+class PretrainProxiesJob(_JobBase):
+    """Pre-train the proxy set ``proxies.set`` on the real train split and save it to ``proxies.dir``."""
+
+    kind: Literal["pretrain-proxies"] = "pretrain-proxies"
+    proxies: ProxiesCfg = ProxiesCfg()
+
+
+class ExpertsJob(_JobBase):
+    """Train MTT's expert trajectories for ``net`` on the data set (distill jobs also train them on demand)."""
+
+    kind: Literal["experts"] = "experts"
+    net: NetCfg = NetCfg()
+    experts: ExpertsCfg = ExpertsCfg()
+
+
+class EvaluateJob(_JobBase):
+    """Evaluate a saved synthetic set (``synset``) and/or baselines with the DD protocol."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    synset: Path | None = None  # folder with images.pt, labels.pt, manifest.json
+    ipc: int = Field(default=10, ge=1)  # for the random-real baseline
+    eval: EvalCfg = EvalCfg()
+
+    @model_validator(mode="after")
+    def _something(self) -> "EvaluateJob":
+        if self.synset is None and not self.eval.baselines:
+            raise ValueError("set synset or eval.baselines: an evaluate job needs something to evaluate")
+        return self
+
+
+Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob], Field(discriminator="kind")]
+# kind -> model: parse_job dispatches here (a pydantic discriminated union would prefix every error path
+# with the kind); ``Job`` is the type of the result.
+JOB_MODELS = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob,
+              "experts": ExpertsJob}
+JOB_KINDS = tuple(JOB_MODELS)
+
+def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:
+    """Validate a job mapping (``kind`` defaults to ``distill``).
+
+    Raises:
+        ConfigError: one line per problem, naming ``source``, the field path, the rule and the value.
+    """
+    kind = raw.get("kind", "distill")
+    if kind not in JOB_MODELS:
+        raise ConfigError(f"{source}: kind: must be one of {', '.join(JOB_KINDS)} (got {kind!r})")
+    try:
+        return JOB_MODELS[kind].model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_error(source, e)) from None
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
+    """Load, override and validate a job YAML file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``["cmi.lam=100", "ipc=1"]``.
+
+    Returns:
+        A frozen ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob`` or ``EvaluateJob``.
+
+    Raises:
+        ConfigError: one line naming the file, the field path, the rule and the value.
+    """
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_job(raw, str(path))

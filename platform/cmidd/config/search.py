@@ -1,0 +1,204 @@
+"""The search-space schema: a base distill job plus distributions over some of its fields.
+
+``cmidd.ray.tune`` (Ray Tune + Optuna) runs them; this module only validates: every searched path is a leaf
+field of the distill job, and each end of its range (each choice) gives a valid job.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from ._fields import Cfg
+from ._load import apply_overrides, format_error, read_yaml, set_path
+from .job import DistillJob, parse_job
+
+ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = 0
+SCALAR = Union[bool, int, float, str, None]
+
+
+class ParamSpec(Cfg):
+    """One searched field: exactly one of ``loguniform``, ``uniform``, ``int`` (inclusive) or ``choice``.
+
+    ``zero_arm: true`` (only on ``cmi.lam``) also tries lambda = 0, the plain DD baseline: the search adds a
+    categorical ``cmi_on`` in {true, false} and enqueues one ``cmi_on: false`` trial first, so TPE sees the
+    baseline from the start and the log-scale lambda distribution never has to hold 0.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int_: tuple[int, int] | None = Field(default=None, alias="int")
+    choice: list[SCALAR] | None = None
+    zero_arm: bool = False
+
+    @model_validator(mode="after")
+    def _one_distribution(self) -> "ParamSpec":
+        given = [k for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of loguniform, uniform, int, choice must be given, but got "
+                             f"{[g.rstrip('_') for g in given] or 'none'}")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice must list at least one value (got [])")
+        for name in ("loguniform", "uniform", "int_"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{name.rstrip('_')}: lo < hi must hold, but got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: lo > 0 must hold (use zero_arm: true for lambda = 0), "
+                             f"but got {list(self.loguniform)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``loguniform``, ``uniform``, ``int`` or ``choice``."""
+        return next(k.rstrip("_") for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None)
+
+    def examples(self) -> list[Any]:
+        """The values that bound the distribution (both ends, every choice) for validation against the job."""
+        if self.choice is not None:
+            return list(self.choice)
+        lo, hi = getattr(self, {"int": "int_"}.get(self.kind, self.kind))
+        return [lo, hi] + ([0] if self.zero_arm else [])
+
+
+class AshaCfg(Cfg):
+    """Asynchronous successive halving on the eval metric, in distillation iterations (the ``step`` reported)."""
+
+    grace_period: int = Field(default=1, ge=1)  # iterations before a trial can be stopped
+    reduction_factor: float = Field(default=2.0, gt=1)  # keep the top 1/reduction_factor at each rung
+    max_t: int | None = Field(default=None, ge=1)  # None = the base job's method.iterations
+
+
+class SearchRunCfg(Cfg):
+    """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget."""
+
+    num_samples: int = Field(default=8, ge=1)
+    max_concurrent_trials: int = Field(default=1, ge=1)  # with a sqlite store the search forces 1 (see search.py)
+    seed: int = Field(default=0, ge=0)
+    metric: str = Field(default="acc/cross_arch_mean", min_length=1)
+    mode: Literal["max", "min"] = "max"
+    asha: AshaCfg | None = AshaCfg()  # null = no early stopping
+    time_budget_s: float | None = Field(default=None, gt=0)
+
+
+class TrialResources(Cfg):
+    """Resources of one trial's driver (a trial with scaling.workers > 1 puts its workers beside it)."""
+
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+
+
+class SearchCfg(Cfg):
+    """A search space: the base distill job (already validated), the searched fields, the search settings.
+
+    ``base_raw`` is the base job's mapping (trial = base_raw + sampled values -> ``parse_job``); ``source`` is
+    the YAML file (logged to the parent run).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    base: DistillJob
+    base_raw: dict[str, Any]
+    params: dict[str, ParamSpec] = Field(min_length=1)
+    search: SearchRunCfg = SearchRunCfg()
+    resources: TrialResources = TrialResources()
+    register_top_k: int = Field(default=3, ge=0)
+    storage: Path | None = None  # Tune's storage + the parent run id; None = runs/search/<name>
+    source: Path | None = None
+
+    @property
+    def storage_dir(self) -> Path:
+        """Where Tune keeps the experiment and the search keeps ``parent_run_id`` (absolute)."""
+        return (self.storage or Path("runs/search") / self.name).absolute()
+
+    @property
+    def max_t(self) -> int:
+        """ASHA's horizon in iterations (``asha.max_t`` or the base job's iterations)."""
+        a = self.search.asha
+        return a.max_t if a is not None and a.max_t is not None else self.base.method.iterations
+
+
+def _field_exists(model: type[BaseModel], dotted: str) -> bool:
+    """Whether ``dotted`` names a leaf field of ``model`` (nested models walked by their annotations)."""
+    parts = dotted.split(".")
+    for i, p in enumerate(parts):
+        info = model.model_fields.get(p)
+        if info is None:
+            return False
+        ann = info.annotation
+        if i == len(parts) - 1:
+            return not (isinstance(ann, type) and issubclass(ann, BaseModel))
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return False
+        model = ann
+    return True
+
+
+def trial_job_raw(cfg: SearchCfg, values: dict[str, Any]) -> dict[str, Any]:
+    """The base job's mapping with the sampled ``values`` applied (``cmi_on: false`` sets cmi.lam = 0)."""
+    raw = cfg.base_raw
+    for path, value in values.items():
+        if path != ZERO_ARM:
+            raw = set_path(raw, path, value)
+    if values.get(ZERO_ARM) is False:
+        raw = set_path(raw, "cmi.lam", 0.0)
+    return raw
+
+
+def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchCfg:
+    """Load a search-space YAML, resolve and validate its base job, and check every searched field.
+
+    ``--set`` overrides starting with ``base.`` change the base job (``base.method.iterations=4``); the others
+    change the search file (``search.num_samples=2``). Each searched path must be a field of the distill
+    job, and each end of its range (each choice) must give a valid job.
+
+    Raises:
+        ConfigError: one line naming the file, the field, the rule and the value.
+    """
+    path = Path(path)
+    overrides = overrides or []
+    raw = apply_overrides(read_yaml(path), [o for o in overrides if not o.startswith("base.")], str(path))
+    base = raw.get("base")
+    if isinstance(base, (str, Path)):
+        base_file = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base_raw, base_src = read_yaml(base_file), str(base_file)
+    elif isinstance(base, dict):
+        base_raw, base_src = base, f"{path}: base"
+    else:
+        raise ConfigError(f"{path}: base: must be a path to a distill job YAML or a mapping (got {base!r})")
+    base_raw = apply_overrides(base_raw, [o.removeprefix("base.") for o in overrides if o.startswith("base.")],
+                               str(path))
+    base_job = parse_job(base_raw, base_src)
+    if base_job.kind != "distill":
+        raise ConfigError(f"{path}: base: a search needs a distill job, but {base_src} is kind {base_job.kind!r}")
+    try:
+        cfg = SearchCfg.model_validate({**raw, "base": base_job, "base_raw": base_raw, "source": path})
+    except ValidationError as e:
+        raise ConfigError(format_error(str(path), e)) from None
+    if cfg.search.asha is not None and cfg.base.eval.every == 0:
+        raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
+                          f"(got eval.every=0); set it or asha: null")
+    ipcs = cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]
+    if "cmi.lam" in cfg.params and 1 in ipcs:
+        warnings.warn(f"{path}: ipc 1 is searched with cmi.lam, but at IPC 1 CMI is identically 0 and lambda has no "
+                      "effect; those trials differ only in the other fields")
+    for key, spec in cfg.params.items():
+        where = f"{path}: params.{key}"
+        if not _field_exists(DistillJob, key):
+            raise ConfigError(f"{where}: must name a field of the distill job (e.g. cmi.lam, ipc, method.lr_img), "
+                              f"but {key!r} is not one")
+        if spec.zero_arm and key != "cmi.lam":
+            raise ConfigError(f"{where}: zero_arm is only allowed on cmi.lam (got zero_arm: true on {key!r})")
+        if spec.zero_arm and spec.choice is not None:
+            raise ConfigError(f"{where}: zero_arm needs loguniform/uniform/int; with choice, list 0 instead")
+        for value in spec.examples():
+            try:
+                parse_job(set_path(base_raw, key, value), where)
+            except ConfigError as e:
+                raise ConfigError(f"{e} [searched value {value!r}]") from None
+    return cfg
