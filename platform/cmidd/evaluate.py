@@ -139,23 +139,36 @@ def evaluate(
         done += epoch_s[arch] * epochs * cfg.num_eval
         if not vmap_on:
             mode = f"loop (eval.batched={cfg.batched} on {device.type})"
-        probs = [predict_proba(net, x_test) for net in nets]
-        result.accs[arch] = [float((p.argmax(1) == y_test).float().mean()) for p in probs]
-        result.modes[arch] = mode
-        for p in probs:
-            hits.index_add_(0, y_test.cpu(), (p.argmax(1) == y_test).double().cpu())
+        probs = _score_arch(result, arch, nets, mode, x_test, y_test, hits)
         if cfg.ensemble:
             member_probs += probs
-        log.info("eval %s, %d seeds trained by %s: acc %s", arch, len(seeds), mode,
-                 " ".join(f"{a:.4f}" for a in result.accs[arch]))
+    _finish(result, member_probs, hits, y_test, data.num_classes, cfg)
+    return result
+
+
+def _score_arch(result: EvalResult, arch: str, nets, mode: str, x_test: Tensor, y_test: Tensor,
+                hits: Tensor) -> list[Tensor]:
+    """Test one architecture's trained seeds: accuracies into ``result``, per-class hits into ``hits``."""
+    probs = [predict_proba(net, x_test) for net in nets]
+    result.accs[arch] = [float((p.argmax(1) == y_test).float().mean()) for p in probs]
+    result.modes[arch] = mode
+    for p in probs:
+        hits.index_add_(0, y_test.cpu(), (p.argmax(1) == y_test).double().cpu())
+    log.info("eval %s, %d seeds trained by %s: acc %s", arch, len(nets), mode,
+             " ".join(f"{a:.4f}" for a in result.accs[arch]))
+    return probs
+
+
+def _finish(result: EvalResult, member_probs: list[Tensor], hits: Tensor, y_test: Tensor, num_classes: int,
+            cfg: EvalCfg) -> None:
+    """Per-class recall over all models, and the averaged-softmax ensemble's accuracy and ECE."""
     n_models = sum(len(v) for v in result.accs.values())
-    per_class = torch.bincount(y_test.cpu(), minlength=data.num_classes).double().clamp(min=1) * n_models
+    per_class = torch.bincount(y_test.cpu(), minlength=num_classes).double().clamp(min=1) * n_models
     result.class_acc = (hits / per_class).tolist()
     if cfg.ensemble:
         result.ensemble_acc, result.ensemble_ece = ensemble_scores(torch.stack(member_probs), y_test, cfg.ece_bins)
         log.info("eval ensemble of %d models: acc %.4f, ece %.4f", len(member_probs), result.ensemble_acc,
                  result.ensemble_ece)
-    return result
 
 
 def step_seconds(build, x: Tensor, y: Tensor, batch: int, device: torch.device, repeats: int = 1) -> float:

@@ -66,6 +66,46 @@ def _read_split(split_dir: Path, classes: list[str], im_size: int | None) -> tup
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
+EXPECTED = "train/<class>/*.png|jpg and test/<class>/* folders"
+
+
+def _split_dirs(root: Path | None) -> tuple[Path, Path]:
+    """``root/train`` and ``root/test``, or a ``DataError`` naming data.root and what is missing."""
+    if root is None:
+        raise DataError(f"data.root: imagefolder needs a folder with {EXPECTED}; got none; set data.root")
+    train_dir, test_dir = root / "train", root / "test"
+    for split_dir in (train_dir, test_dir):
+        if not split_dir.is_dir():
+            raise DataError(
+                f"data.root: imagefolder needs {EXPECTED} under <root>; got '{root}' which has no "
+                f"'{split_dir.name}' folder"
+            )
+    return train_dir, test_dir
+
+
+def _check_classes(train_dir: Path, test_dir: Path) -> list[str]:
+    """The sorted class names; train and test must have the same classes, and every train class images."""
+    classes = _class_dirs(train_dir)
+    if not classes:
+        raise DataError(
+            f"data.root: imagefolder found no class folders in '{train_dir}'; expected {EXPECTED}"
+        )
+    test_classes = _class_dirs(test_dir)
+    if test_classes != classes:
+        missing = sorted(set(classes) - set(test_classes))
+        extra = sorted(set(test_classes) - set(classes))
+        raise DataError(
+            f"data.root: imagefolder test classes in '{test_dir}' must match the train classes; "
+            f"missing {missing}, extra {extra}"
+        )
+    empty = [c for c in classes if not _image_files(train_dir / c)]
+    if empty:
+        raise DataError(
+            f"data.root: imagefolder train classes without images ({', '.join(IMAGE_SUFFIXES)}): {empty}"
+        )
+    return classes
+
+
 @DATASETS.register("imagefolder")
 def load_imagefolder(root: Path | None, im_size: int | None, download: bool, seed: int) -> Dataset:
     """Load an on-disk class-per-folder image set; classes are the sorted ``train`` folder names.
@@ -81,34 +121,8 @@ def load_imagefolder(root: Path | None, im_size: int | None, download: bool, see
             differing from train, unreadable images, or mixed sizes with ``im_size`` None.
     """
     del download, seed
-    expected = "train/<class>/*.png|jpg and test/<class>/* folders"
-    if root is None:
-        raise DataError(f"data.root: imagefolder needs a folder with {expected}; got none; set data.root")
-    train_dir, test_dir = root / "train", root / "test"
-    for split_dir in (train_dir, test_dir):
-        if not split_dir.is_dir():
-            raise DataError(
-                f"data.root: imagefolder needs {expected} under <root>; got '{root}' which has no "
-                f"'{split_dir.name}' folder"
-            )
-    classes = _class_dirs(train_dir)
-    if not classes:
-        raise DataError(
-            f"data.root: imagefolder found no class folders in '{train_dir}'; expected {expected}"
-        )
-    test_classes = _class_dirs(test_dir)
-    if test_classes != classes:
-        missing = sorted(set(classes) - set(test_classes))
-        extra = sorted(set(test_classes) - set(classes))
-        raise DataError(
-            f"data.root: imagefolder test classes in '{test_dir}' must match the train classes; "
-            f"missing {missing}, extra {extra}"
-        )
-    empty = [c for c in classes if not _image_files(train_dir / c)]
-    if empty:
-        raise DataError(
-            f"data.root: imagefolder train classes without images ({', '.join(IMAGE_SUFFIXES)}): {empty}"
-        )
+    train_dir, test_dir = _split_dirs(root)
+    classes = _check_classes(train_dir, test_dir)
 
     train_x, train_y = _read_split(train_dir, classes, im_size)
     test_x, test_y = _read_split(test_dir, classes, im_size)
