@@ -52,3 +52,31 @@ def test_gm_distance_closed_form():
     w2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     assert gm_distance([w], [w2]).item() == pytest.approx(2.0, abs=1e-6)
     assert gm_distance([w], [-w]).item() == pytest.approx(4.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_round_trips_its_state(digits, name):
+    """The Method protocol's state_dict/load_state_dict: what a checkpoint stores is what it restores."""
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    start = flat_params(create_net("ConvNetD1", 1, 10, 8, width=8))
+    experts = [torch.stack([start] * 5)]
+    ctx = MethodContext(MethodCfg(name=name, batch_real=8), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8,
+                        torch.device("cpu"), experts)
+    m = build_method(ctx)
+    state = m.state_dict()
+    assert isinstance(state, dict)
+    m.load_state_dict(state)
+    assert m.state_dict().keys() == state.keys()
+
+
+@pytest.mark.parametrize("name, momentum, distance", [("gm", 0.0, gm_distance), ("idc", 0.9, None)])
+def test_gm_family_net_optimizer_follows_the_references(digits, name, momentum, distance):
+    """DC/DSA's main.py trains the matching net with plain SGD (no momentum); IDC with momentum 0.9 and
+    the squared-difference distance. IDC is GM composed with IDC's choices, not a subclass."""
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    ctx = MethodContext(MethodCfg(name=name), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
+    m = build_method(ctx)
+    m.begin_iteration(torch.Generator().manual_seed(0))
+    assert m.opt.param_groups[0]["momentum"] == momentum
+    assert (m.distance is gm_distance) == (distance is gm_distance)
+    assert m.net_on_real == (name == "idc")

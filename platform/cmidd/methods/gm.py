@@ -50,11 +50,12 @@ class GM:
         ctx: the method context.
         distance: gradient distance (``gm_distance``: DC's layer-wise 1 - cos; ``mse_distance``: IDC's).
         net_on_real: train the net between outer steps on real data (IDC) instead of the synthetic set (DC).
-        net_momentum: SGD momentum of the net's training between outer steps (DC 0.5, IDC 0.9).
+        net_momentum: SGD momentum of the net's training between outer steps: 0 in DC/DSA's reference
+            (``optimizer_net = SGD(net.parameters(), lr=lr_net)`` in its main.py), 0.9 in IDC's.
     """
 
     def __init__(self, ctx: MethodContext, distance=gm_distance, net_on_real: bool = False,
-                 net_momentum: float = 0.5) -> None:
+                 net_momentum: float = 0.0) -> None:
         self.ctx, self.distance, self.net_on_real, self.net_momentum = ctx, distance, net_on_real, net_momentum
         self.steps_per_iteration = ctx.cfg.outer_loop
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
