@@ -32,7 +32,8 @@ class Method(Protocol):
     """A DD loss over the synthetic images.
 
     The loop calls, per iteration: ``begin_iteration`` once, then ``steps_per_iteration`` times
-    ``loss`` -> image update -> ``after_update``. All randomness comes from ``gen``.
+    ``loss`` -> image update -> ``after_update``; checkpoints call ``state_dict``, ``--resume``
+    ``load_state_dict``. All randomness comes from ``gen``.
     """
 
     steps_per_iteration: int
@@ -50,11 +51,15 @@ class Method(Protocol):
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         """Work after the image update (e.g. train the matching net on the synthetic set)."""
 
+    # No-op hooks (a method that subclasses the protocol inherits them): state that outlives an iteration,
+    # for checkpoints. DM and GM re-draw their net every iteration and keep none; MTT keeps its step size.
     def state_dict(self) -> dict:
         """The method's own state that outlives an iteration, for checkpoints ({} when there is none)."""
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned (resume stays exact)."""
+        return None
 
 
 def class_mask(y: Tensor, classes: list[int]) -> Tensor:

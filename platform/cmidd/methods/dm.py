@@ -8,7 +8,7 @@ from torch import Tensor
 from ..augment import DSAParams, dsa_classes
 from ..nets import create_net
 from ._registry import METHODS
-from .base import MethodContext, class_mask, draw_seed, embed_nograd, reinit_
+from .base import Method, MethodContext, class_mask, draw_seed, embed_nograd, reinit_
 
 
 def class_means(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -33,7 +33,7 @@ def dm_loss(real_emb: Tensor, real_y: Tensor, syn_emb: Tensor, syn_y: Tensor, nu
     return (diff**2).sum()
 
 
-class DM:
+class DM(Method):
     """DM with a fresh randomly initialized embedder per iteration; all classes in one forward each."""
 
     steps_per_iteration = 1
@@ -74,14 +74,6 @@ class DM:
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:
         return None
-
-    def state_dict(self) -> dict:
-        """Nothing outlives an iteration (the embedder is re-drawn by ``begin_iteration``)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        return None
-
 
 @METHODS.register("dm")
 def build_dm(ctx: MethodContext) -> DM:

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..augment import DSAParams, dsa
 from ..nets import create_net
 from ._registry import METHODS
-from .base import MethodContext, draw_seed, reinit_
+from .base import Method, MethodContext, draw_seed, reinit_
 
 
 def gm_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
@@ -43,7 +43,7 @@ def mse_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
     return sum(((gr - gs) ** 2).sum() for gr, gs in zip(g_real, g_syn))
 
 
-class GM:
+class GM(Method):
     """Gradient matching over a net that is re-drawn each iteration and trained in between.
 
     Args:
@@ -108,14 +108,6 @@ class GM:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-
-    def state_dict(self) -> dict:
-        """Nothing outlives an iteration (the net is re-drawn by ``begin_iteration``)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        return None
-
 
 @METHODS.register("gm")
 def build_gm(ctx: MethodContext) -> GM:

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..experts import unflatten
 from ..nets import create_net
 from ._registry import METHODS
-from .base import MethodContext, draw_seed
+from .base import Method, MethodContext, draw_seed
 
 
 def param_distance(theta: Tensor, start: Tensor, target: Tensor) -> Tensor:
@@ -47,7 +47,7 @@ def unrolled_student(net, theta: Tensor, syn: Tensor, syn_y: Tensor, lr: Tensor,
     return theta
 
 
-class MTT:
+class MTT(Method):
     """Trajectory matching with a learnable student step size (its own SGD, stepped after each update)."""
 
     steps_per_iteration = 1
