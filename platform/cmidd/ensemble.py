@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .augment import DSAParams, dsa
-from .training import seeded_net, train_classifier
+from .augment import DSAParams
+from .training import augment_batch, lr_at, seeded_net, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,15 @@ def _train_stacked(nets: list[nn.Module], gens: list[torch.Generator], x: Tensor
 
     grads_of = vmap(grad(loss_of))
     bufs: dict[str, Tensor] = {}  # momentum buffers, created at the first step as torch.optim.SGD does
-    n, step_lr = x.shape[0], lr
+    n = x.shape[0]
     for epoch in range(1, epochs + 1):
-        if epoch == epochs // 2 + 1 and lr_decay != 1.0:
-            step_lr = lr * lr_decay
+        step_lr = lr_at(epoch, epochs, lr, lr_decay)
         perms = [torch.randperm(n, generator=g).to(x.device) for g in gens]
         for start in range(0, n, batch):
             xs, ys = [], []
             for perm, gen in zip(perms, gens):
                 idx = perm[start : start + batch]
-                xb = x[idx]
-                if dsa_params is not None:
-                    xb = dsa(xb, int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), dsa_params)
-                xs.append(xb)
+                xs.append(augment_batch(x[idx], gen, dsa_params))
                 ys.append(y[idx])
             grads = grads_of(params, buffers, torch.stack(xs), torch.stack(ys))
             with torch.no_grad():

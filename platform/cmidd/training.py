@@ -11,6 +11,21 @@ from torch import Tensor, nn
 from .augment import DSAParams, dsa
 
 
+def draw_seed(gen: torch.Generator) -> int:
+    """A 31-bit seed drawn from ``gen`` (DSA's shared seed, a net's re-initialization)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+
+
+def lr_at(epoch: int, epochs: int, lr: float, lr_decay: float) -> float:
+    """The DD protocol's step schedule: ``lr`` for the first ``epochs // 2`` epochs (1-based), then x ``lr_decay``."""
+    return lr * lr_decay if epoch > epochs // 2 else lr
+
+
+def augment_batch(xb: Tensor, gen: torch.Generator, dsa_params: DSAParams | None) -> Tensor:
+    """DSA on a training batch with a seed drawn from ``gen`` (per-image parameters); None = unchanged."""
+    return xb if dsa_params is None else dsa(xb, draw_seed(gen), dsa_params)
+
+
 def seeded_net(build, seed: int, device: torch.device) -> nn.Module:
     """Build a net with its initialization drawn from ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -54,16 +69,12 @@ def train_classifier(
     snapshots = []
     net.train()
     for epoch in range(1, epochs + 1):
-        if epoch == epochs // 2 + 1 and lr_decay != 1.0:
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_decay
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch, epochs, lr, lr_decay)
         perm = torch.randperm(n, generator=gen).to(x.device)
         for start in range(0, n, batch):
             idx = perm[start : start + batch]
-            xb = x[idx]
-            if dsa_params is not None:
-                xb = dsa(xb, int(torch.randint(0, 2**31 - 1, (1,), generator=gen)), dsa_params)
-            loss = F.cross_entropy(net(xb), y[idx])
+            loss = F.cross_entropy(net(augment_batch(x[idx], gen, dsa_params)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import RealPool
+from ..training import draw_seed  # noqa: F401  (the methods draw their seeds with it)
 
 if TYPE_CHECKING:
     from ..config import MethodCfg, NetCfg
@@ -65,11 +66,6 @@ class Method(Protocol):
 def class_mask(y: Tensor, classes: list[int]) -> Tensor:
     """(N,) bool: which rows of ``y`` belong to ``classes``."""
     return torch.isin(y, torch.as_tensor(classes, device=y.device))
-
-
-def draw_seed(gen: torch.Generator) -> int:
-    """A 31-bit seed drawn from ``gen`` (for DSA's shared seed and net re-initialization)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
 
 
 def reinit_(net: nn.Module, seed: int) -> nn.Module:
