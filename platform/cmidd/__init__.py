@@ -4,6 +4,7 @@
 
     from cmidd.config import load_job
     from cmidd.launch import run_job
+    from cmidd.tracking import tracked_run   # MLflow (cmidd.tracking) and Ray (cmidd.ray) import their library
 """
 
 __version__ = "0.1.0"
