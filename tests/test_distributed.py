@@ -130,7 +130,7 @@ def _job(folder, **over):
 
 
 def test_two_workers_equal_single_process_mean(ray_local, tmp_path, digits, proxies4):
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     folder, proxies = proxies4
     over = {"method__iterations": 20, "output__checkpoint_every": 10, "eval__every": 10, "eval__epochs": 1}
@@ -158,7 +158,7 @@ def test_two_workers_equal_single_process_mean(ray_local, tmp_path, digits, prox
 
 
 def test_one_worker_equals_plain_loop(ray_local, tmp_path, digits, proxies4):
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     folder, proxies = proxies4
     job = _job(folder, method__iterations=6)
@@ -176,7 +176,7 @@ def test_one_worker_equals_plain_loop(ray_local, tmp_path, digits, proxies4):
 def test_stop_hook_and_resume_across_both_loops(ray_local, tmp_path, digits, proxies4):
     """plain loop stops at 3 -> Ray resumes from its checkpoint, the driver's hook stops it -> the plain loop
     resumes from the driver's checkpoint and finishes: the same set as one uninterrupted run."""
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     folder, proxies = proxies4
     n, work = 30, tmp_path / "w"
@@ -198,7 +198,7 @@ def test_stop_hook_and_resume_across_both_loops(ray_local, tmp_path, digits, pro
 
 
 def test_bad_scaling_is_a_config_error_before_any_worker(ray_local, tmp_path, digits):
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     job = parse_job(tiny_distill(tmp_path, scaling={"workers": 3, "cpus_per_worker": 1}))
     with pytest.raises(ConfigError, match="scaling: workers \\* cpus_per_worker"):
@@ -209,7 +209,7 @@ def test_bad_scaling_is_a_config_error_before_any_worker(ray_local, tmp_path, di
 
 
 def test_divergence_on_the_workers_is_the_loops_error(ray_local, tmp_path, digits):
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     job = parse_job(tiny_distill(tmp_path, method__lr_img=1e30, method__iterations=20, output__checkpoint_every=1,
                                  scaling={"workers": 2, "cpus_per_worker": 0.9}))
@@ -220,7 +220,7 @@ def test_divergence_on_the_workers_is_the_loops_error(ray_local, tmp_path, digit
 
 
 def test_killed_worker_restarts_from_checkpoint(ray_local, tmp_path, digits, proxies4):
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     folder, proxies = proxies4
     n = 60

@@ -79,7 +79,7 @@ EVAL = EvalCfg(archs=["ConvNetD1"], num_eval=1, epochs=1, dsa=False)
 
 
 def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(search):
-    from cmidd.ensemble_tracking import ensemble_from_search
+    from cmidd.tracking import ensemble_from_search
     from cmidd.tracking import load_set
 
     uri, client, parent, trials = search

@@ -2,8 +2,8 @@
 
 core      config, data/, nets/, methods/, augment, cmi, distill, evaluate, ... : imports no layer above it and
           no ray / mlflow / optuna, not even inside a function;
-platform  tracking, ensemble_tracking (MLflow), distributed, search (Ray / Optuna), launch (picks the plain or
-          Ray Train loop for a job): imports no app module;
+platform  tracking/ (MLflow: the only mlflow importer), ray/ (Ray Train and Ray Tune + Optuna: the only ray and
+          optuna importer), launch (picks the plain or Ray Train loop for a job): imports no app module;
 app       cli, cli_tracking, bench*, demo: may import anything.
 Module-level imports (outside ``if TYPE_CHECKING:``) form no cycle.
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
-PLATFORM = {"tracking", "ensemble_tracking", "distributed", "search", "launch"}
+PLATFORM = {"tracking", "ray", "launch"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
 APP_PREFIXES = ("cli", "bench", "demo")
 THIRD_PARTY_PLATFORM = {"ray", "mlflow", "optuna"}
 RANK = {"core": 0, "platform": 1, "app": 2}
 
 
 def layer_of(module: str) -> str:
-    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.search`` -> 'platform'; ``cmidd.bench_speed`` -> 'app'."""
+    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.ray.tune`` -> 'platform'; ``cmidd.bench_speed`` -> 'app'."""
     top = module.split(".")[1] if module.count(".") else ""
     if top in PLATFORM:
         return "platform"
@@ -141,12 +141,13 @@ def test_no_cycle_hides_behind_a_deferred_import():
 
 
 def test_the_walk_can_fail(tmp_path):
-    """A deliberate bad tree: the core importing mlflow and the search module, and a two-module cycle."""
+    """A deliberate bad tree: the core importing mlflow and the Tune module, and a two-module cycle."""
     pkg = tmp_path / "cmidd"
-    pkg.mkdir()
+    (pkg / "ray").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "cmi.py").write_text("def f():\n    import mlflow\n    from .search import run_search\n")
-    (pkg / "search.py").write_text("from .cli import main\n")
+    (pkg / "ray" / "__init__.py").write_text("import ray\n")  # the Ray library, from the platform layer: fine
+    (pkg / "cmi.py").write_text("def f():\n    import mlflow\n    from .ray.tune import run_search\n")
+    (pkg / "ray" / "tune.py").write_text("from ..cli import main\n")
     (pkg / "cli.py").write_text("")
     (pkg / "a.py").write_text("from . import b\n")
     (pkg / "c.py").write_text("def f():\n    from . import d\n")
@@ -163,15 +164,18 @@ def test_the_walk_can_fail(tmp_path):
     finally:
         PKG = saved
     assert "cmidd.cmi (core) imports mlflow" in bad
-    assert "cmidd.cmi (core) imports cmidd.search (platform)" in bad
-    assert "cmidd.search (platform) imports cmidd.cli (app)" in bad
+    assert "cmidd.cmi (core) imports cmidd.ray.tune (platform)" in bad
+    assert "cmidd.ray.tune (platform) imports cmidd.cli (app)" in bad
+    assert not any(v.startswith("cmidd.ray ") for v in bad)
     assert not any(v.startswith("cmidd.b ") for v in bad)  # TYPE_CHECKING imports are annotations only
     assert cyc == [["cmidd.a", "cmidd.b", "cmidd.a"]]
     assert lazy == [["cmidd.a", "cmidd.b", "cmidd.a"], ["cmidd.c", "cmidd.d", "cmidd.c"]]
 
 
-@pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.search", "platform"),
-                                       ("cmidd.bench_speed", "app"), ("cmidd.runner", "core")])
+@pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.ray.tune", "platform"),
+                                       ("cmidd.ray", "platform"), ("cmidd.tracking._run", "platform"),
+                                       ("cmidd.tracking", "platform"), ("cmidd.bench_speed", "app"),
+                                       ("cmidd.runner", "core")])
 def test_layer_names(mod, layer):
     assert layer_of(mod) == layer
 
@@ -187,7 +191,7 @@ def _two_worker_job(tmp_path):
 def test_launch_picks_the_ray_loop_only_for_several_workers(tmp_path):
     from cmidd import launch
     from cmidd.distill import distill
-    from cmidd.distributed import distill_distributed
+    from cmidd.ray.train import distill_distributed
 
     job = _two_worker_job(tmp_path)
     assert launch.pick_loop(job) is distill_distributed
@@ -212,4 +216,14 @@ def test_no_private_name_is_imported_across_modules():
             if isinstance(node, ast.ImportFrom) and node.level:
                 bad += [f"{mod}: from {'.' * node.level}{node.module or ''} import {a.name}"
                         for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+    assert bad == []
+
+
+@pytest.mark.parametrize("lib,home", [("mlflow", "cmidd.tracking"), ("ray", "cmidd.ray"), ("optuna", "cmidd.ray")])
+def test_each_platform_library_is_imported_by_its_package_only(lib, home):
+    """mlflow only inside ``cmidd.tracking``, ray and optuna only inside ``cmidd.ray`` (the app layer, ``cli*``,
+    ``bench*`` and ``demo``, may still reach them directly)."""
+    bad = [f"{mod} imports {target}" for mod, path in all_modules().items()
+           if layer_of(mod) != "app" and mod != home and not mod.startswith(home + ".")
+           for target, _ in imports(path) if target.split(".")[0] == lib]
     assert bad == []

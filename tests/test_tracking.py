@@ -292,6 +292,52 @@ def test_failed_job_ends_failed_with_no_version(store, tmp_path, digits):
         T.tracked_run(parse_job(raw), resume_run_id="0" * 32, data=digits)
 
 
+def test_one_lifecycle_fails_a_run_and_deletes_the_versions_it_made(store):
+    """``open_run``: a failing body ends the run FAILED (KILLED on Ctrl-C or when asked) with the error tagged,
+    and deletes the registry versions the session recorded; a body that returns ends FINISHED."""
+    c = T.client_for(store)
+    T.ensure_model(c, MODEL, "test", {})
+    with pytest.raises(RuntimeError, match="boom"):
+        with T.open_run(c, "lifecycle", "fails", tags=T.run_tags("report"), params={"a": "1"}) as run:
+            mv = c.create_model_version(MODEL, f"runs:/{run.run_id}/{T.SYNTHETIC}", run_id=run.run_id)
+            run.versions.append({"name": MODEL, "version": int(mv.version), "alias": None})
+            raise RuntimeError("boom")
+    failed = c.get_run(run.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags[T.TAG_ERROR] == "RuntimeError: boom"
+    assert failed.data.params == {"a": "1"} and failed.data.tags["kind"] == "report"
+    assert c.search_model_versions(f"name = '{MODEL}'") == []  # no version points at a failed run's files
+    with pytest.raises(KeyboardInterrupt):
+        with T.open_run(c, "lifecycle", "interrupted") as run:
+            raise KeyboardInterrupt
+    assert c.get_run(run.run_id).info.status == "KILLED"
+    with pytest.raises(ConfigError):
+        with T.open_run(c, "lifecycle", "resumable") as run:
+            run.fail_status = "KILLED"
+            raise ConfigError("x")
+    assert c.get_run(run.run_id).info.status == "KILLED"
+    with T.open_run(c, "lifecycle", "ok") as run:
+        pass
+    assert c.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_report_runs_carry_the_tag_keys_of_job_runs(logged, tmp_path):
+    (tmp_path / "r.json").write_text("{}")
+    run_id = T.log_report(logged.uri, "cmidd-bench", "bench-test", {"plan": {"repeats": 2}}, {"x": 1.0},
+                          tmp_path, ["r.json"])
+    report = logged.client.get_run(run_id)
+    job = logged.client.get_run(logged.runs[0].run_id)
+    assert report.info.status == "FINISHED" and report.data.tags["kind"] == "report"
+    assert report.data.params == {"plan.repeats": "2"}
+    distill_only = {"ipc", "method", "lambda", "proxy_set"}
+    job_keys = {k for k in job.data.tags if not k.startswith("cmidd.checkpoint.")} - distill_only
+    assert set(report.data.tags) == job_keys
+    assert "cmidd.kind" not in report.data.tags
+
+
+def test_publishers_are_a_registry_by_job_kind():
+    assert set(T.PUBLISHERS) == {"distill", "pretrain-proxies", "experts"}  # evaluate jobs publish nothing
+
+
 def test_bad_data_input_touches_no_store(tmp_path, monkeypatch, digits):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -83,7 +83,8 @@ def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int
         ``{"settings", "plain", "ray_<n>w" ..., "ratios": {"ray_<n>w_over_plain": median ratio}}``; the plain
         loop is timed before and after the Ray runs and its figures pool both (``repeats * 2`` segments).
     """
-    from .distributed import connect, distill_distributed
+    from .ray import connect
+    from .ray.train import distill_distributed
 
     data = random_dataset(im_size=im_size, seed=seed)
     nets = [freeze(reinit_(create_net(proxy_net, 3, 10, im_size), seed + 1 + i)) for i in range(proxies)]

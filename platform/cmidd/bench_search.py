@@ -1,6 +1,6 @@
 """``cmidd bench --suite search``: TPE + ASHA against a grid over the same lambda range, on digits.
 
-Both arms run the same Tune function trial (``search.make_trainable``: distill + evaluate, tracked in a
+Both arms run the same Tune function trial (``cmidd.ray.tune.make_trainable``: distill + evaluate, tracked in a
 throw-away MLflow store) on the same Ray, one trial at a time, so the only difference is which trials run
 and for how long: the grid tries ``grid_points`` lambdas (0 and a log-spaced range) to the end; TPE samples
 ``num_samples`` (lambda log-uniform, the lambda = 0 arm enqueued, and lr_img) and ASHA stops the weak ones.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_search
-from .search import TUNE_DIR, make_trainable, run_search
+from .ray.tune import TUNE_DIR, make_trainable, run_search
 
 METRIC = "acc/cross_arch_mean"
 

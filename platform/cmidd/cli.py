@@ -39,7 +39,7 @@ def _cmd_run(args) -> int:
 
     job = load_job(args.job, args.set)
     if args.address is not None and getattr(job, "scaling", None) is not None and job.scaling.workers > 1:
-        from .distributed import connect
+        from .ray import connect
 
         connect(args.address)
     result = run_job(job, resume=args.resume) if args.no_track else run_tracked(args, job)
@@ -138,7 +138,7 @@ def _cmd_search(args) -> int:
 
     cfg = load_search(args.space, args.set)
     quiet_mlflow()
-    from .search import run_search, summary_table
+    from .ray.tune import run_search, summary_table
 
     summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
     print(summary_table(summary, cfg.search.metric))

@@ -192,7 +192,7 @@ def _versions(text: str) -> list[int]:
 def _cmd_ensemble(args) -> int:
     quiet_mlflow()
     from .config import EvalCfg, format_error, apply_overrides
-    from .ensemble_tracking import ensemble_from_search, ensemble_from_versions
+    from .tracking import ensemble_from_search, ensemble_from_versions
     from .errors import ConfigError
     from .report import results_table
 

@@ -13,9 +13,9 @@ from .distill import Hooks, distill
 
 
 def pick_loop(job) -> runner.Loop:
-    """``distill`` for one worker; ``cmidd.distributed.distill_distributed`` (imports ray) for more."""
+    """``distill`` for one worker; ``cmidd.ray.train.distill_distributed`` (imports ray) for more."""
     if getattr(job, "kind", None) == "distill" and job.scaling.workers > 1:
-        from .distributed import distill_distributed
+        from .ray.train import distill_distributed
 
         return distill_distributed
     return distill

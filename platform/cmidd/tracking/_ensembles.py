@@ -23,18 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 
-from .config import EvalCfg, flatten
-from .data import load_dataset
-from .ensemble import combine_sets
-from .errors import ConfigError, UnknownNameError
-from .evaluate import evaluate
-from .synthetic import SyntheticSet
-from .tracking import (
-    CHAMPION, DEFAULT_METRIC, SYNTHETIC, ensure_model, fail_run, load_verified, log_params, metrics_at, set_tags,
-    end_run, client_for, code_version, ensure_experiment, log_metrics, mlflow_errors, move_champion, pull,
-    resolve_uri, set_model_name, verify_remote_set,
-)
+from ..config import EvalCfg
+from ..data import load_dataset
+from ..ensemble import combine_sets
+from ..errors import ConfigError, UnknownNameError
+from ..evaluate import evaluate
+from ..synthetic import SyntheticSet
+from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \
+    resolve_uri, set_tags
+from ._sets import load_verified, pull, register_set, set_model_name, verify_remote_set
+from ._tags import flat_params, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
     Raises:
         UnknownNameError: no such parent run, or it has no usable child.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException:
@@ -120,6 +118,18 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     """Combine ``sets`` (best first), evaluate, log a run, upload and verify, then register.
 
     Any failure ends the run FAILED and removes a version it created.
+
+    Args:
+        sets: the verified source sets, best first.
+        sources: where each came from (``runs:/<id>`` or ``<model>/<version>``), same order.
+        mode: ``concat`` or ``per-class-best`` (``ensemble.combine_sets``).
+        eval_cfg: how to evaluate the combined set (default ``EvalCfg()``).
+        uri: tracking URI (already resolved).
+        seed: evaluation seed.
+        extra_params: more run params (where the sources were picked from).
+
+    Returns:
+        EnsembleResult.
     """
     eval_cfg = eval_cfg or EvalCfg()
     meta = sets[0].meta
@@ -130,53 +140,24 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     synset = combine_sets(sets, mode, scores, sources)  # bad input raises before any run exists
     client = client_for(uri)
     dataset = str(meta["dataset"])
-    tags = {"kind": "ensemble", "dataset": dataset, "ipc": str(synset.ipc), "method": synset.meta["method"],
-            "ensemble_of": json.dumps(sources), "code_version": code_version(), "mlflow.source.name": "cmidd"}
+    made_of = {"ensemble_of": json.dumps(sources)}
+    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of)
     params = {"ensemble.mode": mode, "ensemble.sources": json.dumps(sources), "seed": str(seed),
-              **{f"eval.{k}": json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-                 for k, v in flatten(eval_cfg.model_dump(mode="json")).items()}, **(extra_params or {})}
-    with mlflow_errors():
-        exp = ensure_experiment(f"ensemble-{dataset}", client=client)
-        run_id = client.create_run(exp, run_name=f"ensemble-{mode}-ipc{synset.ipc}", tags=tags).info.run_id
-    created: list[dict[str, Any]] = []
-    try:
-        with mlflow_errors():
-            log_params(client, run_id, params)
-            if scores is not None:
-                set_tags(client, run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
+              **flat_params({"eval": eval_cfg.model_dump(mode="json")}), **(extra_params or {})}
+    with open_run(client, f"ensemble-{dataset}", f"ensemble-{mode}-ipc{synset.ipc}", tags, params) as run:
+        if scores is not None:
+            with mlflow_errors():
+                set_tags(client, run.run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
         res = evaluate(synset.images, synset.labels, data, eval_cfg, seed)
         metrics = res.metrics()
         with mlflow_errors():
-            log_metrics(client, run_id, metrics_at(0, metrics))
+            log_metrics(client, run.run_id, metrics_at(0, metrics))
             with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
                 synset.save(Path(tmp) / SYNTHETIC)
-                client.log_artifacts(run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
-            verify_remote_set(client, run_id, SYNTHETIC, synset.sha256())  # only a verified set is registered
-            version = _register(client, run_id, synset, sources, mode, metrics, created)
-            end_run(client, run_id, "FINISHED")
-    except BaseException as e:
-        fail_run(client, run_id, e, created)
-        raise
-    return EnsembleResult(synset, run_id, metrics, res.rows(synset.meta["method"]), version, sources)
-
-
-def _register(client, run_id: str, synset: SyntheticSet, sources: list[str], mode: str, metrics: dict[str, float],
-              created: list[dict[str, Any]]) -> dict[str, Any]:
-    """A version of ``distilled-<dataset>-ipc<k'>`` with ``ensemble_of``; ``champion`` moved if best."""
-    dataset, ipc = str(synset.meta["dataset"]), synset.ipc
-    name = set_model_name(dataset, ipc)
-    ensure_model(client, name, f"Distilled {dataset} sets, {ipc} images per class",
-                  {"dataset": dataset, "ipc": str(ipc)})
-    accs = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("acc/", "acc_std/", "ece/"))}
-    tags = {"method": synset.meta["method"], "ensemble_of": json.dumps(sources), "ensemble_mode": mode,
-            "dataset": dataset, "ipc": str(ipc), "im_size": str(synset.meta["im_size"]),
-            "content_sha256": synset.sha256(), "code_version": code_version(), **accs}
-    mv = client.create_model_version(name, f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
-                                     description=f"ensemble ({mode}) of {', '.join(sources)}")
-    entry = {"name": name, "version": int(mv.version), "alias": None}
-    created.append(entry)
-    champion = move_champion(client, name, also_run=run_id)
-    entry["alias"] = CHAMPION if champion == entry["version"] else None
-    log.info("registered %s version %s (ensemble of %d; champion: version %s)", name, mv.version, len(sources),
-             champion)
-    return entry
+                client.log_artifacts(run.run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
+            verify_remote_set(client, run.run_id, SYNTHETIC, synset.sha256())  # only a verified set is registered
+            version = register_set(client, run.run_id, synset, metrics,
+                                   f"ensemble ({mode}) of {', '.join(sources)}",
+                                   {"method": synset.meta["method"], **made_of, "ensemble_mode": mode},
+                                   run.versions)
+    return EnsembleResult(synset, run.run_id, metrics, res.rows(synset.meta["method"]), version, sources)

@@ -35,12 +35,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import errors
-from .config import DistillJob
-from .data import Dataset
-from .distill import CHECKPOINT, History, Hooks, Shard, distill, load_checkpoint
-from .errors import CmiddError, ConfigError
-from .synthetic import SyntheticSet
+from .. import errors
+from ..config import DistillJob
+from ..data import Dataset
+from ..distill import CHECKPOINT, History, Hooks, Shard, distill, load_checkpoint
+from ..errors import CmiddError, ConfigError
+from ..synthetic import SyntheticSet
+from . import connect
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,6 @@ WORKERS_FILE = "ray_workers.json"  # one record per worker start: rank, pid, nod
 # within a few health checks, but Ray 2.60's controller then waits ~12 s for its PlacementGroupCleaner to
 # stop (ray-project/ray#65443); that wait holds no resources, so it runs out in the background.
 FINISH_GRACE_S = 1.0
-
-
-def connect(address: str | None = None) -> bool:
-    """Connect this process to Ray: ``address`` (``auto`` or ``HOST:PORT``), else ``$RAY_ADDRESS`` (set inside
-    ``ray job submit``), else a new local Ray sized to the machine (never a stale ``ray start`` cluster found in
-    /tmp/ray). Returns True when this call started or joined Ray (the caller then shuts its connection down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"--address: cannot connect to a Ray cluster at {address!r}: {e}") from None
-    return True
 
 
 def _sink_class():
@@ -262,7 +247,7 @@ def _check_resources(job: DistillJob) -> None:
         raise ConfigError(f"scaling.use_gpu: one GPU per worker needed, but got workers={s.workers} > {gpus:g} GPUs")
 
 
-def _trainer(job: DistillJob, config: dict, storage: Path, callbacks: list | None):
+def _trainer(job: DistillJob, config: dict, storage: Path):
     """The TorchTrainer of one job: N workers of ``cpus_per_worker`` CPUs (+ 1 GPU), gloo or nccl, restarts."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -276,7 +261,7 @@ def _trainer(job: DistillJob, config: dict, storage: Path, callbacks: list | Non
         run_config=RunConfig(
             name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(storage),
             failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
 
@@ -324,13 +309,14 @@ def distill_distributed(
     hooks: Hooks | None = None,
     workdir: Path | None = None,
     resume: bool = False,
-    address: str | None = None,
     experts: list[torch.Tensor] | None = None,
     *,
-    callbacks: list | None = None,
     step_clock: list[float] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
+
+    Connects to Ray first if this process is not connected yet (``cmidd.ray.connect()``: ``$RAY_ADDRESS``, else
+    a new local Ray, shut down at the end); ``cmidd run --address`` connects before calling this.
 
     Args:
         job: validated distill job (``scaling``: workers, use_gpu, cpus_per_worker, max_failures).
@@ -340,18 +326,14 @@ def distill_distributed(
         workdir: where the last checkpoint (``checkpoint.pt``), Ray Train's storage (``ray/``) and the
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
-        address: Ray cluster to connect to when Ray is not initialized yet (None: ``$RAY_ADDRESS``, else a
-            new local Ray, shut down at the end).
         experts: MTT's expert trajectories (every worker gets them all; MTT's term is rank 0's, see mtt.py).
-        callbacks: Ray Train ``UserCallback``s for the trainer's ``RunConfig`` (e.g. Tune's
-            ``TuneReportCallback`` inside a Tune trial; it sees the checkpoint reports, ``{"step": k}``).
         step_clock: if given, filled with rank 0's ``time.perf_counter()`` at the end of each step (benchmarks).
 
     Returns:
         (SyntheticSet, History) from rank 0.
 
     Raises:
-        ConfigError: bad scaling for the cluster, a checkpoint of another config, an unreachable address.
+        ConfigError: bad scaling for the cluster, a checkpoint of another config, an unreachable Ray.
         DivergenceError: as the plain loop.
         CmiddError: Ray Train failed more than ``scaling.max_failures`` times.
     """
@@ -360,46 +342,61 @@ def distill_distributed(
 
     hooks = hooks or Hooks()
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # propagated to the controller and workers
-    s = job.scaling
-    if s.workers > data.num_classes:
+    if job.scaling.workers > data.num_classes:
         raise ConfigError(f"scaling.workers <= the number of classes must hold (each worker matches >= 1 class), "
-                          f"but got {s.workers} > {data.num_classes}")
-    initial = None
-    ckpt = workdir / CHECKPOINT if workdir is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        load_checkpoint(ckpt, job)  # a checkpoint of another config fails here, before any worker starts
-        initial = ckpt.read_bytes()
-    started = connect(address)
+                          f"but got {job.scaling.workers} > {data.num_classes}")
+    initial = _initial_checkpoint(job, workdir, resume)
+    started = connect()
     tmp_root = None
     try:
         _check_resources(job)
         if workdir is None:
             tmp_root = Path(tempfile.mkdtemp(prefix="cmidd-ray-"))
         folder = workdir if workdir is not None else tmp_root
-        storage = folder.resolve() / "ray"
-        n = len(proxies) if proxies else 0
-        shards = [ray.put({i: _on_cpu(proxies[i]) for i in range(r, n, s.workers)}) for r in range(s.workers)]
         sink = _sink_class().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             ray.get_runtime_context().get_node_id(), soft=True)).remote()
-        config = {
-            "job": job, "data": ray.put(data), "proxies": shards if n else None, "n_proxies": n, "sink": sink,
-            "initial": ray.put(initial) if initial is not None else None,
-            "experts": ray.put(experts) if experts is not None else None,
-        }
-        trainer = _trainer(job, config, storage, callbacks)
+        config = _worker_config(job, data, proxies, sink, initial, experts)
         driver = _Driver(hooks, folder, sink, step_clock)
-        failure = _drive(trainer, sink, driver)
+        failure = _drive(_trainer(job, config, folder.resolve() / "ray"), sink, driver)
         ray.kill(sink)
-        if driver.error is not None:
-            raise driver.error
-        if failure is not None:
-            raise CmiddError(f"Ray Train failed (scaling.max_failures={s.max_failures}): {failure}")
-        if driver.done is None:
-            raise CmiddError("Ray Train finished without a result from rank 0")
-        synset, hist = driver.done
-        return synset, History(**hist)
+        return _outcome(driver, failure, job.scaling.max_failures)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
         if started:
             ray.shutdown()
+
+
+def _initial_checkpoint(job: DistillJob, workdir: Path | None, resume: bool) -> bytes | None:
+    """The bytes of ``workdir/checkpoint.pt`` to resume from (checked against ``job`` first), or None."""
+    ckpt = workdir / CHECKPOINT if workdir is not None else None
+    if not (resume and ckpt is not None and ckpt.is_file()):
+        return None
+    load_checkpoint(ckpt, job)  # a checkpoint of another config fails here, before any worker starts
+    return ckpt.read_bytes()
+
+
+def _worker_config(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, sink, initial: bytes | None,
+                   experts: list[torch.Tensor] | None) -> dict[str, Any]:
+    """The ``train_loop_config`` of every worker: large objects go through Ray's object store once."""
+    import ray
+
+    n, workers = (len(proxies) if proxies else 0), job.scaling.workers
+    shards = [ray.put({i: _on_cpu(proxies[i]) for i in range(r, n, workers)}) for r in range(workers)]
+    return {
+        "job": job, "data": ray.put(data), "proxies": shards if n else None, "n_proxies": n, "sink": sink,
+        "initial": ray.put(initial) if initial is not None else None,
+        "experts": ray.put(experts) if experts is not None else None,
+    }
+
+
+def _outcome(driver: _Driver, failure: BaseException | None, max_failures: int) -> tuple[SyntheticSet, History]:
+    """Rank 0's result, or the error that ended the run (a worker's ``CmiddError`` as its own class)."""
+    if driver.error is not None:
+        raise driver.error
+    if failure is not None:
+        raise CmiddError(f"Ray Train failed (scaling.max_failures={max_failures}): {failure}")
+    if driver.done is None:
+        raise CmiddError("Ray Train finished without a result from rank 0")
+    synset, hist = driver.done
+    return synset, History(**hist)

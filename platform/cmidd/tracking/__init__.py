@@ -1,0 +1,58 @@
+"""MLflow as the system of record (the only importer of mlflow): runs, registry, hooks, reports.
+
+Every run cmidd logs goes through one lifecycle (``open_run``: open -> yield -> FINISHED | FAILED/KILLED,
+deleting the registry versions the failed run created) and carries the tags of ``run_tags``. What lives in
+the store:
+
+    runs         one per job (``tracked_run``), per search (a parent with one child run per trial), per
+                 ensemble build (kind ``ensemble``) and per bench report (kind ``report``)
+    registry     ``distilled-<dataset>-ipc<k>``: one version per distill run or ensemble, source
+                 ``runs:/<run>/synthetic``, alias ``champion`` on the best by acc/cross_arch_mean;
+                 ``proxy-<dataset>-<arch>`` and ``experts-<dataset>-<net>``: pre-trained proxies and MTT
+                 expert trajectories
+
+Registration comes last: artifacts are uploaded, downloaded again and checked against the manifest's
+sha256 first, so no version ever points at missing or partial files.
+
+Every function takes the tracking URI explicitly (``resolve_uri``) and talks to MLflow through its own
+``MlflowClient``: nothing here sets MLflow's global tracking URI or active run, so notebooks, threads
+and Ray workers do not step on each other.
+
+Example:
+    >>> from cmidd.tracking import tracked_run, best_set, load_set
+    >>> tracked = tracked_run(load_job("jobs/distill_dm_digits_ipc10.yaml"), uri="sqlite:///mlflow.db")
+    >>> best_set("digits", 10)["metrics"]["acc/cross_arch_mean"]
+    >>> synset = load_set("digits", 10)  # the champion, checksums verified
+"""
+
+from ._client import (
+    CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
+    ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
+    resolve_uri, set_tags,
+)
+from ._ensembles import EnsembleResult, build_ensemble, ensemble_from_search, ensemble_from_versions, search_children
+from ._hooks import CHECKPOINT_SLOTS, TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks, upload_checkpoint
+from ._proxies import (
+    experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
+    publish_proxies, resolve_registry_proxies, verify_proxy_folder,
+)
+from ._reports import list_runs, log_report
+from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
+from ._sets import (
+    best_set, load_set, load_verified, move_champion, pull, register_distilled, register_set, set_model_name,
+    verify_remote_set,
+)
+from ._tags import code_version, distill_tags, git_sha, job_params, job_tags, proxy_label, run_tags
+
+__all__ = [
+    "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
+    "TAG_ERROR", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
+    "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
+    "best_set", "build_ensemble", "client_for", "code_version", "distill_tags", "end_run", "ensemble_from_search",
+    "ensemble_from_versions", "ensure_experiment", "ensure_model", "experts_model_name", "fail_run",
+    "fetch_proxies", "git_sha", "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set",
+    "load_verified", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
+    "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
+    "register_distilled", "register_set", "resolve_registry_proxies", "resolve_uri", "run_tags", "search_children",
+    "set_model_name", "set_tags", "tracked_run", "upload_checkpoint", "verify_proxy_folder", "verify_remote_set",
+]

@@ -1,0 +1,237 @@
+"""The MLflow client, batched logging, and the one run lifecycle every tracked run goes through.
+
+``open_run`` is that lifecycle: it creates a run (or takes one already set RUNNING), yields a ``RunSession``,
+and ends the run FINISHED when the body returns. When the body raises, the registry versions the session
+recorded are deleted, the error goes into the tag ``cmidd.error``, and the run ends FAILED (KILLED on Ctrl-C
+or ``SystemExit``); the error is re-raised. Job runs, search parent runs, ensemble builds and bench report
+runs all use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import CmiddError, ConfigError, UnknownNameError
+
+try:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+except ImportError as _e:  # pragma: no cover - depends on the environment
+    raise CmiddError("cmidd.tracking needs mlflow: pip install 'cmidd[platform]'") from _e
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+DEFAULT_METRIC = "acc/cross_arch_mean"
+SYNTHETIC = "synthetic"
+PROXIES = "proxies"
+EXPERTS = "experts"
+TAG_ERROR = "cmidd.error"
+_STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+_BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits per call
+
+
+def resolve_uri(cli_uri: str | None = None) -> str:
+    """The tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (cwd).
+
+    A relative sqlite path is made absolute (workers may run elsewhere). The ``file:`` store is refused:
+    MLflow 3 keeps it in maintenance mode and it has no model registry.
+
+    Raises:
+        ConfigError: a file store, an in-memory sqlite database or an unknown scheme.
+    """
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    scheme = "databricks" if uri == "databricks" else urlparse(uri).scheme
+    if scheme not in _STORE_SCHEMES:
+        raise ConfigError(
+            f"--tracking-uri: must be sqlite:///PATH.db or an mlflow server http(s)://HOST:PORT (the file "
+            f"store is not supported), but got {uri!r}"
+        )
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise ConfigError(f"--tracking-uri: an in-memory sqlite store keeps nothing; got {uri!r}")
+        uri = f"sqlite:///{Path(path).absolute()}"
+    return uri
+
+
+def client_for(uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``uri`` for tracking and registry (creates a sqlite file's folder)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def mlflow_errors() -> Iterator[None]:
+    """Turn MLflow's exceptions into ``CmiddError`` (a missing resource into ``UnknownNameError``)."""
+    try:
+        yield
+    except MlflowException as e:
+        cls = UnknownNameError if e.error_code == "RESOURCE_DOES_NOT_EXIST" else CmiddError
+        raise cls(f"mlflow: {e.message}") from e
+
+
+def ensure_experiment(name: str, uri: str | None = None, client: MlflowClient | None = None) -> str:
+    """The id of experiment ``name``, created if missing (the driver calls this before workers log).
+
+    Raises:
+        CmiddError: the experiment exists but is deleted.
+    """
+    client = client or client_for(resolve_uri(uri))
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException as e:  # another process created it first
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage != "active":
+        raise CmiddError(
+            f"experiment {name!r} is deleted; restore it (mlflow experiments restore) or rename the job"
+        )
+    return exp.experiment_id
+
+
+def ensure_model(client: MlflowClient, name: str, description: str, tags: dict[str, str]) -> None:
+    """Create the registered model ``name`` unless it exists (another process may create it first)."""
+    try:
+        client.create_registered_model(name, tags=tags, description=description)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+# ----------------------------------------------------------------------------------------------------
+# batched logging
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """``log_batch`` in chunks of MLflow's per-call limit."""
+    for chunk in _chunks(metrics, _BATCH["metrics"]):
+        client.log_batch(run_id, metrics=chunk, synchronous=True)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Params in chunks of MLflow's per-call limit."""
+    for chunk in _chunks([Param(k, v) for k, v in params.items()], _BATCH["params"]):
+        client.log_batch(run_id, params=chunk, synchronous=True)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Run tags in chunks of MLflow's per-call limit (values as ``str``)."""
+    for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], _BATCH["tags"]):
+        client.log_batch(run_id, tags=chunk, synchronous=True)
+
+
+def metrics_at(step: int, values: dict[str, float]) -> list[Metric]:
+    """``values`` as MLflow metrics at ``step``, timestamped now."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the run lifecycle
+
+
+def end_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """Set the run's final status (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." for servers: keep stdout
+        client.set_terminated(run_id, status)
+
+
+def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: list[dict[str, Any]],
+             status: str | None = None) -> None:
+    """Best effort: delete the registry versions this run created, tag the error, end the run.
+
+    The status is ``status`` if given, else KILLED on Ctrl-C or ``SystemExit`` (how Ray Tune ends a trial
+    that a scheduler stopped, possibly after the search's driver already marked that run KILLED: so both
+    orders end KILLED), else FAILED.
+    """
+    status = status or ("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+    try:
+        for v in versions:
+            client.delete_model_version(v["name"], str(v["version"]))
+        set_tags(client, run_id, {TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
+        end_run(client, run_id, status)
+    except Exception as e:  # the original error matters more than this one
+        log.warning("could not mark run %s %s: %s", run_id, status, e)
+
+
+@dataclass
+class RunSession:
+    """An open MLflow run inside ``open_run``.
+
+    Attributes:
+        client: the client of the run's store.
+        run_id: the run.
+        versions: registry versions created for this run ({"name", "version", "alias"}); deleted if the body
+            fails. Registration functions append to it as soon as a version exists.
+        fail_status: the status a failure ends the run with (None: FAILED, KILLED on Ctrl-C).
+    """
+
+    client: MlflowClient
+    run_id: str
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    fail_status: str | None = None
+
+
+@contextlib.contextmanager
+def open_run(client: MlflowClient, experiment: str | None = None, run_name: str | None = None,
+             tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
+             run_id: str | None = None) -> Iterator[RunSession]:
+    """The one MLflow run lifecycle: open -> yield -> FINISHED | FAILED/KILLED with version clean-up.
+
+    Args:
+        client: the store's client.
+        experiment: experiment of a new run (created if missing).
+        run_name: name of a new run.
+        tags: tags of a new run (set at creation), or set on ``run_id``.
+        params: params to log first (a failure here already ends the run FAILED).
+        run_id: an existing run, already set RUNNING by the caller (a resumed job or search), instead of a
+            new one.
+
+    Yields:
+        RunSession.
+
+    Raises:
+        CmiddError: MLflow failed to create the run (nothing to clean up then); whatever the body raises.
+
+    Example:
+        >>> with open_run(client, "cmidd-bench", "bench-quick", tags=run_tags("report")) as run:
+        ...     log_metrics(client, run.run_id, metrics_at(0, {"x": 1.0}))
+    """
+    with mlflow_errors():
+        if run_id is None:
+            exp_id = ensure_experiment(experiment, client=client)
+            run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+            tags = None
+    session = RunSession(client, run_id)
+    try:
+        with mlflow_errors():
+            if tags:
+                set_tags(client, run_id, tags)
+            if params:
+                log_params(client, run_id, params)
+        yield session
+        with mlflow_errors():
+            end_run(client, run_id, "FINISHED")
+    except BaseException as e:
+        fail_run(client, run_id, e, session.versions, session.fail_status)
+        raise

@@ -1,0 +1,216 @@
+"""The tracked job: a validated job run inside one MLflow run, its artifacts verified, then published.
+
+What a job leaves in MLflow::
+
+    experiment   the job's name (or the search's), created by the driver before any worker logs
+    params       the flattened config (``cmidd.config.flatten``)
+    tags         kind, dataset, ipc, method, lambda, proxy_set, code_version (cmidd version + git sha)
+    metrics      loss_dd, cmi, loss_total per iteration (step = iteration); acc/<arch>, acc_std/<arch>,
+                 acc/cross_arch_mean, acc/ensemble, ece/ensemble at eval steps and at the end
+    artifacts    synthetic/, result.json, history.json; checkpoints/{0,1}/ (two slots written in turn, the
+                 run tag ``cmidd.checkpoint.slot`` names the last complete one); proxies/ or experts/
+
+Publishing goes by job kind through ``PUBLISHERS``; registration comes last, after the uploaded files were
+downloaded again and checked, so no version points at missing or partial files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from ..distill import CHECKPOINT, Hooks, History
+from ..errors import ConfigError, IntegrityError
+from ..launch import run_job
+from ..runner import JobResult, check_ipc, load_job_data
+from ..synthetic import sha256_file
+from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
+from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
+from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies
+from ._sets import register_distilled, verify_remote_set
+from ._tags import job_params, job_tags
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackedRun:
+    """A finished tracked job: its result, its MLflow run and the versions it registered (if any)."""
+
+    result: JobResult
+    run_id: str
+    uri: str
+    versions: list[dict[str, Any]]  # [{"name", "version", "alias"}], empty for evaluate jobs
+
+
+def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, resume: bool = False,
+                hooks: Hooks | None = None, data=None, experiment: str | None = None,
+                parent_run_id: str | None = None, register: bool = True,
+                tags: dict[str, str] | None = None) -> TrackedRun:
+    """Run a validated job inside an MLflow run, log everything, verify the artifacts, then register.
+
+    Args:
+        job: a ``DistillJob``, ``PretrainProxiesJob``, ``EvaluateJob`` or ``ExpertsJob``.
+        uri: tracking URI (``resolve_uri`` rules).
+        resume_run_id: continue this run from its last checkpoint in MLflow (downloaded into
+            ``job.output.dir``); the config must equal the run's params.
+        resume: without ``resume_run_id``: continue from the local checkpoint, in a new run.
+        hooks: extra loop hooks (Tune reports, stopping rules), called after logging.
+        data: the loaded data set (loaded from ``job.data`` if None).
+        experiment: experiment name (default ``job.name``); a search passes its own.
+        parent_run_id: the search's run, for trial runs (tag ``mlflow.parentRunId``).
+        register: register the distilled set (a search registers only its top-k trials, at the end).
+        tags: extra run tags (a search's trial id, the node it ran on).
+
+    Returns:
+        TrackedRun.
+
+    Raises:
+        ConfigError: bad input (unknown run to resume, changed config, bad URI, ...), before any run starts.
+        CmiddError: the job or MLflow failed; the run is then FAILED.
+    """
+    uri = resolve_uri(uri)
+    data = data if data is not None else load_job_data(job)
+    _precheck(job, data)  # bad input fails before the store is touched: nothing written
+    client = client_for(uri)
+    with mlflow_errors():
+        local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
+        skip, slot = _reopen(client, job, resume_run_id) if resume_run_id else (0, None)
+    extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
+    if resume_run_id:
+        spec = {"run_id": resume_run_id, "tags": extra}
+    else:
+        parent = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        spec = {"experiment": experiment or job.name, "run_name": job.name, "tags": job_tags(job) | parent | extra,
+                "params": job_params(job)}
+    with open_run(client, **spec) as run:
+        log.info("mlflow run %s of job %r", run.run_id, job.name)
+        hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot)
+        result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data)
+        with mlflow_errors():
+            hooks_ml.flush()
+            _log_result(client, run.run_id, result, hooks_ml)
+            publish = PUBLISHERS.get(job.kind)
+            if publish is not None:
+                publish(client, run.run_id, job, result, run.versions, register)
+    return TrackedRun(result, run.run_id, uri, run.versions)
+
+
+def _precheck(job, data) -> None:
+    """The runner's data-dependent rules that can be checked before a run exists (raise DataError)."""
+    if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
+        check_ipc(job.ipc, data)
+
+
+def _reopen(client: MlflowClient, job, run_id: str) -> tuple[int, str | None]:
+    """Check that ``run_id`` can be resumed by ``job``, fetch its checkpoint, set it RUNNING again.
+
+    Returns:
+        (the last step MLflow already has, the checkpoint slot the run's tag names).
+    """
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"--resume-run: no run {run_id!r} in this tracking store") from None
+    if job.kind != "distill":
+        raise ConfigError(f"--resume-run: only distill jobs checkpoint; this is a {job.kind!r} job")
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"--resume-run: run {run_id} is already FINISHED; nothing to resume")
+    if run.data.tags.get("kind") != job.kind:
+        kind = run.data.tags.get("kind")
+        raise ConfigError(f"--resume-run: run {run_id} is a {kind!r} job, not {job.kind!r}")
+    changed = sorted(k for k, v in job_params(job).items() if run.data.params.get(k, v) != v)
+    if changed:
+        diff = ", ".join(f"{k}={run.data.params[k]!r}->{job_params(job)[k]!r}" for k in changed[:5])
+        raise ConfigError(f"--resume-run: the config differs from run {run_id}'s params: {diff}")
+    slot = run.data.tags.get(TAG_SLOT)
+    if slot:
+        _fetch_checkpoint(client, run_id, slot, run.data.tags[TAG_SHA], job.output.dir)
+        log.info("resuming run %s from its checkpoint at step %s", run_id, run.data.tags.get(TAG_STEP))
+    logged = [m.step for m in client.get_metric_history(run_id, "loss_dd")]
+    client.update_run(run_id, status="RUNNING")
+    set_tags(client, run_id, {"cmidd.resumed_from_step": run.data.tags.get(TAG_STEP, "0")})
+    return max(logged, default=0), slot
+
+
+def _fetch_checkpoint(client: MlflowClient, run_id: str, slot: str, sha: str, outdir: Path) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outdir, prefix=".ckpt-") as tmp:
+        got = Path(client.download_artifacts(run_id, f"{slot}/{CHECKPOINT}", tmp))
+        if sha256_file(got) != sha:
+            raise IntegrityError(
+                f"runs:/{run_id}/{slot}/{CHECKPOINT}: sha256 mismatch with the run's tag {TAG_SHA}"
+            )
+        os.replace(got, outdir / CHECKPOINT)
+
+
+def _log_result(client: MlflowClient, run_id: str, result: JobResult, hooks: MlflowHooks) -> None:
+    """Final metrics (at the last step), curves the hooks did not see, result.json and history.json."""
+    history = result.history
+    if history is not None:
+        log_metrics(client, run_id, _backfill(history, hooks.first_step, hooks.skip_through))
+    last = history.step[-1] if history is not None and history.step else 0
+    log_metrics(client, run_id, metrics_at(last, {k: v for k, v in result.metrics.items()
+                                                   if isinstance(v, (int, float))}))
+    for name in ("result.json", "history.json"):
+        if (result.outdir / name).is_file():
+            client.log_artifact(run_id, str(result.outdir / name))
+
+
+def _backfill(history: History, first_seen: int | None, skip_through: int) -> list[Metric]:
+    """Points of ``history`` before the first step the hooks saw (a local ``--resume`` restored them)."""
+    first = first_seen if first_seen is not None else (history.step[-1] + 1 if history.step else 0)
+    out: list[Metric] = []
+    for i, step in enumerate(history.step):
+        if skip_through < step < first:
+            vals = {"loss_dd": history.loss_dd[i], "loss_total": history.loss_total[i]}
+            if history.cmi[i] == history.cmi[i]:  # not NaN: CMI was computed at this step
+                vals["cmi"] = history.cmi[i]
+            out += metrics_at(step, vals)
+    for ev in history.evals:
+        if skip_through < ev["step"] < first:
+            out += metrics_at(int(ev["step"]), {k: v for k, v in ev.items() if k != "step"})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# publishing, by job kind
+
+Publisher = Callable[[MlflowClient, str, Any, JobResult, list[dict[str, Any]], bool], None]
+"""``(client, run_id, job, result, created, register)``: upload, verify by download, register (appending
+each new version to ``created`` as soon as it exists)."""
+
+
+def _publish_distilled(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+                       register: bool) -> None:
+    """``synthetic/`` uploaded and verified; registered unless ``register`` is False (search trials)."""
+    client.log_artifacts(run_id, str(result.outdir / SYNTHETIC), SYNTHETIC)
+    verify_remote_set(client, run_id, SYNTHETIC, result.synset.sha256())
+    if register:
+        register_distilled(client, run_id, job, result, created)
+
+
+def _publish_proxies(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+                     register: bool) -> None:
+    publish_proxies(client, run_id, job, Path(result.extra["proxies_dir"]), created)
+
+
+def _publish_experts(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+                     register: bool) -> None:
+    publish_experts(client, run_id, Path(result.extra["experts_dir"]), created)
+
+
+PUBLISHERS: dict[str, Publisher] = {
+    "distill": _publish_distilled,
+    "pretrain-proxies": _publish_proxies,
+    "experts": _publish_experts,
+}  # evaluate jobs publish nothing beyond their metrics and result.json
