@@ -80,7 +80,7 @@ class History:
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's part of a data-parallel distillation (``distributed.py`` builds one per Ray worker).
+    """This process's part of a data-parallel distillation (``cmidd.ray.train`` builds one per Ray worker).
 
     Every worker holds the full synthetic set and draws the same random numbers; worker ``rank`` computes the
     DD term on classes ``rank, rank + world, ...`` and the CMI term on the proxies it holds, weighted so that
@@ -170,7 +170,7 @@ def distill(
         hooks: callbacks (logging, reporting, stopping).
         workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
         resume: continue from ``workdir/checkpoint.pt`` if it exists.
-        shard: this worker's part of a data-parallel run (``distributed.py``); None = the whole job here.
+        shard: this worker's part of a data-parallel run (``cmidd.ray.train``); None = the whole job here.
             ``proxies`` then has one entry per proxy of the set, None for those another worker holds.
         experts: expert trajectories (method ``mtt``), see ``cmidd.experts``.
 

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from .. import proxies as proxy_zoo
 from ..experts import verify_files as verify_expert_files
 from ..errors import IntegrityError, UnknownNameError
+from ..proxy_sets import PROXY_SETS
 from ..synthetic import MANIFEST, replace_dir
 from ._client import EXPERTS, PROXIES, client_for, ensure_model, mlflow_errors, resolve_uri
 from ._sets import download_source
@@ -106,7 +107,7 @@ def _proxy_sources(client: MlflowClient, ref: str, dataset: str, im_size: int) -
     """
     parts = [p.strip() for p in ref.split(",") if p.strip()]
     if not all(p.startswith("proxy-") for p in parts):
-        proxy_zoo.PROXY_SETS.get(ref)  # UnknownNameError lists the set names
+        PROXY_SETS.get(ref)  # UnknownNameError lists the set names
         return [_newest_set_source(client, ref, dataset, im_size)]
     return [_proxy_version(client, p).source for p in parts]
 
