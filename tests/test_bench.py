@@ -9,8 +9,9 @@ import math
 import pytest
 
 from cmidd.bench import PLANS, SUITES, finite_or_null, report_metrics, run_bench, targets
-from cmidd.bench_quality import variant_job
-from cmidd.bench_speed import Setting, stats, summarize
+from cmidd.bench._common import stats
+from cmidd.bench.quality import variant_job
+from cmidd.bench.speed import Setting, summarize
 from cmidd.cli import main
 
 TINY = dataclasses.replace(

@@ -1,13 +1,14 @@
 """The layers of platform/cmidd, checked by walking every module's AST (no import is executed).
 
-core      config, data/, nets/, methods/, augment, cmi, distill, evaluate, ... : imports no layer above it and
-          no ray / mlflow / optuna, not even inside a function;
-platform  tracking, ensemble_tracking (MLflow), distributed, search (Ray / Optuna), launch (picks the plain or
-          Ray Train loop for a job): imports no app module;
-app       cli, cli_tracking, bench*, demo: may import anything.
+core      config, data/, nets/, methods/, augment, cmi, distill, evaluate, runner, ... : imports no layer above
+          it and no ray / mlflow / optuna, not even inside a function;
+platform  tracking, ensemble_tracking (MLflow), distributed, search, ray/ (Ray / Optuna), launch (picks the plain
+          or Ray Train loop for a job): imports no app module;
+app       cli/ (one module per subcommand), bench/ (one module per suite) and bench_speed (its alias for the
+          seedbench harness), app (the composition root: loop and tracking chosen per job), demo: may import
+          anything.
 Module-level imports (outside ``if TYPE_CHECKING:``) form no cycle.
 """
-
 from __future__ import annotations
 
 import ast
@@ -16,18 +17,18 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
-PLATFORM = {"tracking", "ensemble_tracking", "distributed", "search", "launch"}
-APP_PREFIXES = ("cli", "bench", "demo")
+PLATFORM = {"tracking", "ensemble_tracking", "distributed", "search", "launch", "ray"}
+APP = {"cli", "bench", "bench_speed", "app", "demo"}
 THIRD_PARTY_PLATFORM = {"ray", "mlflow", "optuna"}
 RANK = {"core": 0, "platform": 1, "app": 2}
 
 
 def layer_of(module: str) -> str:
-    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.search`` -> 'platform'; ``cmidd.bench_speed`` -> 'app'."""
+    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.search`` -> 'platform'; ``cmidd.bench.speed`` -> 'app'."""
     top = module.split(".")[1] if module.count(".") else ""
     if top in PLATFORM:
         return "platform"
-    if top.startswith(APP_PREFIXES):
+    if top in APP:
         return "app"
     return "core"
 
@@ -159,7 +160,11 @@ def test_the_walk_can_fail(tmp_path):
 
 
 @pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.search", "platform"),
-                                       ("cmidd.bench_speed", "app"), ("cmidd.runner", "core")])
+                                       ("cmidd.bench_speed", "app"), ("cmidd.runner", "core"),
+                                       ("cmidd.bench.speed", "app"), ("cmidd.bench", "app"),
+                                       ("cmidd.cli.run", "app"), ("cmidd.app", "app"), ("cmidd.demo", "app"),
+                                       ("cmidd.launch", "platform"), ("cmidd.ray.tune", "platform"),
+                                       ("cmidd.tracking.sets", "platform"), ("cmidd.benchmark", "core")])
 def test_layer_names(mod, layer):
     assert layer_of(mod) == layer
 
@@ -181,6 +186,14 @@ def test_launch_picks_the_ray_loop_only_for_several_workers(tmp_path):
     assert launch.pick_loop(job) is distill_distributed
     assert launch.pick_loop(job.model_copy(update={"scaling": job.scaling.model_copy(update={"workers": 1})})) \
         is distill
+
+
+def test_app_asks_for_ray_only_for_several_workers(tmp_path):
+    from cmidd.app import needs_ray
+
+    job = _two_worker_job(tmp_path)
+    assert needs_ray(job)
+    assert not needs_ray(job.model_copy(update={"scaling": job.scaling.model_copy(update={"workers": 1})}))
 
 
 def test_core_runner_refuses_several_workers_without_the_ray_loop(tmp_path):
