@@ -9,8 +9,9 @@ import math
 import pytest
 
 from cmidd.bench import PLANS, SUITES, finite_or_null, report_metrics, run_bench, targets
-from cmidd.bench_quality import variant_job
-from cmidd.bench_speed import Setting, stats, summarize
+from cmidd.bench._common import stats
+from cmidd.bench.quality import variant_job
+from cmidd.bench.speed import Setting, summarize
 from cmidd.cli import main
 
 TINY = dataclasses.replace(
@@ -154,3 +155,22 @@ def test_ensemble_suite_and_quality_ensemble_column(report):
     single = {(row["ipc"], row["set"]): row["acc_mean"] for row in r["quality"]["rows"] if row["arch"] == "ConvNetD1"}
     assert cross == single  # one architecture: the ensemble row does not enter the cross-architecture mean
     assert "| ConvNetD1 | ensemble | cross-arch mean |" in (out / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["speed", "quality", "ray", "search", "ensemble", "reproduce"])
+def test_every_suite_is_a_module_with_suite_and_targets(name):
+    """Conformance over the registry: each suite module runs itself (``suite``) and judges its figures."""
+    from cmidd.bench import SUITES
+
+    module = SUITES.get(name).load()
+    assert module.__name__ == f"cmidd.bench.{name}"
+    assert callable(module.suite) and callable(module.targets)
+    assert SUITES.get(name).targets({"unavailable": "not installed"}) == []
+
+
+def test_bench_speed_is_the_speed_module_for_the_seedbench_harness():
+    import cmidd.bench.speed as speed
+    import cmidd.bench_speed as bs
+
+    assert bs is speed
+    assert all(hasattr(bs, n) for n in ("Setting", "time_loop", "_job", "PROXY_32", "speed_data"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmidd.bench_ray import _segments, random_dataset
+from cmidd.bench._common import random_dataset, segments
 
 
 def test_segments_time_consecutive_steps_after_warmup():
     # steps 1..7 end at t = 0, 10, 11, 13, 16, 20, 25: two warm-up steps, then steps of 1, 2, 3, 4, 5 s
     clock = [0.0, 10.0, 11.0, 13.0, 16.0, 20.0, 25.0]
-    res = _segments(clock, warmup=2, repeats=2, iterations=2)  # segments: steps 3-4, 5-6 (step 7 unused)
+    res = segments(clock, warmup=2, repeats=2, iterations=2)  # segments: steps 3-4, 5-6 (step 7 unused)
     assert res["per_repeat_s"] == [pytest.approx(1.5), pytest.approx(3.5)]
     assert (res["min_s"], res["max_s"], res["median_s"]) == (pytest.approx(1.5), pytest.approx(3.5), pytest.approx(2.5))
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cmidd import bench_reproduce as br
+from cmidd.bench import reproduce as br
 from cmidd.bench import PLANS, run_bench
 from cmidd.config import parse_job
 

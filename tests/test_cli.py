@@ -87,6 +87,44 @@ def test_validate_and_ls(tmp_path, capsys):
     assert names == ["ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4", "ConvNetD5"]
 
 
+def test_validate_prints_each_error_once(tmp_path, capsys):
+    bad = write_job(tmp_path, {"kind": "distill", "ipc": -3}, "bad.yaml")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "bad.yaml: ipc" in err[0]
+
+
+def test_ls_lists_every_catalog_kind(capsys):
+    from cmidd.catalog import KINDS, catalog
+
+    assert tuple(catalog()) == KINDS  # the parser's torch-free choices are the catalog's kinds
+    for kind in KINDS:
+        assert main(["ls", kind]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in out] == catalog()[kind].names()
+    assert main(["ls", "proxy-sets", "convnet-x1"]) == 0
+    assert capsys.readouterr().out.split()[0] == "convnet-x1"  # a recipe: the name, then what is in it
+
+
+def test_parser_constants_match_the_library():
+    """Names the parser repeats so that ``cmidd --help`` imports neither torch nor mlflow."""
+    from cmidd.cli import _args, ensemble
+    from cmidd.ensemble import SET_MODES
+    from cmidd.tracking import DEFAULT_METRIC
+
+    assert ensemble.MODES == list(SET_MODES)
+    assert _args.DEFAULT_METRIC == DEFAULT_METRIC
+
+
+def test_exit_codes_are_picked_in_one_table():
+    from cmidd.cli import exit_code
+    from cmidd.errors import CmiddError, ConfigError, DataError, UnknownNameError
+
+    assert [exit_code(e) for e in (ConfigError("x"), UnknownNameError("x"), DataError("x"), CmiddError("x"),
+                                   KeyboardInterrupt())] == [2, 2, 2, 1, 130]
+    assert exit_code(RuntimeError("x")) is None
+
+
 def test_help_has_examples():
     r = run_cli("--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "cmidd demo" in r.stdout

@@ -121,7 +121,7 @@ def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):
 
 
 def test_bench_reports_both_timings_and_equal_nets():
-    from cmidd.bench_ensemble import ensemble_speed
+    from cmidd.bench.ensemble import ensemble_speed
 
     r = ensemble_speed(seeds=2, n_images=20, epochs=1, arch="ConvNetD1", repeats=1)
     assert r["mode"] == BATCHED and r["n_images"] == 20 and r["seeds"] == 2

@@ -1,10 +1,12 @@
 """The layers of platform/cmidd, checked by walking every module's AST (no import is executed).
 
-core      config, data/, nets/, methods/, augment, cmi, distill, evaluate, ... : imports no layer above it and
-          no ray / mlflow / optuna, not even inside a function;
+core      config/, data/, nets/, methods/, augment, cmi, distill, evaluate, runner, ... : imports no layer
+          above it and no ray / mlflow / optuna, not even inside a function;
 platform  tracking/ (MLflow: the only mlflow importer), ray/ (Ray Train and Ray Tune + Optuna: the only ray and
-          optuna importer), launch (picks the plain or Ray Train loop for a job): imports no app module;
-app       cli, cli_tracking, bench*, demo: may import anything.
+          optuna importer; it also picks the plain or Ray Train loop for a job): imports no app module;
+app       cli/ (one module per subcommand), bench/ (one module per suite) and bench_speed (its alias for the
+          seedbench harness), app (the composition root: loop and tracking chosen per job), demo: may import
+          anything.
 Module-level imports (outside ``if TYPE_CHECKING:``) form no cycle.
 """
 
@@ -16,18 +18,18 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
-PLATFORM = {"tracking", "ray", "launch"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
-APP_PREFIXES = ("cli", "bench", "demo")
+PLATFORM = {"tracking", "ray"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
+APP = {"cli", "bench", "bench_speed", "app", "demo"}
 THIRD_PARTY_PLATFORM = {"ray", "mlflow", "optuna"}
 RANK = {"core": 0, "platform": 1, "app": 2}
 
 
 def layer_of(module: str) -> str:
-    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.ray.tune`` -> 'platform'; ``cmidd.bench_speed`` -> 'app'."""
+    """``cmidd.nets.convnet`` -> 'core'; ``cmidd.ray.tune`` -> 'platform'; ``cmidd.bench.speed`` -> 'app'."""
     top = module.split(".")[1] if module.count(".") else ""
     if top in PLATFORM:
         return "platform"
-    if top.startswith(APP_PREFIXES):
+    if top in APP:
         return "app"
     return "core"
 
@@ -175,7 +177,9 @@ def test_the_walk_can_fail(tmp_path):
 @pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.ray.tune", "platform"),
                                        ("cmidd.ray", "platform"), ("cmidd.tracking._run", "platform"),
                                        ("cmidd.tracking", "platform"), ("cmidd.bench_speed", "app"),
-                                       ("cmidd.runner", "core")])
+                                       ("cmidd.runner", "core"), ("cmidd.bench.speed", "app"), ("cmidd.bench", "app"),
+                                       ("cmidd.cli.run", "app"), ("cmidd.app", "app"), ("cmidd.demo", "app"),
+                                       ("cmidd.benchmark", "core")])
 def test_layer_names(mod, layer):
     assert layer_of(mod) == layer
 
@@ -189,7 +193,7 @@ def _two_worker_job(tmp_path):
 
 
 def test_launch_picks_the_ray_loop_only_for_several_workers(tmp_path):
-    from cmidd import launch
+    from cmidd import ray as launch
     from cmidd.distill import distill
     from cmidd.ray.train import distill_distributed
 
@@ -197,6 +201,14 @@ def test_launch_picks_the_ray_loop_only_for_several_workers(tmp_path):
     assert launch.pick_loop(job) is distill_distributed
     assert launch.pick_loop(job.model_copy(update={"scaling": job.scaling.model_copy(update={"workers": 1})})) \
         is distill
+
+
+def test_app_asks_for_ray_only_for_several_workers(tmp_path):
+    from cmidd.app import needs_ray
+
+    job = _two_worker_job(tmp_path)
+    assert needs_ray(job)
+    assert not needs_ray(job.model_copy(update={"scaling": job.scaling.model_copy(update={"workers": 1})}))
 
 
 def test_core_runner_refuses_several_workers_without_the_ray_loop(tmp_path):

@@ -193,9 +193,9 @@ def test_study_summary_and_plots_degenerate_cases(tmp_path):
 
 
 def test_bench_curve_is_best_so_far_against_cumulative_seconds():
-    from cmidd.bench_search import _curve
+    from cmidd.bench.search import best_so_far
 
-    assert _curve([(2.0, 0.5), (1.0, None), (3.0, 0.7), (1.5, 0.6)]) == [(2.0, 0.5), (3.0, 0.5), (6.0, 0.7),
+    assert best_so_far([(2.0, 0.5), (1.0, None), (3.0, 0.7), (1.5, 0.6)]) == [(2.0, 0.5), (3.0, 0.5), (6.0, 0.7),
                                                                         (7.5, 0.7)]
 
 

@@ -160,7 +160,7 @@ def test_resolve_uri_order_and_refusals(tmp_path, monkeypatch):
 
 
 def test_import_cmidd_and_its_cli_does_not_import_mlflow():
-    code = "import sys, cmidd, cmidd.cli, cmidd.cli_tracking\nassert 'mlflow' not in sys.modules"
+    code = "import sys, cmidd, cmidd.cli, cmidd.cli.best, cmidd.app\nassert 'mlflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env=_env())
 
 

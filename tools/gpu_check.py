@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cmidd.bench_speed import SPEED_FIELDS, Setting, fake_experts, make_proxies, speed_data, time_loop
+from cmidd.bench.speed import SPEED_FIELDS, Setting, fake_experts, make_proxies, speed_data, time_loop
 from cmidd.config import EvalCfg, parse_job
 from cmidd.distill import Hooks, distill
 from cmidd.evaluate import evaluate

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from .registry import Registry
 
+# The kinds, in ``cmidd ls`` order: a torch-free constant for the CLI parser's choices (``catalog()`` imports
+# the families, which import torch).
+KINDS = ("nets", "methods", "datasets", "proxy-sets", "cmi-aggs")
+
 
 def catalog() -> dict[str, Registry]:
     """Every plug-in registry by the name ``cmidd ls`` lists it under, families imported (and so registered).

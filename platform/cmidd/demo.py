@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import proxies as proxy_zoo
+from .app import execute
 from .config import parse_job
 from .distill import measure_cmi, resolve_device
 from .evaluate import evaluate
 from .report import results_table
-from .launch import run_job
 from .runner import load_job_data, proxies_dir, random_real_set
 
 log = logging.getLogger(__name__)
@@ -76,22 +76,46 @@ def demo_jobs(out: Path, quick: bool = False) -> dict[str, dict[str, Any]]:
 def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run the demo end to end; returns the results mapping (also written to ``out/results.json``).
 
-    With ``tracking_uri`` every job is an MLflow run, the sets are registered as versions of
-    ``distilled-digits-ipc10`` and the summary gains ``best`` (what ``cmidd best`` answers).
+    Args:
+        out: the folder of the jobs' outputs and of ``results.json`` / ``results.md``.
+        quick: toy sizes (``SIZES["quick"]``), for tests and smoke checks.
+        tracking_uri: a resolved MLflow store: every job is an MLflow run, the sets are registered as
+            versions of ``distilled-digits-ipc10`` and the summary gains ``best`` (what ``cmidd best`` answers).
+
+    Returns:
+        The ``results.json`` mapping plus ``table`` (the text of ``results.md``).
+
+    Example:
+        >>> run_demo("runs/demo-quick", quick=True)["table"]
     """
     out = Path(out)
-    raw = demo_jobs(out, quick)
-    jobs = {k: parse_job(v, f"demo:{k}") for k, v in raw.items()}
+    jobs = {k: parse_job(v, f"demo:{k}") for k, v in demo_jobs(out, quick).items()}
     data = load_job_data(jobs["dm"])
+    sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri)
+    cmi = _cmi_of_sets(jobs, data, sets)
+    summary = {
+        "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
+        "lam": LAM, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
+        "seconds": seconds,
+    }
+    if tracking_uri is not None:
+        from .tracking import best_set
 
+        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
+    summary["table"] = _write_results(out, summary, jobs["dm"])
+    return summary
+
+
+def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
+    """Steps 1-4: proxies, DM, DM+CMI (each a job, tracked when ``tracking_uri``), then random-real.
+
+    Returns:
+        (the three sets by name, the table rows, seconds per step).
+    """
     def run(job):
-        if tracking_uri is None:
-            return run_job(job, data=data)
-        from .tracking import tracked_run
+        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data).result
 
-        return tracked_run(job, tracking_uri, data=data).result
     seconds: dict[str, float] = {}
-
     t = time.perf_counter()
     log.info("[1/4] pre-training proxies (%s)", jobs["pretrain"].proxies.set)
     run(jobs["pretrain"])
@@ -110,29 +134,25 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed)
     seconds["random-real"] = time.perf_counter() - t
 
-    # CMI of every set under the demo's proxies (mean over all proxies), a measurement for the table
-    device = resolve_device("cpu")
-    proxies = proxy_zoo.load(proxies_dir(jobs["dm"], data), data, device)
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
-    cmi_cfg = jobs["dm+cmi"].cmi
-    cmi = {k: measure_cmi(*s.training_set(), proxies, data.num_classes, cmi_cfg) for k, s in sets.items()}
-
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
-    summary = {
-        "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
-        "lam": LAM, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
-        "seconds": seconds,
-    }
-    if tracking_uri is not None:
-        from .tracking import best_set
+    return sets, rows, seconds
 
-        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
+
+def _cmi_of_sets(jobs: dict[str, Any], data, sets: dict[str, Any]) -> dict[str, float]:
+    """The CMI of every set under the demo's proxies (mean over all proxies): a measurement for the table."""
+    proxies = proxy_zoo.load(proxies_dir(jobs["dm"], data), data, resolve_device("cpu"))
+    cmi_cfg = jobs["dm+cmi"].cmi
+    return {k: measure_cmi(*s.training_set(), proxies, data.num_classes, cmi_cfg) for k, s in sets.items()}
+
+
+def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
+    """``results.json`` and ``results.md`` under ``out``; returns the text of ``results.md``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table = results_table(rows, ARCHS)
-    cmi_line = "  ".join(f"{k}: {v:.3e}" for k, v in cmi.items())
-    text = f"digits {data.im_size}x{data.im_size}, IPC {jobs['dm'].ipc}, test accuracy % (mean +- std over " \
-           f"{jobs['dm'].eval.num_eval} seeds)\n\n{table}\n\nCMI under the proxies: {cmi_line}\n"
+    table = results_table(summary["rows"], ARCHS)
+    cmi_line = "  ".join(f"{k}: {v:.3e}" for k, v in summary["cmi"].items())
+    text = f"digits {summary['im_size']}x{summary['im_size']}, IPC {dm_job.ipc}, test accuracy % (mean +- std " \
+           f"over {dm_job.eval.num_eval} seeds)\n\n{table}\n\nCMI under the proxies: {cmi_line}\n"
     (out / "results.md").write_text(text)
-    summary["table"] = text
-    return summary
+    return text

@@ -1,4 +1,4 @@
-"""Exception hierarchy. The library raises these; only ``cli.py`` maps them to exit codes.
+"""Exception hierarchy. The library raises these; only ``cmidd.cli`` maps them to exit codes.
 
 ``ConfigError`` and ``UnknownNameError`` and ``DataError`` are *bad input* (exit 2);
 any other ``CmiddError`` is a runtime failure (exit 1).

@@ -75,7 +75,7 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
         hooks: callbacks for the distillation loop (tracking, reporting).
         resume: continue a distill job from its checkpoint.
         data: the loaded data set (loaded from ``job.data`` if None).
-        loop: the distillation loop, called like ``distill``; ``cmidd.launch.run_job`` passes the Ray Train loop
+        loop: the distillation loop, called like ``distill``; ``cmidd.ray.run_job`` passes the Ray Train loop
             for ``scaling.workers > 1`` (the core never imports Ray).
 
     Returns:
@@ -129,7 +129,7 @@ def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: 
 def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     check_ipc(job.ipc, data)
     if job.scaling.workers > 1 and loop is distill:
-        raise ConfigError(f"scaling.workers: > 1 needs the Ray Train loop (cmidd.launch.run_job), "
+        raise ConfigError(f"scaling.workers: > 1 needs the Ray Train loop (cmidd.ray.run_job), "
                           f"got {job.scaling.workers} with the single-process loop")
     device = resolve_device(job.device)
     proxies = None  # loaded (or pre-trained) before the job's folder exists: a bad proxy set writes nothing

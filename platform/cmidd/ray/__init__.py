@@ -1,5 +1,7 @@
 """Ray (the only importer of ray and optuna): ``train`` runs one distill job on N Ray Train workers, ``tune``
-runs a search space with Ray Tune + Optuna + ASHA. Importing this package imports no ray; ``connect`` does.
+runs a search space with Ray Tune + Optuna + ASHA. Importing this package imports no ray; ``connect`` does, and
+``run_job`` does for a job with ``scaling.workers > 1`` (the one place that picks the loop: the core
+``cmidd.runner`` runs a job with whatever loop it is given and never imports Ray).
 
 Inside this package ``import ray`` is the absolute import of the Ray library, never this package.
 
@@ -12,9 +14,25 @@ from __future__ import annotations
 
 import os
 
+from .. import runner
+from ..distill import Hooks, distill
 from ..errors import ConfigError
 
-__all__ = ["connect"]
+__all__ = ["connect", "pick_loop", "run_job"]
+
+
+def pick_loop(job) -> runner.Loop:
+    """``distill`` for one worker; ``cmidd.ray.train.distill_distributed`` (imports ray) for more."""
+    if getattr(job, "kind", None) == "distill" and job.scaling.workers > 1:
+        from .train import distill_distributed
+
+        return distill_distributed
+    return distill
+
+
+def run_job(job, hooks: Hooks | None = None, resume: bool = False, data=None) -> runner.JobResult:
+    """``cmidd.runner.run_job`` with the loop the job's ``scaling`` asks for (``pick_loop``)."""
+    return runner.run_job(job, hooks, resume, data, loop=pick_loop(job))
 
 
 def connect(address: str | None = None) -> bool:

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History
 from ..errors import ConfigError, IntegrityError
-from ..launch import run_job
+from ..ray import run_job
 from ..runner import JobResult, check_ipc, load_job_data
 from ..synthetic import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags

@@ -20,13 +20,20 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import parse_job
-from .demo import LAM
-from .errors import DivergenceError
-from .evaluate import evaluate
-from .runner import load_job_data, random_real_set, run_job
+import torch
+
+from ..app import execute
+from ..config import parse_job
+from ..demo import LAM
+from ..errors import DivergenceError
+from ..evaluate import evaluate
+from ..runner import load_job_data, random_real_set
+from ._common import GM_LOOPS
+
+if TYPE_CHECKING:
+    from . import BenchPlan
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ PUBLISHED: dict[str, dict[int, float]] = {
     "dm": {1: 89.7, 10: 97.5},
     "idc": {1: 94.2, 10: 98.4},
 }
-# DC / DSA's (outer, inner) loop per IPC (Zhao et al.).
-GM_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
 # variant -> (method name, its method fields); the CMI variants add ``+cmi``.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dc": ("gm", {"lr_img": 0.1, "dsa": False}),
@@ -142,7 +147,7 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto") -> dict[
             job = parse_job(variant_job(plan, v, ipc, out, device), f"bench:reproduce:{v}")
             log.info("[reproduce] ipc %d: %s (%d iterations), then evaluating", ipc, v, job.method.iterations)
             try:
-                result = run_job(job, data=data)
+                result = execute(job, data=data).result
                 acc[v] = _row(plan, ipc, v, job.method.iterations, result.rows)
             except DivergenceError as e:
                 acc[v] = _row(plan, ipc, v, job.method.iterations, [], note=f"diverged: {e}")
@@ -190,3 +195,13 @@ def table(label: str, dataset: str, rows: list[dict[str, Any]]) -> str:
 def plan_named(name: str, **changes: Any) -> ReproducePlan:
     """``REPRODUCE_PLANS[name]`` with ``changes`` (tests shrink it; another data set: ``data="mnist"``)."""
     return replace(REPRODUCE_PLANS[name], **changes)
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """None: the reproduce table sets ours beside the published numbers, with each row's budget."""
+    return []
+
+
+def suite(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """The ``reproduce`` suite: ours vs published on MNIST; ``--quick`` runs its reduced budget."""
+    return run_reproduce(REPRODUCE_PLANS[plan.reproduce], out / "reproduce", device.type)

@@ -17,19 +17,27 @@ import contextlib
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import load_search
-from .ray.tune import TUNE_DIR, make_trainable, run_search
+import ray
+import torch
+import yaml
+from ray import tune
+
+from ..config import load_search
+from ..ray.tune import TUNE_DIR, make_trainable, run_search
+from ..tracking import client_for, ensure_experiment
+
+if TYPE_CHECKING:
+    from . import BenchPlan
 
 METRIC = "acc/cross_arch_mean"
 
 
 def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs: int, lam_range: tuple[float, float],
            num_samples: int, grace: int, seed: int) -> Path:
-    import yaml
-
     mapping = {
         "name": "bench-search",
         "base": {
@@ -54,7 +62,7 @@ def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs
     return path
 
 
-def _curve(trials: list[tuple[float, float | None]]) -> list[tuple[float, float]]:
+def best_so_far(trials: list[tuple[float, float | None]]) -> list[tuple[float, float]]:
     """(cumulative CPU-seconds, best accuracy so far) after each trial, in the order the trials ran."""
     out, spent, best = [], 0.0, -math.inf
     for seconds, acc in trials:
@@ -67,10 +75,8 @@ def _curve(trials: list[tuple[float, float | None]]) -> list[tuple[float, float]
 
 def _analysis_trials(path: Path, final_only: bool) -> list[tuple[float, float | None]]:
     """(running seconds, final accuracy or None if stopped) per trial, by start time."""
-    from ray.tune import ExperimentAnalysis
-
     rows = []
-    for t in ExperimentAnalysis(str(path)).trials:
+    for t in tune.ExperimentAnalysis(str(path)).trials:
         last = t.last_result or {}
         acc = last.get(METRIC) if (last.get("final") or not final_only) else None
         rows.append((last.get("date", ""), float(last.get("time_total_s", 0.0)), acc))
@@ -83,17 +89,14 @@ def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, ev
                    grace: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Best accuracy vs CPU-seconds: TPE + ASHA (``num_samples``) against a grid of ``grid_points`` lambdas.
 
+    Both arms run on a local 2-CPU Ray (or the running one), tracked in a throw-away MLflow store.
+
     Returns:
         {"settings", "tpe_asha": {"best", "cpu_s", "wall_s", "trials", "stopped", "curve"},
          "grid": {...same...}, "ratios": {"cpu_grid_over_tpe", "best_tpe_minus_grid"}}.
     """
-    import time
-
-    import ray
-    from ray import tune
-
-    from .tracking import client_for, ensure_experiment
-
+    lo, hi = lam_range
+    lams = [0.0] + [lo * (hi / lo) ** (i / max(grid_points - 2, 1)) for i in range(grid_points - 1)]
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -103,59 +106,75 @@ def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, ev
             uri = f"sqlite:///{folder / 'mlflow.db'}"
             cfg = load_search(_space(folder, ipc, iterations, eval_every, eval_epochs, lam_range, num_samples,
                                      grace or eval_every, seed))
-            t0 = time.perf_counter()
-            summary = run_search(cfg, uri, progress=False)
-            tpe_wall = time.perf_counter() - t0
-            tpe = _analysis_trials(cfg.storage_dir / TUNE_DIR, final_only=True)
-
-            lo, hi = lam_range
-            lams = [0.0] + [lo * (hi / lo) ** (i / max(grid_points - 2, 1)) for i in range(grid_points - 1)]
-            client = client_for(uri)
-            parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
-            grid_dir = folder / "grid"
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: keep the report's stdout clean
-                tune.Tuner(
-                    tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
-                    param_space={"cmi.lam": tune.grid_search(lams)},
-                    tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
-                    run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
-                ).fit()
-            grid_wall = time.perf_counter() - t0
-            client.set_terminated(parent, "FINISHED")
-            grid = _analysis_trials(grid_dir / TUNE_DIR, final_only=True)
+            tpe = _tpe_arm(cfg, uri)
+            grid = _grid_arm(cfg, uri, lams, folder / "grid")
     finally:
         if started:
             ray.shutdown()
-
-    def arm(trials, wall, stopped):
-        curve = _curve(trials)
-        return {"best": curve[-1][1], "cpu_s": curve[-1][0], "wall_s": wall, "trials": len(trials),
-                "stopped": stopped, "curve": curve}
-
     r = {
         "settings": {"dataset": "digits", "ipc": ipc, "iterations": iterations, "eval_every": eval_every,
                      "eval_epochs": eval_epochs, "lam_range": list(lam_range), "num_samples": num_samples,
                      "grid_lams": lams, "seed": seed},
-        "tpe_asha": arm(tpe, tpe_wall, len(summary["stopped"])),
-        "grid": arm(grid, grid_wall, 0),
+        "tpe_asha": tpe,
+        "grid": grid,
     }
     r["ratios"] = {"cpu_grid_over_tpe": r["grid"]["cpu_s"] / max(r["tpe_asha"]["cpu_s"], 1e-9),
                    "best_tpe_minus_grid": r["tpe_asha"]["best"] - r["grid"]["best"]}
     return r
 
 
-def bench_suite(plan, device, out: Path) -> dict[str, Any]:
-    """The ``search`` suite of ``cmidd bench`` (sizes from the plan; quick plans use fewer iterations)."""
-    quick = plan.quality_iterations <= 100
-    r = search_vs_grid(iterations=20 if quick else 100, eval_every=5 if quick else 25,
-                       eval_epochs=20 if quick else 100, num_samples=6 if quick else 16,
-                       grid_points=5 if quick else 9)
+def _arm(trials: list[tuple[float, float | None]], wall: float, stopped: int) -> dict[str, Any]:
+    curve = best_so_far(trials)
+    return {"best": curve[-1][1], "cpu_s": curve[-1][0], "wall_s": wall, "trials": len(trials),
+            "stopped": stopped, "curve": curve}
+
+
+def _tpe_arm(cfg, uri: str) -> dict[str, Any]:
+    """The search as ``cmidd search`` runs it: TPE samples, ASHA stops."""
+    t0 = time.perf_counter()
+    summary = run_search(cfg, uri, progress=False)
+    wall = time.perf_counter() - t0
+    return _arm(_analysis_trials(cfg.storage_dir / TUNE_DIR, final_only=True), wall, len(summary["stopped"]))
+
+
+def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any]:
+    """The same trial function over a lambda grid, every trial to the end, under one parent run."""
+    client = client_for(uri)
+    parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: keep the report's stdout clean
+        tune.Tuner(
+            tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
+            param_space={"cmi.lam": tune.grid_search(lams)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
+        ).fit()
+    wall = time.perf_counter() - t0
+    client.set_terminated(parent, "FINISHED")
+    return _arm(_analysis_trials(grid_dir / TUNE_DIR, final_only=True), wall, 0)
+
+
+def table(r: dict[str, Any]) -> str:
+    """The suite's Markdown table: trials, stopped, best accuracy and seconds of each arm."""
     t, g = r["tpe_asha"], r["grid"]
-    r["table"] = "\n".join([
+    return "\n".join([
         f"TPE+ASHA vs a lambda grid, digits IPC {r['settings']['ipc']}, {r['settings']['iterations']} iterations:",
         "", "| arm | trials | stopped | best acc | CPU-s | wall-s |", "|---|---:|---:|---:|---:|---:|",
         f"| TPE+ASHA | {t['trials']} | {t['stopped']} | {t['best']:.4f} | {t['cpu_s']:.1f} | {t['wall_s']:.1f} |",
         f"| grid | {g['trials']} | 0 | {g['best']:.4f} | {g['cpu_s']:.1f} | {g['wall_s']:.1f} |",
     ])
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """None: the search suite reports its comparison, it has no target."""
+    return []
+
+
+def suite(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """The ``search`` suite of ``cmidd bench`` (sizes from the plan; quick plans use fewer iterations)."""
+    quick = plan.quality_iterations <= 100
+    r = search_vs_grid(iterations=20 if quick else 100, eval_every=5 if quick else 25,
+                       eval_epochs=20 if quick else 100, num_samples=6 if quick else 16,
+                       grid_points=5 if quick else 9)
+    r["table"] = table(r)
     return r

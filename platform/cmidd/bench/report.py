@@ -16,6 +16,7 @@ def _num(v: Any, fmt: str = ".3f") -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    """``bench.md``: the machine, the targets, then one section per suite that ran."""
     env = r["env"]
     lines = [
         f"# cmidd bench, {env['date']}",
@@ -97,48 +98,64 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     q = r.get("quality")
     if q and q.get("rows"):
-        arch = q["archs"][0]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name in dict.fromkeys(row["set"] for row in q["rows"]):
-            pts = sorted((row["ipc"], row["acc_mean"], row["acc_std"]) for row in q["rows"]
-                         if row["set"] == name and row["arch"] == arch)
-            ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * (p[2] or 0) for p in pts],
-                        marker="o", capsize=3, label=name)
-        ax.axhline(100 * q["ceiling"]["acc_mean"], color="grey", ls="--", label="full data")
-        ax.set(xscale="log", xlabel="images per class", ylabel=f"test accuracy % ({arch})",
-               title=f"{q['dataset']}: accuracy vs IPC")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "accuracy_vs_ipc.png"))
-
+        written.append(_accuracy_plot(q, out / "accuracy_vs_ipc.png"))
         curves = q.get("curves", {})
         key = next((k for k in reversed(list(curves)) if "+cmi" in k), next(iter(curves), None))
         if key:
-            c = curves[key]
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot(c["step"], c["loss_dd"], label="loss_dd")
-            ax.set(xlabel="iteration", ylabel="loss_dd", yscale="log", title=f"curves of {key}")
-            cmi = [(s, v) for s, v in zip(c["step"], c["cmi"]) if v is not None and not math.isnan(v)]
-            if cmi:
-                ax2 = ax.twinx()
-                ax2.plot([s for s, _ in cmi], [v for _, v in cmi], color="tab:red", label="cmi")
-                ax2.set_ylabel("CMI", color="tab:red")
-            written.append(_save(fig, out / "curves.png"))
+            written.append(_curves_plot(key, curves[key], out / "curves.png"))
     s = r.get("speed")
     if s and s.get("settings"):
-        rows = s["settings"]
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2))
-        ax.barh([row["setting"] for row in rows], [row["s_per_iter"]["median"] for row in rows],
-                xerr=[[row["s_per_iter"]["median"] - row["s_per_iter"]["min"] for row in rows],
-                      [row["s_per_iter"]["max"] - row["s_per_iter"]["median"] for row in rows]])
-        ax.invert_yaxis()
-        ax.set(xscale="log", xlabel="seconds per iteration (gm: per image update)", title="distillation speed")
-        written.append(_save(fig, out / "speed.png"))
+        written.append(_speed_plot(s["settings"], out / "speed.png"))
     return written
+
+
+def _accuracy_plot(q: dict[str, Any], path: Path) -> Path:
+    """Accuracy of every set vs IPC on the first architecture, with the full-data ceiling."""
+    import matplotlib.pyplot as plt
+
+    arch = q["archs"][0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(row["set"] for row in q["rows"]):
+        pts = sorted((row["ipc"], row["acc_mean"], row["acc_std"]) for row in q["rows"]
+                     if row["set"] == name and row["arch"] == arch)
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * (p[2] or 0) for p in pts],
+                    marker="o", capsize=3, label=name)
+    ax.axhline(100 * q["ceiling"]["acc_mean"], color="grey", ls="--", label="full data")
+    ax.set(xscale="log", xlabel="images per class", ylabel=f"test accuracy % ({arch})",
+           title=f"{q['dataset']}: accuracy vs IPC")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _curves_plot(key: str, c: dict[str, list], path: Path) -> Path:
+    """The distillation loss (log scale) and, on a second axis, the CMI of one run."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(c["step"], c["loss_dd"], label="loss_dd")
+    ax.set(xlabel="iteration", ylabel="loss_dd", yscale="log", title=f"curves of {key}")
+    cmi = [(s, v) for s, v in zip(c["step"], c["cmi"]) if v is not None and not math.isnan(v)]
+    if cmi:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in cmi], [v for _, v in cmi], color="tab:red", label="cmi")
+        ax2.set_ylabel("CMI", color="tab:red")
+    return _save(fig, path)
+
+
+def _speed_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Seconds per iteration of every speed setting (median, min-max bars; log scale)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2))
+    ax.barh([row["setting"] for row in rows], [row["s_per_iter"]["median"] for row in rows],
+            xerr=[[row["s_per_iter"]["median"] - row["s_per_iter"]["min"] for row in rows],
+                  [row["s_per_iter"]["max"] - row["s_per_iter"]["median"] for row in rows]])
+    ax.invert_yaxis()
+    ax.set(xscale="log", xlabel="seconds per iteration (gm: per image update)", title="distillation speed")
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

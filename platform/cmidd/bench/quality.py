@@ -13,21 +13,25 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import proxies as proxy_zoo
-from .config import parse_job
-from .demo import demo_jobs
-from .distill import measure_cmi, resolve_device
-from .errors import DivergenceError
-from .evaluate import ENSEMBLE, evaluate
-from .launch import run_job
-from .runner import load_job_data, proxies_dir, random_real_set
+import torch
+
+from .. import proxies as proxy_zoo
+from ..app import execute
+from ..config import parse_job
+from ..demo import demo_jobs
+from ..distill import measure_cmi, resolve_device
+from ..errors import DivergenceError
+from ..evaluate import ENSEMBLE, evaluate
+from ..runner import load_job_data, proxies_dir, random_real_set
+from ._common import GM_LOOPS
+
+if TYPE_CHECKING:
+    from . import BenchPlan
 
 log = logging.getLogger(__name__)
 
-# DC/DSA's outer/inner loop per IPC (Zhao et al.), used for gm variants.
-GM_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
 
 
 # IDC and MTT as in jobs/distill_idc_digits_ipc10.yaml and jobs/distill_mtt_digits_ipc10.yaml.
@@ -73,54 +77,65 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
 
     Rows: ``{"ipc", "set", "arch", "acc_mean", "acc_std", "n"}`` plus ``{"arch": "cross_arch_mean"}`` rows.
     """
+    base, pre = _base_jobs(out, seeds, archs, epochs, big_epochs, lam, proxy_set, proxy_epochs)
+    first = parse_job(base, "bench:quality")
+    data = load_job_data(first)
+    if any("+cmi" in v for v in variants):
+        execute(parse_job(pre, "bench:proxies"), data=data)
+    proxies = proxy_zoo.load(proxies_dir(first, data), data, resolve_device("cpu")) if _has_proxies(first, data) \
+        else None
+
+    found: dict[str, Any] = {"rows": [], "cmi": {}, "curves": {}, "diverged": []}
+    for ipc in ipcs:
+        its = {v: gm_iterations if v.startswith(("gm", "idc", "mtt")) else iterations for v in variants}
+        _one_ipc(ipc, base, its, first, data, proxies, out, found)
+    return {"dataset": data.name, "im_size": data.im_size, "lam": lam, "proxy_set": proxy_set, "archs": archs,
+            "seeds": seeds, **found, "ceiling": _ceiling(first, data, archs[0], full_epochs)}
+
+
+def _base_jobs(out: Path, seeds: int, archs: list[str], epochs: int, big_epochs: int, lam: float, proxy_set: str,
+               proxy_epochs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The demo's dm+cmi job with the suite's evaluation, lambda and proxies, and its proxy pre-training job."""
     raw = demo_jobs(out, quick=False)
     ev = {**raw["dm"]["eval"], "archs": archs, "num_eval": seeds, "epochs": epochs,
           "epochs_by_arch": {a: big_epochs for a in archs if a in ("VGG11BN", "ResNet18BN", "VGG11", "ResNet18")}}
     base = {**raw["dm+cmi"], "eval": ev, "cmi": {**raw["dm+cmi"]["cmi"], "lam": lam}}
     base["proxies"] = {**base["proxies"], "set": proxy_set, "epochs": proxy_epochs}
-    pre = {**raw["pretrain"], "proxies": base["proxies"]}
+    return base, {**raw["pretrain"], "proxies": base["proxies"]}
 
-    first = parse_job(base, "bench:quality")
-    data = load_job_data(first)
-    if any("+cmi" in v for v in variants):
-        run_job(parse_job(pre, "bench:proxies"), data=data)
-    proxies = proxy_zoo.load(proxies_dir(first, data), data, resolve_device("cpu")) if _has_proxies(first, data) \
-        else None
 
-    rows: list[dict[str, Any]] = []
-    cmi: dict[str, float] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
-    diverged: list[str] = []
-    for ipc in ipcs:
-        sets = {"random-real": random_real_set(data, ipc, first.seed)}
-        log.info("[quality] ipc %d: evaluating random-real", ipc)
-        res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed)
-        rows += _rows(ipc, "random-real", res.rows("random-real"))
-        for v in variants:
-            its = gm_iterations if v.startswith(("gm", "idc", "mtt")) else iterations
-            job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
-            log.info("[quality] ipc %d: %s (%d iterations), then evaluating", ipc, v, its)
-            try:
-                result = run_job(job, data=data)
-            except DivergenceError as e:  # reported as a row-less variant, not a crashed benchmark
-                log.warning("[quality] ipc %d: %s diverged: %s", ipc, v, e)
-                diverged.append(f"{v}/ipc{ipc}")
-                continue
-            sets[v] = result.synset
-            rows += _rows(ipc, v, result.rows)
-            h = result.history
-            curves[f"{v}/ipc{ipc}"] = {"step": h.step, "loss_dd": h.loss_dd, "cmi": h.cmi}
-        if proxies is not None:
-            for name, s in sets.items():
-                cmi[f"{name}/ipc{ipc}"] = measure_cmi(*s.training_set(), proxies, data.num_classes, first.cmi)
+def _one_ipc(ipc: int, base: dict[str, Any], iterations: dict[str, int], first, data, proxies,
+             out: Path, found: dict[str, Any]) -> None:
+    """Random-real, then every variant distilled and evaluated at ``ipc``; adds to ``found``'s lists."""
+    sets = {"random-real": random_real_set(data, ipc, first.seed)}
+    log.info("[quality] ipc %d: evaluating random-real", ipc)
+    res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed)
+    found["rows"] += _rows(ipc, "random-real", res.rows("random-real"))
+    for v, its in iterations.items():
+        job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
+        log.info("[quality] ipc %d: %s (%d iterations), then evaluating", ipc, v, its)
+        try:
+            result = execute(job, data=data).result
+        except DivergenceError as e:  # reported as a row-less variant, not a crashed benchmark
+            log.warning("[quality] ipc %d: %s diverged: %s", ipc, v, e)
+            found["diverged"].append(f"{v}/ipc{ipc}")
+            continue
+        sets[v] = result.synset
+        found["rows"] += _rows(ipc, v, result.rows)
+        h = result.history
+        found["curves"][f"{v}/ipc{ipc}"] = {"step": h.step, "loss_dd": h.loss_dd, "cmi": h.cmi}
+    if proxies is not None:
+        for name, s in sets.items():
+            found["cmi"][f"{name}/ipc{ipc}"] = measure_cmi(*s.training_set(), proxies, data.num_classes, first.cmi)
 
-    ceiling_cfg = first.eval.model_copy(update={"epochs": full_epochs})
-    log.info("[quality] full-data ceiling on %s", archs[0])
-    full = evaluate(data.train_x, data.train_y, data, ceiling_cfg, first.seed, archs=[archs[0]])
-    ceiling = {"arch": archs[0], "acc_mean": full.mean(archs[0]), "acc_std": full.std(archs[0]),
-               "n": len(full.accs[archs[0]]), "epochs": full_epochs}
-    return {"dataset": data.name, "im_size": data.im_size, "lam": lam, "proxy_set": proxy_set, "archs": archs,
-            "seeds": seeds, "rows": rows, "cmi": cmi, "curves": curves, "ceiling": ceiling, "diverged": diverged}
+
+def _ceiling(first, data, arch: str, full_epochs: int) -> dict[str, Any]:
+    """The full-data accuracy of ``arch`` (the ceiling every set is compared with)."""
+    cfg = first.eval.model_copy(update={"epochs": full_epochs})
+    log.info("[quality] full-data ceiling on %s", arch)
+    full = evaluate(data.train_x, data.train_y, data, cfg, first.seed, archs=[arch])
+    return {"arch": arch, "acc_mean": full.mean(arch), "acc_std": full.std(arch), "n": len(full.accs[arch]),
+            "epochs": full_epochs}
 
 
 def _has_proxies(job, data) -> bool:
@@ -136,7 +151,7 @@ def _rows(ipc: int, name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def quality_targets(q: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(q: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue targets judged from the rows: DM beats random-real (IPC 1, 10); DM+CMI >= DM - 1 std, lower CMI."""
     arch = q["archs"][0]
     cell = {(r["ipc"], r["set"]): r for r in q["rows"] if r["arch"] == arch}
@@ -158,3 +173,12 @@ def quality_targets(q: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": f"dm+cmi has lower CMI than dm at IPC {ipc}", "value": c_cmi - c_dm,
                         "bound": "< 0", "met": c_cmi < c_dm})
     return out
+
+
+def suite(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
+    """The ``quality`` suite of ``cmidd bench`` at the plan's sizes (on CPU: the demo's protocol)."""
+    return run_quality(
+        out / "quality", list(plan.quality_ipcs), list(plan.quality_variants), plan.quality_seeds,
+        list(plan.quality_archs), plan.quality_iterations, plan.gm_iterations, plan.eval_epochs,
+        plan.big_epochs, plan.full_epochs, plan.lam, plan.proxy_set, plan.proxy_epochs,
+    )

@@ -1,0 +1,99 @@
+"""The ``cmidd`` command: the parser, one module per subcommand, and the only place that picks exit codes.
+
+Exit codes: 0 ok; 2 bad input (one line, nothing written); 1 runtime failure; 130 interrupted.
+
+Each subcommand module has ``add_parser(sub)``, which adds its parser with ``fn=command``; ``command(args)``
+prints its output and returns nothing, or raises a ``CmiddError`` that ``main`` turns into one line and an
+exit code. The flags several subcommands share are defined once, in ``_args``. Importing this package
+imports neither torch nor mlflow: every command imports what it needs when it runs.
+
+Example:
+    >>> from cmidd.cli import main
+    >>> main(["validate", "jobs/distill_dm_digits_ipc10.yaml"])
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from ..errors import CmiddError, ConfigError
+from . import bench, best, demo, ensemble, ls, pull, run, runs, search, validate
+from ._args import AlreadyReported
+
+EXAMPLES = """examples:
+  cmidd demo                                   # the main job: digits, DM vs DM+CMI vs random-real
+  cmidd demo --quick --out runs/demo-quick     # the same at toy size (< 3 min)
+  cmidd run jobs/distill_dm_digits_ipc10.yaml --set cmi.lam=100 --set ipc=1
+  cmidd run jobs/distill_dm_digits_ipc10.yaml --resume
+  cmidd run jobs/distill_dmcmi_digits_ipc10_2workers.yaml --address auto   # Ray Train on a running cluster
+  cmidd validate jobs/*.yaml
+  cmidd search search_spaces/digits_dmcmi.yaml [--resume] [--address auto]   # Ray Tune + Optuna over lambda, ...
+  cmidd ls nets 'ConvNet*'
+  cmidd best --dataset digits --ipc 10 --json
+  cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
+  cmidd runs
+  cmidd bench --quick --out runs/bench-quick   # speed + quality report (< 10 min)
+  cmidd bench --suite speed --device cuda
+  cmidd ensemble --from-search RUN_ID --top 3 --mode concat
+"""
+
+# the subcommands, in the order of ``cmidd --help``
+COMMANDS = (run, validate, ls, search, demo, bench, best, pull, runs, ensemble)
+
+# (exception, exit code), most specific first: the first match decides
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, 2),
+    (CmiddError, 1),
+    (KeyboardInterrupt, 130),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cmidd`` parser: ``-q`` and one subparser per module of ``COMMANDS``."""
+    p = argparse.ArgumentParser(
+        prog="cmidd", description="Dataset distillation with a class-aware CMI regularizer.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of an error ``main`` reports, or None for one it lets through."""
+    return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), None)
+
+
+def _report(error: BaseException) -> None:
+    if isinstance(error, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+    elif not isinstance(error, AlreadyReported):
+        print(f"error: {error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cmidd`` console script; returns the exit code.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 ok; 2 bad input; 1 runtime failure; 130 interrupted (argparse itself exits 2 on a bad flag).
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="[cmidd] %(message)s", stream=sys.stderr
+    )
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"[cmidd] warning: {msg}\n"
+    try:
+        args.fn(args)
+    except (CmiddError, KeyboardInterrupt) as e:
+        _report(e)
+        return exit_code(e)
+    return 0

@@ -1,0 +1,7 @@
+"""``python -m cmidd.cli``: the same as the ``cmidd`` console script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""``cmidd bench``: the benchmark suites side by side (``cmidd.bench``), optionally logged to MLflow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._args import add_out, add_tracking_uri
+
+
+def add_parser(sub) -> None:
+    """Add ``bench`` to ``cmidd``'s subparsers."""
+    b = sub.add_parser("bench", help="speed and quality side by side: bench.json, bench.md and plots")
+    b.add_argument("--suite", default="all",
+                   help="speed | quality | reproduce | ray | search | ensemble | all (not reproduce), or a comma list")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    add_out(b, "runs/bench")
+    b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
+    b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
+    add_tracking_uri(b, "also log the report to MLflow (default: $MLFLOW_TRACKING_URI if set, else not logged)")
+    b.set_defaults(fn=command)
+
+
+def command(args) -> None:
+    """Run the suites, print the report and the targets, and log it to MLflow when a store is given."""
+    from ..bench import plan_for, run_bench
+
+    report = run_bench(args.suite.split(","), plan_for(args.quick, args.repeats), args.device, args.out)
+    print((Path(args.out) / "bench.md").read_text())
+    missed = [t["target"] for t in report["targets"] if not t["met"]]
+    print(f"targets: {len(report['targets']) - len(missed)} met, {len(missed)} missed")
+    print(f"report: {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        log_to_mlflow(uri, report, Path(args.out), args.quick)
+
+
+def log_to_mlflow(uri: str, report: dict, out: Path, quick: bool) -> None:
+    """The report as one finished run of the ``cmidd-bench`` experiment (files as artifacts)."""
+    from ..app import tracking_uri
+    from ..bench import report_metrics
+    from ..tracking import log_report
+
+    files = ["bench.json", "bench.md", *report["plots"]]
+    run_id = log_report(tracking_uri(uri), "cmidd-bench", f"bench-{'quick' if quick else 'full'}",
+                        report["plan"], report_metrics(report), out, files)
+    print(f"mlflow run: {run_id} (experiment cmidd-bench)")

@@ -1,0 +1,52 @@
+"""``cmidd run JOB.yaml``: run one job of any kind, tracked in MLflow unless ``--no-track``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
+
+
+def add_parser(sub) -> None:
+    """Add ``run`` to ``cmidd``'s subparsers."""
+    r = sub.add_parser("run", help="run a job YAML (distill | pretrain-proxies | evaluate)")
+    r.add_argument("job", type=Path)
+    add_set(r)
+    add_resume(r, "continue from the job's checkpoint")
+    add_tracking_uri(r)
+    add_address(r, "Ray cluster for jobs with scaling.workers > 1 (default: a local Ray on this machine)")
+    either = r.add_mutually_exclusive_group()
+    either.add_argument("--resume-run", default=None, metavar="RUN_ID",
+                        help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")
+    add_no_track(either, "do not log to MLflow")
+    r.set_defaults(fn=command)
+
+
+def command(args) -> None:
+    """Load the job (with ``--set``), run it through ``cmidd.app.execute`` and print what it produced."""
+    from ..app import execute
+    from ..config import load_job
+
+    job = load_job(args.job, args.set)
+    done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
+                   resume=args.resume, resume_run_id=args.resume_run)
+    if done.run_id is not None:
+        print(f"mlflow run: {done.run_id} ({done.uri})")
+        for v in done.versions:
+            alias = f" [{v['alias']}]" if v["alias"] else ""
+            print(f"registered: {v['name']} version {v['version']}{alias}")
+    print_result(done.result)
+
+
+def print_result(result) -> None:
+    """The result table, the other scalar metrics and the paths of a ``JobResult``."""
+    from ..report import results_table
+
+    if result.rows:
+        print(results_table(result.rows))
+    for k, v in result.metrics.items():
+        if not k.startswith(("acc", "baseline")):
+            print(f"{k}: {v:.4g}")
+    if result.synset is not None:
+        print(f"synthetic set: {result.outdir / 'synthetic'} (sha256 {result.synset.sha256()[:16]})")
+    print(f"results: {result.outdir / 'result.json'}")

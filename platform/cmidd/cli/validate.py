@@ -1,0 +1,36 @@
+"""``cmidd validate FILE.yaml...``: check job files without running them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from ._args import AlreadyReported
+
+
+def add_parser(sub) -> None:
+    """Add ``validate`` to ``cmidd``'s subparsers."""
+    v = sub.add_parser("validate", help="check job YAML files without running them")
+    v.add_argument("files", nargs="+", type=Path)
+    v.set_defaults(fn=command)
+
+
+def command(args) -> None:
+    """One line per file: ``ok: FILE (kind)`` or its error.
+
+    Raises:
+        AlreadyReported: some file was invalid (its error lines are printed already).
+    """
+    from ..config import load_job
+
+    bad = 0
+    for f in args.files:
+        try:
+            job = load_job(f)
+            print(f"ok: {f} ({job.kind})")
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            bad += 1
+    if bad:
+        raise AlreadyReported(f"{bad} of {len(args.files)} files are invalid")
