@@ -55,3 +55,26 @@ def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
     assert "## reproduce" in md and "reduced budget" in md
     assert "| 1 | dm |" in md and "| 89.7 |" in md  # published DM at IPC 1 beside ours
     assert json.loads((tmp_path / "bench.json").read_text())["reproduce"]["rows"][0]["variant"] == "random-real"
+
+
+def test_set_overrides_every_job_of_the_suite(tmp_path):
+    """``cmidd bench --suite reproduce --set data.name=mnist --set data.root=DIR`` runs the suite unchanged."""
+    full = br.REPRODUCE_PLANS["full"]
+    jobs = br.variant_jobs(full, tmp_path, "cpu", ("data.name=mnist", f"data.root={tmp_path}"))
+    assert len(jobs) == len(full.variants) * len(full.ipcs) - sum("+cmi" in v for v in full.variants)
+    assert {(j.data.name, j.data.root) for j in jobs.values()} == {("mnist", tmp_path)}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--suite", "reproduce", "--set", "data.nme=mnist"], "data.nme: unknown field"),
+    (["--suite", "reproduce", "--set", "data.name=mnist9"], "data.name: unknown dataset 'mnist9'"),
+    (["--suite", "speed", "--set", "data.name=mnist"], "--set: only the reproduce suite"),
+])
+def test_bad_set_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, needle):
+    from cmidd.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()

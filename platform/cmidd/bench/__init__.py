@@ -75,6 +75,7 @@ class BenchPlan:
     ray_iterations: int = 5  # steps per timed segment of the Ray suite (repeats segments per configuration)
     ensemble_epochs: int = 20  # epochs of the batched-vs-sequential ensemble training
     reproduce: str = "full"  # the reproduce.REPRODUCE_PLANS entry
+    job_overrides: tuple[str, ...] = ()  # ``--set KEY=VALUE`` on every job of the reproduce suite
 
     def settings(self) -> list[Setting]:
         """The speed suite's settings: every image kind x IPC x method variant that the plan names."""
@@ -200,17 +201,29 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [t for name, result in report.items() if name in SUITES for t in SUITES.get(name).targets(result)]
 
 
-def plan_for(quick: bool, repeats: int | None = None) -> BenchPlan:
-    """``PLANS["quick"]`` or ``PLANS["full"]``, with ``repeats`` when given.
+def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...] = (),
+             suites: tuple[str, ...] = ()) -> BenchPlan:
+    """``PLANS["quick"]`` or ``PLANS["full"]``, with ``repeats`` and job ``overrides`` when given.
+
+    ``overrides`` (``--set``) change the reproduce suite's jobs (``data.name=mnist``, ``data.root=...``); they
+    are validated here against every job of that suite, before anything runs or is written.
 
     Raises:
-        ConfigError: ``repeats`` < 1.
+        ConfigError: ``repeats`` < 1; ``overrides`` without the reproduce suite in ``suites``; a bad override.
     """
     plan = PLANS["quick" if quick else "full"]
     if repeats is not None:
         if repeats < 1:
             raise ConfigError(f"--repeats: must be >= 1 (got {repeats})")
         plan = dataclasses.replace(plan, repeats=repeats)
+    if overrides:
+        if "reproduce" not in suites:
+            raise ConfigError(f"--set: only the reproduce suite runs jobs it could change, but got --suite "
+                              f"{','.join(suites) or 'all'}")
+        from .reproduce import REPRODUCE_PLANS, variant_jobs
+
+        variant_jobs(REPRODUCE_PLANS[plan.reproduce], Path("."), "cpu", tuple(overrides))  # raises on bad input
+        plan = dataclasses.replace(plan, job_overrides=tuple(overrides))
     return plan
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..app import execute
-from ..config import parse_job
+from ..config import apply_overrides, parse_job
 from ..demo import LAM
 from ..errors import DivergenceError
 from ..evaluate import evaluate
@@ -125,14 +125,33 @@ def eval_cfg(plan: ReproducePlan) -> dict[str, Any]:
             "dsa_mode": "single", "ensemble": False}
 
 
-def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto") -> dict[str, Any]:
+def variant_jobs(plan: ReproducePlan, out: Path, device: str = "auto", overrides: tuple[str, ...] = ()) -> dict:
+    """Every (IPC, variant) job of ``plan``, validated before any work: ``{(ipc, variant): DistillJob}``.
+
+    ``overrides`` (``cmidd bench --set data.name=mnist --set data.root=/data/mnist``) apply to every job, so the
+    suite runs unchanged on another data set; a bad one raises ``ConfigError`` here, before anything runs.
+    +CMI variants are left out at IPC 1 (CMI is identically 0 there).
+    """
+    jobs = {}
+    for ipc in plan.ipcs:
+        for v in plan.variants:
+            if "+cmi" in v and ipc == 1:
+                continue
+            raw = apply_overrides(variant_job(plan, v, ipc, out, device), list(overrides), "--set")
+            jobs[ipc, v] = parse_job(raw, f"bench reproduce ({v}, ipc {ipc})")
+    return jobs
+
+
+def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
+                  overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every (IPC, variant) of ``plan``; returns ``{"rows": [...], "table": markdown, ...}``.
 
     Rows: ``{"ipc", "variant", "acc", "std", "published", "gap", "vs_dm", "vs_random", "iterations",
     "eval_epochs", "seeds", "note"}``, accuracies in percent; ``gap`` = ours - published.
     """
     out = Path(out)
-    first = parse_job(variant_job(plan, "dm", plan.ipcs[0], out, device), "bench:reproduce")
+    jobs = variant_jobs(plan, out, device, overrides)
+    first = next(iter(jobs.values()))
     data = load_job_data(first)
     rows: list[dict[str, Any]] = []
     for ipc in plan.ipcs:
@@ -140,11 +159,11 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto") -> dict[
         res = evaluate(rr.images, rr.labels, data, first.eval, plan.seed)
         acc = {"random-real": _row(plan, ipc, "random-real", 0, res.rows("random-real"))}
         for v in plan.variants:
-            base, _, cmi = v.partition("+")
-            if cmi and ipc == 1:
-                acc[v] = _row(plan, ipc, v, plan.iterations_of(base), [], note="CMI is 0 at IPC 1 (= the method)")
+            job = jobs.get((ipc, v))
+            if job is None:
+                acc[v] = _row(plan, ipc, v, plan.iterations_of(v.partition("+")[0]), [],
+                              note="CMI is 0 at IPC 1 (= the method)")
                 continue
-            job = parse_job(variant_job(plan, v, ipc, out, device), f"bench:reproduce:{v}")
             log.info("[reproduce] ipc %d: %s (%d iterations), then evaluating", ipc, v, job.method.iterations)
             try:
                 result = execute(job, data=data).result
@@ -204,4 +223,4 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def suite(plan: BenchPlan, device: torch.device, out: Path) -> dict[str, Any]:
     """The ``reproduce`` suite: ours vs published on MNIST; ``--quick`` runs its reduced budget."""
-    return run_reproduce(REPRODUCE_PLANS[plan.reproduce], out / "reproduce", device.type)
+    return run_reproduce(REPRODUCE_PLANS[plan.reproduce], out / "reproduce", device.type, plan.job_overrides)

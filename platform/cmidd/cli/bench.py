@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._args import add_out, add_tracking_uri
+from ._args import add_out, add_set, add_tracking_uri
 
 
 def add_parser(sub) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     add_out(b, "runs/bench")
     b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
     b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
+    add_set(b, "override a field of every job of the reproduce suite (data.name=mnist, data.root=DIR, ...)")
     add_tracking_uri(b, "also log the report to MLflow (default: $MLFLOW_TRACKING_URI if set, else not logged)")
     b.set_defaults(fn=command)
 
@@ -25,7 +26,9 @@ def command(args) -> None:
     """Run the suites, print the report and the targets, and log it to MLflow when a store is given."""
     from ..bench import plan_for, run_bench
 
-    report = run_bench(args.suite.split(","), plan_for(args.quick, args.repeats), args.device, args.out)
+    suites = args.suite.split(",")
+    plan = plan_for(args.quick, args.repeats, tuple(args.set), tuple(suites))
+    report = run_bench(suites, plan, args.device, args.out)
     print((Path(args.out) / "bench.md").read_text())
     missed = [t["target"] for t in report["targets"] if not t["met"]]
     print(f"targets: {len(report['targets']) - len(missed)} met, {len(missed)} missed")
