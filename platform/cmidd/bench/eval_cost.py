@@ -26,7 +26,7 @@ def epoch_seconds(arch: str, size: int, x: torch.Tensor, y: torch.Tensor, epochs
                   channels_last: bool) -> tuple[float, torch.nn.Module]:
     """Median seconds per training epoch of a fresh ``arch`` on ``x`` (``[N, 1, size, size]``); the last net.
 
-    The inputs are channels_last in every variant; ``channels_last`` converts the net too.
+    ``channels_last`` converts the net and the inputs; otherwise both stay NCHW-contiguous.
     """
     torch.set_num_threads(threads)
     ts = []
@@ -34,7 +34,7 @@ def epoch_seconds(arch: str, size: int, x: torch.Tensor, y: torch.Tensor, epochs
         net = seeded_net(lambda: create_net(arch, 1, 10, size), 0, torch.device("cpu"))
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        xx = x.contiguous(memory_format=torch.channels_last)
+        xx = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         t = time.perf_counter()
         train_classifier(net, xx, y, epochs=epochs, lr=0.01, momentum=0.9, weight_decay=5e-4, batch=256,
                          gen=torch.Generator().manual_seed(r), dsa_params=DSA)
