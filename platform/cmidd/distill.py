@@ -31,7 +31,7 @@ from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
-from .methods import MethodContext, build_method
+from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
 from .synthetic import SyntheticSet
 
@@ -151,6 +151,30 @@ def _resume_key(job: DistillJob) -> dict:
     return {k: d[k] for k in ("seed", "ipc", "data", "net", "method", "cmi", "proxies", "experts")}
 
 
+@dataclass
+class _Run:
+    """What one distillation holds while it runs (built by ``_setup``, advanced by the loop)."""
+
+    job: DistillJob
+    data: Dataset
+    device: torch.device
+    syn: torch.Tensor  # the stored images (factor x factor tiles each with multi-formation), requires grad
+    labels: torch.Tensor
+    opt: torch.optim.Optimizer
+    method: Method
+    reg: CMIRegularizer | None
+    hooks: Hooks
+    shard: Shard | None
+    ckpt: Path | None
+    history: History = field(default_factory=History)
+    start: int = 0
+
+    @property
+    def classes(self) -> list[int] | None:
+        """This worker's share of the DD term's classes (None = all)."""
+        return self.shard.classes(self.data.num_classes) if self.shard is not None else None
+
+
 def distill(
     job: DistillJob,
     data: Dataset,
@@ -181,12 +205,33 @@ def distill(
         DivergenceError: the loss became NaN/Inf; the last good checkpoint stays in ``workdir``.
         DataError: ipc larger than a class.
     """
-    hooks = hooks or Hooks()
-    device = resolve_device(job.device)
-    cfg = job.method
-    c_num = data.num_classes
+    run = _setup(job, data, proxies, hooks or Hooks(), workdir, shard, experts)
+    if resume and run.ckpt is not None and run.ckpt.is_file():
+        _restore(run)
+    t0 = time.perf_counter() - run.history.seconds
+    for it in range(run.start, job.method.iterations):
+        # -- one iteration: the method draws its net / batches, then steps_per_iteration image updates ------
+        gen = iteration_generator(job.seed, it)
+        run.method.begin_iteration(gen)
+        steps = [_image_step(run, it, gen) for _ in range(run.method.steps_per_iteration)]
+        # -- record, report, evaluate, checkpoint ---------------------------------------------------------
+        step, metrics = it + 1, _mean_metrics(steps)
+        run.history.append(step, metrics)
+        run.hooks.on_step(step, metrics)
+        _log_progress(run, step, metrics, time.perf_counter() - t0)
+        _evaluate_and_checkpoint(run, step, t0)
+        if run.hooks.should_stop():
+            log.info("stopped early at iteration %d", step)
+            break
+    run.history.seconds = time.perf_counter() - t0
+    return _synset(job, data, run.syn, run.labels), run.history
 
-    # -- data and initial images ----------------------------------------------------------------------
+
+def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,
+           shard: Shard | None, experts: list[torch.Tensor] | None) -> _Run:
+    """The initial images (real or noise), their optimizer, the method and the CMI regularizer."""
+    device = resolve_device(job.device)
+    cfg, c_num = job.method, data.num_classes
     pool = RealPool(data.train_x, data.train_y, c_num, device)
     init_gen = torch.Generator().manual_seed(job.seed)
     check_factor(cfg.factor, data.im_size)
@@ -195,96 +240,93 @@ def distill(
         x0 = torch.randn(x0.shape, generator=init_gen).to(device)
     syn = x0.detach().clone().contiguous().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
-
-    # -- method and regularizer -----------------------------------------------------------------------
     method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device, experts))
     reg = build_cmi(job.cmi, proxies, c_num)
     if reg is not None and job.ipc * cfg.factor**2 == 1:
         warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
         reg = None
-
-    # -- resume ---------------------------------------------------------------------------------------
-    history, start = History(), 0
     ckpt = workdir / CHECKPOINT if workdir is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        state = load_checkpoint(ckpt, job, device)
-        with torch.no_grad():
-            syn.copy_(state["images"])
-        opt.load_state_dict(state["opt"])
-        method.load_state_dict(state.get("method", {}))
-        history = History(**state["history"])
-        start = state["step"]
-        log.info("resumed from %s at iteration %d", ckpt, start)
+    return _Run(job, data, device, syn, labels, opt, method, reg, hooks, shard, ckpt)
 
-    # -- the loop -------------------------------------------------------------------------------------
-    classes = shard.classes(c_num) if shard is not None else None
-    main = shard is None or shard.main
-    every_log = max(1, cfg.iterations // 20)
-    t0 = time.perf_counter() - history.seconds
-    for it in range(start, cfg.iterations):
-        gen = iteration_generator(job.seed, it)
-        method.begin_iteration(gen)
-        sums = {"loss_dd": 0.0, "cmi": 0.0, "loss_total": 0.0}
-        n_cmi = 0
-        for _ in range(method.steps_per_iteration):
-            x, y = decode(syn, labels, cfg.factor)  # multi-formation; the identity for factor 1
-            loss_dd = method.loss(x, y, gen, classes)  # classes: a worker's share (None = all)
-            total, cmi = loss_dd, None
-            if reg is not None and it % job.cmi.every == 0:
-                cmi = reg(x, y, gen)
-                total = loss_dd + job.cmi.lam * cmi
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if shard is not None:  # this worker's terms -> the whole job's (gradient and metrics)
-                loss_dd, cmi_sum, total = shard.reduce(syn, loss_dd, cmi if cmi is not None else syn.new_zeros(()),
-                                                      total)
-                cmi = cmi_sum if cmi is not None else None
-            # one device->host read per step for all three scalars (each float() would be a sync of its own)
-            zero = total.new_zeros(())
-            dd_v, cmi_v, total_v = torch.stack(
-                [t.detach().to(torch.float64) for t in (loss_dd, cmi if cmi is not None else zero, total)]
-            ).tolist()
-            if cmi is not None:
-                sums["cmi"] += cmi_v
-                n_cmi += 1
-            if not math.isfinite(total_v):  # before the step, so the images never take a NaN update
-                where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
-                raise DivergenceError(
-                    f"loss became {total_v} at iteration {it + 1} "
-                    f"(loss_dd={dd_v}); {where}; try a smaller method.lr_img or cmi.lam"
-                )
-            opt.step()
-            method.after_update(*decode(syn.detach(), labels, cfg.factor), gen)
-            sums["loss_dd"] += dd_v
-            sums["loss_total"] += total_v
-        steps = method.steps_per_iteration
-        metrics = {"loss_dd": sums["loss_dd"] / steps, "loss_total": sums["loss_total"] / steps}
-        if n_cmi:
-            metrics["cmi"] = sums["cmi"] / n_cmi
-        step = it + 1
-        history.append(step, metrics)
-        hooks.on_step(step, metrics)
-        if step % every_log == 0 or step == cfg.iterations:
-            rate = (time.perf_counter() - t0) / max(1, step - start)
-            cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
-            log.info("it %d/%d loss_dd %.4f%s (%.3f s/it), elapsed %s, left ~%s", step, cfg.iterations,
-                     metrics["loss_dd"], cmi_txt, rate, format_seconds(time.perf_counter() - t0),
-                     format_seconds(rate * (cfg.iterations - step)))
 
-        if main and job.eval.every and step % job.eval.every == 0 and step < cfg.iterations:
-            res = evaluate(*decode(syn.detach(), labels, cfg.factor), data, job.eval, job.seed, device)
-            hooks.on_eval(step, res.metrics())
-            history.evals.append({"step": step, **res.metrics()})
-        if ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
-            history.seconds = time.perf_counter() - t0
-            _save_checkpoint(ckpt, syn, opt, step, history, _resume_key(job), method)
-            hooks.on_checkpoint(step, ckpt, _synset(job, data, syn, labels))
-        if hooks.should_stop():
-            log.info("stopped early at iteration %d", step)
-            break
+def _restore(run: _Run) -> None:
+    """Continue from the checkpoint: images, image optimizer, the method's own state, history, step."""
+    state = load_checkpoint(run.ckpt, run.job, run.device)
+    with torch.no_grad():
+        run.syn.copy_(state["images"])
+    run.opt.load_state_dict(state["opt"])
+    run.method.load_state_dict(state.get("method", {}))
+    run.history = History(**state["history"])
+    run.start = state["step"]
+    log.info("resumed from %s at iteration %d", run.ckpt, run.start)
 
-    history.seconds = time.perf_counter() - t0
-    return _synset(job, data, syn, labels), history
+
+def _image_step(run: _Run, it: int, gen: torch.Generator) -> tuple[float, float | None, float]:
+    """One SGD step of the images on ``L_DD + lam * CMI``; returns (loss_dd, cmi or None, total) as floats.
+
+    Raises:
+        DivergenceError: the total is NaN/Inf (checked before the step, so the images never take it).
+    """
+    job, syn, labels, factor = run.job, run.syn, run.labels, run.job.method.factor
+    x, y = decode(syn, labels, factor)  # multi-formation; the identity for factor 1
+    loss_dd = run.method.loss(x, y, gen, run.classes)  # classes: a worker's share (None = all)
+    total, cmi = loss_dd, None
+    if run.reg is not None and it % job.cmi.every == 0:
+        cmi = run.reg(x, y, gen)
+        total = loss_dd + job.cmi.lam * cmi
+    run.opt.zero_grad(set_to_none=True)
+    total.backward()
+    if run.shard is not None:  # this worker's terms -> the whole job's (gradient and metrics)
+        loss_dd, cmi_sum, total = run.shard.reduce(syn, loss_dd, cmi if cmi is not None else syn.new_zeros(()),
+                                                   total)
+        cmi = cmi_sum if cmi is not None else None
+    # one device->host read per step for all three scalars (each float() would be a sync of its own)
+    zero = total.new_zeros(())
+    dd_v, cmi_v, total_v = torch.stack(
+        [t.detach().to(torch.float64) for t in (loss_dd, cmi if cmi is not None else zero, total)]
+    ).tolist()
+    if not math.isfinite(total_v):
+        ckpt = run.ckpt
+        where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
+        raise DivergenceError(f"loss became {total_v} at iteration {it + 1} (loss_dd={dd_v}); {where}; "
+                              "try a smaller method.lr_img or cmi.lam")
+    run.opt.step()
+    run.method.after_update(*decode(syn.detach(), labels, factor), gen)
+    return dd_v, (cmi_v if cmi is not None else None), total_v
+
+
+def _mean_metrics(steps: list[tuple[float, float | None, float]]) -> dict[str, float]:
+    """An iteration's loss_dd and loss_total averaged over its image steps; cmi over the steps that had it."""
+    metrics = {"loss_dd": sum(s[0] for s in steps) / len(steps), "loss_total": sum(s[2] for s in steps) / len(steps)}
+    cmis = [s[1] for s in steps if s[1] is not None]
+    if cmis:
+        metrics["cmi"] = sum(cmis) / len(cmis)
+    return metrics
+
+
+def _log_progress(run: _Run, step: int, metrics: dict[str, float], elapsed: float) -> None:
+    """About 20 lines per run: the losses, seconds per iteration, elapsed and an estimate of the time left."""
+    iterations = run.job.method.iterations
+    if step % max(1, iterations // 20) and step != iterations:
+        return
+    rate = elapsed / max(1, step - run.start)
+    cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
+    log.info("it %d/%d loss_dd %.4f%s (%.3f s/it), elapsed %s, left ~%s", step, iterations, metrics["loss_dd"],
+             cmi_txt, rate, format_seconds(elapsed), format_seconds(rate * (iterations - step)))
+
+
+def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
+    """An intermediate evaluation every ``eval.every`` steps (main worker), a checkpoint every ``checkpoint_every``."""
+    job, main = run.job, run.shard is None or run.shard.main
+    syn, labels = run.syn, run.labels
+    if main and job.eval.every and step % job.eval.every == 0 and step < job.method.iterations:
+        res = evaluate(*decode(syn.detach(), labels, job.method.factor), run.data, job.eval, job.seed, run.device)
+        run.hooks.on_eval(step, res.metrics())
+        run.history.evals.append({"step": step, **res.metrics()})
+    if run.ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
+        run.history.seconds = time.perf_counter() - t0  # the clock resumes from here
+        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method)
+        run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels))
 
 
 def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor) -> SyntheticSet:
