@@ -52,3 +52,27 @@ def test_gm_distance_closed_form():
     w2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     assert gm_distance([w], [w2]).item() == pytest.approx(2.0, abs=1e-6)
     assert gm_distance([w], [-w]).item() == pytest.approx(4.0, abs=1e-5)
+
+
+def test_embed_nograd_threaded_chunks_equal_serial_chunks():
+    """CPU: the chunks shared among Python threads (one op thread each) give the serial result, bit for bit."""
+    from cmidd.methods.base import _embed_chunks, embed_nograd
+    from cmidd.nets import create_net
+
+    torch.manual_seed(0)
+    net = create_net("ConvNetD2", 3, 10, 16, width=16).to(memory_format=torch.channels_last).requires_grad_(False)
+    x = torch.randn(70, 3, 16, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = embed_nograd(net, x, chunk=8)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+    parts = x.contiguous(memory_format=torch.channels_last).split(8)
+    with torch.no_grad():
+        serial = torch.cat(_embed_chunks(net, parts, 1))
+        whole = net.embed(x)
+    assert torch.equal(out, serial)
+    assert torch.allclose(out, whole, atol=1e-5)
+    assert not out.requires_grad
