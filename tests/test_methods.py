@@ -76,3 +76,19 @@ def test_embed_nograd_threaded_chunks_equal_serial_chunks():
     assert torch.equal(out, serial)
     assert torch.allclose(out, whole, atol=1e-5)
     assert not out.requires_grad
+
+
+def test_embed_nograd_works_in_a_forked_child():
+    """The thread pool is rebuilt after fork (a child inherits no threads: the old pool would hang)."""
+    import multiprocessing as mp
+
+    from cmidd.methods.base import embed_nograd
+    from cmidd.nets import create_net
+
+    net = create_net("ConvNetD1", 1, 2, 8, width=4).requires_grad_(False)
+    x = torch.randn(40, 1, 8, 8)
+    expected = embed_nograd(net, x, chunk=8)  # builds the parent's pool
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(embed_nograd, (net, x, 8)).get(timeout=60)
+    assert torch.equal(out, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,8 @@ def _embed_chunks(net: nn.Module, parts: tuple[Tensor, ...], workers: int) -> li
 
 
 _EXECUTORS: dict[int, ThreadPoolExecutor] = {}
+# a forked child has none of the parent's threads: it must build its own pools
+os.register_at_fork(after_in_child=_EXECUTORS.clear)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
