@@ -80,3 +80,43 @@ def test_gm_family_net_optimizer_follows_the_references(digits, name, momentum, 
     assert m.opt.param_groups[0]["momentum"] == momentum
     assert (m.distance is gm_distance) == (distance is gm_distance)
     assert m.net_on_real == (name == "idc")
+
+
+def test_embed_nograd_threaded_chunks_equal_serial_chunks():
+    """CPU: the chunks shared among Python threads (one op thread each) give the serial result, bit for bit."""
+    from cmidd.methods.base import _embed_chunks, embed_nograd
+    from cmidd.nets import create_net
+
+    torch.manual_seed(0)
+    net = create_net("ConvNetD2", 3, 10, 16, width=16).to(memory_format=torch.channels_last).requires_grad_(False)
+    x = torch.randn(70, 3, 16, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = embed_nograd(net, x, chunk=8)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(threads)
+    parts = x.contiguous(memory_format=torch.channels_last).split(8)
+    with torch.no_grad():
+        serial = torch.cat(_embed_chunks(net, parts, 1))
+        whole = net.embed(x)
+    assert torch.equal(out, serial)
+    assert torch.allclose(out, whole, atol=1e-5)
+    assert not out.requires_grad
+
+
+def test_embed_nograd_works_in_a_forked_child():
+    """The thread pool is rebuilt after fork (a child inherits no threads: the old pool would hang)."""
+    import multiprocessing as mp
+
+    from cmidd.methods.base import embed_nograd
+    from cmidd.nets import create_net
+
+    net = create_net("ConvNetD1", 1, 2, 8, width=4).requires_grad_(False)
+    x = torch.randn(40, 1, 8, 8)
+    expected = embed_nograd(net, x, chunk=8)  # builds the parent's pool
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(embed_nograd, (net, x, 8)).get(timeout=60)
+    assert torch.equal(out, expected)
