@@ -1,13 +1,15 @@
 """The layers of platform/cmidd, checked by walking every module's AST (no import is executed).
 
 core      config/, data/, nets/, methods/, augment, cmi, distill, evaluate, runner, ... : imports no layer
-          above it and no ray / mlflow / optuna, not even inside a function;
-platform  tracking/ (MLflow: the only mlflow importer), ray/ (Ray Train and Ray Tune + Optuna: the only ray and
-          optuna importer; it also picks the plain or Ray Train loop for a job): imports no app module;
+          above it;
+platform  tracking/ (MLflow), ray/ (Ray Train and Ray Tune + Optuna; it also picks the plain or Ray Train loop
+          for a job): imports no app module;
 app       cli/ (one module per subcommand), bench/ (one module per suite) and bench_speed (its alias for the
           seedbench harness), app (the composition root: loop and tracking chosen per job), demo: may import
-          anything.
-Module-level imports (outside ``if TYPE_CHECKING:``) form no cycle.
+          any cmidd module.
+Whatever the layer, app included: ``cmidd.ray.*`` is the only importer of ray and optuna, ``cmidd.tracking.*``
+the only importer of mlflow, not even inside a function. Module-level imports (outside ``if TYPE_CHECKING:``)
+form no cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
 PLATFORM = {"tracking", "ray"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
 APP = {"cli", "bench", "bench_speed", "app", "demo"}
-THIRD_PARTY_PLATFORM = {"ray", "mlflow", "optuna"}
+HOME = {"ray": "cmidd.ray", "optuna": "cmidd.ray", "mlflow": "cmidd.tracking"}  # library -> its only importer
 RANK = {"core": 0, "platform": 1, "app": 2}
 
 
@@ -82,13 +84,19 @@ def all_modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 
+def inside(module: str, package: str) -> bool:
+    """``module`` is ``package`` or one of its submodules."""
+    return module == package or module.startswith(package + ".")
+
+
 def violations(modules: dict[str, Path]) -> list[str]:
-    """Every import from a lower layer to a higher one, or of ray/mlflow/optuna from the core."""
+    """Every import from a lower layer to a higher one, or of ray / optuna / mlflow outside its home package."""
     bad = []
     for mod, path in modules.items():
         mine = layer_of(mod)
         for target, _ in imports(path):
-            if target.split(".")[0] in THIRD_PARTY_PLATFORM and mine == "core":
+            home = HOME.get(target.split(".")[0])
+            if home is not None and not inside(mod, home):
                 bad.append(f"{mod} ({mine}) imports {target}")
             elif target.startswith("cmidd.") and RANK[layer_of(target)] > RANK[mine]:
                 bad.append(f"{mod} ({mine}) imports {target} ({layer_of(target)})")
@@ -143,14 +151,22 @@ def test_no_cycle_hides_behind_a_deferred_import():
 
 
 def test_the_walk_can_fail(tmp_path):
-    """A deliberate bad tree: the core importing mlflow and the Tune module, and a two-module cycle."""
+    """A deliberate bad tree: the core importing mlflow and the Tune module, the app layer and the wrong platform
+    package importing ray / optuna / mlflow, and a two-module cycle."""
     pkg = tmp_path / "cmidd"
     (pkg / "ray").mkdir(parents=True)
+    (pkg / "tracking").mkdir()
+    (pkg / "bench").mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "ray" / "__init__.py").write_text("import ray\n")  # the Ray library, from the platform layer: fine
+    (pkg / "ray" / "__init__.py").write_text("import ray\n")  # the Ray library, from its home package: fine
+    (pkg / "tracking" / "__init__.py").write_text("import mlflow\nfrom mlflow import MlflowClient\n")  # fine
     (pkg / "cmi.py").write_text("def f():\n    import mlflow\n    from .ray.tune import run_search\n")
-    (pkg / "ray" / "tune.py").write_text("from ..cli import main\n")
-    (pkg / "cli.py").write_text("")
+    (pkg / "ray" / "tune.py").write_text("import optuna\nfrom ..cli import main\n\ndef f():\n    import mlflow\n")
+    (pkg / "tracking" / "_run.py").write_text("import ray.train\n")
+    (pkg / "bench" / "__init__.py").write_text("")
+    (pkg / "bench" / "search.py").write_text("import ray\nfrom ray import tune\n\ndef f():\n    import optuna\n")
+    (pkg / "cli.py").write_text("from .ray import connect\nfrom .tracking import client\n"  # fine
+                                "from mlflow.entities import Run\n")
     (pkg / "a.py").write_text("from . import b\n")
     (pkg / "c.py").write_text("def f():\n    from . import d\n")
     (pkg / "d.py").write_text("from .c import f\n")
@@ -168,7 +184,13 @@ def test_the_walk_can_fail(tmp_path):
     assert "cmidd.cmi (core) imports mlflow" in bad
     assert "cmidd.cmi (core) imports cmidd.ray.tune (platform)" in bad
     assert "cmidd.ray.tune (platform) imports cmidd.cli (app)" in bad
-    assert not any(v.startswith("cmidd.ray ") for v in bad)
+    assert "cmidd.ray.tune (platform) imports mlflow" in bad  # the Ray package is no mlflow importer
+    assert "cmidd.tracking._run (platform) imports ray.train" in bad  # nor the tracking package a ray one
+    assert {"cmidd.bench.search (app) imports ray", "cmidd.bench.search (app) imports optuna",
+            "cmidd.cli (app) imports mlflow.entities"} <= set(bad)  # the app layer goes through ray/ and tracking/
+    assert not any(v.startswith(("cmidd.ray ", "cmidd.tracking ")) for v in bad)  # each library at home: fine
+    assert "cmidd.ray.tune (platform) imports optuna" not in bad
+    assert [v for v in bad if v.startswith("cmidd.cli ")] == ["cmidd.cli (app) imports mlflow.entities"]
     assert not any(v.startswith("cmidd.b ") for v in bad)  # TYPE_CHECKING imports are annotations only
     assert cyc == [["cmidd.a", "cmidd.b", "cmidd.a"]]
     assert lazy == [["cmidd.a", "cmidd.b", "cmidd.a"], ["cmidd.c", "cmidd.d", "cmidd.c"]]
@@ -231,11 +253,10 @@ def test_no_private_name_is_imported_across_modules():
     assert bad == []
 
 
-@pytest.mark.parametrize("lib,home", [("mlflow", "cmidd.tracking"), ("ray", "cmidd.ray"), ("optuna", "cmidd.ray")])
+@pytest.mark.parametrize("lib,home", sorted(HOME.items()))
 def test_each_platform_library_is_imported_by_its_package_only(lib, home):
-    """mlflow only inside ``cmidd.tracking``, ray and optuna only inside ``cmidd.ray`` (the app layer, ``cli*``,
-    ``bench*`` and ``demo``, may still reach them directly)."""
-    bad = [f"{mod} imports {target}" for mod, path in all_modules().items()
-           if layer_of(mod) != "app" and mod != home and not mod.startswith(home + ".")
+    """mlflow only inside ``cmidd.tracking``, ray and optuna only inside ``cmidd.ray``: every layer, the app
+    layer (``cli``, ``bench``, ``app``, ``demo``) included, reaches them through those packages."""
+    bad = [f"{mod} imports {target}" for mod, path in all_modules().items() if not inside(mod, home)
            for target, _ in imports(path) if target.split(".")[0] == lib]
     assert bad == []

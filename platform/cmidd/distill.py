@@ -60,6 +60,27 @@ class Hooks:
         return False
 
 
+class StepClock(Hooks):
+    """``time.perf_counter()`` at the end of each step, in ``stamps`` (benchmarks time segments of steps).
+
+    The plain loop calls ``on_step`` as the step ends; the Ray Train loop calls its hooks later, on the driver,
+    so it stamps a ``StepClock`` with rank 0's own clock at the step's end instead (``stamp``).
+
+    Args:
+        start: also stamp the clock now, so that ``stamps[i + 1] - stamps[i]`` is step ``i + 1``'s time.
+    """
+
+    def __init__(self, start: bool = False) -> None:
+        self.stamps: list[float] = [time.perf_counter()] if start else []
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.stamp(time.perf_counter())
+
+    def stamp(self, at: float) -> None:
+        """Record that a step ended at ``at`` (a ``time.perf_counter()`` value)."""
+        self.stamps.append(at)
+
+
 @dataclass
 class History:
     """Per-iteration curves and intermediate evaluations."""

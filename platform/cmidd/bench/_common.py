@@ -1,4 +1,5 @@
-"""What the bench suites share: the loop's clock, timing summaries, random data and the machine's description."""
+"""What the bench suites share: timing summaries (of ``cmidd.distill.StepClock``'s stamps), random data and the
+machine's description."""
 
 from __future__ import annotations
 
@@ -7,31 +8,15 @@ import importlib.metadata as md
 import os
 import platform as host
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import Dataset
-from ..distill import Hooks
 
 # DC / DSA's (outer, inner) loop per IPC (Zhao et al.), for the gradient-matching variants of every suite.
 GM_LOOPS: dict[int, tuple[int, int]] = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
-
-
-class Clock(Hooks):
-    """The loop's clock at the end of each step (the plain loop calls hooks synchronously).
-
-    Args:
-        start: also stamp the clock now, so that ``stamps[i + 1] - stamps[i]`` is step ``i + 1``'s time.
-    """
-
-    def __init__(self, start: bool = False) -> None:
-        self.stamps: list[float] = [time.perf_counter()] if start else []
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.stamps.append(time.perf_counter())
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -48,7 +33,7 @@ def segments(clock: list[float], warmup: int, repeats: int, iterations: int) -> 
     """Seconds per iteration of each timed segment of ``iterations`` steps after ``warmup`` steps, summarized.
 
     Args:
-        clock: the time at the end of each step (``Clock().stamps``, or rank 0's under Ray Train).
+        clock: the time at the end of each step (``StepClock().stamps``, or rank 0's under Ray Train).
         warmup: untimed steps first.
         repeats: segments to time.
         iterations: steps per segment.

@@ -4,7 +4,8 @@ One run per configuration of ``warmup + repeats * iterations`` steps; each repea
 ``iterations`` consecutive steps timed on the loop's own clock (rank 0's under Ray), so Ray's start-up,
 the worker processes' imports and the first steps are excluded. Data are random CIFAR-shaped tensors (the
 timing does not depend on the pixels); the proxies are randomly initialized nets (nor on their weights).
-Importing this module imports Ray: ``cmidd bench`` reports the suite unavailable when that fails.
+Importing this module imports Ray (``cmidd.ray.require``): ``cmidd bench`` reports the suite unavailable when
+that fails.
 
 Example:
     >>> ray_speed(repeats=5, iterations=5)["ratios"]["ray_1w_over_plain"]  # 1.0 = no overhead
@@ -19,20 +20,21 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 
 from ..cmi import freeze
 from ..config import parse_job
-from ..distill import distill
-from ..ray import connect
+from ..distill import StepClock, distill
+from ..ray import connected, require
 from ..ray.train import distill_distributed
 from ..methods.base import reinit_
 from ..nets import create_net
-from ._common import Clock, machine, random_dataset, seconds_summary, segments
+from ._common import machine, random_dataset, seconds_summary, segments
 
 if TYPE_CHECKING:
     from . import BenchPlan
+
+require()  # ImportError without Ray: the suite is reported unavailable
 
 OVERHEAD_BOUND = 0.15  # the issue's target: Ray Train with 1 worker at most 15% slower than the plain loop
 
@@ -89,7 +91,7 @@ def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int
 
 def _plain_clock(raw: dict[str, Any], data, nets, threads: int) -> list[float]:
     """The plain loop's step clock, run on ``threads`` torch threads."""
-    clock, before = Clock(), torch.get_num_threads()
+    clock, before = StepClock(), torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         distill(parse_job(raw), data, nets, clock)
@@ -102,16 +104,12 @@ def _ray_runs(raw: dict[str, Any], data, nets, workers: tuple[int, ...], threads
               timing: tuple[int, int, int]) -> dict[str, Any]:
     """``{"ray_<n>w": segments}`` for each worker count, on Ray at ``address`` (shut down if started here)."""
     out = {}
-    started = connect(address)
-    try:
+    with connected(address):
         for n in workers:
             job = parse_job({**raw, "scaling": {"workers": n, "cpus_per_worker": threads}})
-            stamps: list[float] = []
-            distill_distributed(job, data, nets, step_clock=stamps)
-            out[f"ray_{n}w"] = {**segments(stamps, *timing), "cpus_per_worker": threads}
-    finally:
-        if started:
-            ray.shutdown()
+            clock = StepClock()  # stamped with rank 0's clock at the end of each step
+            distill_distributed(job, data, nets, clock)
+            out[f"ray_{n}w"] = {**segments(clock.stamps, *timing), "cpus_per_worker": threads}
     return out
 
 

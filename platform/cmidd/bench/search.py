@@ -5,6 +5,7 @@ throw-away MLflow store) on the same Ray, one trial at a time, so the only diffe
 and for how long: the grid tries ``grid_points`` lambdas (0 and a log-spaced range) to the end; TPE samples
 ``num_samples`` (lambda log-uniform, the lambda = 0 arm enqueued, and lr_img) and ASHA stops the weak ones.
 CPU-seconds = the sum of the trials' running times (one CPU each; Tune's actor start-up not counted).
+Both tuners are ``cmidd.ray.tune.build_tuner``'s (the grid arm's with ``grid=``); this module imports no Ray.
 
 Example:
     >>> r = search_vs_grid(iterations=20, num_samples=8, grid_points=6)
@@ -13,25 +14,24 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 import yaml
-from ray import tune
 
 from ..config import load_search
-from ..ray.tune import TUNE_DIR, make_trainable, run_search
+from ..ray import connected, require
+from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials, run_search
 from ..tracking import client_for, ensure_experiment
 
 if TYPE_CHECKING:
     from . import BenchPlan
+
+require("ray.tune", "optuna")  # ImportError without them: the suite is reported unavailable
 
 METRIC = "acc/cross_arch_mean"
 
@@ -73,15 +73,12 @@ def best_so_far(trials: list[tuple[float, float | None]]) -> list[tuple[float, f
     return out
 
 
-def _analysis_trials(path: Path, final_only: bool) -> list[tuple[float, float | None]]:
-    """(running seconds, final accuracy or None if stopped) per trial, by start time."""
-    rows = []
-    for t in tune.ExperimentAnalysis(str(path)).trials:
-        last = t.last_result or {}
-        acc = last.get(METRIC) if (last.get("final") or not final_only) else None
-        rows.append((last.get("date", ""), float(last.get("time_total_s", 0.0)), acc))
-    rows.sort()
-    return [(s, a) for _, s, a in rows]
+def timeline(trials: list[dict[str, Any]]) -> list[tuple[float, float | None]]:
+    """(running seconds, final accuracy or None if stopped) per trial (``cmidd.ray.tune.read_trials``), in the
+    order the trials ended (Tune's ``date`` of each trial's last result)."""
+    rows = sorted(((t["last"].get("date", ""), float(t["last"].get("time_total_s", 0.0)),
+                    t["last"].get(METRIC) if t["final"] else None) for t in trials), key=lambda row: row[:2])
+    return [(seconds, acc) for _, seconds, acc in rows]
 
 
 def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, eval_epochs: int = 30,
@@ -97,20 +94,14 @@ def search_vs_grid(ipc: int = 10, iterations: int = 40, eval_every: int = 10, ev
     """
     lo, hi = lam_range
     lams = [0.0] + [lo * (hi / lo) ** (i / max(grid_points - 2, 1)) for i in range(grid_points - 1)]
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="cmidd-bench-search-") as tmp:
-            folder = Path(tmp)
-            uri = f"sqlite:///{folder / 'mlflow.db'}"
-            cfg = load_search(_space(folder, ipc, iterations, eval_every, eval_epochs, lam_range, num_samples,
-                                     grace or eval_every, seed))
-            tpe = _tpe_arm(cfg, uri)
-            grid = _grid_arm(cfg, uri, lams, folder / "grid")
-    finally:
-        if started:
-            ray.shutdown()
+    with connected("local", num_cpus=2, include_dashboard=False), \
+            tempfile.TemporaryDirectory(prefix="cmidd-bench-search-") as tmp:
+        folder = Path(tmp)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        cfg = load_search(_space(folder, ipc, iterations, eval_every, eval_epochs, lam_range, num_samples,
+                                 grace or eval_every, seed))
+        tpe = _tpe_arm(cfg, uri)
+        grid = _grid_arm(cfg, uri, lams, folder / "grid")
     r = {
         "settings": {"dataset": "digits", "ipc": ipc, "iterations": iterations, "eval_every": eval_every,
                      "eval_epochs": eval_epochs, "lam_range": list(lam_range), "num_samples": num_samples,
@@ -134,7 +125,7 @@ def _tpe_arm(cfg, uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = run_search(cfg, uri, progress=False)
     wall = time.perf_counter() - t0
-    return _arm(_analysis_trials(cfg.storage_dir / TUNE_DIR, final_only=True), wall, len(summary["stopped"]))
+    return _arm(timeline(read_trials(cfg.storage_dir / TUNE_DIR)), wall, len(summary["stopped"]))
 
 
 def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any]:
@@ -142,16 +133,10 @@ def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any
     client = client_for(uri)
     parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Tune's banner: keep the report's stdout clean
-        tune.Tuner(
-            tune.with_resources(make_trainable(cfg, uri, parent), {"cpu": 1}),
-            param_space={"cmi.lam": tune.grid_search(lams)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=False),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(grid_dir), verbose=0),
-        ).fit()
+    fit_tuner(build_tuner(cfg, uri, parent, grid={"cmi.lam": lams}, storage=grid_dir))  # stdout stays the report's
     wall = time.perf_counter() - t0
     client.set_terminated(parent, "FINISHED")
-    return _arm(_analysis_trials(grid_dir / TUNE_DIR, final_only=True), wall, 0)
+    return _arm(timeline(read_trials(grid_dir / TUNE_DIR)), wall, 0)
 
 
 def table(r: dict[str, Any]) -> str:

@@ -23,13 +23,13 @@ import torch
 from ..cmi import cmi_emp, freeze, proxy_log_probs
 from ..config import parse_job
 from ..data import Dataset, load_dataset
-from ..distill import distill
+from ..distill import StepClock, distill
 from ..experts import flat_params
 from ..methods.base import embed_nograd
 from ..methods.dm import dm_loss
 from ..nets import create_net
 from ..training import seeded_net
-from ._common import Clock, random_dataset, stats
+from ._common import random_dataset, stats
 
 if TYPE_CHECKING:
     from . import BenchPlan
@@ -152,7 +152,7 @@ def time_loop(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     job = parse_job(_job(s, warmup + repeats * k, device.type), f"bench:{s.key}")
     proxies = make_proxies(data, device) if s.cmi else None
     experts = fake_experts(job, data) if s.method == "mtt" else None
-    clock = Clock(start=True)
+    clock = StepClock(start=True)
     with PeakMemory(device) as mem:
         distill(job, data, proxies, clock, experts=experts)
     per_it = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][warmup:]

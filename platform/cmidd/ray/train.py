@@ -5,9 +5,9 @@ Each worker runs the same loop with a ``distill.Shard``: it holds the full synth
 and the CMI term on its proxies, and all-reduces (sums) the synthetic-image gradients, so that every worker
 takes the identical SGD step and the result equals the single-process loop with ``cmi.agg: mean``.
 
-Rank 0 sends its per-step metrics, evaluations and checkpoints to a small actor (``_Sink``); the driver
-drains it on the calling thread and calls the caller's ``Hooks`` there (one MLflow run per job, Tune reports
-from the trial's own thread). ``should_stop`` travels back the same way, one step late. Every
+Rank 0 sends its per-step metrics, evaluations and checkpoints to a small actor; the driver
+(``cmidd.ray._driver``) drains it on the calling thread and calls the caller's ``Hooks`` there (one MLflow run
+per job, Tune reports from the trial's own thread). ``should_stop`` travels back the same way, one step late. Every
 ``output.checkpoint_every`` steps all workers call ``ray.train.report`` with rank 0's checkpoint (images,
 optimizer state, step, history); after a worker failure (``scaling.max_failures``) the group restarts from
 ``ray.train.get_checkpoint()``. The driver also keeps the last checkpoint in ``workdir`` as the plain loop
@@ -20,12 +20,10 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -35,46 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import errors
 from ..config import DistillJob
 from ..data import Dataset
 from ..distill import CHECKPOINT, History, Hooks, Shard, distill, load_checkpoint
 from ..errors import CmiddError, ConfigError
 from ..synthetic import SyntheticSet
-from . import connect
+from . import connect, disconnect
+from ._driver import Driver, drive, outcome, start_sink
 
 log = logging.getLogger(__name__)
-
-WORKERS_FILE = "ray_workers.json"  # one record per worker start: rank, pid, node, step it resumed from
-# After rank 0's result, how long to wait for TorchTrainer.fit() to return. The worker group is shut down
-# within a few health checks, but Ray 2.60's controller then waits ~12 s for its PlacementGroupCleaner to
-# stop (ray-project/ray#65443); that wait holds no resources, so it runs out in the background.
-FINISH_GRACE_S = 1.0
-
-
-def _sink_class():
-    import ray
-
-    @ray.remote(num_cpus=0)
-    class _Sink:
-        """Events from rank 0 (and worker starts) for the driver, and the driver's stop request."""
-
-        def __init__(self) -> None:
-            self.events: list[tuple[str, Any]] = []
-            self.stop = False
-
-        def put(self, kind: str, payload: Any) -> bool:
-            self.events.append((kind, payload))
-            return self.stop
-
-        def take(self) -> list[tuple[str, Any]]:
-            out, self.events = self.events, []
-            return out
-
-        def request_stop(self) -> None:
-            self.stop = True
-
-    return _Sink
 
 
 class _WorkerHooks(Hooks):
@@ -163,67 +130,6 @@ def _train_worker(cfg: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-class _Driver:
-    """Turns the sink's events into calls of the caller's hooks (on the caller's thread), once per step."""
-
-    def __init__(self, hooks: Hooks, workdir: Path, sink, clock: list[float] | None = None) -> None:
-        self.hooks, self.workdir, self.sink, self.clock = hooks, workdir, sink, clock
-        self.last = {"step": 0, "eval": 0, "checkpoint": 0}
-        self.workers: list[dict] = []
-        self.done: tuple | None = None
-        self.error: BaseException | None = None
-        self.stop_sent = False
-
-    def handle(self, kind: str, payload: Any) -> None:
-        if kind == "worker":
-            self.workers.append(payload)
-            if payload["ray_checkpoint"] and payload["rank"] == 0:
-                log.info("Ray Train restarted the workers from the checkpoint at step %d", payload["resumed_from"])
-            (self.workdir / WORKERS_FILE).write_text(json.dumps(self.workers, indent=1))
-        elif kind == "done":
-            self.done = payload
-        elif kind == "error":
-            name, msg = payload
-            cls = getattr(errors, name, CmiddError)
-            self.error = cls(msg) if isinstance(cls, type) and issubclass(cls, CmiddError) else CmiddError(msg)
-        elif self.error is None:
-            try:
-                self._hook(kind, payload)
-            except BaseException as e:  # stop the workers, then re-raise on this thread
-                self.error = e
-                self._stop()
-
-    def _hook(self, kind: str, payload: Any) -> None:
-        step = payload[0]
-        if step <= self.last[kind]:  # a restarted worker group repeats steps since its checkpoint
-            return
-        self.last[kind] = step
-        if kind == "step":
-            if self.clock is not None:
-                self.clock.append(payload[2])
-            self.hooks.on_step(step, payload[1])
-            if self.hooks.should_stop():
-                self._stop()
-        elif kind == "eval":
-            self.hooks.on_eval(step, payload[1])
-        elif kind == "checkpoint":
-            _, blob, synset = payload
-            path = self._write_checkpoint(blob)
-            self.hooks.on_checkpoint(step, path, synset)
-
-    def _write_checkpoint(self, blob: bytes) -> Path:
-        path = self.workdir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
-        return path
-
-    def _stop(self) -> None:
-        if not self.stop_sent:
-            self.sink.request_stop.remote()
-            self.stop_sent = True
-
-
 def _on_cpu(net: nn.Module) -> nn.Module:
     """``net`` itself if on the CPU, else a CPU copy (the driver's proxies stay where they are)."""
     if all(p.device.type == "cpu" for p in net.parameters()):
@@ -266,42 +172,6 @@ def _trainer(job: DistillJob, config: dict, storage: Path):
     )
 
 
-def _drive(trainer, sink, driver: _Driver) -> BaseException | None:
-    """Run ``trainer.fit()`` on a thread while this thread hands the sink's events to ``driver``.
-
-    Returns the exception ``fit`` raised (None if it returned, or once rank 0's result is in).
-    """
-    import ray
-
-    failure: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
-            failure.append(e)
-
-    thread = threading.Thread(target=fit, name="cmidd-ray-train", daemon=True)
-    thread.start()
-    ended = None
-    try:
-        while True:
-            alive = thread.is_alive()
-            for kind, payload in ray.get(sink.take.remote()):
-                driver.handle(kind, payload)
-            if not alive:
-                break
-            if driver.done is not None or isinstance(driver.error, CmiddError):
-                ended = ended or time.monotonic()
-                if time.monotonic() - ended > FINISH_GRACE_S:
-                    break  # the workers are done; the controller still waits on Ray's placement group cleaner
-            thread.join(0.05)
-    except BaseException:  # e.g. Ctrl-C: the workers on a cluster stop at their next step
-        sink.request_stop.remote()
-        raise
-    return failure[0] if failure else None
-
-
 def distill_distributed(
     job: DistillJob,
     data: Dataset,
@@ -310,8 +180,6 @@ def distill_distributed(
     workdir: Path | None = None,
     resume: bool = False,
     experts: list[torch.Tensor] | None = None,
-    *,
-    step_clock: list[float] | None = None,
 ) -> tuple[SyntheticSet, History]:
     """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
 
@@ -322,12 +190,12 @@ def distill_distributed(
         job: validated distill job (``scaling``: workers, use_gpu, cpus_per_worker, max_failures).
         data: the real data set (sent once through Ray's object store).
         proxies: the proxy set; worker r receives only proxies r, r + N, ...
-        hooks: called on this thread with rank 0's steps, evaluations and checkpoints.
+        hooks: called on this thread with rank 0's steps, evaluations and checkpoints (a ``StepClock`` is
+            stamped with rank 0's clock at the end of each step).
         workdir: where the last checkpoint (``checkpoint.pt``), Ray Train's storage (``ray/``) and the
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
         experts: MTT's expert trajectories (every worker gets them all; MTT's term is rank 0's, see mtt.py).
-        step_clock: if given, filled with rank 0's ``time.perf_counter()`` at the end of each step (benchmarks).
 
     Returns:
         (SyntheticSet, History) from rank 0.
@@ -338,7 +206,6 @@ def distill_distributed(
         CmiddError: Ray Train failed more than ``scaling.max_failures`` times.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     hooks = hooks or Hooks()
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # propagated to the controller and workers
@@ -353,18 +220,17 @@ def distill_distributed(
         if workdir is None:
             tmp_root = Path(tempfile.mkdtemp(prefix="cmidd-ray-"))
         folder = workdir if workdir is not None else tmp_root
-        sink = _sink_class().options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True)).remote()
+        sink = start_sink()
         config = _worker_config(job, data, proxies, sink, initial, experts)
-        driver = _Driver(hooks, folder, sink, step_clock)
-        failure = _drive(_trainer(job, config, folder.resolve() / "ray"), sink, driver)
+        driver = Driver(hooks, folder, sink)
+        failure = drive(_trainer(job, config, folder.resolve() / "ray"), sink, driver)
         ray.kill(sink)
-        return _outcome(driver, failure, job.scaling.max_failures)
+        return outcome(driver, failure, job.scaling.max_failures)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
         if started:
-            ray.shutdown()
+            disconnect()
 
 
 def _initial_checkpoint(job: DistillJob, workdir: Path | None, resume: bool) -> bytes | None:
@@ -388,15 +254,3 @@ def _worker_config(job: DistillJob, data: Dataset, proxies: list[nn.Module] | No
         "initial": ray.put(initial) if initial is not None else None,
         "experts": ray.put(experts) if experts is not None else None,
     }
-
-
-def _outcome(driver: _Driver, failure: BaseException | None, max_failures: int) -> tuple[SyntheticSet, History]:
-    """Rank 0's result, or the error that ended the run (a worker's ``CmiddError`` as its own class)."""
-    if driver.error is not None:
-        raise driver.error
-    if failure is not None:
-        raise CmiddError(f"Ray Train failed (scaling.max_failures={max_failures}): {failure}")
-    if driver.done is None:
-        raise CmiddError("Ray Train finished without a result from rank 0")
-    synset, hist = driver.done
-    return synset, History(**hist)

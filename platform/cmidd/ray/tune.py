@@ -50,13 +50,14 @@ from ..distill import Hooks
 from ..errors import ConfigError
 from ..runner import load_job_data, proxies_dir
 from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
-from . import connect
+from . import connect, disconnect
 from ._search_report import finish, plots, study_summary, summary_table
 from ._space import FINAL, TAG_NODE, TAG_SEARCH, TAG_STOPPED, TAG_TRIAL, TUNE_DIR, optuna_space, trial_job
 
 __all__ = [
-    "FINAL", "TAG_NODE", "TAG_SEARCH", "TAG_STOPPED", "TAG_TRIAL", "TUNE_DIR", "TuneHooks", "find_trial_run",
-    "make_trainable", "optuna_space", "plots", "run_search", "study_summary", "summary_table", "trial_job",
+    "FINAL", "TAG_NODE", "TAG_SEARCH", "TAG_STOPPED", "TAG_TRIAL", "TUNE_DIR", "TuneHooks", "build_tuner",
+    "find_trial_run", "fit_tuner", "make_trainable", "optuna_space", "plots", "read_trials", "run_search",
+    "study_summary", "summary_table", "trial_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -215,19 +216,52 @@ def _record_parent(client, cfg: SearchCfg, parent: str) -> None:
     tmpf.replace(store / PARENT_FILE)
 
 
+def build_tuner(cfg: SearchCfg, uri: str, parent: str, *, grid: dict[str, list[Any]] | None = None,
+                storage: Path | None = None, progress: bool = False):
+    """A new Tune experiment (``<storage>/tune``) of ``cfg``'s trial (``make_trainable``) under ``parent``.
 
-def _tuner(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool):
-    from optuna.samplers import TPESampler
+    Args:
+        cfg: the search (its base job, trial resources, ``search`` settings).
+        uri: the MLflow store of the trials' child runs.
+        parent: the parent run's id.
+        grid: None = the search: TPE samples ``cfg.params`` (``search.num_samples``) and ASHA stops the weak
+            trials; else every point of this grid (e.g. ``{"cmi.lam": [0.0, 1.0, 10.0]}``), each to its end.
+        storage: the experiment's folder (None = ``cfg.storage_dir``).
+        progress: print Tune's live progress table.
+
+    Returns:
+        A ``ray.tune.Tuner`` (``fit_tuner`` runs it).
+    """
     from ray import tune
+
+    trainable = tune.with_resources(make_trainable(cfg, uri, parent), _trial_resources(cfg))
+    if grid is None:
+        space, searcher, scheduler = _search_algs(cfg)
+        param_space, samples = None, cfg.search.num_samples
+    else:
+        space, searcher, scheduler = grid, None, None
+        param_space, samples = {k: tune.grid_search(list(v)) for k, v in grid.items()}, 1
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=samples,
+            max_concurrent_trials=_effective_concurrency(cfg, uri), time_budget_s=cfg.search.time_budget_s,
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(storage or cfg.storage_dir),
+            progress_reporter=_reporter(cfg, space, progress), verbose=1 if progress else 0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _search_algs(cfg: SearchCfg) -> tuple[dict[str, Any], Any, Any]:
+    """(the Optuna space, the TPE searcher, the ASHA scheduler or None) of the search ``cfg``."""
+    from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable = tune.with_resources(make_trainable(cfg, uri, parent), _trial_resources(cfg))
-    path = str(cfg.storage_dir / TUNE_DIR)
-    if resume:
-        if not tune.Tuner.can_restore(path):
-            raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
     space, points = optuna_space(cfg)
     metric, mode = cfg.search.metric, cfg.search.mode  # on searcher and scheduler: Tune's concurrency limiter
     searcher = OptunaSearch(space=space, points_to_evaluate=points or None,  # does not pass TuneConfig's on
@@ -237,29 +271,40 @@ def _tuner(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool):
     scheduler = None if a is None else ASHAScheduler(
         time_attr="step", metric=metric, mode=mode, max_t=cfg.max_t + 1, grace_period=a.grace_period,
         reduction_factor=a.reduction_factor)
-    reporter = None
-    if progress:  # Ray's new console output ignores a CLIReporter (and its columns) unless this is 0
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        reporter = tune.CLIReporter(
-            parameter_columns=list(space), metric_columns={"step": "step", cfg.search.metric: "acc"},
-            max_report_frequency=10, sort_by_metric=False,
-        )
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler,
-            num_samples=cfg.search.num_samples, max_concurrent_trials=_effective_concurrency(cfg, uri),
-            time_budget_s=cfg.search.time_budget_s, reuse_actors=False,
-        ),
-        run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(cfg.storage_dir), progress_reporter=reporter,
-            verbose=1 if progress else 0, failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
+    return space, searcher, scheduler
 
 
-def _trials_of(path: Path) -> list[dict[str, Any]]:
-    """Per Tune trial: id, status, config, last result, whether it finished (reported ``final``).
+def _reporter(cfg: SearchCfg, space: dict[str, Any], progress: bool):
+    """Tune's console table of the searched values, step and metric; None without ``progress``."""
+    if not progress:
+        return None
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's new output ignores a CLIReporter unless this is 0
+    return tune.CLIReporter(parameter_columns=list(space), metric_columns={"step": "step", cfg.search.metric: "acc"},
+                            max_report_frequency=10, sort_by_metric=False)
+
+
+def _restored_tuner(cfg: SearchCfg, uri: str, parent: str):
+    """The stored Tune experiment of ``cfg`` (``--resume``), unfinished and errored trials continued."""
+    from ray import tune
+
+    trainable = tune.with_resources(make_trainable(cfg, uri, parent), _trial_resources(cfg))
+    path = str(cfg.storage_dir / TUNE_DIR)
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def fit_tuner(tuner, progress: bool = False) -> None:
+    """``tuner.fit()``; without ``progress`` Tune's own banner goes to stderr, so stdout stays the caller's."""
+    with contextlib.nullcontext() if progress else contextlib.redirect_stdout(sys.stderr):
+        tuner.fit()
+
+
+def read_trials(path: Path) -> list[dict[str, Any]]:
+    """Per Tune trial of the experiment stored in ``path``: id, status, config, last result, whether it
+    finished (reported ``final``) or failed.
 
     Read from the experiment state Tune saved in ``path``: after a Ctrl-C it keeps unfinished trials PENDING,
     where the in-memory result grid of ``Tuner.fit()`` shows them TERMINATED like the trials ASHA stopped.
@@ -277,11 +322,10 @@ def _trials_of(path: Path) -> list[dict[str, Any]]:
 def _fit(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool) -> tuple[list[dict[str, Any]], float]:
     """Pre-train the proxies, run (or restore) the Tune experiment; returns its trials and the wall time."""
     _prepare_proxies(cfg)
-    tuner = _tuner(cfg, uri, parent, resume, progress)
+    tuner = _restored_tuner(cfg, uri, parent) if resume else build_tuner(cfg, uri, parent, progress=progress)
     t0 = time.perf_counter()
-    with contextlib.nullcontext() if progress else contextlib.redirect_stdout(sys.stderr):
-        tuner.fit()  # without progress, Tune's own banner goes to stderr: stdout stays the caller's
-    return _trials_of(cfg.storage_dir / TUNE_DIR), time.perf_counter() - t0
+    fit_tuner(tuner, progress)
+    return read_trials(cfg.storage_dir / TUNE_DIR), time.perf_counter() - t0
 
 
 def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = None, resume: bool = False,
@@ -304,8 +348,6 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         KeyboardInterrupt: the search was interrupted (Ctrl-C); ``--resume`` continues it.
         CmiddError: MLflow failures; every trial failed.
     """
-    import ray
-
     uri = resolve_uri(uri)
     client = client_for(uri)
     _check_storage(cfg, resume)
@@ -322,12 +364,12 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
                 trials, wall = _fit(cfg, uri, parent.run_id, resume, progress)
             finally:
                 if started:
-                    ray.shutdown()
+                    disconnect()  # Ray's resources go back before the driver's MLflow work
                     started = False
             parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
             with mlflow_errors():
                 summary = finish(client, cfg, parent.run_id, trials, wall)
     finally:
         if started:
-            ray.shutdown()
+            disconnect()
     return summary
