@@ -35,7 +35,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCKER)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(block), str(ROOT / "platform")])
+    env["PYTHONPATH"] = os.pathsep.join([str(block), str(ROOT / "src")])
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -127,7 +127,7 @@ def test_device_audit_flags_work_off_the_device():
 # modules of the distillation loop: a constant tensor made there must name its device (else it lands on the CPU
 # and a cuda run either fails or copies it every iteration)
 LOOP_MODULES = ["distill.py", "cmi.py", "formation.py", "data/pool.py", *[f"methods/{p.name}" for p in
-                                                                       (ROOT / "platform/cmidd/methods").glob("*.py")]]
+                                                                       (ROOT / "src/cmidd/methods").glob("*.py")]]
 CONSTANT_MAKERS = {"tensor", "zeros", "ones", "full", "empty", "eye", "linspace"}
 
 
@@ -148,5 +148,5 @@ def test_constant_tensor_check_catches_a_missing_device():
 
 @pytest.mark.parametrize("module", LOOP_MODULES)
 def test_loop_modules_give_every_constant_tensor_a_device(module):
-    path = ROOT / "platform/cmidd" / module
+    path = ROOT / "src/cmidd" / module
     assert constant_tensors_without_device(path.read_text()) == [], f"{module}: torch.<maker>(...) needs device="
