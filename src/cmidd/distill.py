@@ -14,9 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,7 +33,7 @@ from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
 from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
-from .synthetic import SyntheticSet
+from .synthetic import SyntheticSet, atomic_write
 
 if TYPE_CHECKING:
     from .config import CMICfg, DistillJob
@@ -380,6 +380,6 @@ def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dic
     }
     if method is not None:
         state["method"] = method.state_dict()
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())

@@ -192,6 +192,13 @@ def save_grid(synset: SyntheticSet, path: str | Path, max_per_row: int = 20) -> 
     return path
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a kill never leaves a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``, replacing any old ``dst`` with two renames.
 

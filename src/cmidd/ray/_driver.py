@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from .. import errors
 from ..distill import CHECKPOINT, History, Hooks, StepClock
 from ..errors import CmiddError
-from ..synthetic import SyntheticSet
+from ..synthetic import SyntheticSet, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +115,7 @@ class Driver:
 
     def _write_checkpoint(self, blob: bytes) -> Path:
         path = self.workdir / CHECKPOINT
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        atomic_write(path, blob)
         return path
 
     def _stop(self) -> None:

@@ -49,6 +49,7 @@ from ..config import DistillJob, SearchCfg
 from ..distill import Hooks
 from ..errors import ConfigError
 from ..runner import load_job_data, proxies_dir
+from ..synthetic import atomic_write
 from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
 from . import connect, disconnect
 from ._search_report import finish, plots, study_summary, summary_table
@@ -211,9 +212,7 @@ def _record_parent(client, cfg: SearchCfg, parent: str) -> None:
         client.log_artifact(parent, str(Path(tmp) / "base_job.json"))
     store.mkdir(parents=True, exist_ok=True)
     (store / SPACE_FILE).write_text(json.dumps(_fingerprint(cfg), indent=1))
-    tmpf = (store / PARENT_FILE).with_suffix(".tmp")
-    tmpf.write_text(parent)
-    tmpf.replace(store / PARENT_FILE)
+    atomic_write(store / PARENT_FILE, parent.encode())
 
 
 def build_tuner(cfg: SearchCfg, uri: str, parent: str, *, grid: dict[str, list[Any]] | None = None,
