@@ -66,6 +66,18 @@ def check_ipc(ipc: int, data: Dataset) -> None:
         raise DataError(f"ipc: ipc <= smallest class size must hold, but got ipc={ipc} (smallest class has {smallest})")
 
 
+def check_job_data(job, data: Dataset) -> None:
+    """The data-dependent rules of a job (IPC <= the smallest class where a set of that IPC is drawn).
+
+    ``run_job`` checks them before anything is written; ``cmidd.tracking`` before a run is created.
+
+    Raises:
+        DataError: naming the field, the rule and the value.
+    """
+    if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
+        check_ipc(job.ipc, data)
+
+
 def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None,
             loop: Loop = distill) -> JobResult:
     """Run a validated job of any kind.
@@ -82,6 +94,7 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
         JobResult, also written to ``<output.dir>/result.json``.
     """
     data = data if data is not None else load_job_data(job)
+    check_job_data(job, data)
     result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
     (result.outdir / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
@@ -127,7 +140,6 @@ def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: 
 
 @RUNNERS.register("distill")
 def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
-    check_ipc(job.ipc, data)
     if job.scaling.workers > 1 and loop is distill:
         raise ConfigError(f"scaling.workers: > 1 needs the Ray Train loop (cmidd.ray.run_job), "
                           f"got {job.scaling.workers} with the single-process loop")
@@ -187,8 +199,6 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, l
             f"synset: {job.synset} has {synset.meta.get('channels')}x{synset.meta.get('im_size')}px images, "
             f"but data is {data.channels}x{data.im_size}px"
         )
-    if "random-real" in job.eval.baselines:
-        check_ipc(job.ipc, data)
     job.output.dir.mkdir(parents=True, exist_ok=True)
     rows, metrics = [], {}
     if synset is not None:

@@ -44,6 +44,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def _assign(node: dict[str, Any], dotted: str, value: Any, source: str | None) -> None:
+    """Set ``dotted`` (``cmi.lam``) in ``node`` in place, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source + ': ' if source else ''}{dotted}: {p!r} is not a section")
+    node[leaf] = value
+
+
 def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str | None = None) -> dict[str, Any]:
     """A copy of ``raw`` with ``dotted`` (``cmi.lam``) set to ``value``, sections created as needed.
 
@@ -51,13 +61,7 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str | None = 
         ConfigError: a part of the path is a value, not a section (``source`` prefixes the message).
     """
     out = copy.deepcopy(raw)
-    node = out
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source + ': ' if source else ''}{dotted}: {p!r} is not a section")
-    node[leaf] = value
+    _assign(out, dotted, value, source)
     return out
 
 
@@ -66,13 +70,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
 
     Unknown paths are caught by validation (``extra="forbid"``); a malformed override raises here.
     """
-    out = raw
+    out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{source}: expected key.path=value, got {item!r}")
-        out = set_path(out, key.strip(), yaml.safe_load(value) if value.strip() else None, source)
-    return copy.deepcopy(out) if out is raw else out
+        _assign(out, key.strip(), yaml.safe_load(value) if value.strip() else None, source)
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from ..distill import CHECKPOINT, Hooks, History
 from ..errors import ConfigError, IntegrityError
 from ..ray import run_job
-from ..runner import JobResult, check_ipc, load_job_data
+from ..runner import JobResult, check_job_data, load_job_data
 from ..synthetic import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -80,7 +80,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     """
     uri = resolve_uri(uri)
     data = data if data is not None else load_job_data(job)
-    _precheck(job, data)  # bad input fails before the store is touched: nothing written
+    check_job_data(job, data)  # bad input fails before the store is touched: nothing written
     client = client_for(uri)
     with mlflow_errors():
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
@@ -103,12 +103,6 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
             if publish is not None:
                 publish(client, run.run_id, job, result, run.versions, register)
     return TrackedRun(result, run.run_id, uri, run.versions)
-
-
-def _precheck(job, data) -> None:
-    """The runner's data-dependent rules that can be checked before a run exists (raise DataError)."""
-    if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
-        check_ipc(job.ipc, data)
 
 
 def _reopen(client: MlflowClient, job, run_id: str) -> tuple[int, str | None]:
