@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .chunks import apply_chunked, rows_independent
 from .registry import Registry
 
 
@@ -47,8 +48,13 @@ def cmi_emp(log_p: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 def proxy_log_probs(
     proxy: nn.Module, x: Tensor, space: Literal["features", "logits"] = "features", temperature: float = 1.0
 ) -> Tensor:
-    """(N, K) log-softmax of a proxy's penultimate features (``features``) or logits (``logits``)."""
-    h = proxy.embed(x) if space == "features" else proxy(x)
+    """(N, K) log-softmax of a proxy's penultimate features (``features``) or logits (``logits``).
+
+    With a graph to the images, on CPU, the proxy runs in chunks of rows (``cmidd.chunks``) when its rows are
+    independent (a frozen proxy's are).
+    """
+    fn = proxy.embed if space == "features" else proxy
+    h = apply_chunked(fn, x) if rows_independent(proxy) else fn(x)
     return F.log_softmax(h / temperature, dim=1)
 
 

@@ -25,7 +25,7 @@ from ..config import parse_job
 from ..data import Dataset, load_dataset
 from ..distill import StepClock, distill
 from ..experts import flat_params
-from ..methods.base import embed_nograd
+from ..chunks import apply_chunked, embed_nograd
 from ..methods.dm import dm_loss
 from ..nets import create_net
 from ..training import seeded_net
@@ -173,13 +173,12 @@ def time_bare(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     syn = torch.randn(CLASSES * s.ipc, data.channels, data.im_size, data.im_size, generator=gen).to(device)
     syn = syn.requires_grad_(True)
     syn_y = torch.arange(CLASSES, device=device).repeat_interleave(s.ipc)
-    net = create_net(job.net.name, data.channels, CLASSES, data.im_size, **job.net.kwargs()).to(
-        device, memory_format=torch.channels_last)
+    net = create_net(job.net.name, data.channels, CLASSES, data.im_size, **job.net.kwargs()).to(device)
     net.requires_grad_(False)
     proxy = freeze(make_proxies(data, device)[0]) if s.cmi else None
 
     def step() -> None:
-        loss = dm_loss(embed_nograd(net, real), real_y, net.embed(syn), syn_y, CLASSES)
+        loss = dm_loss(embed_nograd(net, real), real_y, apply_chunked(net.embed, syn), syn_y, CLASSES)
         if proxy is not None:
             loss = loss + cmi_emp(proxy_log_probs(proxy, syn, "features", 1.0), syn_y, CLASSES)
         loss.backward()

@@ -8,7 +8,8 @@ from torch import Tensor
 from ..augment import DSAParams, dsa_classes
 from ..nets import create_net
 from ._registry import METHODS
-from .base import Method, MethodContext, class_mask, draw_seed, embed_nograd, reinit_
+from ..chunks import apply_chunked, embed_nograd, rows_independent
+from .base import Method, MethodContext, class_mask, draw_seed, reinit_
 
 
 def class_means(emb: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -41,11 +42,11 @@ class DM(Method):
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
-        self.net.to(ctx.device, memory_format=torch.channels_last).train()  # see embed_nograd
+        self.net.to(ctx.device).train()
         self.net.requires_grad_(False)  # gradients flow to the images only
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy, mode=ctx.cfg.dsa_mode)
         # batch statistics make a row's embedding depend on the others: such nets embed all rows, then slice
-        self.batch_stats = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
+        self.batch_stats = not rows_independent(self.net)
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         reinit_(self.net, draw_seed(gen))
@@ -68,8 +69,8 @@ class DM(Method):
             real_y, syn_y = real_y[keep_r], syn_y[keep_s]
         # the real side needs no graph; chunks only where rows are independent (no batch statistics)
         real_emb = embed_nograd(self.net, real, real.shape[0] if self.batch_stats else None)[keep_r]
-        # the net is channels_last: give it the synthetic batch in that layout too (no per-conv conversion)
-        syn_emb = self.net.embed(syn.contiguous(memory_format=torch.channels_last))[keep_s]
+        # the synthetic side in chunks too, each with its own graph (see cmidd.chunks), unless rows interact
+        syn_emb = (self.net.embed(syn) if self.batch_stats else apply_chunked(self.net.embed, syn))[keep_s]
         return dm_loss(real_emb, real_y, syn_emb, syn_y, self.ctx.num_classes)
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:

@@ -4,9 +4,56 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..errors import ConfigError
+
+
+def _pool_sums(x: Tensor) -> Tensor:
+    """2x2/stride-2 means of an even-sized map in the CPU kernel's order: ((a00 + a01) + a10) + a11, then / 4."""
+    pairs = x[..., 0::2] + x[..., 1::2]  # a00 + a01 (and a10 + a11 on odd rows, unused)
+    return (pairs[..., 0::2, :] + x[..., 1::2, 0::2] + x[..., 1::2, 1::2]) / 4
+
+
+class _AvgPool2x2Fn(torch.autograd.Function):
+    """Forward: the sums as strided slices; backward: the kernel's one (each input pixel gets grad / 4).
+
+    Autograd through the slices would zero-fill a full-size gradient per slice (18% of a ConvNet's
+    forward + backward); the backward here is differentiable (double backward works) and vmap-able.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        return _pool_sums(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.in_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        *lead, h, w = grad.shape
+        g = (grad / 4)[..., :, None, :, None].expand(*lead, h, 2, w, 2).reshape(*lead, 2 * h, 2 * w)
+        return g.contiguous()
+
+
+class AvgPool2x2(nn.Module):
+    """``nn.AvgPool2d(2, 2)``, bit for bit (forward and backward), faster on CPU for NCHW float maps.
+
+    PyTorch's NCHW CPU kernel took 7.7 ms for a (32, 128, 32, 32) map on this project's machine and 40% of
+    a ConvNet-3 forward; the same sums as strided slices take about a fifth of that. Odd sizes, other
+    devices, dtypes and layouts use the kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        fast = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+                and x.is_contiguous() and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and min(x.shape[-2:]) >= 2)
+        return _AvgPool2x2Fn.apply(x) if fast else F.avg_pool2d(x, 2, 2)
+
 
 # Instance norm is GroupNorm(C, C) so it carries affine parameters, as in the DD literature;
 # "group" is GroupNorm(4, C). Activations are not in-place so autograd tricks (torch.func, hooks) stay safe.
@@ -25,7 +72,7 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {
     "swish": nn.SiLU,
 }
 _POOLS: dict[str, Callable[[], nn.Module]] = {
-    "avg": lambda: nn.AvgPool2d(2, 2),
+    "avg": AvgPool2x2,
     "max": lambda: nn.MaxPool2d(2, 2),
     "none": nn.Identity,
 }
