@@ -10,7 +10,7 @@ import pytest
 
 from cmidd.bench import PLANS, SUITES, finite_or_null, report_metrics, run_bench, targets
 from cmidd.bench._common import stats
-from cmidd.bench.quality import variant_job
+from cmidd.bench.quality import parse_variant, variant_job
 from cmidd.bench.speed import Setting, summarize
 from cmidd.cli import main
 
@@ -86,9 +86,10 @@ def test_summary_and_target_logic():
         return r
 
     s = summarize([row("dm/ipc10/cifar32", 1.0), row("dm+cmi/ipc10/cifar32", 1.5, 1.2),
-                   row("dm+cmi(every4)/ipc10/cifar32", 1.1)])
+                   row("dm+cmi(every4)/ipc10/cifar32", 1.1), row("dm+cmi(bf16)/ipc10/cifar32", 1.3)])
     assert s["cmi_overhead_ipc10_32px"] == pytest.approx(0.5)
     assert s["cmi_overhead_every4_ipc10_32px"] == pytest.approx(0.1)
+    assert s["cmi_overhead_bf16_ipc10_32px"] == pytest.approx(0.3)
     assert s["loop_over_bare_ipc10_32px"] == 1.2
     t = {x["target"]: x["met"] for x in targets({"speed": s})}
     assert t["CMI overhead on DM, IPC 10, 32x32 (ResNet18 proxy)"] is False
@@ -101,8 +102,12 @@ def test_plan_settings_and_variants(tmp_path):
     assert Setting("dm", True, 10, "cifar32", 4) in full
     assert not any(s.cmi and s.ipc == 1 for s in full)  # CMI is 0 at IPC 1
     job = variant_job({"method": {"name": "dm"}, "cmi": {"lam": 5.0}}, "gm+cmi(every4)", 10, 7, tmp_path)
-    assert job["method"]["outer_loop"] == 10 and job["cmi"] == {"lam": 5.0, "every": 4}
+    assert job["method"]["outer_loop"] == 10 and job["cmi"] == {"lam": 5.0, "every": 4, "precision": "fp32"}
     assert job["method"]["iterations"] == 7 and job["ipc"] == 10
+    assert Setting("dm", True, 10, "cifar32", 1, "bf16") in full
+    assert Setting("dm", True, 10, "cifar32", 1, "bf16").key == "dm+cmi(bf16)/ipc10/cifar32"
+    assert parse_variant("dm+cmi(every4,bf16)") == ("dm", True, 4, "bf16")
+    assert parse_variant("idc") == ("idc", False, 1, "fp32")
 
 
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
@@ -111,6 +116,11 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["bench", "--repeats", "0", "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b").exists()
     assert {"speed", "quality", "ray", "search", "ensemble"} <= set(SUITES.names())
+    assert main(["bench", "--suite", "speed", "--budget", "cpu", "--out", str(tmp_path / "b")]) == 2
+    assert "--budget: only the reproduce suite" in capsys.readouterr().err
+    assert main(["bench", "--suite", "reproduce", "--budget", "gpu", "--out", str(tmp_path / "b")]) == 2
+    assert "--budget: must be one of full, quick, cpu (got 'gpu')" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_report_logs_to_mlflow(report, tmp_path):

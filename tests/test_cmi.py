@@ -119,3 +119,27 @@ def test_subsample_per_class():
     assert idx.shape == (6,)
     assert ((idx // 5) == torch.tensor([0, 0, 1, 1, 2, 2])).all()
     assert len(set(idx.tolist())) == 6
+
+
+def test_bf16_proxy_is_close_to_fp32_and_differentiable():
+    """cmi.precision=bf16: float32 log-probabilities near the fp32 ones; gradients still reach the images."""
+    from cmidd.cmi import CMIRegularizer, proxy_log_probs
+    from cmidd.nets import create_net
+
+    torch.manual_seed(0)
+    proxy = create_net("ConvNetD2", 3, 10, 16, width=16)
+    x = torch.randn(40, 3, 16, 16, requires_grad=True)
+    labels = torch.arange(4).repeat_interleave(10)
+    reg32 = CMIRegularizer([proxy], 4)
+    reg16 = CMIRegularizer([proxy], 4, precision="bf16")
+    lp32 = proxy_log_probs(proxy, x.detach())
+    lp16 = proxy_log_probs(proxy, x.detach(), precision="bf16")
+    assert lp16.dtype == torch.float32
+    assert not torch.equal(lp16, lp32)  # it did run in bfloat16
+    assert torch.allclose(lp16, lp32, atol=0.05)
+    v32, v16 = reg32(x, labels, torch.Generator()), reg16(x, labels, torch.Generator())
+    assert abs(v16.item() - v32.item()) <= 0.05 * v32.item()
+    (g32,) = torch.autograd.grad(v32, x)
+    (g16,) = torch.autograd.grad(v16, x)
+    cos = torch.nn.functional.cosine_similarity(g32.flatten(), g16.flatten(), dim=0)
+    assert cos > 0.95

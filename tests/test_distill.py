@@ -93,14 +93,15 @@ def test_ipc1_warns_that_lambda_has_no_effect(tmp_path, digits):
 
 
 def test_loop_builds_no_model_and_reads_no_file(tmp_path, digits, monkeypatch):
-    """Per iteration: no proxy construction, no torch.load, and one proxy forward per CMI application."""
+    """Per iteration: no proxy construction, no torch.load, and every image through one proxy once per CMI
+    application (in chunks of rows: cmidd.chunks)."""
     job = parse_job(tiny_distill(tmp_path, ipc=3, method__iterations=5, cmi__lam=1.0, cmi__agg="random"))
     proxies = ensure(job.proxies, digits, tmp_path / "proxies", 0, "cpu")
     forwards = []
     for p in proxies:
-        p.register_forward_pre_hook(lambda m, a: forwards.append(1))
+        p.register_forward_pre_hook(lambda m, a: forwards.append(a[0].shape[0]))
         orig = p.embed
-        p.embed = lambda x, orig=orig: (forwards.append(1), orig(x))[1]
+        p.embed = lambda x, orig=orig: (forwards.append(x.shape[0]), orig(x))[1]
     import cmidd.methods.dm as dm_mod
     import cmidd.nets as nets_mod
 
@@ -112,4 +113,5 @@ def test_loop_builds_no_model_and_reads_no_file(tmp_path, digits, monkeypatch):
     distill(job, digits, proxies)
     assert built == ["ConvNetD1"]  # the DM embedder, built once and re-initialized in place
     assert loads == []
-    assert len(forwards) == job.method.iterations  # agg=random: one proxy forward (embed) per iteration
+    # agg=random: one proxy per iteration sees the whole synthetic set (embed, in chunks of rows)
+    assert sum(forwards) == job.method.iterations * job.ipc * digits.num_classes

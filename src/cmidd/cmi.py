@@ -46,16 +46,31 @@ def cmi_emp(log_p: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def proxy_log_probs(
-    proxy: nn.Module, x: Tensor, space: Literal["features", "logits"] = "features", temperature: float = 1.0
+    proxy: nn.Module,
+    x: Tensor,
+    space: Literal["features", "logits"] = "features",
+    temperature: float = 1.0,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> Tensor:
     """(N, K) log-softmax of a proxy's penultimate features (``features``) or logits (``logits``).
 
     With a graph to the images, on CPU, the proxy runs in chunks of rows (``cmidd.chunks``) when its rows are
-    independent (a frozen proxy's are).
+    independent (a frozen proxy's are). ``bf16``: the proxy under bfloat16 autocast, its output cast back to
+    float32 before the softmax.
     """
-    fn = proxy.embed if space == "features" else proxy
+    net = proxy.embed if space == "features" else proxy
+    fn = net if precision == "fp32" else _bf16(net, x.device.type)
     h = apply_chunked(fn, x) if rows_independent(proxy) else fn(x)
     return F.log_softmax(h / temperature, dim=1)
+
+
+def _bf16(fn: Callable[[Tensor], Tensor], device_type: str) -> Callable[[Tensor], Tensor]:
+    """``fn`` under bfloat16 autocast, float32 out (autocast is per thread: set inside the call itself)."""
+    def run(x: Tensor) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return fn(x).float()
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,6 +130,7 @@ class CMIRegularizer:
         space: ``features`` (softmax over penultimate features) or ``logits``.
         temperature: softmax temperature T.
         subsample: images per class the CMI sees (None = all), to bound its cost at large IPC.
+        precision: ``fp32`` or ``bf16`` (the proxies' forward/backward under bfloat16 autocast).
     """
 
     def __init__(
@@ -126,6 +142,7 @@ class CMIRegularizer:
         space: Literal["features", "logits"] = "features",
         temperature: float = 1.0,
         subsample: int | None = None,
+        precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
         if not proxies:
             raise ValueError("CMIRegularizer needs at least one proxy")
@@ -133,6 +150,7 @@ class CMIRegularizer:
         self.num_classes = num_classes
         self.aggregate = AGGREGATORS.get(agg)
         self.k, self.space, self.temperature, self.subsample = k, space, temperature, subsample
+        self.precision = precision
 
     def __call__(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> Tensor:
         """CMI of class-ordered ``images`` (C*ipc, ...) with ``labels`` (C*ipc,); differentiable in images."""
@@ -145,7 +163,7 @@ class CMIRegularizer:
         def value(i: int) -> Tensor:
             if self.proxies[i] is None:  # held by another worker
                 return images.new_zeros(())
-            log_p = proxy_log_probs(self.proxies[i], images, self.space, self.temperature)
+            log_p = proxy_log_probs(self.proxies[i], images, self.space, self.temperature, self.precision)
             return cmi_emp(log_p, labels, self.num_classes)
 
         def values_of(indices: list[int]) -> Tensor:

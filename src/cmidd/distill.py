@@ -153,7 +153,8 @@ def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) ->
         return None
     if not proxies:
         raise ConfigError("cmi.lam > 0 needs proxies, but none were given")
-    return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample)
+    return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample,
+                          cfg.precision)
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ class BenchPlan:
     warmup: int = 1
     repeats: int = 5
     speed_ipcs: tuple[int, ...] = (1, 10, 50)
-    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "gm", "gm+cmi", "idc", "idc+cmi", "mtt",
+    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "dm+cmi(bf16)", "gm", "gm+cmi", "idc", "idc+cmi", "mtt",
                                       "mtt+cmi")
     speed_images: tuple[str, ...] = ("cifar32", "digits8")
     quality_ipcs: tuple[int, ...] = (1, 10, 50)
@@ -83,12 +83,12 @@ class BenchPlan:
         for images in self.speed_images:
             for ipc in self.speed_ipcs:
                 for m in self.speed_methods:
-                    method, cmi, every = parse_variant(m)
+                    method, cmi, every, precision = parse_variant(m)
                     if cmi and ipc == 1:
                         continue  # CMI is identically 0 at IPC 1 (cmidd turns it off)
                     if every > 1 and (images != "cifar32" or ipc != 10):
                         continue  # the every-k trade-off is shown at the headline setting only
-                    out.append(Setting(method, cmi, ipc, images, every))
+                    out.append(Setting(method, cmi, ipc, images, every, precision))
         return out
 
 
@@ -202,16 +202,26 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...] = (),
-             suites: tuple[str, ...] = ()) -> BenchPlan:
-    """``PLANS["quick"]`` or ``PLANS["full"]``, with ``repeats`` and job ``overrides`` when given.
+             suites: tuple[str, ...] = (), budget: str | None = None) -> BenchPlan:
+    """``PLANS["quick"]`` or ``PLANS["full"]``, with ``repeats``, job ``overrides`` and the reproduce suite's
+    ``budget`` (a ``REPRODUCE_PLANS`` name; default: the plan's own) when given.
 
     ``overrides`` (``--set``) change the reproduce suite's jobs (``data.name=mnist``, ``data.root=...``); they
     are validated here against every job of that suite, before anything runs or is written.
 
     Raises:
-        ConfigError: ``repeats`` < 1; ``overrides`` without the reproduce suite in ``suites``; a bad override.
+        ConfigError: ``repeats`` < 1; ``overrides`` or ``budget`` without the reproduce suite in ``suites``; a
+            bad override; an unknown budget.
     """
     plan = PLANS["quick" if quick else "full"]
+    if budget is not None:
+        from .reproduce import REPRODUCE_PLANS
+
+        if "reproduce" not in suites:
+            raise ConfigError(f"--budget: only the reproduce suite has budgets, but got --suite {','.join(suites) or 'all'}")
+        if budget not in REPRODUCE_PLANS:
+            raise ConfigError(f"--budget: must be one of {', '.join(REPRODUCE_PLANS)} (got {budget!r})")
+        plan = dataclasses.replace(plan, reproduce=budget)
     if repeats is not None:
         if repeats < 1:
             raise ConfigError(f"--repeats: must be >= 1 (got {repeats})")

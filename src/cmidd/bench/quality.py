@@ -42,16 +42,18 @@ QUALITY_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
-def parse_variant(variant: str) -> tuple[str, bool, int]:
-    """``"dm+cmi(every4)"`` -> (method ``dm``, CMI on, ``cmi.every`` 4); ``"gm"`` -> (``gm``, off, 1)."""
+def parse_variant(variant: str) -> tuple[str, bool, int, str]:
+    """``"dm+cmi(every4)"`` -> (method ``dm``, CMI on, ``cmi.every`` 4, ``cmi.precision`` fp32);
+    ``"dm+cmi(bf16)"`` -> (``dm``, on, 1, ``bf16``); ``"gm"`` -> (``gm``, off, 1, ``fp32``)."""
     method, _, cmi = variant.partition("+")
-    every = int(cmi.split("every")[1].rstrip(")")) if "every" in cmi else 1
-    return method, bool(cmi), every
+    opts = cmi.partition("(")[2].rstrip(")").split(",") if "(" in cmi else []
+    every = next((int(o[len("every"):]) for o in opts if o.startswith("every")), 1)
+    return method, bool(cmi), every, "bf16" if "bf16" in opts else "fp32"
 
 
 def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, out: Path) -> dict[str, Any]:
     """The demo's dm job turned into ``variant`` (``dm``, ``gm+cmi``, ``dm+cmi(every4)``) at ``ipc``."""
-    method, cmi, every = parse_variant(variant)
+    method, cmi, every, precision = parse_variant(variant)
     job = copy.deepcopy(base)
     job.update(name=f"bench-{method}{'-cmi' if cmi else ''}-ipc{ipc}", ipc=ipc)
     job["method"].update(name=method, iterations=iterations)
@@ -62,7 +64,7 @@ def variant_job(base: dict[str, Any], variant: str, ipc: int, iterations: int, o
     if method == "mtt":
         job["experts"] = {"num": 4, "epochs": 10, "dir": str(out / "experts")}
     if cmi:
-        job["cmi"] = {**job.get("cmi", {}), "every": every}
+        job["cmi"] = {**job.get("cmi", {}), "every": every, "precision": precision}
     else:
         job["cmi"] = {"lam": 0.0}
     slug = variant.replace("+", "-").replace("(", "-").replace(")", "")

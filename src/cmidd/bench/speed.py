@@ -61,10 +61,12 @@ class Setting:
     ipc: int
     images: str
     cmi_every: int = 1  # cmi.every: apply CMI on every k-th image update (a fidelity-for-time trade)
+    cmi_precision: str = "fp32"  # cmi.precision: fp32 | bf16 (the proxy under bfloat16 autocast)
 
     @property
     def key(self) -> str:
-        cmi = ("+cmi" + (f"(every{self.cmi_every})" if self.cmi_every > 1 else "")) if self.cmi else ""
+        opts = [f"every{self.cmi_every}"] * (self.cmi_every > 1) + ["bf16"] * (self.cmi_precision == "bf16")
+        cmi = ("+cmi" + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
         return f"{self.method}{cmi}/ipc{self.ipc}/{self.images}"
 
 
@@ -85,7 +87,7 @@ def _job(s: Setting, iterations: int, device: str) -> dict[str, Any]:
     return {
         "kind": "distill", "name": "bench", "seed": 0, "device": device, "ipc": s.ipc,
         "net": {"name": NET_32 if big else "ConvNetD2"}, "method": method,
-        "cmi": {"lam": 1.0 if s.cmi else 0.0, "agg": "random", "every": s.cmi_every},
+        "cmi": {"lam": 1.0 if s.cmi else 0.0, "agg": "random", "every": s.cmi_every, "precision": s.cmi_precision},
         "eval": {"archs": ["ConvNetD1"], "num_eval": 1, "epochs": 1}, "output": {"checkpoint_every": 0},
     }
 
@@ -159,7 +161,7 @@ def time_loop(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     per_it = [sum(per_it[i : i + k]) / k for i in range(0, len(per_it), k)]
     return {"setting": s.key, "method": s.method, "cmi": s.cmi, "ipc": s.ipc, "images": s.images,
             "im_size": data.im_size, "proxy": (PROXY_32 if data.im_size == 32 else "ConvNetD2") if s.cmi else None,
-            "cmi_every": s.cmi_every, "s_per_iter": stats(per_it), "peak_mem_mb": mem.peak_mb,
+            "cmi_every": s.cmi_every, "cmi_precision": s.cmi_precision, "s_per_iter": stats(per_it), "peak_mem_mb": mem.peak_mb,
             "unit": "s per image update" if s.method in ("gm", "idc") else "s per iteration"}
 
 
@@ -203,7 +205,7 @@ def run_speed(settings: list[Setting], warmup: int, repeats: int, device: torch.
             datasets[s.images] = speed_data(s.images, 256)
         data = datasets[s.images]
         row = time_loop(s, data, warmup, repeats, device)
-        if s.method == "dm" and s.cmi_every == 1:
+        if s.method == "dm" and s.cmi_every == 1 and s.cmi_precision == "fp32":
             row["bare_s"] = time_bare(s, data, warmup, repeats, device)
             row["loop_over_bare"] = row["s_per_iter"]["median"] / row["bare_s"]["median"]
         log.info("[speed %d/%d] %s: %.3f s/it (min %.3f, max %.3f)", i, len(settings), s.key,
@@ -223,6 +225,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         if dm and r["setting"].startswith("dm+cmi(every") and r["setting"].endswith("/ipc10/cifar32"):
             every = r["setting"].split("(every")[1].split(")")[0]
             out[f"cmi_overhead_every{every}_ipc10_32px"] = r["s_per_iter"]["median"] / dm["s_per_iter"]["median"] - 1
+    bf16 = by.get("dm+cmi(bf16)/ipc10/cifar32")
+    if dm and bf16:
+        out["cmi_overhead_bf16_ipc10_32px"] = bf16["s_per_iter"]["median"] / dm["s_per_iter"]["median"] - 1
     if dmc:
         out["loop_over_bare_ipc10_32px"] = dmc["loop_over_bare"]
         out["dmcmi_s_per_iter_ipc10_32px"] = dmc["s_per_iter"]["median"]

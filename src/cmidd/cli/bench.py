@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
     add_out(b, "runs/bench")
     b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
     b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
+    b.add_argument("--budget", default=None,
+                   help="the reproduce suite's budget: full | quick | cpu (default: quick with --quick, else full)")
     add_set(b, "override a field of every job of the reproduce suite (data.name=mnist, data.root=DIR, ...)")
     add_tracking_uri(b, "also log the report to MLflow (default: $MLFLOW_TRACKING_URI if set, else not logged)")
     b.set_defaults(fn=command)
@@ -27,7 +29,7 @@ def command(args) -> None:
     from ..bench import plan_for, run_bench
 
     suites = args.suite.split(",")
-    plan = plan_for(args.quick, args.repeats, tuple(args.set), tuple(suites))
+    plan = plan_for(args.quick, args.repeats, tuple(args.set), tuple(suites), args.budget)
     report = run_bench(suites, plan, args.device, args.out)
     print((Path(args.out) / "bench.md").read_text())
     missed = [t["target"] for t in report["targets"] if not t["met"]]

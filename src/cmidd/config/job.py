@@ -85,6 +85,9 @@ class CMICfg(Cfg):
     k: int = Field(default=1, ge=1)  # proxies sampled per application for mean / max
     every: int = Field(default=1, ge=1)  # apply every k-th image update
     subsample: int | None = Field(default=None, ge=2)  # images per class the CMI sees (None = all)
+    # the proxy's forward/backward in bfloat16 autocast (opt-in: about 1.8x faster for a ResNet18 proxy on a
+    # CPU with AVX512-BF16; the softmax and the CMI stay float32). README: speed and its measured accuracy.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class ProxiesCfg(Cfg):
