@@ -90,8 +90,8 @@ REPRODUCE_PLANS = {
         idc_loops=(2, 5),
     ),
     # what a 2-core CPU finishes in about 35 minutes (DC/DSA ~10 s per iteration at IPC 1, DM ~1.7 s): IPC 1 of
-    # the three published-on-MNIST methods, with the
-    # reference evaluation (300 epochs, 3 seeds); the full budget needs a GPU (--device cuda)
+    # the three published-on-MNIST methods with the reference evaluation (300 epochs, 3 seeds); the full
+    # budget needs a GPU (--device cuda)
     "cpu": ReproducePlan(
         label="CPU budget (2 cores)", ipcs=(1,), variants=("dc", "dsa", "dm"),
         iterations=(("dc", 60), ("dsa", 60), ("dm", 300), ("idc", 5), ("mtt", 5)), eval_epochs=300, seeds=3,
