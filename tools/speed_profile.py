@@ -45,12 +45,11 @@ def flops(fn) -> float:
     return m.get_total_flops() / 1e9
 
 
-def profile(ipc: int, repeats: int, cmi: bool, precision: str) -> dict[str, list[float]]:
+def profile(net: torch.nn.Module, proxy: torch.nn.Module, ipc: int, repeats: int, cmi: bool,
+            precision: str) -> dict[str, list[float]]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(C * (BATCH_REAL + 16), 3, SIZE, SIZE, generator=gen)
     pool = RealPool(x, torch.arange(C).repeat_interleave(BATCH_REAL + 16), C, torch.device("cpu"))
-    net = create_net("ConvNet", 3, C, SIZE).requires_grad_(False)
-    proxy = freeze(create_net("ResNet18", 3, C, SIZE))
     params = DSAParams(strategy=STRATEGY, mode="single")
     syn = torch.randn(C * ipc, 3, SIZE, SIZE, generator=gen, requires_grad=True)
     syn_y = torch.arange(C).repeat_interleave(ipc)
@@ -111,7 +110,7 @@ def main() -> None:
         gflop = {"ConvNet fwd, real, no grad": conv_f * C * BATCH_REAL, "ConvNet fwd, syn, graph": conv_f * n_syn,
                  "ConvNet bwd, syn": (conv_fb - conv_f) * n_syn, "ResNet18 fwd, syn, graph": res_f * n_syn,
                  "ResNet18 bwd, syn": (res_fb - res_f) * n_syn}
-        times = profile(ipc, args.repeats, cmi=True, precision=args.precision)
+        times = profile(net, proxy, ipc, args.repeats, cmi=True, precision=args.precision)
         print(f"\nIPC {ipc}, DM+CMI (proxy {args.precision}), median of {args.repeats}:")
         print("| phase | s | GFLOP | floor s | s / floor |")
         print("|---|---:|---:|---:|---:|")

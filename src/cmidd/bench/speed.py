@@ -65,7 +65,11 @@ class Setting:
 
     @property
     def key(self) -> str:
-        opts = [f"every{self.cmi_every}"] * (self.cmi_every > 1) + ["bf16"] * (self.cmi_precision == "bf16")
+        opts = []
+        if self.cmi_every > 1:
+            opts.append(f"every{self.cmi_every}")
+        if self.cmi_precision == "bf16":
+            opts.append("bf16")
         cmi = ("+cmi" + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
         return f"{self.method}{cmi}/ipc{self.ipc}/{self.images}"
 

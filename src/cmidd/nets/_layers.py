@@ -32,7 +32,7 @@ class _AvgPool2x2Fn(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.in_shape = inputs[0].shape
+        """Nothing to save: the backward needs only the gradient's shape (required for generate_vmap_rule)."""
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
