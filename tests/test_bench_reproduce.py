@@ -12,7 +12,7 @@ from cmidd.config import parse_job
 
 TINY = br.plan_named(
     "quick", data="digits", ipcs=(1, 2), iterations=tuple((m, 2) for m in br.METHODS), eval_epochs=1, seeds=1,
-    proxy_epochs=1, experts=1, expert_epochs=3, idc_loops=(1, 1),
+    proxy_epochs=1, experts=1, expert_epochs=3, idc_loops=(1, 1), curve=1,
 )
 
 
@@ -46,6 +46,9 @@ def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
             assert row["acc"] is None and "CMI is 0" in row["note"]
             continue
         assert 0.0 <= row["acc"] <= 100.0, row
+        if row["variant"] != "random-real":  # curve=1: one evaluation mid-run, then the final one
+            assert [p[0] for p in row["curve"]] == [1, 2]
+            assert row["curve"][-1][1:] == [row["acc"], row["std"]]
         assert row["vs_random"] == pytest.approx(row["acc"] - r["rows"][0 if row["ipc"] == 1 else 11]["acc"])
         pub = br.PUBLISHED.get(row["variant"], {}).get(row["ipc"])
         assert row["published"] == pub and (row["gap"] is None) == (pub is None)
@@ -54,7 +57,18 @@ def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
     md = (tmp_path / "bench.md").read_text()
     assert "## reproduce" in md and "reduced budget" in md
     assert "| 1 | dm |" in md and "| 89.7 |" in md  # published DM at IPC 1 beside ours
+    assert "Accuracy vs iteration" in md and "| 2 | dm+cmi | 1: " in md
+    assert "reproduce_curves.png" in report["plots"] and (tmp_path / "reproduce_curves.png").stat().st_size > 0
     assert json.loads((tmp_path / "bench.json").read_text())["reproduce"]["rows"][0]["variant"] == "random-real"
+
+
+def test_curve_evaluations_are_evenly_spaced(tmp_path):
+    plan = br.plan_named("cpu")
+    for v in plan.variants:
+        job = parse_job(br.variant_job(plan, v, 1, tmp_path), v)
+        every, its = job.eval.every, job.method.iterations
+        assert every > 0 and len(range(every, its, every)) == plan.curve, (v, every, its)
+    assert parse_job(br.variant_job(br.REPRODUCE_PLANS["full"], "dm", 1, tmp_path), "dm").eval.every == 0
 
 
 def test_set_overrides_every_job_of_the_suite(tmp_path):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmidd.chunks import apply_chunked, embed_nograd, map_chunks, rows_independent
+from cmidd.chunks import apply_chunked, ce_param_grads, embed_nograd, map_chunks, rows_independent
 from cmidd.nets import create_net
 from cmidd.nets._layers import AvgPool2x2
 
@@ -95,6 +95,36 @@ def test_apply_chunked_without_a_graph_is_the_plain_call():
     x = torch.randn(20, 1, 8, 8)  # no requires_grad: nothing to chunk for
     out = apply_chunked(net.embed, x, 4)
     assert torch.equal(out, net.embed(x)) and not out.requires_grad
+
+
+def test_ce_param_grads_matches_the_whole_batch_float64_and_ignores_threads():
+    """Chunked parameter gradients of the mean cross-entropy: the one-batch gradient in float64 (to 1e-12), and
+    bit-identical whatever the thread count in float32 (GM's real side and inner loop depend on it)."""
+    torch.manual_seed(0)
+    net = create_net("ConvNetD2", 3, 10, 16, width=8).double().train()
+    params = list(net.parameters())
+    x, y = torch.randn(37, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (37,))
+    whole = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    chunked = _with_threads(2, lambda: ce_param_grads(net, params, x, y, chunk=8))
+    assert len(chunked) == len(whole)
+    for c, w in zip(chunked, whole):
+        assert torch.allclose(c, w, rtol=1e-10, atol=1e-12)
+    net32 = net.float()
+    p32, x32 = list(net32.parameters()), x.float()
+    one = _with_threads(1, lambda: ce_param_grads(net32, p32, x32, y, chunk=8))
+    two = _with_threads(2, lambda: ce_param_grads(net32, p32, x32, y, chunk=8))
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert not any(g.requires_grad for g in two)
+
+
+def test_ce_param_grads_takes_one_batch_when_rows_depend_on_each_other():
+    """Batch norm in train mode: the batch statistics couple the rows, so chunks would change the gradient."""
+    torch.manual_seed(0)
+    net = create_net("ConvNetD2", 3, 10, 16, width=8, norm="batch").train()
+    params = list(net.parameters())
+    x, y = torch.randn(20, 3, 16, 16), torch.randint(0, 10, (20,))
+    whole = torch.autograd.grad(F.cross_entropy(net(x), y), params)
+    assert all(torch.equal(a, b) for a, b in zip(ce_param_grads(net, params, x, y, chunk=4), whole))
 
 
 def test_rows_independent():

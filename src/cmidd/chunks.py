@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CPU_CHUNK = 16
@@ -123,3 +124,28 @@ def apply_chunked(fn: Fn, x: Tensor, chunk: int | None = None) -> Tensor:
     if x.device.type != "cpu" or size >= x.shape[0] or not torch.is_grad_enabled() or not x.requires_grad:
         return fn(x)
     return _Chunked.apply(x, fn, size)
+
+
+def ce_param_grads(net: nn.Module, params: list[Tensor], x: Tensor, y: Tensor,
+                   chunk: int | None = None) -> list[Tensor]:
+    """Gradients of ``cross_entropy(net(x), y)`` (the batch mean) in ``params``, no graph kept.
+
+    On CPU, when ``net``'s rows are independent, each chunk's ``sum of losses / len(x)`` is differentiated in the
+    threads of ``map_chunks`` and the chunks' gradients are added in chunk order (so the result does not depend
+    on scheduling); equal to the one-batch gradient up to float rounding. Otherwise one batch.
+    """
+    size = _chunk_size(x, chunk)
+    if x.device.type != "cpu" or size >= x.shape[0] or not rows_independent(net):
+        return [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), y), params)]
+    n = x.shape[0]
+
+    def one(part: tuple[Tensor, Tensor]) -> tuple[Tensor, ...]:
+        with torch.enable_grad():
+            return torch.autograd.grad(F.cross_entropy(net(part[0]), part[1], reduction="sum") / n, params)
+
+    per_chunk = map_chunks(one, list(zip(x.detach().contiguous().split(size), y.split(size))))
+    total = [g.clone() for g in per_chunk[0]]
+    for gs in per_chunk[1:]:
+        for t, g in zip(total, gs):
+            t.add_(g)
+    return total

@@ -106,6 +106,9 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
         key = next((k for k in reversed(list(curves)) if "+cmi" in k), next(iter(curves), None))
         if key:
             written.append(_curves_plot(key, curves[key], out / "curves.png"))
+    rows = [row for row in r.get("reproduce", {}).get("rows", []) if row.get("curve")]
+    if rows:
+        written.append(_reproduce_plot(r["reproduce"], rows, out / "reproduce_curves.png"))
     s = r.get("speed")
     if s and s.get("settings"):
         written.append(_speed_plot(s["settings"], out / "speed.png"))
@@ -142,6 +145,28 @@ def _curves_plot(key: str, c: dict[str, list], path: Path) -> Path:
         ax2 = ax.twinx()
         ax2.plot([s for s, _ in cmi], [v for _, v in cmi], color="tab:red", label="cmi")
         ax2.set_ylabel("CMI", color="tab:red")
+    return _save(fig, path)
+
+
+def _reproduce_plot(rep: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy vs iteration of every reproduce run with a curve, one panel per IPC; published figures dashed
+    in the run's colour, random-real dotted grey."""
+    import matplotlib.pyplot as plt
+
+    ipcs = sorted({row["ipc"] for row in rows})
+    fig, axes = plt.subplots(1, len(ipcs), figsize=(6 * len(ipcs), 4), squeeze=False)
+    for ax, ipc in zip(axes[0], ipcs):
+        for row in (x for x in rows if x["ipc"] == ipc):
+            steps, acc, std = zip(*row["curve"])
+            line = ax.errorbar(steps, acc, yerr=[d or 0.0 for d in std], marker="o", capsize=3, label=row["variant"])
+            if row.get("published") is not None:
+                ax.axhline(row["published"], ls="--", lw=1, color=line[0].get_color())
+        rnd = next((x for x in rep["rows"] if x["ipc"] == ipc and x["variant"] == "random-real"), None)
+        if rnd and rnd.get("acc") is not None:
+            ax.axhline(rnd["acc"], ls=":", color="grey", label="random-real")
+        ax.set(xscale="log", xlabel="iteration", ylabel="test accuracy % (ConvNet)",
+               title=f"{rep['dataset']} IPC {ipc}: {rep['label']} (dashed: published)")
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

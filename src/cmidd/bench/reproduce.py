@@ -77,6 +77,7 @@ class ReproducePlan:
     expert_epochs: int = 20
     seed: int = 0
     idc_loops: tuple[int, int] = (10, 10)  # IDC's (outer, inner) loop
+    curve: int = 0  # evaluations during each distillation, evenly spaced: the accuracy-vs-iteration curve
 
     def iterations_of(self, method: str) -> int:
         return dict(self.iterations)[method]
@@ -89,13 +90,14 @@ REPRODUCE_PLANS = {
         eval_epochs=50, seeds=1, proxy_set="convnet-x1", proxy_epochs=2, experts=1, expert_epochs=5,
         idc_loops=(2, 5),
     ),
-    # what a 2-core CPU finishes in about 35 minutes (DC/DSA ~10 s per iteration at IPC 1, DM ~1.7 s): IPC 1 of
-    # the three published-on-MNIST methods with the reference evaluation (300 epochs, 3 seeds); the full
-    # budget needs a GPU (--device cuda)
+    # what a 2-core CPU finishes in about 70 minutes (measured per iteration at IPC 1, 28x28, 2026-12-03: DC 5.3 s,
+    # DSA 5.8 s, IDC 70 s; DC at IPC 10 takes 173 s): IPC 1 of every method with the reference evaluation
+    # (300 epochs, 3 seeds) and 3 evaluations during each run, the accuracy-vs-iteration curve that shows where a
+    # reduced budget is heading; the full budget needs a GPU (--device cuda)
     "cpu": ReproducePlan(
-        label="CPU budget (2 cores)", ipcs=(1,), variants=("dc", "dsa", "dm"),
-        iterations=(("dc", 60), ("dsa", 60), ("dm", 300), ("idc", 5), ("mtt", 5)), eval_epochs=300, seeds=3,
-        proxy_set="convnet-x1", proxy_epochs=5,
+        label="CPU budget (2 cores)", ipcs=(1,), variants=("dc", "dsa", "dm", "idc", "mtt"),
+        iterations=(("dc", 100), ("dsa", 100), ("dm", 300), ("idc", 8), ("mtt", 200)), eval_epochs=300, seeds=3,
+        proxy_set="convnet-x1", proxy_epochs=5, experts=2, expert_epochs=6, curve=3,
     ),
 }
 
@@ -115,7 +117,7 @@ def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: 
         "device": device, "ipc": ipc, "data": {"name": plan.data}, "net": dict(NET), "method": m,
         "cmi": {"lam": plan.lam if cmi else 0.0},
         "proxies": {"set": plan.proxy_set, "epochs": plan.proxy_epochs, "dir": str(out / "proxies")},
-        "eval": eval_cfg(plan),
+        "eval": {**eval_cfg(plan), "every": _every(plan.iterations_of(base), plan.curve)},
         "output": {"dir": str(out / f"ipc{ipc}" / variant.replace("+", "-")), "checkpoint_every": 0},
     }
     if method == "mtt":
@@ -124,6 +126,11 @@ def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: 
         job["method"]["max_start_epoch"] = min(job["method"]["max_start_epoch"],
                                                plan.expert_epochs - job["method"]["expert_epochs"])
     return job
+
+
+def _every(iterations: int, points: int) -> int:
+    """``eval.every`` that gives ``points`` evaluations before the last iteration (0: none)."""
+    return 0 if points <= 0 or iterations <= points else iterations // (points + 1)
 
 
 def eval_cfg(plan: ReproducePlan) -> dict[str, Any]:
@@ -175,7 +182,7 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
             log.info("[reproduce] ipc %d: %s (%d iterations), then evaluating", ipc, v, job.method.iterations)
             try:
                 result = execute(job, data=data).result
-                acc[v] = _row(plan, ipc, v, job.method.iterations, result.rows)
+                acc[v] = _row(plan, ipc, v, job.method.iterations, result.rows, curve=_curve(result))
             except DivergenceError as e:
                 acc[v] = _row(plan, ipc, v, job.method.iterations, [], note=f"diverged: {e}")
         for r in acc.values():
@@ -183,7 +190,21 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
             r["vs_random"] = _diff(r["acc"], acc["random-real"]["acc"])
         rows += acc.values()
     return {"label": plan.label, "dataset": data.name, "train_images": int(data.train_x.shape[0]),
-            "rows": rows, "table": table(plan.label, data.name, rows)}
+            "rows": rows, "table": table(plan.label, data.name, rows) + curve_table(rows)}
+
+
+def _curve(result: Any) -> list[list[float | None]]:
+    """``[[iteration, acc %, std % or None], ...]`` of ConvNet from the evaluations during the run, then the final
+    one (no std from one seed)."""
+    def pct(v: float) -> float | None:
+        return 100.0 * v if math.isfinite(v) else None
+
+    evals = result.history.evals if result.history is not None else []
+    pts = [[e["step"], pct(e["acc/ConvNet"]), pct(e["acc_std/ConvNet"])] for e in evals if "acc/ConvNet" in e]
+    final = [r for r in result.rows if r["arch"] == "ConvNet"]
+    if pts and final:
+        pts.append([result.history.step[-1], pct(final[0]["acc_mean"]), pct(final[0]["acc_std"])])
+    return pts
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -191,14 +212,14 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def _row(plan: ReproducePlan, ipc: int, variant: str, iterations: int, rows: list[dict[str, Any]],
-         note: str = "") -> dict[str, Any]:
+         note: str = "", curve: list[list[float]] | None = None) -> dict[str, Any]:
     conv = [r for r in rows if r["arch"] == "ConvNet"]
     a = 100.0 * conv[0]["acc_mean"] if conv else None
     s = 100.0 * conv[0]["acc_std"] if conv and math.isfinite(conv[0]["acc_std"]) else None
     pub = PUBLISHED.get(variant, {}).get(ipc)
     return {"ipc": ipc, "variant": variant, "acc": a, "std": s, "published": pub, "gap": _diff(a, pub),
             "vs_dm": None, "vs_random": None, "iterations": iterations, "eval_epochs": plan.eval_epochs,
-            "seeds": plan.seeds, "note": note}
+            "seeds": plan.seeds, "note": note, "curve": curve or []}
 
 
 def _f(v: float | None, sign: bool = False) -> str:
@@ -217,6 +238,17 @@ def table(label: str, dataset: str, rows: list[dict[str, Any]]) -> str:
                      f"{_f(r['vs_dm'], True)} | {_f(r['vs_random'], True)} | {r['iterations']} | "
                      f"{r['eval_epochs']} | {r['seeds']} | {r['note']} |")
     return "\n".join(lines)
+
+
+def curve_table(rows: list[dict[str, Any]]) -> str:
+    """Accuracy (%) after each evaluated iteration, one line per run that has a curve ("" if none has)."""
+    lines = [f"| {r['ipc']} | {r['variant']} | " + ", ".join(f"{int(s)}: {_f(a)}" + ("" if d is None else f" +- {d:.1f}")
+                                                             for s, a, d in r["curve"]) + " |"
+             for r in rows if r.get("curve")]
+    if not lines:
+        return ""
+    return "\n".join(["", "", "Accuracy vs iteration (iteration: ours +- std over the same seeds):", "",
+                      "| IPC | set | iteration: accuracy % |", "|---:|---|---|", *lines])
 
 
 def plan_named(name: str, **changes: Any) -> ReproducePlan:

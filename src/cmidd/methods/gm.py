@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..augment import DSAParams, dsa
+from ..chunks import ce_param_grads
 from ..nets import create_net
 from ._registry import METHODS
 from .base import Method, MethodContext, draw_seed, reinit_
@@ -84,8 +85,8 @@ class GM(Method):
             if classes is not None and c not in classes:  # another worker's class; gen was consumed alike
                 continue
             y_real = torch.full((real.shape[0],), c, device=real.device)
-            loss_real = F.cross_entropy(self.net(self._aug(real, seed, shared=True)), y_real)
-            g_real = [g.detach() for g in torch.autograd.grad(loss_real, self.params)]
+            # the real side needs no graph: its gradient in chunks shared among threads (cmidd.chunks)
+            g_real = ce_param_grads(self.net, self.params, self._aug(real, seed, shared=True), y_real)
             syn_c = syn[c * ipc : (c + 1) * ipc]
             loss_syn = F.cross_entropy(self.net(self._aug(syn_c, seed, shared=True)), syn_y[c * ipc : (c + 1) * ipc])
             g_syn = torch.autograd.grad(loss_syn, self.params, create_graph=True)
@@ -104,9 +105,9 @@ class GM(Method):
             else:
                 idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
                 x, y = x_all[idx], y_all[idx]
-            loss = F.cross_entropy(self.net(self._aug(x, draw_seed(gen))), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            grads = ce_param_grads(self.net, self.params, self._aug(x, draw_seed(gen)), y)
+            for p, g in zip(self.params, grads):
+                p.grad = g
             self.opt.step()
 
 @METHODS.register("gm")
