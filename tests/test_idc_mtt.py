@@ -84,9 +84,9 @@ def test_idc_with_cmi_sees_decoded_images(tmp_path, digits):
         def __init__(self, inner):
             self.inner = inner
 
-        def __call__(self, x, y, gen):
-            seen.append(x.shape[0])
-            return self.inner(x, y, gen)
+        def __call__(self, x, y, gen, groups=None):
+            seen.append((x.shape[0], groups, sorted(set(y.tolist()))))
+            return self.inner(x, y, gen, groups)
 
     import cmidd.distill as d
 
@@ -98,7 +98,58 @@ def test_idc_with_cmi_sees_decoded_images(tmp_path, digits):
         distill(job, digits, proxies=[create_net("ConvNetD1", 1, 10, 8, width=8)])
     finally:
         d.build_cmi = orig
-    assert seen == [80, 80]  # 10 classes x IPC 2 x 4 tiles
+    # class by class: each of the 10 image steps of an iteration sees its class's IPC 2 x 4 tiles only
+    assert seen == [(8, 1, [c]) for _ in range(2) for c in range(10)]
+
+
+def _first_step_delta(tmp_path, digits, momentum: float, proxy=None, **over) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(initial stored images, their change after one IDC outer step, the history's cmi)."""
+    job = parse_job(tiny_distill(tmp_path / f"m{momentum}", method__name="idc", method__outer_loop=1,
+                                 method__inner_loop=0, method__iterations=1, method__lr_img=0.01,
+                                 method__momentum=momentum, **over))
+    init = {}
+    import cmidd.distill as d
+
+    orig = d._update
+
+    def spy(run, it, gen, only=None):
+        init.setdefault("x", run.syn.detach().clone())
+        return orig(run, it, gen, only)
+
+    d._update = spy
+    try:
+        syn, hist = distill(job, digits, proxies=[proxy] if proxy is not None else None)
+    finally:
+        d._update = orig
+    return init["x"], syn.images - init["x"], hist.cmi
+
+
+def test_idc_steps_class_by_class_with_the_references_momentum(tmp_path, digits):
+    """IDC's reference: one SGD step of the whole image tensor per class. Class c's images see their own
+    gradient at step c, then only momentum for the C-1-c later steps: their change after one outer step is
+    lr g_c (1 - m^(C-c)) / (1 - m), g_c being the change with m = 0 / lr (same draws, same initial images)."""
+    _, d0, _ = _first_step_delta(tmp_path, digits, 0.0)
+    _, dm, _ = _first_step_delta(tmp_path, digits, 0.5)
+    ipc, m = 2, 0.5
+    for c in range(10):
+        scale = (1 - m ** (10 - c)) / (1 - m)
+        got, want = dm[c * ipc:(c + 1) * ipc], scale * d0[c * ipc:(c + 1) * ipc]
+        assert want.abs().max() > 0
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), (c, (got - want).abs().max())
+
+
+def test_idc_cmi_is_per_class(tmp_path, digits):
+    """With CMI, each class step adds the CMI of that class's images alone; with m = 0 no class moves before
+    its own step, so the iteration's summed CMI is C x the whole initial set's CMI (equal classes)."""
+    from cmidd.cmi import cmi_emp, proxy_log_probs
+
+    torch.manual_seed(0)
+    proxy = create_net("ConvNetD1", 1, 10, 8, width=8)
+    x0, _, cmi = _first_step_delta(tmp_path, digits, 0.0, proxy, cmi__lam=1.0)
+    labels = torch.arange(10).repeat_interleave(2)
+    with torch.no_grad():
+        whole = float(cmi_emp(proxy_log_probs(proxy, x0, "features"), labels, 10))
+    assert cmi[0] == pytest.approx(10 * whole, rel=1e-5)
 
 
 # -- MTT ------------------------------------------------------------------------------------------------

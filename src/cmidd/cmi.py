@@ -152,12 +152,17 @@ class CMIRegularizer:
         self.k, self.space, self.temperature, self.subsample = k, space, temperature, subsample
         self.precision = precision
 
-    def __call__(self, images: Tensor, labels: Tensor, gen: torch.Generator) -> Tensor:
-        """CMI of class-ordered ``images`` (C*ipc, ...) with ``labels`` (C*ipc,); differentiable in images."""
+    def __call__(self, images: Tensor, labels: Tensor, gen: torch.Generator, groups: int | None = None) -> Tensor:
+        """CMI of class-ordered ``images`` (C*ipc, ...) with ``labels`` (C*ipc,); differentiable in images.
+
+        ``groups``: how many classes ``images`` holds (default all ``num_classes``; 1 for IDC's class-by-class
+        steps, whose CMI is that class's mean KL to its own centroid).
+        """
         if self.subsample is not None:
-            ipc = images.shape[0] // self.num_classes
+            groups = groups or self.num_classes
+            ipc = images.shape[0] // groups
             if self.subsample < ipc:
-                idx = subsample_per_class(self.num_classes, ipc, self.subsample, gen).to(images.device)
+                idx = subsample_per_class(groups, ipc, self.subsample, gen).to(images.device)
                 images, labels = images[idx], labels[idx]
 
         def value(i: int) -> Tensor:

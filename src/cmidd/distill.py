@@ -284,20 +284,44 @@ def _restore(run: _Run) -> None:
 
 
 def _image_step(run: _Run, it: int, gen: torch.Generator) -> tuple[float, float | None, float]:
-    """One SGD step of the images on ``L_DD + lam * CMI``; returns (loss_dd, cmi or None, total) as floats.
+    """One image update on ``L_DD + lam * CMI`` (or, for a class-by-class method, one per class), then the
+    method's ``after_update``; returns (loss_dd, cmi or None, total) as floats, summed over the class steps.
+
+    Class by class (IDC's reference ``condense.py``): class c's DD term and the CMI of class c's images alone
+    (its mean KL to its own centroid) take one SGD step of the whole image tensor, so the momentum moves the
+    other classes' images too, as with the reference's one optimizer over one tensor.
 
     Raises:
         DivergenceError: the total is NaN/Inf (checked before the step, so the images never take it).
     """
+    if getattr(run.method, "class_by_class", False):
+        steps = [_update(run, it, gen, c) for c in range(run.data.num_classes)]
+        cmis = [s[1] for s in steps if s[1] is not None]
+        out = (sum(s[0] for s in steps), sum(cmis) if cmis else None, sum(s[2] for s in steps))
+    else:
+        out = _update(run, it, gen)
+    run.method.after_update(*decode(run.syn.detach(), run.labels, run.job.method.factor), gen)
+    return out
+
+
+def _update(run: _Run, it: int, gen: torch.Generator, only: int | None = None) -> tuple[float, float | None, float]:
+    """One SGD step of the images on the DD term (of class ``only``, or all) plus ``lam`` x its CMI term."""
     job, syn, labels, factor = run.job, run.syn, run.labels, run.job.method.factor
     x, y = decode(syn, labels, factor)  # multi-formation; the identity for factor 1
-    loss_dd = run.method.loss(x, y, gen, run.classes)  # classes: a worker's share (None = all)
+    classes = run.classes  # a worker's share (None = all)
+    if only is not None:
+        classes = [only] if classes is None or only in classes else []
+    loss_dd = run.method.loss(x, y, gen, classes)
     total, cmi = loss_dd, None
     if run.reg is not None and it % job.cmi.every == 0:
-        cmi = run.reg(x, y, gen)
+        xs, ys = (x, y) if only is None else (x[y == only], y[y == only])
+        cmi = run.reg(xs, ys, gen, groups=None if only is None else 1)
         total = loss_dd + job.cmi.lam * cmi
     run.opt.zero_grad(set_to_none=True)
-    total.backward()
+    if total.requires_grad:
+        total.backward()
+    else:  # another worker's class and no CMI term: this worker adds nothing to the step
+        syn.grad = torch.zeros_like(syn)
     if run.shard is not None:  # this worker's terms -> the whole job's (gradient and metrics)
         loss_dd, cmi_sum, total = run.shard.reduce(syn, loss_dd, cmi if cmi is not None else syn.new_zeros(()),
                                                    total)
@@ -313,7 +337,6 @@ def _image_step(run: _Run, it: int, gen: torch.Generator) -> tuple[float, float 
         raise DivergenceError(f"loss became {total_v} at iteration {it + 1} (loss_dd={dd_v}); {where}; "
                               "try a smaller method.lr_img or cmi.lam")
     run.opt.step()
-    run.method.after_update(*decode(syn.detach(), labels, factor), gen)
     return dd_v, (cmi_v if cmi is not None else None), total_v
 
 

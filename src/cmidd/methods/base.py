@@ -34,11 +34,14 @@ class Method(Protocol):
     """A DD loss over the synthetic images.
 
     The loop calls, per iteration: ``begin_iteration`` once, then ``steps_per_iteration`` times
-    ``loss`` -> image update -> ``after_update``; checkpoints call ``state_dict``, ``--resume``
+    ``loss`` -> image update (per class when ``class_by_class``) -> ``after_update``; checkpoints call ``state_dict``, ``--resume``
     ``load_state_dict``. All randomness comes from ``gen``.
     """
 
     steps_per_iteration: int
+    # True: each of those steps is one image update per class on that class's loss (IDC's reference), in
+    # class order, then one ``after_update``; False: one image update for all classes at once
+    class_by_class: bool = False
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         """Start an iteration (e.g. draw a fresh randomly initialized network)."""

@@ -53,11 +53,14 @@ class GM(Method):
         net_on_real: train the net between outer steps on real data (IDC) instead of the synthetic set (DC).
         net_momentum: SGD momentum of the net's training between outer steps: 0 in DC/DSA's reference
             (``optimizer_net = SGD(net.parameters(), lr=lr_net)`` in its main.py), 0.9 in IDC's.
+        class_by_class: one image update per class per outer step (IDC's reference) instead of one for all
+            classes (DC/DSA's).
     """
 
     def __init__(self, ctx: MethodContext, distance=gm_distance, net_on_real: bool = False,
-                 net_momentum: float = 0.0) -> None:
+                 net_momentum: float = 0.0, class_by_class: bool = False) -> None:
         self.ctx, self.distance, self.net_on_real, self.net_momentum = ctx, distance, net_on_real, net_momentum
+        self.class_by_class = class_by_class
         self.steps_per_iteration = ctx.cfg.outer_loop
         self.net = create_net(ctx.net.name, ctx.channels, ctx.num_classes, ctx.im_size, **ctx.net.kwargs())
         self.net.to(ctx.device).train()
