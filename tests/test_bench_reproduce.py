@@ -41,10 +41,10 @@ def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
     assert got == [(ipc, v) for ipc in (1, 2) for v in ("random-real", *TINY.variants)]
     for row in r["rows"]:
         assert row["eval_epochs"] == 1 and row["seeds"] == 1
-        assert row["iterations"] == (0 if row["variant"] == "random-real" else 2)
-        if row["ipc"] == 1 and "+cmi" in row["variant"]:
-            assert row["acc"] is None and "CMI is 0" in row["note"]
+        if row["ipc"] == 1 and "+cmi" in row["variant"]:  # no run: no accuracy, no iterations, the reason
+            assert row["acc"] is None and row["iterations"] == 0 and "CMI is 0" in row["note"]
             continue
+        assert row["iterations"] == (0 if row["variant"] == "random-real" else 2)
         assert 0.0 <= row["acc"] <= 100.0, row
         if row["variant"] != "random-real":  # curve=1: one evaluation mid-run, then the final one
             assert [p[0] for p in row["curve"]] == [1, 2]
@@ -92,3 +92,27 @@ def test_bad_set_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_plan_lambdas_and_rows_not_run(tmp_path):
+    """A method's searched lambda reaches its +CMI job only; ``not_run`` rows get their reason and no job."""
+    plan = br.plan_named("full", ipcs=(1, 10), variants=("dc", "dm", "dm+cmi", "mtt+cmi"), lams=(("dm", 123.0),),
+                         not_run=((10, "dc", "needs a GPU: 173 s/it here"),))
+    jobs = br.variant_jobs(plan, tmp_path)
+    assert set(jobs) == {(1, "dc"), (1, "dm"), (10, "dm"), (10, "dm+cmi"), (10, "mtt+cmi")}
+    assert jobs[10, "dm+cmi"].cmi.lam == 123.0 and jobs[10, "dm"].cmi.lam == 0.0
+    assert jobs[10, "mtt+cmi"].cmi.lam == plan.lam != 123.0
+    assert plan.why_not(10, "dc") == "needs a GPU: 173 s/it here" and plan.why_not(1, "dc") is None
+    assert "CMI is 0" in plan.why_not(1, "dm+cmi")
+
+
+@pytest.mark.parametrize("name", list(br.REPRODUCE_PLANS))
+def test_every_budget_validates(tmp_path, name):
+    """Each ``--budget`` builds valid jobs for every row it runs, and names a reason for every row it does not."""
+    plan = br.REPRODUCE_PLANS[name]
+    jobs = br.variant_jobs(plan, tmp_path)
+    for ipc in plan.ipcs:
+        for v in plan.variants:
+            assert ((ipc, v) in jobs) != bool(plan.why_not(ipc, v)), (name, ipc, v)
+    for (ipc, v), job in jobs.items():
+        assert job.ipc == ipc and job.method.iterations == plan.iterations_of(v.partition("+")[0])

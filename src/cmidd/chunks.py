@@ -144,8 +144,4 @@ def ce_param_grads(net: nn.Module, params: list[Tensor], x: Tensor, y: Tensor,
             return torch.autograd.grad(F.cross_entropy(net(part[0]), part[1], reduction="sum") / n, params)
 
     per_chunk = map_chunks(one, list(zip(x.detach().contiguous().split(size), y.split(size))))
-    total = [g.clone() for g in per_chunk[0]]
-    for gs in per_chunk[1:]:
-        for t, g in zip(total, gs):
-            t.add_(g)
-    return total
+    return [sum(gs[1:], gs[0]) for gs in zip(*per_chunk)]

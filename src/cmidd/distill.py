@@ -294,7 +294,7 @@ def _image_step(run: _Run, it: int, gen: torch.Generator) -> tuple[float, float 
     Raises:
         DivergenceError: the total is NaN/Inf (checked before the step, so the images never take it).
     """
-    if getattr(run.method, "class_by_class", False):
+    if run.method.class_by_class:
         steps = [_update(run, it, gen, c) for c in range(run.data.num_classes)]
         cmis = [s[1] for s in steps if s[1] is not None]
         out = (sum(s[0] for s in steps), sum(cmis) if cmis else None, sum(s[2] for s in steps))

@@ -57,6 +57,12 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# measured 2026-12-03 on the 2-core CPU, mnist5k 28x28, ConvNet-3 w128: DC at IPC 10 (50 outer x 10 inner steps,
+# 2560 real images per outer step) 173 s per iteration, 48 h for the published 1000 iterations
+GM_IPC10 = "not run: 173 s/iteration on 2 CPU cores (DC, IPC 10); --device cuda"
+IDC_IPC10 = "not run: 70 s/iteration on 2 CPU cores at IPC 1, more at IPC 10; --device cuda"
+
+
 @dataclass(frozen=True)
 class ReproducePlan:
     """Budgets of the reproduce suite; ``REPRODUCE_PLANS`` holds ``full`` and ``quick`` (reduced budget)."""
@@ -78,9 +84,20 @@ class ReproducePlan:
     seed: int = 0
     idc_loops: tuple[int, int] = (10, 10)  # IDC's (outer, inner) loop
     curve: int = 0  # evaluations during each distillation, evenly spaced: the accuracy-vs-iteration curve
+    lams: tuple[tuple[str, float], ...] = ()  # lambda of a method's +CMI variant (from a search); others: ``lam``
+    not_run: tuple[tuple[int, str, str], ...] = ()  # (IPC, variant, why): a row with the reason, no run
 
     def iterations_of(self, method: str) -> int:
         return dict(self.iterations)[method]
+
+    def lam_of(self, method: str) -> float:
+        return dict(self.lams).get(method, self.lam)
+
+    def why_not(self, ipc: int, variant: str) -> str | None:
+        """Why (``ipc``, ``variant``) has no run under this plan, or None if it runs."""
+        if "+cmi" in variant and ipc == 1:
+            return "CMI is 0 at IPC 1 (= the method)"
+        return next((why for i, v, why in self.not_run if (i, v) == (ipc, variant)), None)
 
 
 REPRODUCE_PLANS = {
@@ -99,6 +116,15 @@ REPRODUCE_PLANS = {
         iterations=(("dc", 100), ("dsa", 100), ("dm", 300), ("idc", 8), ("mtt", 200)), eval_epochs=300, seeds=3,
         proxy_set="convnet-x1", proxy_epochs=5, experts=2, expert_epochs=6, curve=3,
     ),
+    # IPC 10 on the same CPU, about 55 minutes: DM, DM + CMI (lambda: the best of `cmidd search
+    # search_spaces/mnist5k_dmcmi_cpu.yaml`, the same 100 iterations), MTT (13 s per iteration here); the
+    # gradient-matching methods are rows with their measured cost
+    "cpu10": ReproducePlan(
+        label="CPU budget (2 cores)", ipcs=(10,), variants=("dc", "dsa", "dm", "idc", "mtt", "dm+cmi"),
+        iterations=(("dc", 1000), ("dsa", 1000), ("dm", 100), ("idc", 1000), ("mtt", 100)), eval_epochs=300,
+        seeds=3, proxy_set="convnet-x1", proxy_epochs=5, experts=2, expert_epochs=6, lams=(("dm", LAM),),
+        not_run=((10, "dc", GM_IPC10), (10, "dsa", GM_IPC10), (10, "idc", IDC_IPC10)),
+    ),
 }
 
 
@@ -115,7 +141,7 @@ def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: 
     job: dict[str, Any] = {
         "kind": "distill", "name": f"reproduce-{variant.replace('+', '-')}-ipc{ipc}", "seed": plan.seed,
         "device": device, "ipc": ipc, "data": {"name": plan.data}, "net": dict(NET), "method": m,
-        "cmi": {"lam": plan.lam if cmi else 0.0},
+        "cmi": {"lam": plan.lam_of(base) if cmi else 0.0},
         "proxies": {"set": plan.proxy_set, "epochs": plan.proxy_epochs, "dir": str(out / "proxies")},
         "eval": {**eval_cfg(plan), "every": _every(plan.iterations_of(base), plan.curve)},
         "output": {"dir": str(out / f"ipc{ipc}" / variant.replace("+", "-")), "checkpoint_every": 0},
@@ -145,12 +171,12 @@ def variant_jobs(plan: ReproducePlan, out: Path, device: str = "auto", overrides
 
     ``overrides`` (``cmidd bench --set data.name=mnist --set data.root=/data/mnist``) apply to every job, so the
     suite runs unchanged on another data set; a bad one raises ``ConfigError`` here, before anything runs.
-    +CMI variants are left out at IPC 1 (CMI is identically 0 there).
+    Left out: what ``plan.why_not`` names (+CMI at IPC 1, where CMI is identically 0; the plan's ``not_run``).
     """
     jobs = {}
     for ipc in plan.ipcs:
         for v in plan.variants:
-            if "+cmi" in v and ipc == 1:
+            if plan.why_not(ipc, v) is not None:
                 continue
             raw = apply_overrides(variant_job(plan, v, ipc, out, device), list(overrides), "--set")
             jobs[ipc, v] = parse_job(raw, f"bench reproduce ({v}, ipc {ipc})")
@@ -176,8 +202,7 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
         for v in plan.variants:
             job = jobs.get((ipc, v))
             if job is None:
-                acc[v] = _row(plan, ipc, v, plan.iterations_of(v.partition("+")[0]), [],
-                              note="CMI is 0 at IPC 1 (= the method)")
+                acc[v] = _row(plan, ipc, v, 0, [], note=plan.why_not(ipc, v))
                 continue
             log.info("[reproduce] ipc %d: %s (%d iterations), then evaluating", ipc, v, job.method.iterations)
             try:
@@ -194,17 +219,14 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
 
 
 def _curve(result: Any) -> list[list[float | None]]:
-    """``[[iteration, acc %, std % or None], ...]`` of ConvNet from the evaluations during the run, then the final
-    one (no std from one seed)."""
-    def pct(v: float) -> float | None:
-        return 100.0 * v if math.isfinite(v) else None
-
+    """``[[iteration, acc %, std %], ...]`` of ConvNet from the evaluations during the run (``_row`` appends the
+    final one)."""
     evals = result.history.evals if result.history is not None else []
-    pts = [[e["step"], pct(e["acc/ConvNet"]), pct(e["acc_std/ConvNet"])] for e in evals if "acc/ConvNet" in e]
-    final = [r for r in result.rows if r["arch"] == "ConvNet"]
-    if pts and final:
-        pts.append([result.history.step[-1], pct(final[0]["acc_mean"]), pct(final[0]["acc_std"])])
-    return pts
+    return [[e["step"], _pct(e["acc/ConvNet"]), _pct(e["acc_std/ConvNet"])] for e in evals if "acc/ConvNet" in e]
+
+
+def _pct(v: float) -> float | None:
+    return 100.0 * v if math.isfinite(v) else None
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -214,12 +236,15 @@ def _diff(a: float | None, b: float | None) -> float | None:
 def _row(plan: ReproducePlan, ipc: int, variant: str, iterations: int, rows: list[dict[str, Any]],
          note: str = "", curve: list[list[float]] | None = None) -> dict[str, Any]:
     conv = [r for r in rows if r["arch"] == "ConvNet"]
-    a = 100.0 * conv[0]["acc_mean"] if conv else None
-    s = 100.0 * conv[0]["acc_std"] if conv and math.isfinite(conv[0]["acc_std"]) else None
+    a = _pct(conv[0]["acc_mean"]) if conv else None
+    s = _pct(conv[0]["acc_std"]) if conv else None
+    curve = list(curve or [])
+    if curve:
+        curve.append([iterations, a, s])
     pub = PUBLISHED.get(variant, {}).get(ipc)
     return {"ipc": ipc, "variant": variant, "acc": a, "std": s, "published": pub, "gap": _diff(a, pub),
             "vs_dm": None, "vs_random": None, "iterations": iterations, "eval_epochs": plan.eval_epochs,
-            "seeds": plan.seeds, "note": note, "curve": curve or []}
+            "seeds": plan.seeds, "note": note, "curve": curve}
 
 
 def _f(v: float | None, sign: bool = False) -> str:

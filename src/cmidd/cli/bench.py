@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
     b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
     b.add_argument("--budget", default=None,
-                   help="the reproduce suite's budget: full | quick | cpu (default: quick with --quick, else full)")
+                   help="the reproduce suite's budget: full | quick | cpu (IPC 1) | cpu10 (IPC 10) "
+                        "(default: quick with --quick, else full)")
     add_set(b, "override a field of every job of the reproduce suite (data.name=mnist, data.root=DIR, ...)")
     add_tracking_uri(b, "also log the report to MLflow (default: $MLFLOW_TRACKING_URI if set, else not logged)")
     b.set_defaults(fn=command)
