@@ -11,7 +11,7 @@ import torch
 from cmidd.augment import DSAParams
 from cmidd.config import EvalCfg
 from cmidd.ensemble import BATCHED, ensemble_scores, expected_calibration_error, train_seeds
-from cmidd.evaluate import ENSEMBLE, evaluate
+from cmidd.evaluate import ENSEMBLE, EvalResult, evaluate
 from cmidd.nets import create_net
 from cmidd.report import results_table
 
@@ -93,6 +93,18 @@ def test_ensemble_accuracy_and_ece_by_hand():
     labels2 = torch.tensor([1, 0, 1])  # first point now wrong
     acc2, _ = ensemble_scores(torch.stack([m1, m2]), labels2)
     assert acc2 == pytest.approx(2 / 3)
+
+
+def test_cross_arch_std_is_the_spread_of_the_per_seed_means():
+    """``acc_std/cross_arch_mean``: seed i's mean over archs, then the population std over seeds."""
+    res = EvalResult(accs={"A": [0.9, 0.8, 0.7], "B": [0.5, 0.6, 0.9]})
+    per_seed = [0.7, 0.7, 0.8]
+    m = res.metrics()
+    assert m["acc_std/cross_arch_mean"] == pytest.approx(statistics.pstdev(per_seed), abs=1e-12)
+    assert m["acc/cross_arch_mean"] == pytest.approx(statistics.fmean(per_seed), abs=1e-12)
+    one = EvalResult(accs={"A": [0.9, 0.8, 0.7]})
+    assert one.metrics()["acc_std/cross_arch_mean"] == pytest.approx(one.std("A"), abs=1e-12) and one.std("A") > 0
+    assert EvalResult(accs={"A": [0.9]}).cross_arch_std == 0.0
 
 
 def test_evaluate_reports_the_ensemble_and_the_training_mode(digits):

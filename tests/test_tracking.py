@@ -266,6 +266,8 @@ def test_cli_best_pull_runs(logged, tmp_path, capsys):
     assert main(["best", "--dataset", "digits", "--ipc", "2", *uri]) == 0
     text = capsys.readouterr().out
     assert f"{MODEL} version {best['version']} [champion]" in text and "method    dm" in text
+    m = best["metrics"]
+    assert f"acc/cross_arch_mean = {m['acc/cross_arch_mean']:.4f} +- {m['acc_std/cross_arch_mean']:.4f}" in text
     assert main(["pull", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "p"), *uri]) == 0
     assert "SyntheticSet.load" in capsys.readouterr().out
     assert main(["runs", "-n", "5", *uri]) == 0

@@ -59,13 +59,20 @@ class EvalResult:
     def cross_arch_mean(self) -> float:
         return statistics.fmean(self.mean(a) for a in self.accs)
 
+    @property
+    def cross_arch_std(self) -> float:
+        """Seed spread of ``cross_arch_mean``: the std over seeds of seed i's mean over architectures (one
+        architecture: its ``std``)."""
+        per_seed = [statistics.fmean(accs) for accs in zip(*self.accs.values())]
+        return statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0
+
     def metrics(self) -> dict[str, float]:
-        """``acc/<arch>``, ``acc_std/<arch>``, ``acc/cross_arch_mean`` and, for an ensemble, ``acc/ensemble``
-        and ``ece/ensemble`` (the MLflow metric names)."""
+        """``acc/<arch>``, ``acc_std/<arch>``, ``acc/cross_arch_mean``, ``acc_std/cross_arch_mean`` and, for an
+        ensemble, ``acc/ensemble`` and ``ece/ensemble`` (the MLflow metric names)."""
         out: dict[str, float] = {}
         for a in self.accs:
             out[f"acc/{a}"], out[f"acc_std/{a}"] = self.mean(a), self.std(a)
-        out["acc/cross_arch_mean"] = self.cross_arch_mean
+        out["acc/cross_arch_mean"], out["acc_std/cross_arch_mean"] = self.cross_arch_mean, self.cross_arch_std
         if self.ensemble_acc is not None:
             out["acc/ensemble"], out["ece/ensemble"] = self.ensemble_acc, self.ensemble_ece
         return out

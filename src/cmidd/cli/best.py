@@ -51,10 +51,15 @@ def format_best(best: dict, metric: str) -> str:
         f"{best['name']} version {best['version']}{alias}",
         f"  run       {best['run_id']}",
         f"  method    {p.get('method.name', '-')}   lambda {p.get('cmi.lam', '-')}   proxy set {proxies}",
-        f"  {metric} = {m[metric]:.4f}",
+        f"  {metric} = {m[metric]:.4f}{_std(m, metric)}",
     ]
     for k in sorted(k for k in m if k.startswith("acc/") and k != metric):
-        std = m.get(k.replace("acc/", "acc_std/", 1))
-        lines.append(f"  {k:<24} {m[k]:.4f}" + (f" +- {std:.4f}" if std is not None else ""))
+        lines.append(f"  {k:<24} {m[k]:.4f}{_std(m, k)}")
     lines.append(f"  source    {best['source']}")
     return "\n".join(lines)
+
+
+def _std(m: dict[str, float], key: str) -> str:
+    """`` +- std`` of ``acc/X`` when ``acc_std/X`` was logged, else ""."""
+    std = m.get(key.replace("acc/", "acc_std/", 1))
+    return "" if std is None else f" +- {std:.4f}"

@@ -26,10 +26,13 @@ def command(args) -> None:
 
     cfg = load_search(args.space, args.set)
     quiet_mlflow()
-    from ..ray.tune import run_search, summary_table
+    from ..ray.tune import run_search, summary_table, zero_arm_verdict
 
     summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
     print(summary_table(summary, cfg.search.metric))
+    verdict = zero_arm_verdict(summary, cfg.search.metric, cfg.search.mode)
+    if verdict:
+        print(verdict)
     best = summary["best"]
     print(f"best: trial {best['trial_id']} ({cfg.search.metric} {best['metric']:.4f}), run {best['run_id']}")
     for v in summary["registered"]:

@@ -50,6 +50,7 @@ def finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], wa
         rows.append({
             "trial_id": t["trial_id"], "run_id": run.info.run_id if run is not None else None, "state": state,
             "step": t["last"].get("step"), "metric": t["last"].get(cfg.search.metric),
+            "std": t["last"].get(cfg.search.metric.replace("acc/", "acc_std/", 1)),  # seed spread, if reported
             "params": {k: v for k, v in t["config"].items()},
         })
     known = {t["trial_id"] for t in trials}
@@ -214,17 +215,38 @@ def _lam(cfg: SearchCfg, params: dict[str, Any]) -> float:
 
 
 def summary_table(summary: dict[str, Any], metric: str) -> str:
-    """The final table: one line per trial (best first), with its state, step, metric and values."""
+    """The final table: one line per trial (best first), with its state, step, metric, seed std and values."""
     rows = sorted(summary["trials"], key=lambda r: (r["metric"] is None, -(r["metric"] or 0.0)))
     keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "state", "step", metric, *keys]
+    head = ["trial", "state", "step", metric, "std", *keys]
     lines = [head]
     for r in rows:
-        m = "" if r["metric"] is None else f"{r['metric']:.4f}"
+        m, sd = ("" if r.get(k) is None else f"{r[k]:.4f}" for k in ("metric", "std"))
         vals = [_fmt(r["params"].get(k)) for k in keys]
-        lines.append([r["trial_id"], r["state"], str(r["step"] if r["step"] is not None else ""), m, *vals])
+        lines.append([r["trial_id"], r["state"], str(r["step"] if r["step"] is not None else ""), m, sd, *vals])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def zero_arm_verdict(summary: dict[str, Any], metric: str, mode: str = "max") -> str | None:
+    """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm) by more than
+    their seed spreads added (``std``); None unless both arms finished."""
+    done = [r for r in summary["trials"] if r["state"] == "finished" and r["metric"] is not None]
+    zero = [r for r in done if r["params"].get(ZERO_ARM) is False or r["params"].get("cmi.lam") == 0]
+    cmi = [r for r in done if r not in zero]
+    if not zero or not cmi:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    z, c = (max(arm, key=lambda r: sign * r["metric"]) for arm in (zero, cmi))
+    diff, spread = sign * (c["metric"] - z["metric"]), (z.get("std") or 0.0) + (c.get("std") or 0.0)
+    verdict = "beats" if diff > spread else "does not beat"
+    return (f"zero arm: lambda = 0 {metric} {_pm(z)}; best lambda > 0 ({_fmt(c['params'].get('cmi.lam'))}) "
+            f"{_pm(c)}: {sign * diff:+.4f}, so lambda > 0 {verdict} lambda = 0 by more than the seed spread "
+            f"({spread:.4f}, the two std added)")
+
+
+def _pm(r: dict[str, Any]) -> str:
+    return f"{r['metric']:.4f}" + ("" if r.get("std") is None else f" +- {r['std']:.4f}")
 
 
 def _fmt(v: Any) -> str:

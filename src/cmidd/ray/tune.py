@@ -52,13 +52,13 @@ from ..runner import load_job_data, proxies_dir
 from ..synthetic import atomic_write
 from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
 from . import connect, disconnect
-from ._search_report import finish, plots, study_summary, summary_table
+from ._search_report import finish, plots, study_summary, summary_table, zero_arm_verdict
 from ._space import FINAL, TAG_NODE, TAG_SEARCH, TAG_STOPPED, TAG_TRIAL, TUNE_DIR, optuna_space, trial_job
 
 __all__ = [
     "FINAL", "TAG_NODE", "TAG_SEARCH", "TAG_STOPPED", "TAG_TRIAL", "TUNE_DIR", "TuneHooks", "build_tuner",
     "find_trial_run", "fit_tuner", "make_trainable", "optuna_space", "plots", "read_trials", "run_search",
-    "study_summary", "summary_table", "trial_job",
+    "study_summary", "summary_table", "trial_job", "zero_arm_verdict",
 ]
 
 log = logging.getLogger(__name__)
