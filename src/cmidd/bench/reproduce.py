@@ -65,7 +65,7 @@ IDC_IPC10 = "not run: 70 s/iteration on 2 CPU cores at IPC 1, more at IPC 10; --
 
 @dataclass(frozen=True)
 class ReproducePlan:
-    """Budgets of the reproduce suite; ``REPRODUCE_PLANS`` holds ``full`` and ``quick`` (reduced budget)."""
+    """A budget of the reproduce suite (``REPRODUCE_PLANS``: ``full``, ``quick``, ``cpu``, ``cpu10``)."""
 
     label: str = "full budget"
     data: str = "mnist5k"
@@ -122,7 +122,7 @@ REPRODUCE_PLANS = {
     "cpu10": ReproducePlan(
         label="CPU budget (2 cores)", ipcs=(10,), variants=("dc", "dsa", "dm", "idc", "mtt", "dm+cmi"),
         iterations=(("dc", 1000), ("dsa", 1000), ("dm", 100), ("idc", 1000), ("mtt", 100)), eval_epochs=300,
-        seeds=3, proxy_set="convnet-x1", proxy_epochs=5, experts=2, expert_epochs=6, lams=(("dm", LAM),),
+        seeds=3, proxy_set="convnet-x1", proxy_epochs=5, experts=2, expert_epochs=6, lams=(("dm", 157.4),),
         not_run=((10, "dc", GM_IPC10), (10, "dsa", GM_IPC10), (10, "idc", IDC_IPC10)),
     ),
 }

@@ -229,8 +229,8 @@ def summary_table(summary: dict[str, Any], metric: str) -> str:
 
 
 def zero_arm_verdict(summary: dict[str, Any], metric: str, mode: str = "max") -> str | None:
-    """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm) by more than
-    their seed spreads added (``std``); None unless both arms finished."""
+    """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
+    is within their seed spreads added (``std``); None unless both arms finished."""
     done = [r for r in summary["trials"] if r["state"] == "finished" and r["metric"] is not None]
     zero = [r for r in done if r["params"].get(ZERO_ARM) is False or r["params"].get("cmi.lam") == 0]
     cmi = [r for r in done if r not in zero]
@@ -239,10 +239,11 @@ def zero_arm_verdict(summary: dict[str, Any], metric: str, mode: str = "max") ->
     sign = 1.0 if mode == "max" else -1.0
     z, c = (max(arm, key=lambda r: sign * r["metric"]) for arm in (zero, cmi))
     diff, spread = sign * (c["metric"] - z["metric"]), (z.get("std") or 0.0) + (c.get("std") or 0.0)
-    verdict = "beats" if diff > spread else "does not beat"
+    verdict = ("beats lambda = 0 by more than" if diff > spread else "is worse than lambda = 0 by more than"
+               if diff < -spread else "is within")
     return (f"zero arm: lambda = 0 {metric} {_pm(z)}; best lambda > 0 ({_fmt(c['params'].get('cmi.lam'))}) "
-            f"{_pm(c)}: {sign * diff:+.4f}, so lambda > 0 {verdict} lambda = 0 by more than the seed spread "
-            f"({spread:.4f}, the two std added)")
+            f"{_pm(c)}: {sign * diff:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std "
+            "added)")
 
 
 def _pm(r: dict[str, Any]) -> str:
