@@ -119,7 +119,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["bench", "--suite", "speed", "--budget", "cpu", "--out", str(tmp_path / "b")]) == 2
     assert "--budget: only the reproduce suite" in capsys.readouterr().err
     assert main(["bench", "--suite", "reproduce", "--budget", "gpu", "--out", str(tmp_path / "b")]) == 2
-    assert "--budget: must be one of full, quick, cpu (got 'gpu')" in capsys.readouterr().err
+    assert "--budget: must be one of full, quick, cpu, cpu10 (got 'gpu')" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
