@@ -197,16 +197,18 @@ def test_study_summary_and_plots_degenerate_cases(tmp_path):
     (0.90, 0.03, 0.01, "is within the seed spread"),
     (0.96, 0.01, 0.01, "is worse than lambda = 0 by more than the seed spread"),
 ])
-def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(z_acc, z_std, c_std, verdict):
+def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc, z_std, c_std, verdict):
     from cmidd.ray.tune import summary_table, zero_arm_verdict
+
+    cfg = load_search(write(tmp_path, space(tmp_path)))
 
     rows = [{**_row("z", "finished", z_acc, 5.0, on=False), "std": z_std},
             {**_row("c", "finished", 0.93, 700.0), "std": c_std},
             {**_row("w", "finished", 0.80, 9000.0), "std": 0.0},
             {**_row("s", "stopped", 0.99, 100.0), "std": 0.0}]  # stopped: not a finished arm
-    line = zero_arm_verdict({"trials": rows}, "acc")
+    line = zero_arm_verdict({"trials": rows}, cfg)
     assert f"lambda > 0 {verdict}" in line and "(700)" in line and f"{0.93 - z_acc:+.4f}" in line
-    assert zero_arm_verdict({"trials": rows[1:]}, "acc") is None  # no finished lambda = 0 trial
+    assert zero_arm_verdict({"trials": rows[1:]}, cfg) is None  # no finished lambda = 0 trial
     table = summary_table({"trials": rows}, "acc").splitlines()
     assert table[0].split()[3:5] == ["acc", "std"] and f"{z_std:.4f}" in "".join(table)
 

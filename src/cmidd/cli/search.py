@@ -30,7 +30,7 @@ def command(args) -> None:
 
     summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
     print(summary_table(summary, cfg.search.metric))
-    verdict = zero_arm_verdict(summary, cfg.search.metric, cfg.search.mode)
+    verdict = zero_arm_verdict(summary, cfg)
     if verdict:
         print(verdict)
     best = summary["best"]

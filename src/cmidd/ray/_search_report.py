@@ -228,22 +228,21 @@ def summary_table(summary: dict[str, Any], metric: str) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def zero_arm_verdict(summary: dict[str, Any], metric: str, mode: str = "max") -> str | None:
+def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str | None:
     """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
     is within their seed spreads added (``std``); None unless both arms finished."""
     done = [r for r in summary["trials"] if r["state"] == "finished" and r["metric"] is not None]
-    zero = [r for r in done if r["params"].get(ZERO_ARM) is False or r["params"].get("cmi.lam") == 0]
+    zero = [r for r in done if _lam(cfg, r["params"]) == 0]
     cmi = [r for r in done if r not in zero]
     if not zero or not cmi:
         return None
-    sign = 1.0 if mode == "max" else -1.0
+    sign = 1.0 if cfg.search.mode == "max" else -1.0
     z, c = (max(arm, key=lambda r: sign * r["metric"]) for arm in (zero, cmi))
-    diff, spread = sign * (c["metric"] - z["metric"]), (z.get("std") or 0.0) + (c.get("std") or 0.0)
-    verdict = ("beats lambda = 0 by more than" if diff > spread else "is worse than lambda = 0 by more than"
-               if diff < -spread else "is within")
-    return (f"zero arm: lambda = 0 {metric} {_pm(z)}; best lambda > 0 ({_fmt(c['params'].get('cmi.lam'))}) "
-            f"{_pm(c)}: {sign * diff:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std "
-            "added)")
+    gap, spread = c["metric"] - z["metric"], (z.get("std") or 0.0) + (c.get("std") or 0.0)
+    verdict = ("beats lambda = 0 by more than" if sign * gap > spread else "is worse than lambda = 0 by more than"
+               if sign * gap < -spread else "is within")
+    return (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({_fmt(_lam(cfg, c['params']))}) "
+            f"{_pm(c)}: {gap:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std added)")
 
 
 def _pm(r: dict[str, Any]) -> str:
