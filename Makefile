@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-fast lint clean gpu-check gpu-check-cpu wheels
+.PHONY: setup demo demo-quick test test-fast lint clean gpu-check gpu-check-cpu wheels seedbench gpu-run-dry
 
 setup: $(STAMP)
 
@@ -38,11 +38,19 @@ lint: setup
 
 # The GPU readiness check (tools/gpu_check.py): on a CUDA machine with only torch & co., pydantic comes from .whl/.
 # `make wheels` once where pip reaches PyPI; `make gpu-check` on the GPU machine; `make gpu-check-cpu` is the dry run.
-WHEELS := pydantic pydantic-core annotated-types typing-extensions typing-inspection
+WHEELS := pydantic pydantic-core annotated-types typing-extensions typing-inspection mlxtend
 wheels:
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(WHEELS)
+
+# The GPU run (tools/gpu_run.py, four time-boxed steps in about 9 minutes): `make wheels seedbench` here, then on the
+# GPU machine `tools/gpu_run.sh` with .whl and .seedbench carried; `make gpu-run-dry` is its CPU dry run.
+seedbench:
+	rm -rf .seedbench && cp -r ../shared/seedbench .seedbench
+
+gpu-run-dry: setup
+	PYTHON=$(PY) tools/gpu_run.sh --dry --out runs/gpu-run-dry
 
 gpu-check:
 	tools/gpu_check.sh --device cuda

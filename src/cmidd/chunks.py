@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,18 +72,36 @@ def _chunk_size(x: Tensor, chunk: int | None) -> int:
     return CPU_CHUNK if x.device.type == "cpu" else max(1, x.shape[0])
 
 
+def bf16(fn: Fn, device_type: str) -> Fn:
+    """``fn`` under bfloat16 autocast, float32 out. Autocast is per thread, so it is set inside the call itself
+    (which then also holds in the threads of ``map_chunks``)."""
+    def run(x: Tensor) -> Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return fn(x).float()
+
+    return run
+
+
+def with_precision(fn: Fn, precision: Literal["fp32", "bf16"], device_type: str) -> Fn:
+    """``fn`` itself for ``fp32``; ``bf16(fn)`` for ``bf16``."""
+    return fn if precision == "fp32" else bf16(fn, device_type)
+
+
 @torch.no_grad()
-def embed_nograd(net: nn.Module, x: Tensor, chunk: int | None = None) -> Tensor:
+def embed_nograd(net: nn.Module, x: Tensor, chunk: int | None = None,
+                 precision: Literal["fp32", "bf16"] = "fp32") -> Tensor:
     """``net.embed(x)`` without a graph, in chunks (CPU: ``CPU_CHUNK``; other devices: one batch).
 
     For the real side of a matching loss, which needs no gradient. A net whose rows depend on each other
-    (batch statistics in train mode) must be called with ``chunk=x.shape[0]``.
+    (batch statistics in train mode) must be called with ``chunk=x.shape[0]``. ``bf16``: under bfloat16
+    autocast, float32 out.
     """
     parts = list(x.contiguous().split(_chunk_size(x, chunk)))
+    embed = with_precision(net.embed, precision, x.device.type)
 
     def one(part: Tensor) -> Tensor:
         with torch.no_grad():  # grad mode is per thread
-            return net.embed(part)
+            return embed(part)
 
     return torch.cat(map_chunks(one, parts) if x.device.type == "cpu" else [one(p) for p in parts])
 

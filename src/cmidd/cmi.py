@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunks import apply_chunked, rows_independent
+from .chunks import apply_chunked, rows_independent, with_precision
 from .registry import Registry
 
 
@@ -59,18 +59,9 @@ def proxy_log_probs(
     float32 before the softmax.
     """
     net = proxy.embed if space == "features" else proxy
-    fn = net if precision == "fp32" else _bf16(net, x.device.type)
+    fn = with_precision(net, precision, x.device.type)
     h = apply_chunked(fn, x) if rows_independent(proxy) else fn(x)
     return F.log_softmax(h / temperature, dim=1)
-
-
-def _bf16(fn: Callable[[Tensor], Tensor], device_type: str) -> Callable[[Tensor], Tensor]:
-    """``fn`` under bfloat16 autocast, float32 out (autocast is per thread: set inside the call itself)."""
-    def run(x: Tensor) -> Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            return fn(x).float()
-
-    return run
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
     t = time.perf_counter()
     log.info("[4/4] evaluating the random-real baseline")
     baseline = random_real_set(data, jobs["dm"].ipc, jobs["dm"].seed)
-    b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed)
+    b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed,
+                     resolve_device(jobs["dm"].device))
     seconds["random-real"] = time.perf_counter() - t
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}

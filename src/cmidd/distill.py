@@ -159,7 +159,10 @@ def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) ->
 
 @torch.no_grad()
 def measure_cmi(synset_images, labels, proxies: list[nn.Module], num_classes: int, cfg: CMICfg) -> float:
-    """CMI of a set averaged over *all* proxies (a measurement, not the training aggregation)."""
+    """CMI of a set averaged over *all* proxies (a measurement, not the training aggregation), computed on the
+    proxies' device (the set may be anywhere)."""
+    device = next(proxies[0].parameters()).device
+    synset_images, labels = synset_images.to(device), labels.to(device)
     vals = [
         float(cmi_emp(proxy_log_probs(p, synset_images, cfg.space, cfg.temperature), labels, num_classes))
         for p in proxies
@@ -247,6 +250,28 @@ def distill(
             break
     run.history.seconds = time.perf_counter() - t0
     return _synset(job, data, run.syn, run.labels), run.history
+
+
+def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], draws: int = 8) -> tuple[float, float]:
+    """Mean image-gradient L2 norms of the DD loss and of the (unweighted) CMI at the job's initial images.
+
+    Draw ``m`` (0 .. ``draws`` - 1) takes iteration ``m``'s net, batches and proxy, as the loop would; the ratio
+    ``g_dd / g_cmi`` is the lambda at which both terms pull the images equally hard at the start.
+    """
+    run = _setup(job.model_copy(update={"cmi": job.cmi.model_copy(update={"lam": 1.0})}), data, proxies, Hooks(),
+                 None, None, None)
+    if run.reg is None:
+        raise ConfigError("gradient_norms: CMI is 0 at this IPC (one image per class): there is nothing to balance")
+    g_dd, g_cmi = [], []
+    for m in range(draws):
+        gen = iteration_generator(job.seed, m)
+        run.method.begin_iteration(gen)
+        x, y = decode(run.syn, run.labels, job.method.factor)
+        (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
+        g_dd.append(float(grad.norm()))
+        (grad,) = torch.autograd.grad(run.reg(x, y, gen), run.syn)
+        g_cmi.append(float(grad.norm()))
+    return sum(g_dd) / draws, sum(g_cmi) / draws
 
 
 def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,

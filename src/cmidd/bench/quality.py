@@ -111,7 +111,8 @@ def _one_ipc(ipc: int, base: dict[str, Any], iterations: dict[str, int], first, 
     """Random-real, then every variant distilled and evaluated at ``ipc``; adds to ``found``'s lists."""
     sets = {"random-real": random_real_set(data, ipc, first.seed)}
     log.info("[quality] ipc %d: evaluating random-real", ipc)
-    res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed)
+    device = resolve_device(first.device)
+    res = evaluate(sets["random-real"].images, sets["random-real"].labels, data, first.eval, first.seed, device)
     found["rows"] += _rows(ipc, "random-real", res.rows("random-real"))
     for v, its in iterations.items():
         job = parse_job(variant_job(base, v, ipc, its, out), f"bench:{v}")
@@ -128,14 +129,16 @@ def _one_ipc(ipc: int, base: dict[str, Any], iterations: dict[str, int], first, 
         found["curves"][f"{v}/ipc{ipc}"] = {"step": h.step, "loss_dd": h.loss_dd, "cmi": h.cmi}
     if proxies is not None:
         for name, s in sets.items():
-            found["cmi"][f"{name}/ipc{ipc}"] = measure_cmi(*s.training_set(), proxies, data.num_classes, first.cmi)
+            x, y = s.training_set()
+            found["cmi"][f"{name}/ipc{ipc}"] = measure_cmi(x.to(device), y.to(device), proxies, data.num_classes,
+                                                           first.cmi)
 
 
 def _ceiling(first, data, arch: str, full_epochs: int) -> dict[str, Any]:
     """The full-data accuracy of ``arch`` (the ceiling every set is compared with)."""
     cfg = first.eval.model_copy(update={"epochs": full_epochs})
     log.info("[quality] full-data ceiling on %s", arch)
-    full = evaluate(data.train_x, data.train_y, data, cfg, first.seed, archs=[arch])
+    full = evaluate(data.train_x, data.train_y, data, cfg, first.seed, resolve_device(first.device), archs=[arch])
     return {"arch": arch, "acc_mean": full.mean(arch), "acc_std": full.std(arch), "n": len(full.accs[arch]),
             "epochs": full_epochs}
 

@@ -27,6 +27,7 @@ import torch
 from ..app import execute
 from ..config import apply_overrides, parse_job
 from ..demo import LAM
+from ..distill import resolve_device
 from ..errors import DivergenceError
 from ..evaluate import evaluate
 from ..runner import load_job_data, random_real_set
@@ -197,7 +198,7 @@ def run_reproduce(plan: ReproducePlan, out: Path, device: str = "auto",
     rows: list[dict[str, Any]] = []
     for ipc in plan.ipcs:
         rr = random_real_set(data, ipc, plan.seed)
-        res = evaluate(rr.images, rr.labels, data, first.eval, plan.seed)
+        res = evaluate(rr.images, rr.labels, data, first.eval, plan.seed, resolve_device(first.device))
         acc = {"random-real": _row(plan, ipc, "random-real", 0, res.rows("random-real"))}
         for v in plan.variants:
             job = jobs.get((ipc, v))

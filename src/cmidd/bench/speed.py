@@ -62,6 +62,7 @@ class Setting:
     images: str
     cmi_every: int = 1  # cmi.every: apply CMI on every k-th image update (a fidelity-for-time trade)
     cmi_precision: str = "fp32"  # cmi.precision: fp32 | bf16 (the proxy under bfloat16 autocast)
+    dd_precision: str = "fp32"  # method.precision: fp32 | bf16 (the DD net under bfloat16 autocast; dm only)
 
     @property
     def key(self) -> str:
@@ -71,7 +72,8 @@ class Setting:
         if self.cmi_precision == "bf16":
             opts.append("bf16")
         cmi = ("+cmi" + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
-        return f"{self.method}{cmi}/ipc{self.ipc}/{self.images}"
+        dd = "(bf16)" if self.dd_precision == "bf16" else ""
+        return f"{self.method}{dd}{cmi}/ipc{self.ipc}/{self.images}"
 
 
 def speed_data(images: str, batch_real: int) -> Dataset:
@@ -81,13 +83,16 @@ def speed_data(images: str, batch_real: int) -> Dataset:
     return random_dataset(CLASSES, batch_real + 16, 32, 3, seed=0, name="random32", test_per_class=1)
 
 
-def _job(s: Setting, iterations: int, device: str) -> dict[str, Any]:
+def speed_job(s: Setting, iterations: int, device: str) -> dict[str, Any]:
+    """The raw distill job that times setting ``s`` for ``iterations`` on ``device`` (the shared harness calls it)."""
     big = s.images == "cifar32"
     method: dict[str, Any] = {"name": s.method, "iterations": iterations, "batch_real": 256 if big else 64,
                               "dsa": True}
     if not big:
         method["dsa_strategy"] = "crop_scale_rotate"
     method.update(SPEED_FIELDS.get(s.method, {}))
+    if s.dd_precision != "fp32":
+        method["precision"] = s.dd_precision
     return {
         "kind": "distill", "name": "bench", "seed": 0, "device": device, "ipc": s.ipc,
         "net": {"name": NET_32 if big else "ConvNetD2"}, "method": method,
@@ -155,7 +160,7 @@ def time_loop(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     iterations (holding exactly one CMI application) and the figure is the block's mean.
     """
     k = s.cmi_every
-    job = parse_job(_job(s, warmup + repeats * k, device.type), f"bench:{s.key}")
+    job = parse_job(speed_job(s, warmup + repeats * k, device.type), f"bench:{s.key}")
     proxies = make_proxies(data, device) if s.cmi else None
     experts = fake_experts(job, data) if s.method == "mtt" else None
     clock = StepClock(start=True)
@@ -165,13 +170,14 @@ def time_loop(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     per_it = [sum(per_it[i : i + k]) / k for i in range(0, len(per_it), k)]
     return {"setting": s.key, "method": s.method, "cmi": s.cmi, "ipc": s.ipc, "images": s.images,
             "im_size": data.im_size, "proxy": (PROXY_32 if data.im_size == 32 else "ConvNetD2") if s.cmi else None,
-            "cmi_every": s.cmi_every, "cmi_precision": s.cmi_precision, "s_per_iter": stats(per_it), "peak_mem_mb": mem.peak_mb,
+            "cmi_every": s.cmi_every, "cmi_precision": s.cmi_precision, "dd_precision": s.dd_precision,
+            "s_per_iter": stats(per_it), "peak_mem_mb": mem.peak_mb,
             "unit": "s per image update" if s.method in ("gm", "idc") else "s per iteration"}
 
 
 def time_bare(s: Setting, data: Dataset, warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
     """DM only: the networks' forward/backward on the same batch sizes, with nothing else around them."""
-    job = parse_job(_job(s, 1, device.type), "bench:bare")
+    job = parse_job(speed_job(s, 1, device.type), "bench:bare")
     gen = torch.Generator().manual_seed(0)
     n_real = job.method.batch_real
     real = torch.randn(CLASSES * n_real, data.channels, data.im_size, data.im_size, generator=gen).to(device)

@@ -73,6 +73,9 @@ class MethodCfg(Cfg):
     lr_teacher: float = Field(default=0.01, gt=0)  # the student's initial (learnable) step size
     lr_lr: float = Field(default=1e-5, gt=0)  # the learning rate of that step size
     batch_syn: int | None = Field(default=None, ge=1)  # synthetic images per student step (None = all)
+    # the DD net's forward/backward (real and synthetic sides) under bfloat16 autocast, embeddings cast back to
+    # float32 before the loss; the images and their optimizer stay float32. Opt-in; DM only (README: speed).
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class CMICfg(Cfg):
@@ -212,6 +215,10 @@ class DistillJob(_JobBase):
             raise ValueError(
                 "method.max_start_epoch + method.expert_epochs <= experts.epochs must hold, but got "
                 f"{m.max_start_epoch} + {m.expert_epochs} > {self.experts.epochs}"
+            )
+        if m.precision != "fp32" and m.name != "dm":
+            raise ValueError(
+                f"method.precision bf16 is implemented for method dm only, but got method.name={m.name!r}"
             )
         if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
             raise ValueError(

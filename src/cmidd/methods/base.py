@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..chunks import embed_nograd  # noqa: F401  (../shared/seedbench/harness.py imports it from here)
 from ..data import RealPool
 from ..training import draw_seed  # noqa: F401  (the methods draw their seeds with it)
 

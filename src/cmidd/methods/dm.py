@@ -8,7 +8,7 @@ from torch import Tensor
 from ..augment import DSAParams, dsa_classes
 from ..nets import create_net
 from ._registry import METHODS
-from ..chunks import apply_chunked, embed_nograd, rows_independent
+from ..chunks import apply_chunked, embed_nograd, rows_independent, with_precision
 from .base import Method, MethodContext, class_mask, draw_seed, reinit_
 
 
@@ -68,9 +68,11 @@ class DM(Method):
         if not isinstance(keep_r, slice):  # batch statistics: all rows embedded together, then sliced
             real_y, syn_y = real_y[keep_r], syn_y[keep_s]
         # the real side needs no graph; chunks only where rows are independent (no batch statistics)
-        real_emb = embed_nograd(self.net, real, real.shape[0] if self.batch_stats else None)[keep_r]
+        precision = self.ctx.cfg.precision  # bf16: both sides under autocast, embeddings back in float32
+        real_emb = embed_nograd(self.net, real, real.shape[0] if self.batch_stats else None, precision)[keep_r]
         # the synthetic side in chunks too, each with its own graph (see cmidd.chunks), unless rows interact
-        syn_emb = (self.net.embed(syn) if self.batch_stats else apply_chunked(self.net.embed, syn))[keep_s]
+        embed = with_precision(self.net.embed, precision, syn.device.type)
+        syn_emb = (embed(syn) if self.batch_stats else apply_chunked(embed, syn))[keep_s]
         return dm_loss(real_emb, real_y, syn_emb, syn_y, self.ctx.num_classes)
 
     def after_update(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator) -> None:

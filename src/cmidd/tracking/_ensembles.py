@@ -29,6 +29,7 @@ from ..config import EvalCfg
 from ..data import load_dataset
 from ..ensemble import combine_sets
 from ..errors import ConfigError, UnknownNameError
+from ..distill import resolve_device
 from ..evaluate import evaluate
 from ..synthetic import SyntheticSet
 from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \
@@ -134,9 +135,10 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     eval_cfg = eval_cfg or EvalCfg()
     meta = sets[0].meta
     data = load_dataset(meta["dataset"], im_size=meta.get("im_size"))
+    device = resolve_device("auto")  # a GPU when there is one, as a job's default device
     scores = None
     if mode == "per-class-best":  # score each source per class with the same protocol, then pick
-        scores = torch.tensor([evaluate(s.images, s.labels, data, eval_cfg, seed).class_acc for s in sets])
+        scores = torch.tensor([evaluate(s.images, s.labels, data, eval_cfg, seed, device).class_acc for s in sets])
     synset = combine_sets(sets, mode, scores, sources)  # bad input raises before any run exists
     client = client_for(uri)
     dataset = str(meta["dataset"])
@@ -148,7 +150,7 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
         if scores is not None:
             with mlflow_errors():
                 set_tags(client, run.run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
-        res = evaluate(synset.images, synset.labels, data, eval_cfg, seed)
+        res = evaluate(synset.images, synset.labels, data, eval_cfg, seed, device)
         metrics = res.metrics()
         with mlflow_errors():
             log_metrics(client, run.run_id, metrics_at(0, metrics))
