@@ -158,11 +158,21 @@ def step_harness(sz: Sizes, work: Path, until: float, args: argparse.Namespace) 
     if bench is None:
         save(work, "harness", {"skipped": "harness.py not found (--seedbench, .seedbench/ or ../shared/seedbench/)"})
         return
-    if sz.device == "cuda":  # the harness hides GPUs at import (CUDA_VISIBLE_DEVICES=""): initialize CUDA first
+    # the harness hides GPUs at import (CUDA_VISIBLE_DEVICES=""): initialize CUDA and cache its device count
+    # first (torch caches it once initialized), and restore the variable after the import
+    if sz.device == "cuda":
         torch.zeros(1, device="cuda")
+        torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     spec = importlib.util.spec_from_file_location("seedbench_harness", bench / "harness.py")
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    if sz.device == "cuda":
+        torch.cuda.get_device_name(0)  # fails here, before any timing, if the GPU is still hidden
     if sz.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not visible after importing the harness")
     out = work / "harness_raw.json"
@@ -311,10 +321,11 @@ def step_cmi(sz: Sizes, work: Path, until: float, args: argparse.Namespace) -> N
     x0, y0 = data.train_x[: 10 * sz.ipc], data.train_y[: 10 * sz.ipc]
     evaluate(x0, y0, data, ev, 0, device)
     eval_s = time.time() - t
-    arms = ([("dm", 0.0, "fp32")] + [(f"dm+cmi a={a:g}", a * g_dd / g_cmi, "fp32") for a in sz.cmi_alphas]
-            + [("dm (bf16)", 0.0, "bf16")])
+    alphas = args.alphas or sz.cmi_alphas
+    arms = ([("dm", 0.0, "fp32")] + [(f"dm+cmi a={a:g}", a * g_dd / g_cmi, "fp32") for a in alphas]
+            + ([("dm (bf16)", 0.0, "bf16")] if args.bf16_arm else []))
     per_arm = (until - time.time()) / len(arms) - 1.3 * eval_s - 3
-    iterations = max(1, min(sz.cmi_max_iterations, int(per_arm / (1.15 * s_it))))
+    iterations = args.cmi_iterations or max(1, min(sz.cmi_max_iterations, int(per_arm / (1.15 * s_it))))
     result.update(s_per_iter_probe=s_it, eval_s=eval_s, iterations=iterations, eval=eval_cfg(plan))
     save(work, "cmi", result)
     print(f"[cmi] lambda_balance {g_dd / g_cmi:.4g}, {s_it:.4f} s/it, eval {eval_s:.1f} s: {iterations} iterations "
@@ -358,7 +369,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"{env['date']}, `{report['command']}`, torch {env['torch']}, python {env['python']}; "
              f"{_f(report.get('seconds'), 0)} s of a {report['budget_s']:.0f} s budget.", "",
              "| step | status | seconds | box |", "|---|---|---:|---:|"]
-    lines += [f"| {s['step']} | {s['status']} | {_f(s['seconds'], 0)} | {s['box']:.0f} |" for s in report["steps"]]
+    lines += [f"| {s['step']} | {s['status']}{' (rerun)' if s.get('rerun') else ''} | {_f(s['seconds'], 0)} | "
+              f"{s['box']:.0f} |" for s in report["steps"]]
     r = report.get("check", {}).get("report")
     if r:
         lines += ["", "## 1. GPU check", "", f"status **{r.get('status')}**" + (f": {r['error']}" if r.get("error")
@@ -410,9 +422,15 @@ def markdown(report: dict[str, Any]) -> str:
             note = row.get("error") or ("" if its >= pub else f"reduced: {its} of {pub} iterations fit the box")
             lines.append(f"| {row['variant']} | {ours} | {_f(row.get('published'))} | {_f(gap, 1, True)} | "
                          f"{_f(vs, 1, True)} | {its} ({pub}) | {_f(row.get('s_per_iter'), 3)} | {note} |")
-    c = report.get("cmi", {})
+    for key, title in (("cmi", "## 4. Does CMI help?"), ("cmi_rerun", "### 4b. Does CMI help? (rerun, same seeds)")):
+        lines += _cmi_lines(report.get(key, {}), title)
+    return "\n".join(lines) + "\n"
+
+
+def _cmi_lines(c: dict[str, Any], title: str) -> list[str]:
+    lines: list[str] = []
     if c.get("arms"):
-        lines += ["", f"## 4. Does CMI help? ({c['data']}, IPC {c['ipc']}, DM from real, ConvNet-3, proxies "
+        lines += ["", f"{title} ({c['data']}, IPC {c['ipc']}, DM from real, ConvNet-3, proxies "
                   f"{c['proxy_set']} trained {c['proxy_epochs']} epochs, {c['iterations']} iterations per arm)", "",
                   f"lambda_balance = g_DD / g_CMI = {c['g_dd']:.4g} / {c['g_cmi']:.4g} = {c['lam_balance']:.4g} "
                   f"(mean image-gradient norms at the start); arms use lambda = alpha x lambda_balance.", "",
@@ -423,7 +441,7 @@ def markdown(report: dict[str, Any]) -> str:
             vs = a["acc"] - zero if a["acc"] is not None and zero is not None else None
             lines.append(f"| {a['arm']} | {a['lam']:.4g} | {a['precision']} | {a['iterations']} | "
                          f"{_f(a['acc'])} +- {_f(a['std'])} | {_f(vs, 2, True)} | {a['cmi_final']:.4g} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command: str) -> int:
@@ -447,7 +465,9 @@ def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command:
             continue
         t = time.time()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--until", str(t + box - 5),
-               "--work", str(work), *(["--dry"] if args.dry else []),
+               "--work", str(work), *(["--dry"] if args.dry else []), *(["--no-bf16-arm"] if not args.bf16_arm else []),
+               *(["--alphas", *map(str, args.alphas)] if args.alphas else []),
+               *(["--cmi-iterations", str(args.cmi_iterations)] if args.cmi_iterations else []),
                *(["--seedbench", str(args.seedbench)] if args.seedbench else [])]
         with log.open("a") as fh:
             fh.write(f"\n===== step {name} (box {box:.0f} s) =====\n")
@@ -471,8 +491,34 @@ def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command:
     return 1 if failed else 0
 
 
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from a run and the reruns of some of its steps: a rerun replaces a step that did not end ``ok``
+    (its status, its results); a rerun of a step that was ok is kept beside it (``<step>_rerun``). The environment
+    and budget are the first's, the commands all listed."""
+    out = dict(reports[0])
+    out["steps"] = list(out["steps"])
+    for r in reports[1:]:
+        for s in r["steps"]:
+            if s["status"].startswith("skipped") or s["step"] not in r:
+                continue
+            before = next((x for x in out["steps"] if x["step"] == s["step"]), None)
+            if before is not None and before["status"] == "ok":
+                out[f"{s['step']}_rerun"] = r[s["step"]]
+                out["steps"].append({**s, "step": f"{s['step']}_rerun", "rerun": r["command"]})
+                continue
+            out["steps"] = [x for x in out["steps"] if x["step"] != s["step"]] + [{**s, "rerun": r["command"]}]
+            out[s["step"]] = r[s["step"]]
+        out["command"] = f"{out['command']}; rerun: {r['command']}"
+        out["seconds"] = out.get("seconds", 0) + r.get("seconds", 0)
+    order = [k for s in STEPS for k in (s, f"{s}_rerun")]
+    out["steps"].sort(key=lambda s: order.index(s["step"]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--render", type=Path, nargs="+", help="only write gpu_run.md/json under --out from these "
+                    "gpu_run.json files (a run, then reruns of some of its steps)")
     ap.add_argument("--dry", action="store_true", help="CPU at toy sizes (the test's run)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu-run"))
     ap.add_argument("--work", type=Path, default=None, help="scratch (default: a folder beside --out's files)")
@@ -480,10 +526,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seedbench", type=Path, default=None, help="the harness's folder (default: .seedbench/, "
                     "else ../shared/seedbench/)")
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
+    ap.add_argument("--alphas", type=float, nargs="+", help="cmi step: the lambda arms as multiples of the "
+                    "gradient-balancing lambda (default: 0.1 1)")
+    ap.add_argument("--cmi-iterations", type=int, help="cmi step: iterations per arm (default: as many as fit)")
+    ap.add_argument("--bf16-arm", action=argparse.BooleanOptionalAction, default=True,
+                    help="cmi step: also a DM arm with method.precision bf16")
     ap.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # a child: run one step
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sz = DRY if args.dry else GPU
+    if args.render:
+        report = merge([json.loads(p.read_text()) for p in args.render])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_run.json").write_text(json.dumps(_strict(report), indent=1, default=str))
+        (args.out / "gpu_run.md").write_text(markdown(report))
+        return 0
     if args.step:
         STEPS[args.step](sz, args.work, args.until, args)
         return 0
