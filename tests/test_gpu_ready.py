@@ -150,3 +150,25 @@ def test_constant_tensor_check_catches_a_missing_device():
 def test_loop_modules_give_every_constant_tensor_a_device(module):
     path = ROOT / "src/cmidd" / module
     assert constant_tensors_without_device(path.read_text()) == [], f"{module}: torch.<maker>(...) needs device="
+
+
+def evaluations_without_device(source: str) -> list[int]:
+    """Line numbers of ``evaluate(...)`` calls that name no device (6th positional argument or ``device=``): such a
+    call trains its nets on the CPU even when the job runs on a GPU (found by the first GPU run's review)."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "evaluate"
+                and len(node.args) < 6 and not any(k.arg == "device" for k in node.keywords)
+                and not any(isinstance(a, ast.Starred) for a in node.args)):
+            bad.append(node.lineno)
+    return bad
+
+
+def test_evaluation_check_catches_a_missing_device():
+    src = "evaluate(x, y, d, cfg, 0)\nevaluate(x, y, d, cfg, 0, dev)\nevaluate(x, y, d, cfg, 0, device=dev)\n"
+    assert evaluations_without_device(src) == [1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "src/cmidd").rglob("*.py")), ids=lambda p: p.name)
+def test_every_evaluation_names_its_device(path):
+    assert evaluations_without_device(path.read_text()) == [], f"{path}: evaluate(...) needs the job's device"

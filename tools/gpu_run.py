@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -367,7 +367,8 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["env"]
     lines = [f"# cmidd GPU run ({env.get('gpu') or env['device']})", "",
              f"{env['date']}, `{report['command']}`, torch {env['torch']}, python {env['python']}; "
-             f"{_f(report.get('seconds'), 0)} s of a {report['budget_s']:.0f} s budget.", "",
+             f"{_f(report.get('seconds'), 0)} s of a {report['budget_s']:.0f} s budget"
+             + (f", reruns {report['rerun_seconds']:.0f} s." if report.get("rerun_seconds") else "."), "",
              "| step | status | seconds | box |", "|---|---|---:|---:|"]
     lines += [f"| {s['step']} | {s['status']}{' (rerun)' if s.get('rerun') else ''} | {_f(s['seconds'], 0)} | "
               f"{s['box']:.0f} |" for s in report["steps"]]
@@ -465,7 +466,7 @@ def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command:
             continue
         t = time.time()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--until", str(t + box - 5),
-               "--work", str(work), *(["--dry"] if args.dry else []), *(["--no-bf16-arm"] if not args.bf16_arm else []),
+               "--work", str(work), *(["--dry"] if args.dry else []), *(["--cpu-full"] if args.cpu_full else []), *(["--no-bf16-arm"] if not args.bf16_arm else []),
                *(["--alphas", *map(str, args.alphas)] if args.alphas else []),
                *(["--cmi-iterations", str(args.cmi_iterations)] if args.cmi_iterations else []),
                *(["--seedbench", str(args.seedbench)] if args.seedbench else [])]
@@ -509,7 +510,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             out["steps"] = [x for x in out["steps"] if x["step"] != s["step"]] + [{**s, "rerun": r["command"]}]
             out[s["step"]] = r[s["step"]]
         out["command"] = f"{out['command']}; rerun: {r['command']}"
-        out["seconds"] = out.get("seconds", 0) + r.get("seconds", 0)
+        out["rerun_seconds"] = out.get("rerun_seconds", 0) + r.get("seconds", 0)
     order = [k for s in STEPS for k in (s, f"{s}_rerun")]
     out["steps"].sort(key=lambda s: order.index(s["step"]))
     return out
@@ -526,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seedbench", type=Path, default=None, help="the harness's folder (default: .seedbench/, "
                     "else ../shared/seedbench/)")
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
+    ap.add_argument("--cpu-full", action="store_true", help="the GPU run's sizes on the CPU (2 threads)")
     ap.add_argument("--alphas", type=float, nargs="+", help="cmi step: the lambda arms as multiples of the "
                     "gradient-balancing lambda (default: 0.1 1)")
     ap.add_argument("--cmi-iterations", type=int, help="cmi step: iterations per arm (default: as many as fit)")
@@ -535,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sz = DRY if args.dry else GPU
+    if args.cpu_full:  # the GPU sizes on this CPU (2 threads), e.g. the harness step on an idle machine
+        sz = replace(GPU, device="cpu", budget_s=3600, boxes={k: 1800 for k in GPU.boxes},
+                     harness_args=tuple(a if a != "8" else "2" for a in GPU.harness_args))
     if args.render:
         report = merge([json.loads(p.read_text()) for p in args.render])
         args.out.mkdir(parents=True, exist_ok=True)
@@ -544,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step:
         STEPS[args.step](sz, args.work, args.until, args)
         return 0
-    if not args.dry:
+    if not (args.dry or args.cpu_full):
         import torch
 
         if not torch.cuda.is_available():
