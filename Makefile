@@ -34,7 +34,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check platform tests tools
 
 # The GPU readiness check (tools/gpu_check.py): on a CUDA machine with only torch & co., pydantic comes from .whl/.
 # `make wheels` once where pip reaches PyPI; `make gpu-check` on the GPU machine; `make gpu-check-cpu` is the dry run.

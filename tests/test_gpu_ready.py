@@ -35,7 +35,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     block.mkdir(exist_ok=True)
     (block / "sitecustomize.py").write_text(BLOCKER)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(block), str(ROOT / "src")])
+    env["PYTHONPATH"] = os.pathsep.join([str(block), str(ROOT / "platform")])
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
@@ -127,7 +127,7 @@ def test_device_audit_flags_work_off_the_device():
 # modules of the distillation loop: a constant tensor made there must name its device (else it lands on the CPU
 # and a cuda run either fails or copies it every iteration)
 LOOP_MODULES = ["distill.py", "cmi.py", "formation.py", "data/pool.py", *[f"methods/{p.name}" for p in
-                                                                       (ROOT / "src/cmidd/methods").glob("*.py")]]
+                                                                       (ROOT / "platform/cmidd/methods").glob("*.py")]]
 CONSTANT_MAKERS = {"tensor", "zeros", "ones", "full", "empty", "eye", "linspace"}
 
 
@@ -148,7 +148,7 @@ def test_constant_tensor_check_catches_a_missing_device():
 
 @pytest.mark.parametrize("module", LOOP_MODULES)
 def test_loop_modules_give_every_constant_tensor_a_device(module):
-    path = ROOT / "src/cmidd" / module
+    path = ROOT / "platform/cmidd" / module
     assert constant_tensors_without_device(path.read_text()) == [], f"{module}: torch.<maker>(...) needs device="
 
 
@@ -169,6 +169,6 @@ def test_evaluation_check_catches_a_missing_device():
     assert evaluations_without_device(src) == [1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "src/cmidd").rglob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "platform/cmidd").rglob("*.py")), ids=lambda p: p.name)
 def test_every_evaluation_names_its_device(path):
     assert evaluations_without_device(path.read_text()) == [], f"{path}: evaluate(...) needs the job's device"

@@ -1,4 +1,4 @@
-"""The layers of src/cmidd, checked by walking every module's AST (no import is executed).
+"""The layers of platform/cmidd, checked by walking every module's AST (no import is executed).
 
 core      config/, data/, nets/, methods/, augment, cmi, distill, evaluate, runner, ... : imports no layer
           above it;
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "cmidd"
+PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
 PLATFORM = {"tracking", "ray"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
 APP = {"cli", "bench", "bench_speed", "app", "demo"}
 HOME = {"ray": "cmidd.ray", "optuna": "cmidd.ray", "mlflow": "cmidd.tracking"}  # library -> its only importer

@@ -31,7 +31,7 @@ from conftest import tiny_distill  # noqa: E402
 CLI = str(Path(sys.executable).with_name("cmidd"))
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true",
-       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONPATH": str(ROOT / "src")}
+       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONPATH": str(ROOT / "platform")}
 
 
 def space(tmp_path: Path, **search) -> dict:

@@ -3,7 +3,7 @@
 Run it on a machine with a CUDA GPU (``make gpu-check``, or ``tools/gpu_check.sh``), or as a dry run on the
 CPU at toy sizes (``--device cpu``, under a minute), which CI runs so the script cannot rot::
 
-    PYTHONPATH=src python tools/gpu_check.py --device cpu --out runs/gpu-check-cpu
+    PYTHONPATH=platform python tools/gpu_check.py --device cpu --out runs/gpu-check-cpu
 
 It writes ``gpu_check.json`` and ``gpu_check.md`` under ``--out`` (default ``$OUT``, else runs/gpu-check) and
 exits 1 with one clear line when a check fails (a tensor on the wrong device, a non-finite loss, an error).

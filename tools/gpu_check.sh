@@ -13,6 +13,6 @@ if ! "$PY" -c 'import pydantic' 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/cmidd-site .whl/*.whl
   export PYTHONPATH=/tmp/cmidd-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD/platform${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 exec "$PY" tools/gpu_check.py "$@"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "platform"))
 
 from cmidd.distill import Hooks  # noqa: E402
 

@@ -6,7 +6,7 @@ single mode). Each conv-net phase also gets its FLOPs (``torch.utils.flop_counte
 take at the fp32 matmul rate measured in this process (4096^2 matmul, same threads): the floor that a
 direct-convolution fp32 implementation cannot beat. Median of ``--repeats`` after one warm-up::
 
-    PYTHONPATH=src .venv/bin/python tools/speed_profile.py --ipc 10 50 --repeats 3
+    PYTHONPATH=platform .venv/bin/python tools/speed_profile.py --ipc 10 50 --repeats 3
 """
 
 from __future__ import annotations
