@@ -4,9 +4,9 @@ core      config/, data/, nets/, methods/, augment, cmi, distill, evaluate, runn
           above it;
 platform  tracking/ (MLflow), ray/ (Ray Train and Ray Tune + Optuna; it also picks the plain or Ray Train loop
           for a job): imports no app module;
-app       cli/ (one module per subcommand), bench/ (one module per suite) and bench_speed (its alias for the
-          seedbench harness), app (the composition root: loop and tracking chosen per job), demo: may import
-          any cmidd module.
+app       cli/ (one module per subcommand), bench/ (one module per suite), app (the composition root: loop
+          and tracking chosen per job), demo: may import any cmidd module.
+The two platform wings, tracking/ and ray/, may not import each other (only the app layer joins them).
 Whatever the layer, app included: ``cmidd.ray.*`` is the only importer of ray and optuna, ``cmidd.tracking.*``
 the only importer of mlflow, not even inside a function. Module-level imports (outside ``if TYPE_CHECKING:``)
 form no cycle.
@@ -21,7 +21,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "platform" / "cmidd"
 PLATFORM = {"tracking", "ray"}  # packages (cmidd.tracking.*, cmidd.ray.*) and modules
-APP = {"cli", "bench", "bench_speed", "app", "demo"}
+APP = {"cli", "bench", "app", "demo"}
 HOME = {"ray": "cmidd.ray", "optuna": "cmidd.ray", "mlflow": "cmidd.tracking"}  # library -> its only importer
 RANK = {"core": 0, "platform": 1, "app": 2}
 
@@ -141,6 +141,27 @@ def test_no_import_goes_up_a_layer():
     assert violations(all_modules()) == []
 
 
+WINGS = ("cmidd.tracking", "cmidd.ray")  # the two platform wings: only the app layer joins them
+
+
+def wing_crossings(modules: dict[str, Path], src: str, dst: str) -> list[str]:
+    """Imports (module level or deferred) from wing ``src`` into wing ``dst``."""
+    return [f"{mod} imports {target}" for mod, path in modules.items() if inside(mod, src)
+            for target, _ in imports(path) if inside(target, dst)]
+
+
+def test_the_tracking_wing_imports_nothing_of_the_ray_wing():
+    """tracked_run takes the loop it is given (app passes cmidd.ray.pick_loop(job)); it failed on b670dcf with
+    'cmidd.tracking._run imports cmidd.ray'."""
+    assert wing_crossings(all_modules(), *WINGS) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the search (cmidd.ray.tune, _search_report) still records its MLflow parent "
+                   "run through cmidd.tracking; strict: this fails loudly once the crossing is cut")
+def test_the_ray_wing_imports_nothing_of_the_tracking_wing():
+    assert wing_crossings(all_modules(), *reversed(WINGS)) == []
+
+
 def test_module_level_imports_have_no_cycle():
     assert cycles(all_modules()) == []
 
@@ -198,7 +219,6 @@ def test_the_walk_can_fail(tmp_path):
 
 @pytest.mark.parametrize("mod,layer", [("cmidd.nets.convnet", "core"), ("cmidd.ray.tune", "platform"),
                                        ("cmidd.ray", "platform"), ("cmidd.tracking._run", "platform"),
-                                       ("cmidd.tracking", "platform"), ("cmidd.bench_speed", "app"),
                                        ("cmidd.runner", "core"), ("cmidd.bench.speed", "app"), ("cmidd.bench", "app"),
                                        ("cmidd.cli.run", "app"), ("cmidd.app", "app"), ("cmidd.demo", "app"),
                                        ("cmidd.benchmark", "core")])

@@ -107,5 +107,6 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     quiet_mlflow()
     from .tracking import tracked_run
 
-    done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data)
+    done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
+                       loop=pick_loop(job))
     return Execution(done.result, done.run_id, done.uri, list(done.versions))

@@ -51,7 +51,7 @@ from ..errors import ConfigError
 from ..runner import load_job_data, proxies_dir
 from ..synthetic import atomic_write
 from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
-from . import connect, disconnect
+from . import connect, disconnect, pick_loop
 from ._search_report import finish, plots, study_summary, summary_table, zero_arm_verdict
 from ._space import FINAL, TAG_NODE, TAG_SEARCH, TAG_STOPPED, TAG_TRIAL, TUNE_DIR, optuna_space, trial_job
 
@@ -115,6 +115,7 @@ def make_trainable(cfg: SearchCfg, uri: str, parent: str):
         tracked = tracked_run(
             job, uri, resume_run_id=prior.info.run_id if prior is not None else None, resume=prior is not None,
             hooks=TuneHooks(), experiment=cfg.name, parent_run_id=parent, register=False, tags=tags,
+            loop=pick_loop(job),
         )
         tune.report(_final_report(job, tracked.result.metrics, tracked.run_id))
 

@@ -28,10 +28,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from ..distill import CHECKPOINT, Hooks, History
+from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
-from ..ray import run_job
-from ..runner import JobResult, check_job_data, load_job_data
+from ..runner import JobResult, Loop, check_job_data, load_job_data, run_job
 from ..synthetic import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -55,7 +54,7 @@ class TrackedRun:
 def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, resume: bool = False,
                 hooks: Hooks | None = None, data=None, experiment: str | None = None,
                 parent_run_id: str | None = None, register: bool = True,
-                tags: dict[str, str] | None = None) -> TrackedRun:
+                tags: dict[str, str] | None = None, loop: Loop = distill) -> TrackedRun:
     """Run a validated job inside an MLflow run, log everything, verify the artifacts, then register.
 
     Args:
@@ -70,6 +69,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         parent_run_id: the search's run, for trial runs (tag ``mlflow.parentRunId``).
         register: register the distilled set (a search registers only its top-k trials, at the end).
         tags: extra run tags (a search's trial id, the node it ran on).
+        loop: the distillation loop (``cmidd.ray.pick_loop(job)`` for Ray Train jobs; the caller chooses, so
+            this wing never imports the Ray wing).
 
     Returns:
         TrackedRun.
@@ -95,7 +96,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     with open_run(client, **spec) as run:
         log.info("mlflow run %s of job %r", run.run_id, job.name)
         hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot)
-        result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data)
+        result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data, loop=loop)
         with mlflow_errors():
             hooks_ml.flush()
             _log_result(client, run.run_id, result, hooks_ml)
