@@ -40,7 +40,7 @@ def _start_value(cfg: SearchCfg, key: str, dist) -> Any:
     node: Any = cfg.base_raw
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    if node is not None and _representable(dist, node) and dist._contains(dist.to_internal_repr(node)):
+    if node is not None and _inside(dist, node):
         return node
     if hasattr(dist, "choices"):
         return dist.choices[0]
@@ -48,12 +48,14 @@ def _start_value(cfg: SearchCfg, key: str, dist) -> Any:
     return int(round(mid)) if isinstance(dist.low, int) and not isinstance(dist.low, bool) else mid
 
 
-def _representable(dist, value: Any) -> bool:
-    try:
-        dist.to_internal_repr(value)
-        return True
-    except (ValueError, TypeError):
+def _inside(dist, value: Any) -> bool:
+    """Whether ``dist`` can draw ``value``, from its public fields (``choices``; ``low``, ``high``, ``step``)."""
+    if hasattr(dist, "choices"):
+        return any(value == c and type(value) is type(c) for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not dist.low <= value <= dist.high:
         return False
+    step = getattr(dist, "step", None)
+    return step is None or math.isclose((value - dist.low) / step, round((value - dist.low) / step), abs_tol=1e-8)
 
 
 def trial_job(cfg: SearchCfg, values: dict[str, Any], trial_id: str) -> DistillJob:
