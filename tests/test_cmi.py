@@ -63,7 +63,7 @@ def test_gradcheck_wrt_images():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     x = torch.randn(6, 1, 4, 4, dtype=torch.float64, requires_grad=True)
     for space in ("features", "logits"):
-        fn = lambda x: cmi_emp(proxy_log_probs(proxy, x, space, 0.7), labels, 3)  # noqa: E731
+        fn = lambda x, space=space: cmi_emp(proxy_log_probs(proxy, x, space, 0.7), labels, 3)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6)
 
 

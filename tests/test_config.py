@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from cmidd.config import JOB_KINDS, DistillJob, apply_overrides, load_job, parse_job
 from cmidd.errors import ConfigError
@@ -95,7 +96,7 @@ def test_apply_overrides_does_not_mutate():
 
 def test_models_are_frozen_and_roundtrip():
     job = parse_job({"kind": "distill", "ipc": 3})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         job.ipc = 4
     again = parse_job(job.model_dump(mode="json"))
     assert again == job

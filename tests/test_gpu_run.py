@@ -4,10 +4,8 @@ the bare GPU machine), so the script cannot rot between GPU sessions (issue 27).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

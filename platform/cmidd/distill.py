@@ -290,7 +290,8 @@ def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hook
     method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device, experts))
     reg = build_cmi(job.cmi, proxies, c_num)
     if reg is not None and job.ipc * cfg.factor**2 == 1:
-        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
+        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect",
+                      stacklevel=2)
         reg = None
     ckpt = workdir / CHECKPOINT if workdir is not None else None
     return _Run(job, data, device, syn, labels, opt, method, reg, hooks, shard, ckpt)

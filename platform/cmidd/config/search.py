@@ -186,7 +186,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
     ipcs = cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]
     if "cmi.lam" in cfg.params and 1 in ipcs:
         warnings.warn(f"{path}: ipc 1 is searched with cmi.lam, but at IPC 1 CMI is identically 0 and lambda has no "
-                      "effect; those trials differ only in the other fields")
+                      "effect; those trials differ only in the other fields", stacklevel=2)
     for key, spec in cfg.params.items():
         where = f"{path}: params.{key}"
         if not _field_exists(DistillJob, key):

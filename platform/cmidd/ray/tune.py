@@ -130,7 +130,7 @@ def _effective_concurrency(cfg: SearchCfg, uri: str) -> int:
     n = cfg.search.max_concurrent_trials
     if uri.startswith("sqlite:") and n > 1:
         warnings.warn(f"search.max_concurrent_trials={n} with a sqlite store: running 1 trial at a time (sqlite "
-                      "serializes writers); pass --tracking-uri http://HOST:PORT of an mlflow server for more")
+                      "serializes writers); pass --tracking-uri http://HOST:PORT of an mlflow server for more", stacklevel=2)
         return 1
     return n
 
