@@ -17,9 +17,26 @@ FILES = {"pretrain": "demo_pretrain_proxies_digits", "dm": "demo_distill_dm_digi
 
 
 @pytest.mark.parametrize("key", list(FILES))
-def test_job_files_match_the_demo(key):
+def test_the_demo_runs_its_job_files(key, tmp_path):
+    """The demo reads jobs/demo_*.yaml (outputs moved under its --out): a change to a file is a change to the demo."""
     from_file = load_job(ROOT / "jobs" / f"{FILES[key]}.yaml")
-    assert from_file == parse_job(demo_jobs(Path("runs/demo"))[key])
+    demo = parse_job(demo_jobs(Path("runs/demo"))[key])
+    assert demo == from_file  # the files' own output folders are runs/demo/...
+    edited = tmp_path / "jobs"
+    edited.mkdir()
+    for name in FILES.values():
+        text = (ROOT / "jobs" / f"{name}.yaml").read_text()
+        (edited / f"{name}.yaml").write_text(text.replace("seed: 0", "seed: 7"))
+    moved = parse_job(demo_jobs(tmp_path / "out", jobs_dir=edited)[key])
+    assert moved.seed == 7 and moved.output.dir == tmp_path / "out" / from_file.output.dir.name
+
+
+def test_quick_demo_overrides_sizes_only(tmp_path):
+    full = {k: parse_job(v) for k, v in demo_jobs(tmp_path).items()}
+    quick = {k: parse_job(v) for k, v in demo_jobs(tmp_path, quick=True).items()}
+    assert quick["dm"].method.iterations < full["dm"].method.iterations
+    assert quick["dm+cmi"].cmi == full["dm+cmi"].cmi and quick["dm"].eval.archs == full["dm"].eval.archs
+    assert quick["pretrain"].proxies.set == "convnet-x1" and quick["dm"].proxies == quick["pretrain"].proxies
 
 
 def test_demo_quick_end_to_end(tmp_path):

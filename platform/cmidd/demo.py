@@ -1,6 +1,6 @@
 """The main job: digits -> pretrain proxies -> distil DM and DM+CMI -> cross-architecture evaluation.
 
-The demo's jobs are the YAML files ``jobs/demo_*.yaml`` (a test keeps them identical to ``demo_jobs``).
+The demo's jobs are the YAML files ``jobs/demo_*.yaml``, read by ``demo_jobs`` (``--quick``: toy-size overrides).
 It writes under ``out``: one folder per job, ``results.json`` and ``results.md``, and returns the table.
 
 ``results.json``::
@@ -19,7 +19,7 @@ from typing import Any
 
 from . import proxies as proxy_zoo
 from .app import execute
-from .config import parse_job
+from .config import apply_overrides, parse_job, read_yaml
 from .distill import measure_cmi, resolve_device
 from .evaluate import evaluate
 from .report import results_table
@@ -36,41 +36,37 @@ log = logging.getLogger(__name__)
 # near-chance members spoiled the ensemble's calibration; ResNet18BN, which costs about as much as VGG11BN
 # again and would push `make demo` past 15 minutes with setup.
 ARCHS = ["ConvNetD2", "VGG11BN"]
-# Evaluation DSA: color jitter and a 4x4 cutout destroy 8x8 grey digits (ConvNet on random-real IPC 10: 85% with
+# Evaluation DSA (the job files' eval.dsa_strategy): color jitter and a 4x4 cutout destroy 8x8 grey digits (ConvNet on random-real IPC 10: 85% with
 # the full strategy vs 95% with crop_scale_rotate). DM's own matching runs without DSA here: at IPC 10 it gave
 # 95.1% against 94.1% with crop_scale_rotate (ConvNetD2, 2 seeds each).
-DSA = "crop_scale_rotate"
 
-# Full: 8x8 digits, the DESIGN's scale (300 DM iterations, 300 eval epochs, 2 seeds, 2 architectures).
-# Quick: the same pipeline at toy sizes, for tests and smoke checks (< 3 minutes on 2 cores).
-SIZES = {
-    "full": {"iterations": 300, "epochs": 300, "big_epochs": 50, "num_eval": 2, "proxy_set": "convnet-x4",
-             "proxy_epochs": 20},
-    "quick": {"iterations": 20, "epochs": 30, "big_epochs": 10, "num_eval": 1, "proxy_set": "convnet-x1",
-              "proxy_epochs": 5},
-}
-LAM = 8000.0  # the paper code's DM value for CIFAR-10 at IPC 10; features-space CMI is ~1e-4 here
+# The demo's jobs are the files below, in jobs/ (the one way to make a job: YAML plus overrides). ``quick`` runs
+# the same pipeline at toy sizes, for tests and smoke checks (< 3 minutes on 2 cores); outputs go under ``out``.
+JOB_FILES = {"pretrain": "demo_pretrain_proxies_digits.yaml", "dm": "demo_distill_dm_digits_ipc10.yaml",
+             "dm+cmi": "demo_distill_dmcmi_digits_ipc10.yaml"}
+JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"  # the checkout's jobs/ (an editable install's home)
+QUICK_PROXIES = ["proxies.set=convnet-x1", "proxies.epochs=5"]
+QUICK_DISTILL = ["method.iterations=20", "eval.epochs=30", "eval.epochs_by_arch={VGG11BN: 10}", "eval.num_eval=1"]
+LAM = 8000.0  # the paper code's DM value for CIFAR-10 at IPC 10; features-space CMI is ~1e-4 here (the job file's)
 
 
-def demo_jobs(out: Path, quick: bool = False) -> dict[str, dict[str, Any]]:
-    """The demo's three jobs as raw mappings (``pretrain``, ``dm``, ``dm+cmi``), outputs under ``out``."""
-    z = SIZES["quick" if quick else "full"]
-    common = {"seed": 0, "device": "cpu", "data": {"name": "digits"}}
-    proxies = {"set": z["proxy_set"], "epochs": z["proxy_epochs"], "dir": str(out / "proxies")}
-    ev = {"archs": ARCHS, "num_eval": z["num_eval"], "epochs": z["epochs"], "dsa_strategy": DSA,
-          "epochs_by_arch": {a: z["big_epochs"] for a in ARCHS[1:]}}
-    dm = {
-        **common, "kind": "distill", "ipc": 10, "net": {"name": "ConvNetD2"},
-        "method": {"name": "dm", "iterations": z["iterations"], "lr_img": 1.0, "dsa": False},
-        "proxies": proxies, "eval": ev, "output": {"checkpoint_every": 0},
-    }
-    return {
-        "pretrain": {**common, "kind": "pretrain-proxies", "name": "demo-proxies", "proxies": proxies,
-                     "output": {"dir": str(out / "proxies-job")}},
-        "dm": {**dm, "name": "demo-dm", "output": {"dir": str(out / "dm"), "checkpoint_every": 0}},
-        "dm+cmi": {**dm, "name": "demo-dm-cmi", "cmi": {"lam": LAM, "agg": "random"},
-                   "output": {"dir": str(out / "dm-cmi"), "checkpoint_every": 0}},
-    }
+def demo_jobs(out: Path, quick: bool = False, jobs_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The demo's three jobs (``pretrain``, ``dm``, ``dm+cmi``) as raw mappings read from ``jobs_dir``'s files
+    (default: the checkout's jobs/), every output folder moved under ``out`` (same leaf names).
+
+    Raises:
+        ConfigError: a job file is missing or not YAML (its path named).
+    """
+    jobs_dir = Path(jobs_dir) if jobs_dir is not None else JOBS_DIR
+    jobs = {}
+    for key, name in JOB_FILES.items():
+        raw = read_yaml(jobs_dir / name)
+        over = [f"output.dir={out / Path(raw['output']['dir']).name}",
+                f"proxies.dir={out / Path(raw['proxies']['dir']).name}"]
+        if quick:
+            over += QUICK_PROXIES + (QUICK_DISTILL if raw.get("kind") == "distill" else [])
+        jobs[key] = apply_overrides(raw, over, f"demo ({jobs_dir / name})")
+    return jobs
 
 
 def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
@@ -95,7 +91,7 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     cmi = _cmi_of_sets(jobs, data, sets)
     summary = {
         "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
-        "lam": LAM, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
+        "lam": jobs["dm+cmi"].cmi.lam, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
         "seconds": seconds,
     }
     if tracking_uri is not None:
@@ -124,7 +120,8 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
     results = {}
     for i, name in enumerate(("dm", "dm+cmi"), start=2):
         t = time.perf_counter()
-        log.info("[%d/4] distilling %s at IPC %d, then evaluating on %s", i, name, jobs[name].ipc, ", ".join(ARCHS))
+        log.info("[%d/4] distilling %s at IPC %d, then evaluating on %s", i, name, jobs[name].ipc,
+                 ", ".join(jobs[name].eval.archs))
         results[name] = run(jobs[name])
         seconds[name] = time.perf_counter() - t
 
@@ -151,7 +148,7 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
     """``results.json`` and ``results.md`` under ``out``; returns the text of ``results.md``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table = results_table(summary["rows"], ARCHS)
+    table = results_table(summary["rows"], list(dm_job.eval.archs))
     cmi_line = "  ".join(f"{k}: {v:.3e}" for k, v in summary["cmi"].items())
     text = f"digits {summary['im_size']}x{summary['im_size']}, IPC {dm_job.ipc}, test accuracy % (mean +- std " \
            f"over {dm_job.eval.num_eval} seeds)\n\n{table}\n\nCMI under the proxies: {cmi_line}\n"
