@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cmidd.bench.speed import SPEED_FIELDS, Setting, fake_experts, make_proxies, speed_data, time_loop
-from cmidd.config import EvalCfg, parse_job
+from cmidd.bench.speed import Setting, fake_experts, make_proxies, speed_data, speed_job, time_loop
+from cmidd.config import EvalCfg, parse_job, set_path
 from cmidd.distill import Hooks, distill
 from cmidd.evaluate import evaluate
 
@@ -84,17 +84,10 @@ def sizes(device: torch.device) -> dict[str, Any]:
 
 
 def job_for(method: str, cmi: bool, ipc: int, images: str, iterations: int, device: torch.device):
-    big = images == "cifar32"
-    m: dict[str, Any] = {"name": method, "iterations": iterations, "batch_real": 256 if big else 32, "dsa": True}
-    if not big:
-        m["dsa_strategy"] = "crop_scale_rotate"
-    m.update(SPEED_FIELDS.get(method, {}))
-    if not big:
-        m["batch_real"] = 32
-    raw = {"kind": "distill", "name": "gpu-check", "seed": 0, "device": device.type, "ipc": ipc,
-           "net": {"name": "ConvNet" if big else "ConvNetD2"}, "method": m,
-           "cmi": {"lam": 1.0 if cmi else 0.0, "agg": "random"},
-           "eval": {"archs": ["ConvNetD1"], "num_eval": 1, "epochs": 1}, "output": {"checkpoint_every": 0}}
+    """The speed suite's job of this setting (jobs/bench/speed.yaml); at toy size 32 real images per class."""
+    raw = set_path(speed_job(Setting(method, cmi, ipc, images), iterations, device.type), "name", "gpu-check")
+    if images != "cifar32":
+        raw = set_path(raw, "method.batch_real", 32)
     return parse_job(raw, f"gpu-check:{method}{'+cmi' if cmi else ''}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import proxies as proxy_zoo
 from .app import execute
-from .config import apply_overrides, parse_job, read_yaml
+from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .distill import measure_cmi, resolve_device
 from .evaluate import evaluate
 from .report import results_table
@@ -44,7 +44,6 @@ ARCHS = ["ConvNetD2", "VGG11BN"]
 # the same pipeline at toy sizes, for tests and smoke checks (< 3 minutes on 2 cores); outputs go under ``out``.
 JOB_FILES = {"pretrain": "demo_pretrain_proxies_digits.yaml", "dm": "demo_distill_dm_digits_ipc10.yaml",
              "dm+cmi": "demo_distill_dmcmi_digits_ipc10.yaml"}
-JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"  # the checkout's jobs/ (an editable install's home)
 QUICK_PROXIES = ["proxies.set=convnet-x1", "proxies.epochs=5"]
 QUICK_DISTILL = ["method.iterations=20", "eval.epochs=30", "eval.epochs_by_arch={VGG11BN: 10}", "eval.num_eval=1"]
 LAM = 8000.0  # the paper code's DM value for CIFAR-10 at IPC 10; features-space CMI is ~1e-4 here (the job file's)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cmi import freeze
-from ..config import parse_job
+from ..config import JOBS_DIR, load_raw, parse_job
 from ..distill import StepClock, distill
 from ..ray import connected, require
 from ..ray.train import distill_distributed
@@ -67,13 +67,9 @@ def ray_speed(repeats: int = 5, iterations: int = 5, ipc: int = 10, im_size: int
     """
     data = random_dataset(im_size=im_size, seed=seed)
     nets = [freeze(reinit_(create_net(proxy_net, 3, 10, im_size), seed + 1 + i)) for i in range(proxies)]
-    raw = {
-        "kind": "distill", "name": "bench-ray", "seed": seed, "ipc": ipc, "device": "cpu",
-        "net": {"name": net},
-        "method": {"name": "dm", "iterations": warmup + repeats * iterations, "batch_real": batch_real},
-        "cmi": {"lam": 1.0, "agg": "mean", "k": proxies},
-        "eval": {"archs": [net], "num_eval": 1, "epochs": 1}, "output": {"checkpoint_every": 0},
-    }
+    raw = load_raw(JOBS_DIR / "bench" / "ray.yaml", {
+        "seed": seed, "ipc": ipc, "net.name": net, "method.iterations": warmup + repeats * iterations,
+        "method.batch_real": batch_real, "cmi.k": proxies, "eval.archs": [net]})
     out: dict[str, Any] = {"settings": {
         "repeats": repeats, "iterations": iterations, "warmup": warmup, "ipc": ipc, "im_size": im_size,
         "proxies": f"{proxies} x {proxy_net}", "net": net, "batch_real": batch_real, "method": "dm+cmi (mean)",

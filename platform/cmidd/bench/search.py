@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from ..config import load_search
+from ..config import SPACES_DIR, load_raw, load_search
 from ..ray import connected, require
 from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials, run_search
 from ..tracking import client_for, ensure_experiment
@@ -38,25 +38,12 @@ METRIC = "acc/cross_arch_mean"
 
 def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs: int, lam_range: tuple[float, float],
            num_samples: int, grace: int, seed: int) -> Path:
-    mapping = {
-        "name": "bench-search",
-        "base": {
-            "kind": "distill", "name": "bench-search-trial", "seed": seed, "ipc": ipc, "data": {"name": "digits"},
-            "net": {"name": "ConvNetD2", "width": 32},
-            "method": {"name": "dm", "iterations": iterations, "batch_real": 64, "dsa": False},
-            "cmi": {"lam": 10.0, "agg": "random"},
-            "proxies": {"set": "convnet-x1", "epochs": 5},
-            "eval": {"archs": ["ConvNetD2"], "num_eval": 1, "epochs": eval_epochs, "every": eval_every,
-                     "dsa_strategy": "crop_scale_rotate"},
-            "output": {"dir": str(folder / "runs" / "trial"), "checkpoint_every": 0},
-        },
-        "params": {"cmi.lam": {"loguniform": list(lam_range), "zero_arm": True},
-                   "method.lr_img": {"loguniform": [0.3, 3.0]}},
-        "search": {"num_samples": num_samples, "seed": seed,
-                   "asha": {"grace_period": grace, "reduction_factor": 2}},
-        "register_top_k": 1,
-        "storage": str(folder / "tpe"),
-    }
+    mapping = load_raw(SPACES_DIR / "bench_search.yaml", {
+        "base.seed": seed, "base.ipc": ipc, "base.method.iterations": iterations, "base.eval.epochs": eval_epochs,
+        "base.eval.every": eval_every, "base.output.dir": str(folder / "runs" / "trial"),
+        "search.num_samples": num_samples, "search.seed": seed, "search.asha.grace_period": grace,
+        "storage": str(folder / "tpe")})
+    mapping["params"]["cmi.lam"]["loguniform"] = list(lam_range)  # a param's key is dotted itself
     path = folder / "space.yaml"
     path.write_text(yaml.safe_dump(mapping))
     return path

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..cmi import cmi_emp, freeze, proxy_log_probs
-from ..config import parse_job
+from ..config import JOBS_DIR, load_raw, parse_job
 from ..data import Dataset, load_dataset
 from ..distill import StepClock, distill
 from ..experts import flat_params
@@ -85,20 +85,15 @@ def speed_data(images: str, batch_real: int) -> Dataset:
 
 def speed_job(s: Setting, iterations: int, device: str) -> dict[str, Any]:
     """The raw distill job that times setting ``s`` for ``iterations`` on ``device`` (the shared harness calls it)."""
-    big = s.images == "cifar32"
-    method: dict[str, Any] = {"name": s.method, "iterations": iterations, "batch_real": 256 if big else 64,
-                              "dsa": True}
-    if not big:
-        method["dsa_strategy"] = "crop_scale_rotate"
-    method.update(SPEED_FIELDS.get(s.method, {}))
+    fields: dict[str, Any] = {"device": device, "ipc": s.ipc, "method.name": s.method, "method.iterations": iterations,
+                              "cmi.lam": 1.0 if s.cmi else 0.0, "cmi.every": s.cmi_every,
+                              "cmi.precision": s.cmi_precision}
+    if s.images != "cifar32":  # 8x8 digits: the demo's net, fewer real images, the DSA that keeps digits legible
+        fields.update({"net.name": "ConvNetD2", "method.batch_real": 64, "method.dsa_strategy": "crop_scale_rotate"})
+    fields.update({f"method.{k}": v for k, v in SPEED_FIELDS.get(s.method, {}).items()})
     if s.dd_precision != "fp32":
-        method["precision"] = s.dd_precision
-    return {
-        "kind": "distill", "name": "bench", "seed": 0, "device": device, "ipc": s.ipc,
-        "net": {"name": NET_32 if big else "ConvNetD2"}, "method": method,
-        "cmi": {"lam": 1.0 if s.cmi else 0.0, "agg": "random", "every": s.cmi_every, "precision": s.cmi_precision},
-        "eval": {"archs": ["ConvNetD1"], "num_eval": 1, "epochs": 1}, "output": {"checkpoint_every": 0},
-    }
+        fields["method.precision"] = s.dd_precision
+    return load_raw(JOBS_DIR / "bench" / "speed.yaml", fields)
 
 
 class PeakMemory:

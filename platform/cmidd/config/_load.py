@@ -44,6 +44,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# The checkout's folders of job files and search spaces (an editable install's home; a user passes paths instead).
+REPO = Path(__file__).resolve().parents[3]
+JOBS_DIR = REPO / "jobs"
+SPACES_DIR = REPO / "search_spaces"
+
+
+def load_raw(path: str | Path, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``read_yaml(path)`` with each dotted field of ``fields`` (``{"method.iterations": 5}``) set: a job or space
+    file plus the changes a caller makes to it (the one way to make a job in code)."""
+    raw = read_yaml(path)
+    for dotted, value in (fields or {}).items():
+        _assign(raw, dotted, copy.deepcopy(value), str(path))
+    return raw
+
+
 def _assign(node: dict[str, Any], dotted: str, value: Any, source: str | None) -> None:
     """Set ``dotted`` (``cmi.lam``) in ``node`` in place, creating sections as needed."""
     *parents, leaf = dotted.split(".")
