@@ -15,7 +15,6 @@ not whether the method reproduces.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..app import execute
-from ..config import apply_overrides, parse_job
+from ..config import JOBS_DIR, apply_overrides, load_raw, parse_job, read_yaml
 from ..demo import LAM
 from ..distill import resolve_device
 from ..errors import DivergenceError
@@ -38,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGY = "color_crop_cutout_scale_rotate"
-NET = {"name": "ConvNet", "depth": 3, "width": 128, "norm": "instance"}
+BASE = JOBS_DIR / "bench" / "reproduce.yaml"  # data, nets, the evaluation protocol
+STRATEGY = "color_crop_cutout_scale_rotate"  # the base's DSA (MTT's experts train with it too)
 # Published MNIST test accuracy (%) at IPC 1 / 10, ConvNet-3: DC, DSA, DM and IDC papers.
 PUBLISHED: dict[str, dict[int, float]] = {
     "random-real": {1: 64.9, 10: 95.1},
@@ -132,27 +131,27 @@ REPRODUCE_PLANS = {
 def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: str = "auto") -> dict[str, Any]:
     """The distill job of ``variant`` (``dm``, ``dsa+cmi``, ...) at ``ipc`` under ``plan``."""
     base, _, cmi = variant.partition("+")
-    method, fields = METHODS[base]
-    m = {"name": method, "iterations": plan.iterations_of(base), "batch_real": 256, "dsa_strategy": STRATEGY,
-         "dsa_mode": "single", **copy.deepcopy(fields)}
-    if method == "gm":
-        m["outer_loop"], m["inner_loop"] = GM_LOOPS.get(ipc, (10, 50))
-    if method == "idc":
-        m["outer_loop"], m["inner_loop"] = plan.idc_loops
-    job: dict[str, Any] = {
-        "kind": "distill", "name": f"reproduce-{variant.replace('+', '-')}-ipc{ipc}", "seed": plan.seed,
-        "device": device, "ipc": ipc, "data": {"name": plan.data}, "net": dict(NET), "method": m,
-        "cmi": {"lam": plan.lam_of(base) if cmi else 0.0},
-        "proxies": {"set": plan.proxy_set, "epochs": plan.proxy_epochs, "dir": str(out / "proxies")},
-        "eval": {**eval_cfg(plan), "every": _every(plan.iterations_of(base), plan.curve)},
-        "output": {"dir": str(out / f"ipc{ipc}" / variant.replace("+", "-")), "checkpoint_every": 0},
+    method, method_fields = METHODS[base]
+    fields: dict[str, Any] = {
+        "name": f"reproduce-{variant.replace('+', '-')}-ipc{ipc}", "seed": plan.seed, "device": device, "ipc": ipc,
+        "data.name": plan.data, "method.name": method, "method.iterations": plan.iterations_of(base),
+        **{f"method.{k}": v for k, v in method_fields.items()},
+        "cmi.lam": plan.lam_of(base) if cmi else 0.0,
+        "proxies.set": plan.proxy_set, "proxies.epochs": plan.proxy_epochs, "proxies.dir": str(out / "proxies"),
+        "eval.num_eval": plan.seeds, "eval.epochs": plan.eval_epochs,
+        "eval.every": _every(plan.iterations_of(base), plan.curve),
+        "output.dir": str(out / f"ipc{ipc}" / variant.replace("+", "-")),
     }
+    if method == "gm":
+        fields["method.outer_loop"], fields["method.inner_loop"] = GM_LOOPS.get(ipc, (10, 50))
+    if method == "idc":
+        fields["method.outer_loop"], fields["method.inner_loop"] = plan.idc_loops
     if method == "mtt":
-        job["experts"] = {"num": plan.experts, "epochs": plan.expert_epochs, "dsa": True, "dsa_strategy": STRATEGY,
-                          "dir": str(out / "experts")}
-        job["method"]["max_start_epoch"] = min(job["method"]["max_start_epoch"],
-                                               plan.expert_epochs - job["method"]["expert_epochs"])
-    return job
+        fields["experts"] = {"num": plan.experts, "epochs": plan.expert_epochs, "dsa": True,
+                             "dsa_strategy": STRATEGY, "dir": str(out / "experts")}
+        fields["method.max_start_epoch"] = min(method_fields["max_start_epoch"],
+                                               plan.expert_epochs - method_fields["expert_epochs"])
+    return load_raw(BASE, fields)
 
 
 def _every(iterations: int, points: int) -> int:
@@ -161,10 +160,9 @@ def _every(iterations: int, points: int) -> int:
 
 
 def eval_cfg(plan: ReproducePlan) -> dict[str, Any]:
-    """The reference evaluate_synset protocol on ConvNet-3 (``EvalCfg``'s defaults are that protocol)."""
-    return {"archs": ["ConvNet"], "num_eval": plan.seeds, "epochs": plan.eval_epochs, "lr": 0.01, "lr_decay": 0.1,
-            "momentum": 0.9, "weight_decay": 5e-4, "batch": 256, "dsa": True, "dsa_strategy": STRATEGY,
-            "dsa_mode": "single", "ensemble": False}
+    """The reference evaluate_synset protocol on ConvNet-3 (jobs/bench/reproduce.yaml's eval block) with the plan's
+    seeds and epochs."""
+    return {**read_yaml(BASE)["eval"], "num_eval": plan.seeds, "epochs": plan.eval_epochs}
 
 
 def variant_jobs(plan: ReproducePlan, out: Path, device: str = "auto", overrides: tuple[str, ...] = ()) -> dict:
