@@ -28,6 +28,8 @@ RANK = {"core": 0, "platform": 1, "app": 2}
 
 def layer_of(module: str) -> str:
     """``cmidd.nets.convnet`` -> 'core'; ``cmidd.ray.tune`` -> 'platform'; ``cmidd.bench.speed`` -> 'app'."""
+    if module == "cmidd":  # the package's front door (cmidd.load_set) hands over to the app layer
+        return "app"
     top = module.split(".")[1] if module.count(".") else ""
     if top in PLATFORM:
         return "platform"

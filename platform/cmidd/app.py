@@ -21,10 +21,13 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .distill import distill
+from .errors import ConfigError
 from .ray import pick_loop, run_job
+from .synthetic import SetDataset, SyntheticSet
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -68,6 +71,27 @@ def tracking_uri(uri: str | None) -> str:
     from .tracking import resolve_uri
 
     return resolve_uri(uri)
+
+
+def load_set(name_or_path: str | Path, version: int | None = None, alias: str | None = None,
+             uri: str | None = None) -> SetDataset:
+    """A distilled set as a verified ``torch.utils.data.Dataset``: a folder (``cmidd pull --out``, a run's
+    ``synthetic/``) or a registered set ``DATASET/IPC`` (the champion unless ``version`` or ``alias``).
+
+    Raises:
+        ConfigError: neither a folder nor ``DATASET/IPC``.
+        IntegrityError: a checksum does not match.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return SyntheticSet.load(path).dataset()
+    dataset, _, ipc = str(name_or_path).partition("/")
+    if not dataset or not ipc.isdigit():
+        raise ConfigError(f"load_set: a folder or DATASET/IPC (e.g. digits/10) is needed, got {str(name_or_path)!r}")
+    quiet_mlflow()
+    from .tracking import load_set as registered
+
+    return registered(dataset, int(ipc), version, alias, tracking_uri(uri)).dataset()
 
 
 def needs_ray(job) -> bool:

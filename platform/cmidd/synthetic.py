@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from .errors import IntegrityError
 
@@ -81,6 +82,18 @@ class SyntheticSet:
 
         return decode(self.images, self.labels, int(self.meta.get("factor", 1)))
 
+    def dataset(self, normalized: bool = True) -> "SetDataset":
+        """The set as a ``torch.utils.data.Dataset`` of its training images (decoded for multi-formation sets)
+        and labels, normalized like the real data (``normalized=False``: pixels in [0, 1])."""
+        images, labels = self.training_set()
+        images = images.detach().cpu()
+        if not normalized:
+            mean = torch.tensor(self.meta["mean"]).view(1, -1, 1, 1)
+            std = torch.tensor(self.meta["std"]).view(1, -1, 1, 1)
+            images = (images * std + mean).clamp(0, 1)
+        return SetDataset(images, labels.detach().cpu(), tuple(self.meta["mean"]), tuple(self.meta["std"]),
+                          tuple(self.meta.get("class_names") or range(self.num_classes)), dict(self.meta))
+
     def sha256(self) -> str:
         """The content checksum of this set (see ``content_sha256``)."""
         return content_sha256(self.images, self.labels)
@@ -137,6 +150,28 @@ class SyntheticSet:
         return s
 
 
+class SetDataset(Dataset):
+    """A distilled set's training images and labels as a map-style Dataset: ``ds[i] -> (image, label)``.
+
+    Attributes:
+        images: (N, C, H, W) float32; labels: (N,) int64.
+        mean, std: the real data's normalization (``torchvision.transforms.Normalize(mean, std)``).
+        classes: class names, index = label.
+        meta: the set's manifest (data set, IPC, method, lambda, config).
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                 classes: tuple, meta: dict[str, Any]) -> None:
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
+        self.classes, self.meta = tuple(str(c) for c in classes), meta
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
 def verify_folder(folder: str | Path) -> dict[str, Any]:
     """Check that ``folder`` holds a manifest and tensor files matching their sha256; return the manifest.
 
@@ -160,35 +195,19 @@ def verify_folder(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def save_grid(synset: SyntheticSet, path: str | Path, max_per_row: int = 20) -> Path:
-    """PNG grid of the set, one row per class (at most ``max_per_row`` images each), un-normalized."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def save_grid(synset: SyntheticSet, path: str | Path, max_per_row: int = 20, min_side: int = 512) -> Path:
+    """PNG grid of the set, one row per class (at most ``max_per_row`` images each), un-normalized, upscaled with
+    nearest neighbours so that its longer side is at least ``min_side`` pixels (8x8 digits stay legible)."""
+    import torchvision.utils as vutils
 
     imgs = synset.denormalized()
     c_num, ipc = synset.num_classes, synset.ipc
     cols = min(ipc, max_per_row)
-    imgs = imgs.view(c_num, ipc, *imgs.shape[1:])[:, :cols]
-    ch, h, w = imgs.shape[2:]
-    pad = 1
-    canvas = torch.ones(ch, c_num * (h + pad) + pad, cols * (w + pad) + pad)
-    for c in range(c_num):
-        for j in range(cols):
-            y0, x0 = pad + c * (h + pad), pad + j * (w + pad)
-            canvas[:, y0 : y0 + h, x0 : x0 + w] = imgs[c, j]
-    arr = canvas.permute(1, 2, 0).numpy()
-    scale = max(1, 256 // max(canvas.shape[1:]))
-    fig = plt.figure(figsize=(canvas.shape[2] * scale / 100 + 0.6, canvas.shape[1] * scale / 100 + 0.3), dpi=100)
-    ax = fig.add_axes((0.06, 0, 0.94, 1))
-    ax.imshow(arr.squeeze(-1) if ch == 1 else arr, cmap="gray" if ch == 1 else None, interpolation="nearest")
-    names = synset.meta.get("class_names") or [str(i) for i in range(c_num)]
-    ax.set_yticks([pad + c * (h + pad) + h / 2 for c in range(c_num)], names, fontsize=6)
-    ax.set_xticks([])
+    imgs = imgs.view(c_num, ipc, *imgs.shape[1:])[:, :cols].reshape(c_num * cols, *imgs.shape[1:])
+    scale = max(1, -(-min_side // (max(c_num, cols) * (imgs.shape[-1] + 2))))  # ceil: at least min_side
+    imgs = torch.nn.functional.interpolate(imgs, scale_factor=scale, mode="nearest")
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    vutils.save_image(vutils.make_grid(imgs, nrow=cols, padding=2 * scale, pad_value=1.0), path)
     return path
 
 
