@@ -183,7 +183,7 @@ def test_run_holds_config_curves_artifacts_and_tags(logged):
         assert key in run.data.metrics, key
     assert {Path(f.path).name for f in c.list_artifacts(t.run_id, "synthetic")} == SET_FILES
     assert {f.path for f in c.list_artifacts(t.run_id)} >= {"synthetic", "checkpoints", "result.json",
-                                                            "history.json"}
+                                                            "history.json", "curves.png"}
     slot = tags[T.TAG_SLOT]  # checkpoint_every=2 with 4 iterations: steps 2 and 4, the tag names the last
     assert tags[T.TAG_STEP] == "4" and slot == T.CHECKPOINT_SLOTS[1]
     assert {Path(f.path).name for f in c.list_artifacts(t.run_id, slot)} == {"checkpoint.pt", "synthetic"}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import experts as expert_zoo
 from . import proxies as proxy_zoo
+from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
 from .distill import Hooks, History, distill, measure_cmi, resolve_device
 from .errors import ConfigError, DataError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CURVES = "curves.png"
 RUNNERS: Registry[Callable[..., "JobResult"]] = Registry("job kind")
 Loop = Callable[..., tuple[SyntheticSet, History]]
 
@@ -96,7 +98,7 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)
     result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
-    (result.outdir / "result.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    (result.outdir / "result.json").write_text(json.dumps(strict(result.to_json()), indent=2, default=str))
     return result
 
 
@@ -160,7 +162,7 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     synset, history = loop(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
     t_distill = time.perf_counter() - t0
     synset.save(outdir / "synthetic")
-    (outdir / "history.json").write_text(json.dumps(history.__dict__, default=float))
+    (outdir / "history.json").write_text(json.dumps(strict(history.__dict__), default=float))
 
     t0 = time.perf_counter()
     res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
@@ -171,6 +173,7 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
         x, y = synset.training_set()
         metrics["cmi_final"] = measure_cmi(x.to(device), y.to(device), proxies,
                                            data.num_classes, job.cmi)
+    draw_curves(history, res.metrics(), outdir / CURVES, f"{job.name}: {set_label(job)}, IPC {job.ipc}, {data.name}")
     return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
 

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
-from ..runner import JobResult, Loop, check_job_data, load_job_data, run_job
+from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
 from ..synthetic import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -156,7 +156,7 @@ def _log_result(client: MlflowClient, run_id: str, result: JobResult, hooks: Mlf
     last = history.step[-1] if history is not None and history.step else 0
     log_metrics(client, run_id, metrics_at(last, {k: v for k, v in result.metrics.items()
                                                    if isinstance(v, (int, float))}))
-    for name in ("result.json", "history.json"):
+    for name in ("result.json", "history.json", CURVES):
         if (result.outdir / name).is_file():
             client.log_artifact(run_id, str(result.outdir / name))
 
