@@ -16,10 +16,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import warnings
 
+from .. import __version__
 from ..errors import CmiddError, ConfigError
 from . import bench, best, demo, ensemble, ls, pull, run, runs, search, validate
 from ._args import AlreadyReported
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    p.add_argument("-V", "--version", action="version", version=f"cmidd {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -70,8 +73,11 @@ def exit_code(error: BaseException) -> int | None:
     return next((code for kind, code in EXIT_CODES if isinstance(error, kind)), None)
 
 
-def _report(error: BaseException) -> None:
-    if isinstance(error, KeyboardInterrupt):
+def _report(error: BaseException, as_json: bool = False) -> None:
+    if as_json and not isinstance(error, AlreadyReported):  # the same exit code; the message as a JSON object
+        print(json.dumps({"error": "interrupted" if isinstance(error, KeyboardInterrupt) else str(error),
+                          "field": getattr(error, "field", None), "type": type(error).__name__}))
+    elif isinstance(error, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
     elif not isinstance(error, AlreadyReported):
         print(f"error: {error}", file=sys.stderr)
@@ -94,6 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except (CmiddError, KeyboardInterrupt) as e:
-        _report(e)
+        _report(e, getattr(args, "json", False))
         return exit_code(e)
     return 0

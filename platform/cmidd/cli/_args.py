@@ -72,3 +72,9 @@ def versions(text: str) -> list[int]:
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"must be comma-separated version numbers >= 1, got {text!r}")
     return out
+
+
+def add_json(p) -> None:
+    """``--json``: one JSON document on stdout (numbers as numbers); an error is ``{"error", "field"}`` with the same
+    exit code."""
+    p.add_argument("--json", action="store_true", help="print JSON (errors too: {\"error\": ..., \"field\": ...})")

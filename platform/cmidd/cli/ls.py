@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+from ._args import add_json
+
 
 def add_parser(sub) -> None:
     """Add ``ls`` to ``cmidd``'s subparsers."""
@@ -10,6 +14,7 @@ def add_parser(sub) -> None:
     ls = sub.add_parser("ls", help="list registered names")
     ls.add_argument("what", choices=list(KINDS))
     ls.add_argument("pattern", nargs="?", default="*")
+    add_json(ls)
     ls.set_defaults(fn=command)
 
 
@@ -19,6 +24,11 @@ def command(args) -> None:
     from ..proxy_sets import describe
 
     names = catalog()[args.what].names(args.pattern)
+    if args.json:
+        described = args.what == "proxy-sets"
+        print(json.dumps({"kind": args.what, "names": [{"name": n, **({"recipe": describe(n)} if described else {})}
+                                                       for n in names]}))
+        return
     width = max(map(len, names), default=0)
     for name in names:
         print(f"{name:<{width}}  {describe(name)}" if args.what == "proxy-sets" else name)

@@ -6,10 +6,14 @@ from pathlib import Path
 
 from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
 
+# the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
+KINDS = ("distill", "pretrain-proxies", "evaluate", "experts")
+
 
 def add_parser(sub) -> None:
     """Add ``run`` to ``cmidd``'s subparsers."""
-    r = sub.add_parser("run", help="run a job YAML (distill | pretrain-proxies | evaluate)")
+    r = sub.add_parser("run", help=f"run a job YAML ({' | '.join(KINDS)})",
+                       description=f"Run a job YAML of any kind: {', '.join(KINDS)}.")
     r.add_argument("job", type=Path)
     add_set(r)
     add_resume(r, "continue from the job's checkpoint")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_tracking_uri, positive_int
+import json
+
+from ._args import add_json, add_tracking_uri, positive_int
 from .best import EXAMPLES
 
 
@@ -15,6 +17,7 @@ def add_parser(sub) -> None:
     r.add_argument("-n", type=positive_int, default=20, help="how many (default 20)")
     r.add_argument("--experiment", default=None, help="only this experiment (a job's name)")
     add_tracking_uri(r)
+    add_json(r)
     r.set_defaults(fn=command)
 
 
@@ -26,7 +29,10 @@ def command(args) -> None:
     from ..tracking import list_runs
 
     rows = list_runs(args.tracking_uri, args.n, args.experiment)
-    print(runs_table(rows) if rows else "no runs")
+    if args.json:
+        print(json.dumps({"runs": [typed(r) for r in rows]}))
+    else:
+        print(runs_table(rows) if rows else "no runs")
 
 
 def runs_table(rows: list[dict]) -> str:
@@ -45,3 +51,23 @@ def _cell(row: dict, col: str) -> str:
     if col == "acc":
         return f"{100 * row[col]:.1f}" if row[col] is not None else "-"
     return str(row[col])
+
+
+# the JSON schema of ``cmidd runs --json``: {"runs": [row]}, each field of a row typed (null where unknown)
+NUMBERS = {"ipc": int, "lambda": float, "acc": float}
+
+
+def typed(row: dict) -> dict:
+    """A ``list_runs`` row with numbers as numbers and ``-`` (unknown) as None."""
+    out = {}
+    for k, v in row.items():
+        if v in ("-", None, ""):
+            out[k] = None
+        elif k in NUMBERS:
+            try:
+                out[k] = NUMBERS[k](v)
+            except (TypeError, ValueError):
+                out[k] = None
+        else:
+            out[k] = v
+    return out
