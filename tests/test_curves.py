@@ -33,3 +33,12 @@ def test_a_distill_run_writes_curves_and_strict_json(digits, tmp_path):
     history = json.loads(text)
     assert history["cmi"] == [None] * 4 and len(history["evals"]) == 1
     json.loads((result.outdir / "result.json").read_text())  # strict too
+
+
+def test_comparison_figure(tmp_path):
+    from cmidd.curves import draw_comparison
+
+    rows = [{"set": s, "arch": a, "acc_mean": m, "acc_std": 0.01} for s, m in (("random-real", 0.9), ("dm", 0.95))
+            for a in ("ConvNetD2", "VGG11BN")] + [{"set": "dm", "arch": "ensemble", "acc_mean": 0.96, "acc_std": 0}]
+    png = draw_comparison(rows, tmp_path / "c.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000

@@ -58,8 +58,10 @@ def test_demo_quick_end_to_end(tmp_path):
     assert "ensemble" in (out / "results.md").read_text().splitlines()[2]
     assert set(res["cmi"]) == sets and all(math.isfinite(v) and v >= 0 for v in res["cmi"].values())
     assert set(res["sha256"]) == sets and len(set(res["sha256"].values())) == 3
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     for d in ("dm", "dm-cmi"):
         assert (out / d / "synthetic" / "grid.png").is_file()
+        assert (out / d / "curves.png").read_bytes()[:4] == b"\x89PNG"
         manifest = json.loads((out / d / "synthetic" / "manifest.json").read_text())
         assert manifest["content_sha256"] == res["sha256"][d.replace("-", "+")]
 

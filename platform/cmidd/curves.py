@@ -72,3 +72,41 @@ def draw_curves(history, final: dict[str, float], path: str | Path, title: str =
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def draw_comparison(rows: list[dict[str, Any]], path: str | Path, title: str = "", baseline: str = "random-real",
+                    ensemble: str = "ensemble") -> Path:
+    """Sets x architectures: test accuracy % as bars with seed-std error bars; the baseline's bars hatched and its
+    accuracy per architecture drawn as a dashed line across the group (rows: set, arch, acc_mean, acc_std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["arch"] != ensemble]
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    cell = {(r["set"], r["arch"]): r for r in rows}
+    width = 0.8 / max(1, len(sets))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(archs) * max(1, len(sets)) / 2, 3.8))
+    for i, s in enumerate(sets):
+        xs = [a + (i - (len(sets) - 1) / 2) * width for a in range(len(archs))]
+        acc = [100 * cell[s, a]["acc_mean"] if (s, a) in cell else math.nan for a in archs]
+        std = [100 * cell[s, a]["acc_std"] if (s, a) in cell else 0.0 for a in archs]
+        ax.bar(xs, acc, width, yerr=std, capsize=3, label=s, hatch="//" if s == baseline else None,
+               edgecolor="black" if s == baseline else None, alpha=0.85)
+        if s == baseline:
+            for a, v in enumerate(acc):
+                if math.isfinite(v):
+                    ax.hlines(v, a - 0.45, a + 0.45, colors="black", linestyles="dashed", linewidth=1)
+    finite = [100 * r["acc_mean"] for r in rows if math.isfinite(r["acc_mean"])]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))
+    ax.set_xticks(range(len(archs)), archs)
+    ax.set(ylabel="test accuracy % (mean +- seed std)", title=title or "sets x architectures")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

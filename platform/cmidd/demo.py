@@ -19,6 +19,7 @@ from typing import Any
 
 from . import proxies as proxy_zoo
 from .app import execute
+from .curves import draw_comparison
 from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .distill import measure_cmi, resolve_device
 from .evaluate import evaluate
@@ -98,6 +99,8 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
 
         summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
     summary["table"] = _write_results(out, summary, jobs["dm"])
+    draw_comparison(rows, out / "comparison.png", f"{data.name}, IPC {jobs['dm'].ipc}: random-real vs DM vs DM+CMI "
+                    f"({jobs['dm'].eval.num_eval} seeds)")
     return summary
 
 
