@@ -63,14 +63,16 @@ def test_apply_chunked_matches_the_whole_batch_in_value_and_gradient(arch):
     """Forward and image gradient equal one whole-batch call (float32 rounding), and thread count is invisible."""
     net = _net(arch, size=16).eval()
     x0 = torch.randn(37, 3, 16, 16)  # 37 = 4 full chunks of 8 and a short one
-    w = torch.randn(net.embed(x0[:1]).shape[1])
+    # a fixed upstream gradient: a loss computed outside (a matvec, say) may itself round differently with 2 threads
+    # than with 1 on some CPUs (seen on an AMX Xeon), which says nothing about the chunks
+    g_out = torch.randn(37, net.embed(x0[:1]).shape[1])
 
     def run(threads: int, chunked: bool):
         x = x0.clone().requires_grad_(True)
 
         def go():
             e = apply_chunked(net.embed, x, 8) if chunked else net.embed(x)
-            (e @ w).square().sum().backward()
+            e.backward(g_out)
             return e.detach(), x.grad
 
         return _with_threads(threads, go)
