@@ -47,3 +47,25 @@ def ray_local():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# `make test-fast` (-m "not slow") leaves out every test that starts Ray, an MLflow server, a subprocess or a long
+# loop: those using the fixtures below, every test of the modules below, and the tests named below (each measured
+# at > 3 s on 2 cores). Their own @pytest.mark.slow marks stay valid too.
+SLOW_FIXTURES = {"ray_local", "mlflow_server", "_server_proc", "template_db", "proxies4"}
+SLOW_MODULES = {"test_search", "test_distributed", "test_gpu_run", "test_bench_ray"}
+SLOW_TESTS = {
+    "test_demo_quick_end_to_end", "test_two_concurrent_jobs_on_one_sqlite_store_both_finish",
+    "test_sigkill_leaves_no_version_and_resume_run_continues_from_mlflow", "test_gpu_check_dry_run",
+    "test_run_no_track_without_platform", "test_bench_speed_without_platform", "test_speed_schema_and_figures",
+    "test_import_cmidd_and_its_cli_does_not_import_mlflow", "test_gpu_check_cuda_without_gpu_fails_loudly",
+    "test_the_docs_example_trains_a_model_from_a_saved_set",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES
+                or item.originalname in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
