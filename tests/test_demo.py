@@ -70,3 +70,17 @@ def test_demo_quick_end_to_end(tmp_path):
     assert best["name"] == "distilled-digits-ipc10" and best["version"] in ("1", "2", 1, 2)
     by_set = {s: sum(r["acc_mean"] for r in singles if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
     assert best["metrics"]["acc/cross_arch_mean"] == pytest.approx(max(by_set.values()), abs=1e-9)
+    # the docs take the demo's figures from its own files (tools/readme_figures.py), never by hand
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import readme_figures
+
+    doc = tmp_path / "docs" / "demo.md"
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    doc.write_text(f"intro\n{readme_figures.START}\nold\n{readme_figures.END}\noutro\n")
+    assert readme_figures.main([str(out), "--doc", str(doc), "--time", "1 min"]) == 0
+    text = doc.read_text()
+    assert "old" not in text and (out / "results.md").read_text().strip() in text and "1 min wall" in text
+    assert text.startswith("intro\n") and text.endswith("outro\n")
+    assert (tmp_path / "docs" / "results" / "demo-comparison.png").is_file()
