@@ -78,7 +78,7 @@ def test_cmi_term_is_used_and_lowers_cmi(tmp_path, digits):
     job1 = parse_job(tiny_distill(tmp_path, ipc=4, method__iterations=10, cmi__space="logits", cmi__lam=1000.0))
     s1, h1 = distill(job1, digits, proxies)
     assert all(math.isfinite(v) for v in h1.cmi)
-    from cmidd.distill import measure_cmi
+    from cmidd.cmi import measure_cmi
 
     c0 = measure_cmi(s0.images, s0.labels, proxies, 10, job1.cmi)
     c1 = measure_cmi(s1.images, s1.labels, proxies, 10, job1.cmi)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cmidd.errors import IntegrityError
-from cmidd.synthetic import SyntheticSet, content_sha256, sha256_file
+from cmidd.synthetic import SyntheticSet, content_sha256
+from cmidd.files import sha256_file
 
 
 def make_set(c=3, ipc=2, ch=1, s=8):

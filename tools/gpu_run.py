@@ -288,7 +288,9 @@ def step_cmi(sz: Sizes, work: Path, until: float, args: argparse.Namespace) -> N
     from cmidd import proxies as proxy_zoo
     from cmidd.bench.reproduce import eval_cfg, plan_named, variant_job
     from cmidd.config import parse_job
-    from cmidd.distill import StepClock, distill, gradient_norms, measure_cmi
+    from cmidd.distill import distill, gradient_norms
+    from cmidd.hooks import StepClock
+    from cmidd.cmi import measure_cmi
     from cmidd.evaluate import evaluate
 
     device = torch.device(sz.device)

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 
 from .chunks import apply_chunked, rows_independent, with_precision
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import CMICfg
 
 
 def cmi_emp(log_p: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -62,6 +65,19 @@ def proxy_log_probs(
     fn = with_precision(net, precision, x.device.type)
     h = apply_chunked(fn, x) if rows_independent(proxy) else fn(x)
     return F.log_softmax(h / temperature, dim=1)
+
+
+@torch.no_grad()
+def measure_cmi(synset_images, labels, proxies: list[nn.Module], num_classes: int, cfg: CMICfg) -> float:
+    """CMI of a set averaged over *all* proxies (a measurement, not the training aggregation), computed on the
+    proxies' device (the set may be anywhere)."""
+    device = next(proxies[0].parameters()).device
+    synset_images, labels = synset_images.to(device), labels.to(device)
+    vals = [
+        float(cmi_emp(proxy_log_probs(p, synset_images, cfg.space, cfg.temperature), labels, num_classes))
+        for p in proxies
+    ]
+    return sum(vals) / len(vals)
 
 
 # ---------------------------------------------------------------------------------------------------

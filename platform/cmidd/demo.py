@@ -21,7 +21,8 @@ from . import proxies as proxy_zoo
 from .app import execute
 from .curves import draw_comparison
 from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
-from .distill import measure_cmi, resolve_device
+from .cmi import measure_cmi
+from .device import resolve_device
 from .evaluate import evaluate
 from .report import results_table
 from .runner import load_job_data, proxies_dir, random_real_set

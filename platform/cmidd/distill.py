@@ -26,14 +26,17 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
-from .cmi import CMIRegularizer, cmi_emp, proxy_log_probs
+from .cmi import CMIRegularizer
 from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
 from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
-from .synthetic import SyntheticSet, atomic_write
+from .device import resolve_device
+from .files import atomic_write
+from .hooks import Hooks
+from .synthetic import SyntheticSet
 
 if TYPE_CHECKING:
     from .config import CMICfg, DistillJob
@@ -41,44 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-
-
-class Hooks:
-    """No-op callbacks of the loop; MLflow logging, Tune reports and stopping rules override them."""
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        """After each iteration (``step`` counts from 1) with loss_dd, cmi (if computed), loss_total."""
-
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """After an intermediate evaluation (``eval.every``), with acc/<arch>, acc/cross_arch_mean."""
-
-    def on_checkpoint(self, step: int, path: Path, synset: SyntheticSet) -> None:
-        """After a checkpoint was written to ``path``."""
-
-    def should_stop(self) -> bool:
-        """True to end the loop early (after the current iteration)."""
-        return False
-
-
-class StepClock(Hooks):
-    """``time.perf_counter()`` at the end of each step, in ``stamps`` (benchmarks time segments of steps).
-
-    The plain loop calls ``on_step`` as the step ends; the Ray Train loop calls its hooks later, on the driver,
-    so it stamps a ``StepClock`` with rank 0's own clock at the step's end instead (``stamp``).
-
-    Args:
-        start: also stamp the clock now, so that ``stamps[i + 1] - stamps[i]`` is step ``i + 1``'s time.
-    """
-
-    def __init__(self, start: bool = False) -> None:
-        self.stamps: list[float] = [time.perf_counter()] if start else []
-
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.stamp(time.perf_counter())
-
-    def stamp(self, at: float) -> None:
-        """Record that a step ended at ``at`` (a ``time.perf_counter()`` value)."""
-        self.stamps.append(at)
 
 
 @dataclass
@@ -133,15 +98,6 @@ class Shard:
         return list(flat[n:].unbind())
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' needs a CUDA GPU, and none is available (got 'cuda'); use cpu or auto")
-    return torch.device(name)
-
-
 def iteration_generator(seed: int, it: int) -> torch.Generator:
     """The CPU generator of iteration ``it``: a pure function of (seed, it), which makes resume exact."""
     return torch.Generator().manual_seed((seed * 1_000_003 + it) % (2**63 - 1))
@@ -155,19 +111,6 @@ def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) ->
         raise ConfigError("cmi.lam > 0 needs proxies, but none were given")
     return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample,
                           cfg.precision)
-
-
-@torch.no_grad()
-def measure_cmi(synset_images, labels, proxies: list[nn.Module], num_classes: int, cfg: CMICfg) -> float:
-    """CMI of a set averaged over *all* proxies (a measurement, not the training aggregation), computed on the
-    proxies' device (the set may be anywhere)."""
-    device = next(proxies[0].parameters()).device
-    synset_images, labels = synset_images.to(device), labels.to(device)
-    vals = [
-        float(cmi_emp(proxy_log_probs(p, synset_images, cfg.space, cfg.temperature), labels, num_classes))
-        for p in proxies
-    ]
-    return sum(vals) / len(vals)
 
 
 def _resume_key(job: DistillJob) -> dict:

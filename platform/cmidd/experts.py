@@ -21,7 +21,7 @@ from .augment import DSAParams
 from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
-from .synthetic import replace_dir, sha256_file
+from .files import replace_dir, sha256_file
 from .training import accuracy, seeded_net, train_classifier
 
 if TYPE_CHECKING:

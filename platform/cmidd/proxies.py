@@ -29,7 +29,7 @@ from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
 from .proxy_sets import ProxySpec, proxy_specs
-from .synthetic import replace_dir, sha256_file
+from .files import replace_dir, sha256_file
 from .training import accuracy, seeded_net, train_classifier
 
 if TYPE_CHECKING:

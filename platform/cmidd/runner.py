@@ -20,7 +20,9 @@ from . import experts as expert_zoo
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
-from .distill import Hooks, History, distill, measure_cmi, resolve_device
+from .distill import Hooks, History, distill
+from .cmi import measure_cmi
+from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .registry import Registry

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +24,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import IntegrityError
+from .files import replace_dir, sha256_file
 
 TENSOR_FILES = ("images.pt", "labels.pt")
 MANIFEST = "manifest.json"
 GRID = "grid.png"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_sha256(images: Tensor, labels: Tensor) -> str:
@@ -209,24 +199,3 @@ def save_grid(synset: SyntheticSet, path: str | Path, max_per_row: int = 20, min
     path = Path(path)
     vutils.save_image(vutils.make_grid(imgs, nrow=cols, padding=2 * scale, pad_value=1.0), path)
     return path
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: a kill never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst``, replacing any old ``dst`` with two renames.
-
-    Readers see either the old folder or the new one, never a half-written one.
-    """
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

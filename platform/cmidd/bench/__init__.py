@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from ..demo import ARCHS, LAM
-from ..distill import resolve_device
+from ..device import resolve_device
 from ..errors import ConfigError
 from ..registry import Registry
 from ._common import environment

@@ -1,4 +1,4 @@
-"""What the bench suites share: timing summaries (of ``cmidd.distill.StepClock``'s stamps), random data and the
+"""What the bench suites share: timing summaries (of ``cmidd.hooks.StepClock``'s stamps), random data and the
 machine's description."""
 
 from __future__ import annotations

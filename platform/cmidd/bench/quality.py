@@ -21,7 +21,8 @@ from .. import proxies as proxy_zoo
 from ..app import execute
 from ..config import parse_job
 from ..demo import demo_jobs
-from ..distill import measure_cmi, resolve_device
+from ..cmi import measure_cmi
+from ..device import resolve_device
 from ..errors import DivergenceError
 from ..evaluate import ENSEMBLE, evaluate
 from ..runner import load_job_data, proxies_dir, random_real_set

@@ -24,7 +24,8 @@ import torch
 
 from ..cmi import freeze
 from ..config import JOBS_DIR, load_raw, parse_job
-from ..distill import StepClock, distill
+from ..distill import distill
+from ..hooks import StepClock
 from ..ray import connected, require
 from ..ray.train import distill_distributed
 from ..methods.base import reinit_

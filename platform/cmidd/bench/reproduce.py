@@ -26,7 +26,7 @@ import torch
 from ..app import execute
 from ..config import JOBS_DIR, apply_overrides, load_raw, parse_job, read_yaml
 from ..demo import LAM
-from ..distill import resolve_device
+from ..device import resolve_device
 from ..errors import DivergenceError
 from ..evaluate import evaluate
 from ..runner import load_job_data, random_real_set

@@ -23,7 +23,8 @@ import torch
 from ..cmi import cmi_emp, freeze, proxy_log_probs
 from ..config import JOBS_DIR, load_raw, parse_job
 from ..data import Dataset, load_dataset
-from ..distill import StepClock, distill
+from ..distill import distill
+from ..hooks import StepClock
 from ..experts import flat_params
 from ..chunks import apply_chunked, embed_nograd
 from ..methods.dm import dm_loss

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
-from ..distill import CHECKPOINT, History, Hooks, StepClock
+from ..distill import CHECKPOINT, History, Hooks
+from ..hooks import StepClock
 from ..errors import CmiddError
-from ..synthetic import SyntheticSet, atomic_write
+from ..synthetic import SyntheticSet
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from ..config import DistillJob, SearchCfg
 from ..distill import Hooks
 from ..errors import ConfigError
 from ..runner import load_job_data, proxies_dir
-from ..synthetic import atomic_write
+from ..files import atomic_write
 from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
 from . import connect, disconnect, pick_loop
 from ._search_report import finish, plots, study_summary, summary_table, zero_arm_verdict

@@ -29,7 +29,7 @@ from ..config import EvalCfg
 from ..data import load_dataset
 from ..ensemble import combine_sets
 from ..errors import ConfigError, UnknownNameError
-from ..distill import resolve_device
+from ..device import resolve_device
 from ..evaluate import evaluate
 from ..synthetic import SyntheticSet
 from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \

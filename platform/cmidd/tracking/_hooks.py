@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from ..distill import CHECKPOINT, Hooks
-from ..synthetic import SyntheticSet, sha256_file
+from ..synthetic import SyntheticSet
+from ..files import sha256_file
 from ._client import SYNTHETIC, log_metrics, metrics_at, set_tags
 
 CHECKPOINT_SLOTS = ("checkpoints/0", "checkpoints/1")

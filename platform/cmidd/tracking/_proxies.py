@@ -23,7 +23,8 @@ from .. import proxies as proxy_zoo
 from ..experts import verify_files as verify_expert_files
 from ..errors import IntegrityError, UnknownNameError
 from ..proxy_sets import PROXY_SETS
-from ..synthetic import MANIFEST, replace_dir
+from ..synthetic import MANIFEST
+from ..files import replace_dir
 from ._client import EXPERTS, PROXIES, client_for, ensure_model, mlflow_errors, resolve_uri
 from ._sets import download_source
 from ._tags import code_version

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
 from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
-from ..synthetic import sha256_file
+from ..files import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
 from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
 from ..runner import JobResult
-from ..synthetic import MANIFEST, SyntheticSet, replace_dir
+from ..synthetic import MANIFEST, SyntheticSet
+from ..files import replace_dir
 from ._client import CHAMPION, DEFAULT_METRIC, SYNTHETIC, client_for, ensure_model, mlflow_errors, resolve_uri
 from ._tags import code_version, distill_tags
 
