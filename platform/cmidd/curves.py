@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .names import CROSS_ARCH_MEAN
+
 
 def strict(v: Any) -> Any:
     """``v`` with every non-finite float replaced by None, recursively (dicts, lists, tuples)."""
@@ -28,7 +30,7 @@ def accuracy_points(evals: list[dict[str, float]], final_step: int, final: dict[
     out: dict[str, list] = {}
     for e in [*evals, {"step": final_step, **final}]:
         for key, acc in e.items():
-            if key.startswith("acc/") and key != "acc/cross_arch_mean" and math.isfinite(acc):
+            if key.startswith("acc/") and key != CROSS_ARCH_MEAN and math.isfinite(acc):
                 arch = key[len("acc/"):]
                 std = e.get(f"acc_std/{arch}", 0.0)
                 out.setdefault(arch, []).append((e["step"], 100 * acc, 100 * std if math.isfinite(std) else 0.0))

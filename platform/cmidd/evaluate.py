@@ -23,6 +23,7 @@ from torch import Tensor
 from .augment import DSAParams
 from .data import Dataset, RealPool
 from .ensemble import ensemble_scores, train_seeds
+from .names import CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from .nets import create_net
 from .progress import Progress
 from .training import predict_proba, seeded_net
@@ -72,7 +73,7 @@ class EvalResult:
         out: dict[str, float] = {}
         for a in self.accs:
             out[f"acc/{a}"], out[f"acc_std/{a}"] = self.mean(a), self.std(a)
-        out["acc/cross_arch_mean"], out["acc_std/cross_arch_mean"] = self.cross_arch_mean, self.cross_arch_std
+        out[CROSS_ARCH_MEAN], out[CROSS_ARCH_STD] = self.cross_arch_mean, self.cross_arch_std
         if self.ensemble_acc is not None:
             out["acc/ensemble"], out["ece/ensemble"] = self.ensemble_acc, self.ensemble_ece
         return out

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from ..config import SPACES_DIR, load_raw, load_search
+from ..names import CROSS_ARCH_MEAN
 from ..ray import connected, require
 from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials, run_search
 from ..tracking import client_for, ensure_experiment
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 require("ray.tune", "optuna")  # ImportError without them: the suite is reported unavailable
 
-METRIC = "acc/cross_arch_mean"
+METRIC = CROSS_ARCH_MEAN
 
 
 def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs: int, lam_range: tuple[float, float],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..names import CROSS_ARCH_MEAN
 from ._args import add_no_track, add_out, add_tracking_uri
 
 
@@ -31,4 +32,4 @@ def command(args) -> None:
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
         print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
               f"method {best['params'].get('method.name')}, lam {best['params'].get('cmi.lam')}): "
-              f"acc/cross_arch_mean {best['metrics'].get('acc/cross_arch_mean', float('nan')):.4f}")
+              f"{CROSS_ARCH_MEAN} {best['metrics'].get(CROSS_ARCH_MEAN, float('nan')):.4f}")

@@ -13,6 +13,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
+from ..names import CROSS_ARCH_MEAN
 from ._fields import Cfg
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, parse_job
@@ -81,7 +82,7 @@ class SearchRunCfg(Cfg):
     num_samples: int = Field(default=8, ge=1)
     max_concurrent_trials: int = Field(default=1, ge=1)  # with a sqlite store the search forces 1 (see search.py)
     seed: int = Field(default=0, ge=0)
-    metric: str = Field(default="acc/cross_arch_mean", min_length=1)
+    metric: str = Field(default=CROSS_ARCH_MEAN, min_length=1)
     mode: Literal["max", "min"] = "max"
     asha: AshaCfg | None = AshaCfg()  # null = no early stopping
     time_budget_s: float | None = Field(default=None, gt=0)

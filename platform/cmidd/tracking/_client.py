@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import CmiddError, ConfigError, UnknownNameError
+from ..names import CROSS_ARCH_MEAN
 
 try:
     from mlflow import MlflowClient
@@ -32,7 +33,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-DEFAULT_METRIC = "acc/cross_arch_mean"
+DEFAULT_METRIC = CROSS_ARCH_MEAN
 SYNTHETIC = "synthetic"
 PROXIES = "proxies"
 EXPERTS = "experts"
