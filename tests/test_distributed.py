@@ -255,8 +255,12 @@ def test_killed_worker_restarts_from_checkpoint(ray_local, tmp_path, digits, pro
     assert {w["rank"] for w in restarts} == {0, 1}  # the whole group restarted from Ray Train's checkpoint
     assert all(w["resumed_from"] >= killed["step"] and w["resumed_from"] % 5 == 0 for w in restarts)
     assert killed["pid"] not in {w["pid"] for w in restarts}
-    plain, _ = distill(_job(folder, **over), digits, proxies)  # resume is exact: same as never killed
-    assert rel_err(synset.images, plain.images) < 1e-5
+    # resume is exact: the same as the same group never killed (against the plain loop, the workers' partial sums
+    # round differently, and over 60 steps that grows to ~2e-3 on an AMX Xeon: 1.3e-7 after 20, measured)
+    calm = tmp_path / "calm"
+    calm.mkdir()
+    never_killed, _ = distill_distributed(job, digits, proxies, workdir=calm)
+    assert rel_err(synset.images, never_killed.images) < 1e-6
 
 
 def test_two_node_cluster_through_the_cli(tmp_path, proxies4):
