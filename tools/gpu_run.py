@@ -41,7 +41,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from cmidd.distill import Hooks  # noqa: E402
+from cmidd.curves import strict  # noqa: E402
+from cmidd.hooks import Hooks  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,8 @@ DRY = Sizes(
 def save(work: Path, step: str, result: dict[str, Any]) -> None:
     """A step's results so far (strict JSON: non-finite numbers become null); atomic, so a kill never tears it."""
     tmp = work / f"{step}.json.tmp"
-    tmp.write_text(json.dumps(_strict(result), indent=1, default=str))
+    tmp.write_text(json.dumps(strict(result), indent=1, default=str))
     tmp.replace(work / f"{step}.json")
-
-
-def _strict(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _strict(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_strict(x) for x in v]
-    return v
 
 
 class Deadline(Hooks):
@@ -486,7 +477,7 @@ def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command:
         report["steps"].append({"step": name, "status": status, "seconds": time.time() - t, "box": box})
         report["seconds"] = time.time() - start
         print(f"[gpu_run] {name}: {status} ({time.time() - t:.0f} s)", flush=True)
-        (out / "gpu_run.json").write_text(json.dumps(_strict(report), indent=1, default=str))
+        (out / "gpu_run.json").write_text(json.dumps(strict(report), indent=1, default=str))
         (out / "gpu_run.md").write_text(markdown(report))
         if name == "check" and (work / "check" / "gpu_check.md").is_file():
             shutil.copy(work / "check" / "gpu_check.md", out / "gpu_check.md")
@@ -545,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         report = merge([json.loads(p.read_text()) for p in args.render])
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_run.json").write_text(json.dumps(_strict(report), indent=1, default=str))
+        (args.out / "gpu_run.json").write_text(json.dumps(strict(report), indent=1, default=str))
         (args.out / "gpu_run.md").write_text(markdown(report))
         return 0
     if args.step:
