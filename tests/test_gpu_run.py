@@ -27,6 +27,8 @@ def test_gpu_run_dry(tmp_path):
         ("check", "ok"), ("harness", "ok"), ("reproduce", "ok"), ("cmi", "ok")]
     assert report["check"]["report"]["status"] == "ok"
     if (SEEDBENCH / "harness.py").is_file():  # the harness ran: reference and cmidd timed side by side
+        # the harness sets CUDA_VISIBLE_DEVICES="" at import (it hid the H200 from its own summary): put back
+        assert report["harness"]["cuda_visible_restored"] is True
         rows = report["harness"]["rows"]
         assert rows and all(row["reference"]["s_per_iter"]["median"] > 0 and row["cmidd"]["s_per_iter"]["median"] > 0
                             for row in rows)

@@ -171,6 +171,7 @@ def step_harness(sz: Sizes, work: Path, until: float, args: argparse.Namespace) 
                        *sz.harness_args])
     raw = json.loads(out.read_text())
     result: dict[str, Any] = {"rc": rc, "rows": raw.get("rows", []), "args": raw.get("args"),
+                              "cuda_visible_restored": os.environ.get("CUDA_VISIBLE_DEVICES") == visible,
                               "loadavg": [raw.get("loadavg_start"), raw.get("loadavg_end")], "precision": []}
     save(work, "harness", result)
     # cmidd's precision variants, in the same process on the same device, beside the harness's fp32 rows
