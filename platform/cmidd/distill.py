@@ -148,11 +148,11 @@ def iteration_generator(seed: int, it: int) -> torch.Generator:
 
 
 def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) -> CMIRegularizer | None:
-    """The regularizer, or None when ``lam == 0`` (then no proxy forward ever runs)."""
-    if cfg.lam == 0:
+    """The regularizer, or None when CMI is off (``lam == alpha == 0``; then no proxy forward ever runs)."""
+    if not cfg.on:
         return None
     if not proxies:
-        raise ConfigError("cmi.lam > 0 needs proxies, but none were given")
+        raise ConfigError("cmi.lam > 0 or cmi.alpha > 0 needs proxies, but none were given")
     return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample,
                           cfg.precision)
 
@@ -188,6 +188,7 @@ class _Run:
     opt: torch.optim.Optimizer
     method: Method
     reg: CMIRegularizer | None
+    lam: float  # the CMI weight the steps use (cmi.lam, or alpha's calibrated lambda; restored on resume)
     hooks: Hooks
     shard: Shard | None
     ckpt: Path | None
@@ -209,19 +210,23 @@ def distill(
     resume: bool = False,
     shard: Shard | None = None,
     experts: list[torch.Tensor] | None = None,
+    lam: float | None = None,
 ) -> tuple[SyntheticSet, History]:
     """Distil ``job.ipc`` images per class from ``data``.
 
     Args:
         job: validated distill job.
         data: the real data set (train split used for matching, test split for intermediate evals).
-        proxies: frozen proxy nets, kept in memory; required when ``job.cmi.lam > 0``.
+        proxies: frozen proxy nets, kept in memory; required when ``job.cmi.lam > 0`` or ``alpha > 0``.
         hooks: callbacks (logging, reporting, stopping).
         workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
         resume: continue from ``workdir/checkpoint.pt`` if it exists.
         shard: this worker's part of a data-parallel run (``cmidd.ray.train``); None = the whole job here.
             ``proxies`` then has one entry per proxy of the set, None for those another worker holds.
         experts: expert trajectories (method ``mtt``), see ``cmidd.experts``.
+        lam: the CMI weight, as ``effective_lambda(job, data, proxies)`` returns it (None: computed here; a
+            data-parallel worker, which holds only some proxies, must be given it). A checkpoint's weight wins
+            on resume. The set's manifest records it as ``lam``.
 
     Returns:
         (SyntheticSet, History).
@@ -230,7 +235,12 @@ def distill(
         DivergenceError: the loss became NaN/Inf; the last good checkpoint stays in ``workdir``.
         DataError: ipc larger than a class.
     """
-    run = _setup(job, data, proxies, hooks or Hooks(), workdir, shard, experts)
+    if lam is None:
+        if shard is not None and job.cmi.alpha > 0:
+            raise ConfigError("cmi.alpha: a data-parallel worker holds only some proxies; its loop must be given "
+                              "the lambda calibrated on all of them (effective_lambda)")
+        lam = effective_lambda(job, data, proxies)
+    run = _setup(job, data, proxies, hooks or Hooks(), workdir, shard, experts, lam)
     if resume and run.ckpt is not None and run.ckpt.is_file():
         _restore(run)
     t0 = time.perf_counter() - run.history.seconds
@@ -249,7 +259,36 @@ def distill(
             log.info("stopped early at iteration %d", step)
             break
     run.history.seconds = time.perf_counter() - t0
-    return _synset(job, data, run.syn, run.labels), run.history
+    return _synset(job, data, run.syn, run.labels, run.lam), run.history
+
+
+def effective_lambda(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None) -> float:
+    """The CMI weight the loop uses: 0 when CMI is off, ``cmi.lam`` when set, else ``alpha * g_DD / g_CMI``.
+
+    ``g_DD`` and ``g_CMI`` are ``gradient_norms`` over ``cmi.calibrate_draws`` seeded draws at the initial
+    images, so CMI pulls the images ``alpha`` times as hard as the DD term at the start. A pure function of the
+    job, the data and the proxies (resume recomputes the same value). 0 where CMI vanishes (one image per class).
+
+    Raises:
+        ConfigError: alpha > 0 without proxies, or a CMI gradient of 0 (nothing to scale).
+    """
+    cfg = job.cmi
+    if not cfg.on:
+        return 0.0
+    if cfg.lam > 0:
+        return float(cfg.lam)
+    if job.ipc * job.method.factor**2 == 1:
+        return 0.0  # CMI is identically 0 (the loop warns)
+    if not proxies:
+        raise ConfigError("cmi.alpha > 0 needs proxies, but none were given")
+    g_dd, g_cmi = gradient_norms(job, data, proxies, cfg.calibrate_draws)
+    if not g_cmi > 0:
+        raise ConfigError(f"cmi.alpha: the CMI gradient is {g_cmi} at the initial images, so lambda = alpha * g_DD / "
+                          "g_CMI is undefined; set cmi.lam instead")
+    lam = cfg.alpha * g_dd / g_cmi
+    log.info("cmi.alpha %g: g_DD %.4g, g_CMI %.4g over %d draws -> lambda %.4g", cfg.alpha, g_dd, g_cmi,
+             cfg.calibrate_draws, lam)
+    return lam
 
 
 def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], draws: int = 8) -> tuple[float, float]:
@@ -258,8 +297,8 @@ def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], dra
     Draw ``m`` (0 .. ``draws`` - 1) takes iteration ``m``'s net, batches and proxy, as the loop would; the ratio
     ``g_dd / g_cmi`` is the lambda at which both terms pull the images equally hard at the start.
     """
-    run = _setup(job.model_copy(update={"cmi": job.cmi.model_copy(update={"lam": 1.0})}), data, proxies, Hooks(),
-                 None, None, None)
+    unit = job.cmi.model_copy(update={"lam": 1.0, "alpha": 0.0})
+    run = _setup(job.model_copy(update={"cmi": unit}), data, proxies, Hooks(), None, None, None, 1.0)
     if run.reg is None:
         raise ConfigError("gradient_norms: CMI is 0 at this IPC (one image per class): there is nothing to balance")
     g_dd, g_cmi = [], []
@@ -275,7 +314,7 @@ def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], dra
 
 
 def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,
-           shard: Shard | None, experts: list[torch.Tensor] | None) -> _Run:
+           shard: Shard | None, experts: list[torch.Tensor] | None, lam: float) -> _Run:
     """The initial images (real or noise), their optimizer, the method and the CMI regularizer."""
     device = resolve_device(job.device)
     cfg, c_num = job.method, data.num_classes
@@ -293,7 +332,7 @@ def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hook
         warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
         reg = None
     ckpt = workdir / CHECKPOINT if workdir is not None else None
-    return _Run(job, data, device, syn, labels, opt, method, reg, hooks, shard, ckpt)
+    return _Run(job, data, device, syn, labels, opt, method, reg, lam, hooks, shard, ckpt)
 
 
 def _restore(run: _Run) -> None:
@@ -304,6 +343,7 @@ def _restore(run: _Run) -> None:
     run.opt.load_state_dict(state["opt"])
     run.method.load_state_dict(state.get("method", {}))
     run.history = History(**state["history"])
+    run.lam = float(state.get("lam", run.lam))
     run.start = state["step"]
     log.info("resumed from %s at iteration %d", run.ckpt, run.start)
 
@@ -341,7 +381,7 @@ def _update(run: _Run, it: int, gen: torch.Generator, only: int | None = None) -
     if run.reg is not None and it % job.cmi.every == 0:
         xs, ys = (x, y) if only is None else (x[y == only], y[y == only])
         cmi = run.reg(xs, ys, gen, groups=None if only is None else 1)
-        total = loss_dd + job.cmi.lam * cmi
+        total = loss_dd + run.lam * cmi
     run.opt.zero_grad(set_to_none=True)
     if total.requires_grad:
         total.backward()
@@ -360,7 +400,7 @@ def _update(run: _Run, it: int, gen: torch.Generator, only: int | None = None) -
         ckpt = run.ckpt
         where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
         raise DivergenceError(f"loss became {total_v} at iteration {it + 1} (loss_dd={dd_v}); {where}; "
-                              "try a smaller method.lr_img or cmi.lam")
+                              "try a smaller method.lr_img or cmi.lam / cmi.alpha")
     run.opt.step()
     return dd_v, (cmi_v if cmi is not None else None), total_v
 
@@ -395,16 +435,16 @@ def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
         run.history.evals.append({"step": step, **res.metrics()})
     if run.ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
         run.history.seconds = time.perf_counter() - t0  # the clock resumes from here
-        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method)
-        run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels))
+        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method, run.lam)
+        run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels, run.lam))
 
 
-def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor) -> SyntheticSet:
+def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor, lam: float) -> SyntheticSet:
     meta = {
         "dataset": data.name, "num_classes": data.num_classes, "ipc": job.ipc, "channels": data.channels,
         "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
-        "class_names": list(data.class_names), "method": job.method.name, "lam": job.cmi.lam,
-        "proxies": job.proxies.set if job.cmi.lam > 0 else None, "seed": job.seed, "factor": job.method.factor,
+        "class_names": list(data.class_names), "method": job.method.name, "lam": lam,
+        "alpha": job.cmi.alpha, "proxies": job.proxies.set if job.cmi.on else None, "seed": job.seed, "factor": job.method.factor,
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
@@ -418,7 +458,8 @@ def load_checkpoint(path: Path, job: DistillJob, device: torch.device | str = "c
     return state
 
 
-def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None) -> None:
+def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None,
+                     lam: float | None = None) -> None:
     """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint.
 
     The method's own state (MTT's learnable step size; {} for the others) travels with the images.
@@ -429,6 +470,8 @@ def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dic
     }
     if method is not None:
         state["method"] = method.state_dict()
+    if lam is not None:
+        state["lam"] = float(lam)  # the weight the steps used: a resumed run goes on with the same one
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())

@@ -1,0 +1,172 @@
+"""cmi.alpha (the scale-free lambda), the effective lambda everywhere it is shown, and cmi_ratio."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cmidd.cmi import cmi_emp, proxy_log_probs
+from cmidd.config import parse_job
+from cmidd.data import RealPool
+from cmidd.distill import CHECKPOINT, Hooks, distill, effective_lambda, iteration_generator
+from cmidd.errors import ConfigError
+from cmidd.evaluate import baseline_set
+from cmidd.lam import LAM_KEY, RATIO_KEY, fmt_lam, lam_effective, lam_of
+from cmidd.methods import MethodContext, build_method
+from cmidd.nets import create_net
+from cmidd.runner import cmi_metrics
+from cmidd.training import seeded_net
+
+from conftest import tiny_distill
+
+
+def _proxy(arch: str, **kw):
+    return seeded_net(lambda: create_net(arch, 1, 10, 8, **kw), 0, "cpu").eval().requires_grad_(False)
+
+
+def _brute_norms(job, digits, proxy, draws: int) -> tuple[float, float]:
+    """Both image-gradient norms by hand: draw m = iteration m's net and batches, the initial real images."""
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    x0, y = pool.random_init(job.ipc, torch.Generator().manual_seed(job.seed))
+    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
+    dd, cm = [], []
+    for it in range(draws):
+        gen = iteration_generator(job.seed, it)
+        m.begin_iteration(gen)
+        x = x0.clone().requires_grad_(True)
+        dd.append(float(torch.autograd.grad(m.loss(x, y, gen), x)[0].norm()))
+        x = x0.clone().requires_grad_(True)
+        cm.append(float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), y, 10), x)[0].norm()))
+    return sum(dd) / draws, sum(cm) / draws
+
+
+# -- config --------------------------------------------------------------------------------------------------
+
+
+def test_alpha_and_lam_both_set_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"cmi.lam and cmi.alpha: at most one may be > 0.*lam=10, alpha=0.05") as e:
+        parse_job(tiny_distill(tmp_path, cmi__lam=10.0, cmi__alpha=0.05), "job.yaml")
+    assert "\n" not in str(e.value) and "job.yaml" in str(e.value)
+
+
+@pytest.mark.parametrize("field", ["alpha", "lam", "calibrate_draws"])
+def test_negative_weight_is_rejected_naming_the_field(tmp_path, field):
+    with pytest.raises(ConfigError, match=rf"cmi.{field}: .*(-1)"):
+        parse_job(tiny_distill(tmp_path, **{f"cmi__{field}": -1}), "job.yaml")
+
+
+def test_alpha_zero_or_lam_zero_is_cmi_off(tmp_path):
+    off = parse_job(tiny_distill(tmp_path, cmi__alpha=0.0, cmi__lam=0.0), "job.yaml")
+    on = parse_job(tiny_distill(tmp_path, cmi__alpha=0.05, cmi__lam=0.0), "job.yaml")
+    assert not off.cmi.on and on.cmi.on and on.cmi.calibrate_draws == 8
+
+
+# -- the calibrated lambda -------------------------------------------------------------------------------------
+
+
+def test_lam_effective_equals_alpha_times_the_brute_force_gradient_norm_ratio(tmp_path, digits):
+    job = parse_job(tiny_distill(tmp_path, ipc=3, cmi__alpha=0.05, cmi__calibrate_draws=3), "job.yaml")
+    proxy = _proxy("ConvNetD1", width=16)
+    g_dd, g_cmi = _brute_norms(job, digits, proxy, 3)
+    lam = effective_lambda(job, digits, [proxy])
+    assert lam == pytest.approx(0.05 * g_dd / g_cmi, rel=1e-5)
+    assert lam != pytest.approx(0.05, rel=0.5)  # a real rescaling, not alpha passed through
+
+
+def test_alpha_gives_the_same_relative_pull_on_two_proxy_feature_sizes(tmp_path, digits):
+    """At the first image step (draw 0 = iteration 0) ||lam_eff * grad CMI|| / ||grad L_DD|| is alpha whatever
+    the proxy, although the two proxies' CMI gradients differ by a large factor (a hand-set lambda would not
+    transfer between them)."""
+    job = parse_job(tiny_distill(tmp_path, ipc=3, cmi__alpha=0.2, cmi__calibrate_draws=1), "job.yaml")
+    lams, g_cmis = [], []
+    for proxy in (_proxy("ConvNetD1", width=8), _proxy("ConvNetD2", width=64)):
+        g_dd, g_cmi = _brute_norms(job, digits, proxy, 1)
+        lam = effective_lambda(job, digits, [proxy])
+        assert lam * g_cmi / g_dd == pytest.approx(0.2, rel=1e-5)
+        lams.append(lam)
+        g_cmis.append(g_cmi)
+    assert max(g_cmis) / min(g_cmis) > 1.5 and max(lams) / min(lams) > 1.5
+
+
+def test_lam_set_passes_through_and_off_is_zero(tmp_path, digits):
+    assert effective_lambda(parse_job(tiny_distill(tmp_path, cmi__lam=7.0)), digits, None) == 7.0
+    assert effective_lambda(parse_job(tiny_distill(tmp_path)), digits, None) == 0.0
+    with pytest.raises(ConfigError, match="cmi.alpha > 0 needs proxies"):
+        effective_lambda(parse_job(tiny_distill(tmp_path, cmi__alpha=0.1)), digits, None)
+
+
+def test_the_loop_steps_with_the_calibrated_lambda_and_records_it(tmp_path, digits):
+    """An alpha run equals a lam run at lam = lam_eff (same images bit for bit), and its manifest says lam_eff."""
+    proxy = _proxy("ConvNetD1", width=16)
+    a_job = parse_job(tiny_distill(tmp_path, method__iterations=2, cmi__alpha=0.5, cmi__calibrate_draws=2))
+    lam = effective_lambda(a_job, digits, [proxy])
+    a_set, _ = distill(a_job, digits, [proxy])
+    l_set, _ = distill(parse_job(tiny_distill(tmp_path, method__iterations=2, cmi__lam=lam)), digits, [proxy])
+    plain, _ = distill(parse_job(tiny_distill(tmp_path, method__iterations=2)), digits)
+    assert a_set.meta["lam"] == pytest.approx(lam) and a_set.meta["alpha"] == 0.5
+    assert torch.equal(a_set.images, l_set.images) and not torch.equal(a_set.images, plain.images)
+
+
+def test_alpha_resume_is_exact_and_keeps_the_checkpoints_lambda(tmp_path, digits):
+    proxy = _proxy("ConvNetD1", width=16)
+    over = dict(method__iterations=4, cmi__alpha=0.5, cmi__calibrate_draws=2, output__checkpoint_every=1)
+    full, _ = distill(parse_job(tiny_distill(tmp_path, **over)), digits, [proxy])
+
+    class StopAt2(Hooks):
+        n = 0
+
+        def on_step(self, step, metrics):
+            self.n = step
+
+        def should_stop(self):
+            return self.n == 2
+
+    work = tmp_path / "w"
+    work.mkdir()
+    job = parse_job(tiny_distill(tmp_path, **over))
+    distill(job, digits, [proxy], hooks=StopAt2(), workdir=work)
+    state = torch.load(work / CHECKPOINT, weights_only=True)
+    assert state["lam"] == pytest.approx(full.meta["lam"])
+    resumed, h = distill(job, digits, [proxy], workdir=work, resume=True, lam=123.0)  # the checkpoint's wins
+    assert h.step == [1, 2, 3, 4] and resumed.sha256() == full.sha256()
+
+
+# -- the one effective-lambda function ------------------------------------------------------------------------
+
+
+def test_lam_effective_rules():
+    assert lam_effective(10.0, cmi_on=False) == 0.0  # a trial of the zero arm
+    assert lam_effective(0.0, 0.05, cmi_on=False, measured=99.0) == 0.0
+    assert lam_effective("0.0", "0.0") == 0.0  # MLflow params are strings
+    assert lam_effective("10.0", "0.0") == 10.0
+    assert lam_effective(0.0, 0.05, measured="1234.5") == 1234.5
+    assert math.isnan(lam_effective(0.0, 0.05))  # alpha, nothing reported: unknown
+    assert lam_effective(5.0, measured=0.0) == 0.0  # IPC 1: CMI vanished, the loop reported 0
+
+
+def test_trial_lambda_is_zero_for_cmi_on_false_and_measured_otherwise():
+    base = {"cmi.lam": 0.0, "cmi.alpha": 0.01}
+    assert lam_of({"cmi.alpha": 0.05, "cmi_on": False}, {LAM_KEY: 321.0}, base) == 0.0
+    assert lam_of({"cmi.alpha": 0.05, "cmi_on": True}, {LAM_KEY: 321.0}, base) == 321.0
+    assert lam_of({"cmi.lam": 30.0, "cmi_on": "False"}, {}, {}) == 0.0
+    assert lam_of({}, {}, {"cmi.lam": 30.0}) == 30.0  # not searched: the base job's
+    assert fmt_lam(1234.5678) == "1.23e+03" and fmt_lam(0.0) == "0" and fmt_lam(12.345) == "12.3"
+    assert fmt_lam(float("nan")) == "-"
+
+
+# -- cmi_ratio -------------------------------------------------------------------------------------------------
+
+
+def test_cmi_ratio_of_the_random_real_set_itself_is_one(tmp_path, digits):
+    job = parse_job(tiny_distill(tmp_path, ipc=3, cmi__alpha=0.1), "job.yaml")
+    proxies = [_proxy("ConvNetD1", width=16), _proxy("ConvNetD2", width=16)]
+    x, y = baseline_set("random-real", digits, 3, job.seed)
+    m = cmi_metrics(x, y, digits, job, proxies)
+    assert m[RATIO_KEY] == pytest.approx(1.0, abs=1e-12) and m["cmi_final"] > 0
+    # a set with one image repeated per class has CMI 0: ratio 0; noise has a different CMI: ratio != 1
+    x_same = x.view(10, 3, *x.shape[1:])[:, :1].expand(10, 3, *x.shape[1:]).reshape(x.shape)
+    assert cmi_metrics(x_same, y, digits, job, proxies)[RATIO_KEY] == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert cmi_metrics(noise, y, digits, job, proxies)[RATIO_KEY] != pytest.approx(1.0, rel=0.05)
