@@ -208,7 +208,9 @@ def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc
             {**_row("s", "stopped", 0.99, 100.0), "std": 0.0}]  # stopped: not a finished arm
     line = zero_arm_verdict({"trials": rows}, cfg)
     assert f"lambda > 0 {verdict}" in line and "(700)" in line and f"{0.93 - z_acc:+.4f}" in line
-    assert zero_arm_verdict({"trials": rows[1:]}, cfg) is None  # no finished lambda = 0 trial
+    assert zero_arm_verdict({"trials": rows[1:]}, cfg) == (  # no lambda = 0 trial: it says why
+        "zero arm: cannot decide: no lambda = 0 trial finished (none ran: the space has no zero_arm and the base "
+        "job's CMI is on)")
     table = summary_table({"trials": rows}, "acc").splitlines()
     assert table[0].split()[3:5] == ["acc", "std"] and f"{z_std:.4f}" in "".join(table)
 

@@ -31,6 +31,7 @@ from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
+from .lam import LAM_KEY
 from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
 from .synthetic import SyntheticSet, atomic_write
@@ -431,8 +432,9 @@ def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
     syn, labels = run.syn, run.labels
     if main and job.eval.every and step % job.eval.every == 0 and step < job.method.iterations:
         res = evaluate(*decode(syn.detach(), labels, job.method.factor), run.data, job.eval, job.seed, run.device)
-        run.hooks.on_eval(step, res.metrics())
-        run.history.evals.append({"step": step, **res.metrics()})
+        metrics = res.metrics() | ({LAM_KEY: run.lam} if job.cmi.on else {})  # a stopped trial's lambda, too
+        run.hooks.on_eval(step, metrics)
+        run.history.evals.append({"step": step, **metrics})
     if run.ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
         run.history.seconds = time.perf_counter() - t0  # the clock resumes from here
         _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method, run.lam)

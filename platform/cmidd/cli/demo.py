@@ -21,6 +21,7 @@ def command(args) -> None:
     """Run the demo; print its table and, when tracked, the best registered set."""
     from ..app import tracking_uri
     from ..demo import run_demo
+    from ..lam import fmt_lam, lam_of
 
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
@@ -30,5 +31,5 @@ def command(args) -> None:
         best = summary["best"]
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
         print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
-              f"method {best['params'].get('method.name')}, lam {best['params'].get('cmi.lam')}): "
+              f"method {best['params'].get('method.name')}, lam {fmt_lam(lam_of(best['params'], best['metrics']))}): "
               f"acc/cross_arch_mean {best['metrics'].get('acc/cross_arch_mean', float('nan')):.4f}")

@@ -143,15 +143,14 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
 
 def _prepare_proxies(cfg: SearchCfg) -> None:
     """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it)."""
-    lam = cfg.params.get("cmi.lam")
-    if cfg.base.cmi.lam == 0 and lam is None:
+    if not cfg.base.cmi.on and not any(w in cfg.params for w in ("cmi.lam", "cmi.alpha")):
         return
     sets = cfg.params["proxies.set"].choice if "proxies.set" in cfg.params else [cfg.base.proxies.set]
     if cfg.base.proxies.from_registry is not None:
         return  # resolved from the registry inside each trial
     data = None
     for name in sets:
-        job = trial_job(cfg, {"proxies.set": name, "cmi.lam": 1.0}, "proxies")
+        job = trial_job(cfg, {"proxies.set": name, "cmi.lam": 1.0, "cmi.alpha": 0.0}, "proxies")
         data = data if data is not None else load_job_data(job)
         folder = proxies_dir(job, data)
         if not (folder / "manifest.json").is_file():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import flatten
+from ..lam import LAM_KEY, fmt_lam, lam_effective
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,7 +53,7 @@ def job_params(job) -> dict[str, str]:
 
 def proxy_label(job) -> str:
     """What a distill job's proxies were: ``none`` (lambda 0), the registry reference, or the set name."""
-    if job.cmi.lam == 0:
+    if not job.cmi.on:
         return "none"
     return job.proxies.from_registry or job.proxies.set
 
@@ -79,9 +80,20 @@ def run_tags(kind: str, dataset: str | None = None, **extra: str) -> dict[str, s
     return tags | extra
 
 
-def distill_tags(job) -> dict[str, str]:
-    """What a distill job is (method, lambda, proxy set): on its run and on the version it registers."""
-    return {"method": job.method.name, "lambda": str(job.cmi.lam), "proxy_set": proxy_label(job)}
+def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
+    """What a distill job is (method, lambda, proxy set): on its run and on the version it registers.
+
+    ``lambda`` is the effective lambda (``cmidd.lam``, 3 significant digits) once ``metrics`` report it; before
+    that (a new run of an alpha job) ``alpha <a>``. ``cmi.alpha`` and ``cmi.lam_effective`` (full precision,
+    when known) come too.
+    """
+    lam = lam_effective(job.cmi.lam, job.cmi.alpha, (metrics or {}).get(LAM_KEY))
+    shown = f"alpha {job.cmi.alpha:g}" if lam != lam else fmt_lam(lam)  # NaN: alpha, not calibrated yet
+    tags = {"method": job.method.name, "lambda": shown, "cmi.alpha": f"{job.cmi.alpha:g}",
+            "proxy_set": proxy_label(job)}
+    if lam == lam:
+        tags[LAM_KEY] = repr(float(lam))
+    return tags
 
 
 def job_tags(job) -> dict[str, str]:
