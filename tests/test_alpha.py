@@ -170,3 +170,72 @@ def test_cmi_ratio_of_the_random_real_set_itself_is_one(tmp_path, digits):
     assert cmi_metrics(x_same, y, digits, job, proxies)[RATIO_KEY] == pytest.approx(0.0, abs=1e-6)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     assert cmi_metrics(noise, y, digits, job, proxies)[RATIO_KEY] != pytest.approx(1.0, rel=0.05)
+
+
+# -- search spaces over alpha ---------------------------------------------------------------------------------
+
+
+def test_alpha_space_loads_with_its_zero_arm_and_trials_switch_cmi_off():
+    from pathlib import Path
+
+    from cmidd.config import ZERO_ARM, load_search
+    from cmidd.ray.tune import optuna_space, trial_job
+
+    cfg = load_search(Path(__file__).resolve().parents[1] / "search_spaces" / "digits_dmcmi_alpha.yaml")
+    spec = cfg.params["cmi.alpha"]
+    assert spec.zero_arm and spec.kind == "loguniform" and cfg.base.cmi.lam == 0
+    dists, points = optuna_space(cfg)
+    assert dists["cmi.alpha"].log and points[0][ZERO_ARM] is False and points[0]["cmi.alpha"] == 0.05
+    zero = trial_job(cfg, points[0], "t0")
+    assert not zero.cmi.on and zero.cmi.alpha == 0.0 and zero.cmi.lam == 0.0
+    on = trial_job(cfg, {**points[0], ZERO_ARM: True, "cmi.alpha": 0.01}, "t1")
+    assert on.cmi.on and on.cmi.alpha == 0.01 and on.cmi.lam == 0.0
+
+
+def test_alpha_space_with_a_base_lambda_is_one_clear_error(tmp_path):
+    import yaml
+
+    from cmidd.config import load_search
+
+    space = {"name": "s", "base": tiny_distill(tmp_path, cmi__lam=10.0, eval__every=2),
+             "params": {"cmi.alpha": {"loguniform": [0.01, 0.1], "zero_arm": True}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match=r"params.cmi.alpha: .*at most one may be > 0.*searched value 0.01"):
+        load_search(path)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_run_with_alpha_writes_lam_effective_and_cmi_ratio(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from cmidd import cli
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "distill_dmcmi_digits_ipc10.yaml"
+    sets = ["cmi.alpha=0.05", "cmi.lam=0", "method.iterations=2", "proxies.epochs=1", "cmi.calibrate_draws=2",
+            f"proxies.dir={tmp_path / 'proxies'}", "eval.archs=[ConvNetD2]", "eval.epochs_by_arch={}",
+            "eval.epochs=2", "eval.num_eval=1", f"output.dir={tmp_path / 'job'}"]
+    assert cli.main(["run", str(job), "--no-track", *(a for s in sets for a in ("--set", s))]) == 0
+    metrics = json.loads((tmp_path / "job" / "result.json").read_text())["metrics"]
+    manifest = json.loads((tmp_path / "job" / "synthetic" / "manifest.json").read_text())
+    lam = metrics[LAM_KEY]
+    assert lam > 0 and lam != 0.05 and manifest["lam"] == pytest.approx(lam)
+    assert metrics[RATIO_KEY] == pytest.approx(metrics["cmi_final"] / metrics["cmi_random_real"])
+    assert 0 < metrics[RATIO_KEY] < 10
+    assert f"{LAM_KEY}: {lam:.4g}" in capsys.readouterr().out
+
+
+def test_cli_both_weights_exit_2(tmp_path, capsys):
+    from pathlib import Path
+
+    from cmidd import cli
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "distill_dmcmi_digits_ipc10.yaml"
+    assert cli.main(["run", str(job), "--no-track", "--set", "cmi.alpha=0.05",
+                     "--set", f"output.dir={tmp_path / 'job'}"]) == 2
+    err = capsys.readouterr().err
+    assert "cmi.lam and cmi.alpha: at most one may be > 0" in err and "lam=10, alpha=0.05" in err
+    assert not (tmp_path / "job").exists()
