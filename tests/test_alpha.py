@@ -239,3 +239,37 @@ def test_cli_both_weights_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cmi.lam and cmi.alpha: at most one may be > 0" in err and "lam=10, alpha=0.05" in err
     assert not (tmp_path / "job").exists()
+
+
+# -- tracking: param, tags, registry version, cmidd runs ------------------------------------------------------
+
+
+def test_tracked_alpha_run_shows_its_effective_lambda_everywhere(tmp_path, monkeypatch, digits, capsys):
+
+    from cmidd import cli
+    from cmidd import tracking as T
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = parse_job(tiny_distill(tmp_path, name="tiny-alpha", method__iterations=2, cmi__alpha=0.05,
+                                 cmi__calibrate_draws=2, eval__every=1))
+    t = T.tracked_run(job, uri, data=digits)
+    lam = t.result.metrics[LAM_KEY]
+    assert lam > 0 and lam != 0.05
+    c = T.client_for(uri)
+    run = c.get_run(t.run_id)
+    assert run.data.params[LAM_KEY] == repr(lam) and run.data.params["cmi.alpha"] == "0.05"
+    assert run.data.tags["lambda"] == fmt_lam(lam) and run.data.tags[LAM_KEY] == repr(lam)
+    assert run.data.metrics[LAM_KEY] == pytest.approx(lam) and RATIO_KEY in run.data.metrics
+    assert [m.value for m in c.get_metric_history(t.run_id, LAM_KEY)] == pytest.approx([lam, lam])  # eval + end
+    mv = c.get_model_version(t.versions[0]["name"], str(t.versions[0]["version"]))
+    assert mv.tags[LAM_KEY] == repr(lam) and mv.tags["lambda"] == fmt_lam(lam) and mv.tags["cmi.alpha"] == "0.05"
+    plain = T.tracked_run(parse_job(tiny_distill(tmp_path / "p", name="tiny-plain", method__iterations=2)), uri,
+                          data=digits)
+    rows = {r["name"]: r for r in T.list_runs(uri)}
+    assert rows["tiny-alpha"]["lambda"] == fmt_lam(lam) and rows["tiny-plain"]["lambda"] == "0"
+    assert c.get_run(plain.run_id).data.params[LAM_KEY] == "0.0"
+    capsys.readouterr()
+    assert cli.main(["runs", "--tracking-uri", uri]) == 0
+    assert fmt_lam(lam) in capsys.readouterr().out
