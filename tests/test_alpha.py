@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,58 @@ def test_tracked_alpha_run_shows_its_effective_lambda_everywhere(tmp_path, monke
     capsys.readouterr()
     assert cli.main(["runs", "--tracking-uri", uri]) == 0
     assert fmt_lam(lam) in capsys.readouterr().out
+
+
+# -- the search report: table, verdict and plot show effective lambdas ------------------------------------------
+
+
+def _trial(tid, state, metric, std, params, lam=None, step=8):
+    row = {"trial_id": tid, "run_id": f"r{tid}", "state": state, "step": step if state == "finished" else 2,
+           "metric": metric, "std": std, "params": params}
+    return row if lam is None else {**row, "lam_effective": lam}
+
+
+def test_zero_arm_verdict_says_why_when_the_only_cmi_trial_was_stopped_by_asha(tmp_path):
+    from cmidd.config import ZERO_ARM, load_search
+    from cmidd.ray.tune import summary_table, zero_arm_verdict
+
+    cfg = load_search(Path(__file__).resolve().parents[1] / "search_spaces" / "digits_dmcmi_alpha.yaml")
+    rows = [_trial("z", "finished", 0.9, 0.01, {"cmi.alpha": 0.05, ZERO_ARM: False}),
+            _trial("c", "stopped", 0.5, 0.02, {"cmi.alpha": 0.2, ZERO_ARM: True}, lam=1234.5)]
+    line = zero_arm_verdict({"trials": rows}, cfg)
+    assert line == "zero arm: cannot decide: no lambda > 0 trial finished (1 stopped early by ASHA: c at step 2)"
+    rows[1] = {**rows[1], "state": "finished", "step": 8}
+    line = zero_arm_verdict({"trials": rows}, cfg)
+    assert "best lambda > 0 (1.23e+03)" in line and "is worse than lambda = 0" in line
+    table = summary_table({"trials": rows}, "acc", cfg).splitlines()
+    assert table[0].split()[:6] == ["trial", "state", "step", "acc", "std", "lambda"]
+    assert "cmi.lam" not in table[0] and ZERO_ARM not in table[0] and "cmi.alpha" in table[0]
+    assert table[1].split()[5] == "0" and table[2].split()[5] == "1.23e+03"  # the zero arm's sampled alpha is moot
+
+
+def test_lambda_plot_is_symlog_with_zero_labelled_and_seed_std_error_bars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.container import ErrorbarContainer
+
+    from cmidd.config import ZERO_ARM
+    from cmidd.ray._search_report import lambda_figure
+
+    rows = [_trial("z", "finished", 0.90, 0.01, {"cmi.lam": 500.0, ZERO_ARM: False}),
+            _trial("a", "finished", 0.88, 0.02, {"cmi.lam": 50.0, ZERO_ARM: True}),
+            _trial("b", "stopped", 0.70, 0.03, {"cmi.lam": 5000.0, ZERO_ARM: True})]
+    fig = lambda_figure(None, rows, "acc")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "0\n(off)" and "50" in labels and "5e+03" in labels and "500" not in labels
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # finished, stopped
+    finished_x = sorted(bars[0].lines[0].get_xdata())
+    assert finished_x == [0.0, 50.0]  # the zero arm at 0, not at its sampled lambda
+    seg = bars[0].lines[2][0].get_segments()
+    assert sorted(round(float(s[1, 1] - s[0, 1]), 6) for s in seg) == [0.02, 0.04]  # +- std: 2 std tall
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

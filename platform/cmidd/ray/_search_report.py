@@ -166,25 +166,7 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
     done = [r for r in rows if r["metric"] is not None and r["state"] in ("finished", "stopped")]
     files = []
     if done:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        lams = [_row_lam(cfg, r) for r in done]
-        pos = [x for x in lams if x > 0]
-        for state, marker in (("finished", "o"), ("stopped", "x")):
-            pts = [(lam, r["metric"], r.get("std") or 0.0) for lam, r in zip(lams, done)
-                   if r["state"] == state and lam == lam]  # NaN: an alpha trial stopped before it reported
-            if pts:
-                xs, ys, es = zip(*pts)
-                ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"{state} (mean +- seed std)")
-        ax.set_xscale("symlog", linthresh=min(pos) if pos else 1.0)
-        decades = range(math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos))) + 1) if pos else []
-        ticks = sorted({0.0, *pos}) if len(pos) <= 5 else [0.0, *(10.0**k for k in decades)]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels(["0\n(off)" if t == 0 else fmt_lam(t) for t in ticks])
-        ax.set_xlim(left=-0.5 * (min(pos) if pos else 1.0))
-        ax.set_xlabel("effective lambda (symlog)")
-        ax.set_ylabel(cfg.search.metric)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
+        fig = lambda_figure(cfg, done)
         fig.savefig(folder / "accuracy_vs_lambda.png", dpi=100)
         plt.close(fig)
         files.append("accuracy_vs_lambda.png")
@@ -198,6 +180,34 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
         plt.close(fig)
         files.append("accuracy_vs_ipc.png")
     return files
+
+
+def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str | None = None):
+    """The accuracy-vs-lambda figure: each trial at its effective lambda on a symlog axis (linear below the
+    smallest lambda > 0, so lambda = 0 has a place, labelled ``0 (off)``), its mean +- seed std as an error bar,
+    finished and stopped trials marked apart."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lams = [_row_lam(cfg, r) for r in rows]
+    pos = [x for x in lams if x > 0]
+    for state, marker in (("finished", "o"), ("stopped", "x")):
+        pts = [(lam, r["metric"], r.get("std") or 0.0) for lam, r in zip(lams, rows)
+               if r["state"] == state and lam == lam]  # NaN: an alpha trial stopped before it reported
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"{state} (mean +- seed std)")
+    ax.set_xscale("symlog", linthresh=min(pos) if pos else 1.0)
+    decades = range(math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos))) + 1) if pos else []
+    ticks = sorted({0.0, *pos}) if len(pos) <= 5 else [0.0, *(10.0**k for k in decades)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0\n(off)" if t == 0 else fmt_lam(t) for t in ticks])
+    ax.set_xlim(left=-0.5 * (min(pos) if pos else 1.0))
+    ax.set_xlabel("effective lambda (symlog)")
+    ax.set_ylabel(metric or (cfg.search.metric if cfg is not None else "accuracy"))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def _importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
