@@ -23,15 +23,15 @@ from cmidd.training import seeded_net
 from conftest import tiny_distill
 
 
-def _proxy(arch: str, **kw):
-    return seeded_net(lambda: create_net(arch, 1, 10, 8, **kw), 0, "cpu").eval().requires_grad_(False)
+def _proxy(arch: str, im_size: int = 8, **kw):
+    return seeded_net(lambda: create_net(arch, 1, 10, im_size, **kw), 0, "cpu").eval().requires_grad_(False)
 
 
 def _brute_norms(job, digits, proxy, draws: int) -> tuple[float, float]:
     """Both image-gradient norms by hand: draw m = iteration m's net and batches, the initial real images."""
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
     x0, y = pool.random_init(job.ipc, torch.Generator().manual_seed(job.seed))
-    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
+    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, digits.im_size, torch.device("cpu")))
     dd, cm = [], []
     for it in range(draws):
         gen = iteration_generator(job.seed, it)
@@ -76,15 +76,20 @@ def test_lam_effective_equals_alpha_times_the_brute_force_gradient_norm_ratio(tm
     assert lam != pytest.approx(0.05, rel=0.5)  # a real rescaling, not alpha passed through
 
 
-def test_alpha_gives_the_same_relative_pull_on_two_proxy_feature_sizes(tmp_path, digits):
+def test_alpha_gives_the_same_relative_pull_on_proxy_feature_sizes_and_data_sets(tmp_path, digits):
     """At the first image step (draw 0 = iteration 0) ||lam_eff * grad CMI|| / ||grad L_DD|| is alpha whatever
-    the proxy, although the two proxies' CMI gradients differ by a large factor (a hand-set lambda would not
-    transfer between them)."""
-    job = parse_job(tiny_distill(tmp_path, ipc=3, cmi__alpha=0.2, cmi__calibrate_draws=1), "job.yaml")
+    the proxy and the data set (digits 8x8 with two proxy feature sizes, mnist5k 28x28), although the CMI
+    gradients differ by large factors (a hand-set lambda would not transfer between them)."""
+    from cmidd.data import load_dataset
+
+    mnist = load_dataset("mnist5k")
     lams, g_cmis = [], []
-    for proxy in (_proxy("ConvNetD1", width=8), _proxy("ConvNetD2", width=64)):
-        g_dd, g_cmi = _brute_norms(job, digits, proxy, 1)
-        lam = effective_lambda(job, digits, [proxy])
+    for data, proxy in ((digits, _proxy("ConvNetD1", width=8)), (digits, _proxy("ConvNetD2", width=64)),
+                        (mnist, _proxy("ConvNetD1", 28, width=16))):
+        job = parse_job(tiny_distill(tmp_path, ipc=3, data__name=data.name, cmi__alpha=0.2,
+                                     cmi__calibrate_draws=1), "job.yaml")
+        g_dd, g_cmi = _brute_norms(job, data, proxy, 1)
+        lam = effective_lambda(job, data, [proxy])
         assert lam * g_cmi / g_dd == pytest.approx(0.2, rel=1e-5)
         lams.append(lam)
         g_cmis.append(g_cmi)
