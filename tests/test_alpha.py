@@ -334,3 +334,14 @@ def test_lambda_plot_is_symlog_with_zero_labelled_and_seed_std_error_bars():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_plain_run_reports_cmi_ratio_when_its_proxies_are_already_trained(tmp_path, digits):
+    from cmidd.runner import run_job
+
+    plain = parse_job(tiny_distill(tmp_path, method__iterations=1))
+    assert RATIO_KEY not in run_job(plain, data=digits).metrics  # no trained proxies: nothing is trained to measure
+    assert not (tmp_path / "proxies").exists()
+    run_job(parse_job(tiny_distill(tmp_path, method__iterations=1, cmi__lam=1.0)), data=digits)  # trains them
+    m = run_job(plain, data=digits).metrics
+    assert m[LAM_KEY] == 0.0 and m[RATIO_KEY] == pytest.approx(m["cmi_final"] / m["cmi_random_real"])

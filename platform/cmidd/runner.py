@@ -170,8 +170,9 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     rows = res.rows(set_label(job))
     _evaluate_baselines(job, data, device, rows, metrics)
     metrics[LAM_KEY] = float(synset.meta["lam"])  # what the loop used (a checkpoint's on resume)
-    if proxies:
-        metrics.update(cmi_metrics(*synset.training_set(), data, job, proxies))
+    meter = proxies or _trained_proxies(job, data, device)  # CMI off: measured when its proxies are at hand
+    if meter:
+        metrics.update(cmi_metrics(*synset.training_set(), data, job, meter))
     return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
 
@@ -182,6 +183,15 @@ def _evaluate_baselines(job, data: Dataset, device, rows: list[dict], metrics: d
         b = evaluate(x, y, data, job.eval, job.seed, device)
         rows += b.rows(name)
         metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
+
+
+def _trained_proxies(job: DistillJob, data: Dataset, device):
+    """The job's proxy set if it is already trained in its folder (never trained or fetched just to measure),
+    so that a plain-DD run (the zero arm of a study) reports ``cmi_ratio`` under the same proxies; else None."""
+    if job.proxies.from_registry is not None:
+        return None
+    folder = proxies_dir(job, data)
+    return proxy_zoo.load(folder, data, device) if (folder / "manifest.json").is_file() else None
 
 
 def cmi_metrics(x, y, data: Dataset, job: DistillJob, proxies) -> dict[str, float]:
