@@ -345,3 +345,13 @@ def test_a_plain_run_reports_cmi_ratio_when_its_proxies_are_already_trained(tmp_
     run_job(parse_job(tiny_distill(tmp_path, method__iterations=1, cmi__lam=1.0)), data=digits)  # trains them
     m = run_job(plain, data=digits).metrics
     assert m[LAM_KEY] == 0.0 and m[RATIO_KEY] == pytest.approx(m["cmi_final"] / m["cmi_random_real"])
+
+
+def test_the_loops_initial_real_set_is_the_random_real_baseline(digits):
+    """So cmi_ratio starts at exactly 1 for a set distilled from real images."""
+    from cmidd.formation import init_stored
+
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    x0, y0 = init_stored(pool, 4, 1, torch.Generator().manual_seed(3))  # as distill._setup draws it (seed 3)
+    x, y = baseline_set("random-real", digits, 4, 3)
+    assert torch.equal(x0, x) and torch.equal(y0, y)
