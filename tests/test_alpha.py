@@ -355,3 +355,59 @@ def test_the_loops_initial_real_set_is_the_random_real_baseline(digits):
     x0, y0 = init_stored(pool, 4, 1, torch.Generator().manual_seed(3))  # as distill._setup draws it (seed 3)
     x, y = baseline_set("random-real", digits, 4, 3)
     assert torch.equal(x0, x) and torch.equal(y0, y)
+
+
+# -- recalibration (cmi.recalibrate_every) ---------------------------------------------------------------------
+
+
+def test_recalibrate_every_rules(tmp_path):
+    with pytest.raises(ConfigError, match=r"cmi.recalibrate_every > 0 needs cmi.alpha > 0.*alpha=0"):
+        parse_job(tiny_distill(tmp_path, cmi__lam=5.0, cmi__recalibrate_every=2), "job.yaml")
+    with pytest.raises(ConfigError, match=r"recalibrate_every is implemented for method dm on one worker.*'gm'"):
+        parse_job(tiny_distill(tmp_path, method__name="gm", cmi__alpha=0.1, cmi__recalibrate_every=2), "job.yaml")
+    with pytest.raises(ConfigError, match=r"cmi.recalibrate_ema: .*1"):
+        parse_job(tiny_distill(tmp_path, cmi__alpha=0.1, cmi__recalibrate_every=2, cmi__recalibrate_ema=1.0))
+
+
+def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(tmp_path, digits):
+    """3 iterations, recalibrated before iteration 2 (0-based): lam = ema * lam0 + (1 - ema) * alpha * ratio, the
+    ratio computed by hand at the images after 2 steps (= those of a plain lam0 run), with iteration 2's net and
+    the recalibration stream's batch."""
+    from cmidd.distill import RECAL_STREAM
+
+    proxy = _proxy("ConvNetD1", width=16)
+    over = dict(ipc=3, method__iterations=3, cmi__alpha=0.3, cmi__calibrate_draws=1, cmi__recalibrate_every=2,
+                cmi__recalibrate_ema=0.5, output__checkpoint_every=1)
+    job = parse_job(tiny_distill(tmp_path, **over))
+    lam0 = effective_lambda(job, digits, [proxy])
+    full, hist = distill(job, digits, [proxy])
+    two, _ = distill(parse_job(tiny_distill(tmp_path, ipc=3, method__iterations=2, cmi__lam=lam0)), digits, [proxy])
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
+    m.begin_iteration(iteration_generator(job.seed, 2))
+    gen = iteration_generator(job.seed, RECAL_STREAM + 2)
+    x = two.images.clone().requires_grad_(True)
+    g_dd = float(torch.autograd.grad(m.loss(x, two.labels, gen), x)[0].norm())
+    x = two.images.clone().requires_grad_(True)
+    g_cmi = float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), two.labels, 10), x)[0].norm())
+    expected = 0.5 * lam0 + 0.5 * 0.3 * g_dd / g_cmi
+    assert full.meta["lam"] == pytest.approx(expected, rel=1e-5) and expected != pytest.approx(lam0, rel=1e-3)
+
+    class StopAt2(Hooks):
+        n = 0
+        seen: list = []
+
+        def on_step(self, step, metrics):
+            self.n = step
+            self.seen.append(metrics[LAM_KEY])
+
+        def should_stop(self):
+            return self.n == 2
+
+    work = tmp_path / "w"
+    work.mkdir()
+    hooks = StopAt2()
+    distill(job, digits, [proxy], hooks=hooks, workdir=work)
+    assert hooks.seen == pytest.approx([lam0, lam0])  # the curve (MLflow) before the recalibration
+    resumed, _ = distill(job, digits, [proxy], workdir=work, resume=True)
+    assert resumed.sha256() == full.sha256() and resumed.meta["lam"] == pytest.approx(expected, rel=1e-9)

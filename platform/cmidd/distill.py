@@ -249,9 +249,12 @@ def distill(
         # -- one iteration: the method draws its net / batches, then steps_per_iteration image updates ------
         gen = iteration_generator(job.seed, it)
         run.method.begin_iteration(gen)
+        _maybe_recalibrate(run, it)
         steps = [_image_step(run, it, gen) for _ in range(run.method.steps_per_iteration)]
         # -- record, report, evaluate, checkpoint ---------------------------------------------------------
         step, metrics = it + 1, _mean_metrics(steps)
+        if job.cmi.recalibrate_every:
+            metrics[LAM_KEY] = run.lam  # its curve (MLflow); the final value is the result's
         run.history.append(step, metrics)
         run.hooks.on_step(step, metrics)
         _log_progress(run, step, metrics, time.perf_counter() - t0)
@@ -306,12 +309,36 @@ def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], dra
     for m in range(draws):
         gen = iteration_generator(job.seed, m)
         run.method.begin_iteration(gen)
-        x, y = decode(run.syn, run.labels, job.method.factor)
-        (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
-        g_dd.append(float(grad.norm()))
-        (grad,) = torch.autograd.grad(run.reg(x, y, gen), run.syn)
-        g_cmi.append(float(grad.norm()))
+        dd, cm = _norms_here(run, gen)
+        g_dd.append(dd)
+        g_cmi.append(cm)
     return sum(g_dd) / draws, sum(g_cmi) / draws
+
+
+def _norms_here(run: _Run, gen: torch.Generator) -> tuple[float, float]:
+    """Image-gradient norms of the DD loss (the method's current net) and of the CMI at the current images."""
+    x, y = decode(run.syn, run.labels, run.job.method.factor)
+    (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
+    g_dd = float(grad.norm())
+    (grad,) = torch.autograd.grad(run.reg(x, y, gen), run.syn)
+    return g_dd, float(grad.norm())
+
+
+RECAL_STREAM = 1 << 40  # recalibration draws come from iteration_generator(seed, RECAL_STREAM + it): the step's own
+#                         generator is left untouched
+
+
+def _maybe_recalibrate(run: _Run, it: int) -> None:
+    """Every ``cmi.recalibrate_every`` iterations (not at 0, where the start's calibration holds): measure
+    ``g_DD / g_CMI`` at the current images with this iteration's net and a batch and proxy of its own generator,
+    then ``lam <- ema * lam + (1 - ema) * alpha * ratio``. A pure function of (seed, it, images, lam): the
+    checkpoint's lam makes resume exact."""
+    cfg = run.job.cmi
+    if not cfg.recalibrate_every or it == 0 or it % cfg.recalibrate_every or run.reg is None or run.lam == 0:
+        return
+    g_dd, g_cmi = _norms_here(run, iteration_generator(run.job.seed, RECAL_STREAM + it))
+    if g_cmi > 0:
+        run.lam = cfg.recalibrate_ema * run.lam + (1 - cfg.recalibrate_ema) * cfg.alpha * g_dd / g_cmi
 
 
 def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,

@@ -90,6 +90,10 @@ class CMICfg(Cfg):
     lam: float = Field(default=0.0, ge=0)
     alpha: float = Field(default=0.0, ge=0)  # lam = alpha * g_DD / g_CMI at initialization (0 = use lam)
     calibrate_draws: int = Field(default=8, ge=1)  # draws averaged for alpha's gradient norms (seeded)
+    # every k iterations (0 = never) alpha's ratio g_DD / g_CMI is measured again at the current images (one draw)
+    # and smoothed: lam <- ema * lam + (1 - ema) * alpha * ratio (L_DD falls ~200x over a long run)
+    recalibrate_every: int = Field(default=0, ge=0)
+    recalibrate_ema: float = Field(default=0.9, ge=0, lt=1)
     space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
     temperature: float = Field(default=1.0, gt=0)
     agg: AggName = "random"  # random (paper) | mean over k sampled | max over k sampled
@@ -105,6 +109,9 @@ class CMICfg(Cfg):
         if self.lam > 0 and self.alpha > 0:
             raise ValueError(f"cmi.lam and cmi.alpha: at most one may be > 0 (alpha = scale-free lambda), but got "
                              f"lam={self.lam:g}, alpha={self.alpha:g}; set the other to 0")
+        if self.recalibrate_every and not self.alpha > 0:
+            raise ValueError(f"cmi.recalibrate_every > 0 needs cmi.alpha > 0 (a fixed cmi.lam is never recalibrated), "
+                             f"but got recalibrate_every={self.recalibrate_every}, alpha={self.alpha:g}")
         return self
 
     @property
@@ -244,6 +251,9 @@ class DistillJob(_JobBase):
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
             )
+        if self.cmi.recalibrate_every and (m.name != "dm" or self.scaling.workers > 1):
+            raise ValueError(f"cmi.recalibrate_every is implemented for method dm on one worker only, but got "
+                             f"method.name={m.name!r}, scaling.workers={self.scaling.workers}")
         if self.scaling.workers > 1 and self.cmi.on and self.cmi.agg == "max":
             raise ValueError(  # a max over proxies held by different workers is not a sum of the workers' terms
                 f"cmi.agg must be mean or random when scaling.workers > 1, but got cmi.agg='max' "
