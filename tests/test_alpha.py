@@ -271,6 +271,7 @@ def test_tracked_alpha_run_shows_its_effective_lambda_everywhere(tmp_path, monke
     assert [m.value for m in c.get_metric_history(t.run_id, LAM_KEY)] == pytest.approx([lam, lam])  # eval + end
     mv = c.get_model_version(t.versions[0]["name"], str(t.versions[0]["version"]))
     assert mv.tags[LAM_KEY] == repr(lam) and mv.tags["lambda"] == fmt_lam(lam) and mv.tags["cmi.alpha"] == "0.05"
+    assert float(mv.tags[RATIO_KEY]) == pytest.approx(t.result.metrics[RATIO_KEY], rel=1e-5)
     plain = T.tracked_run(parse_job(tiny_distill(tmp_path / "p", name="tiny-plain", method__iterations=2)), uri,
                           data=digits)
     rows = {r["name"]: r for r in T.list_runs(uri)}

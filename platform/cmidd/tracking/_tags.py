@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import flatten
-from ..lam import LAM_KEY, fmt_lam, lam_effective
+from ..lam import LAM_KEY, RATIO_KEY, fmt_lam, lam_effective
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,8 +84,8 @@ def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
     """What a distill job is (method, lambda, proxy set): on its run and on the version it registers.
 
     ``lambda`` is the effective lambda (``cmidd.lam``, 3 significant digits) once ``metrics`` report it; before
-    that (a new run of an alpha job) ``alpha <a>``. ``cmi.alpha`` and ``cmi.lam_effective`` (full precision,
-    when known) come too.
+    that (a new run of an alpha job) ``alpha <a>``. ``cmi.alpha``, ``cmi.lam_effective`` (full precision, when
+    known) and ``cmi_ratio`` (when measured) come too.
     """
     lam = lam_effective(job.cmi.lam, job.cmi.alpha, (metrics or {}).get(LAM_KEY))
     shown = f"alpha {job.cmi.alpha:g}" if lam != lam else fmt_lam(lam)  # NaN: alpha, not calibrated yet
@@ -93,6 +93,8 @@ def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
             "proxy_set": proxy_label(job)}
     if lam == lam:
         tags[LAM_KEY] = repr(float(lam))
+    if RATIO_KEY in (metrics or {}):
+        tags[RATIO_KEY] = f"{metrics[RATIO_KEY]:.6g}"  # scale-free CMI of the set (docs/cmi.md)
     return tags
 
 
