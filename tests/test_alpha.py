@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_distill
 
 from cmidd.cmi import cmi_emp, proxy_log_probs
 from cmidd.config import parse_job
@@ -19,8 +20,6 @@ from cmidd.methods import MethodContext, build_method
 from cmidd.nets import create_net
 from cmidd.runner import cmi_metrics
 from cmidd.training import seeded_net
-
-from conftest import tiny_distill
 
 
 def _proxy(arch: str, im_size: int = 8, **kw):
@@ -117,7 +116,7 @@ def test_the_loop_steps_with_the_calibrated_lambda_and_records_it(tmp_path, digi
 
 def test_alpha_resume_is_exact_and_keeps_the_checkpoints_lambda(tmp_path, digits):
     proxy = _proxy("ConvNetD1", width=16)
-    over = dict(method__iterations=4, cmi__alpha=0.5, cmi__calibrate_draws=2, output__checkpoint_every=1)
+    over = {"method__iterations": 4, "cmi__alpha": 0.5, "cmi__calibrate_draws": 2, "output__checkpoint_every": 1}
     full, _ = distill(parse_job(tiny_distill(tmp_path, **over)), digits, [proxy])
 
     class StopAt2(Hooks):
@@ -377,11 +376,11 @@ def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(t
     from cmidd.distill import RECAL_STREAM
 
     proxy = _proxy("ConvNetD1", width=16)
-    over = dict(ipc=3, method__iterations=3, cmi__alpha=0.3, cmi__calibrate_draws=1, cmi__recalibrate_every=2,
-                cmi__recalibrate_ema=0.5, output__checkpoint_every=1)
+    over = {"ipc": 3, "method__iterations": 3, "cmi__alpha": 0.3, "cmi__calibrate_draws": 1,
+            "cmi__recalibrate_every": 2, "cmi__recalibrate_ema": 0.5, "output__checkpoint_every": 1}
     job = parse_job(tiny_distill(tmp_path, **over))
     lam0 = effective_lambda(job, digits, [proxy])
-    full, hist = distill(job, digits, [proxy])
+    full, _ = distill(job, digits, [proxy])
     two, _ = distill(parse_job(tiny_distill(tmp_path, ipc=3, method__iterations=2, cmi__lam=lam0)), digits, [proxy])
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
     m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
@@ -395,8 +394,8 @@ def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(t
     assert full.meta["lam"] == pytest.approx(expected, rel=1e-5) and expected != pytest.approx(lam0, rel=1e-3)
 
     class StopAt2(Hooks):
-        n = 0
-        seen: list = []
+        def __init__(self):
+            self.n, self.seen = 0, []
 
         def on_step(self, step, metrics):
             self.n = step

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from cmidd.study import load_runs, report  # noqa: E402
+from cmidd.study import load_runs, report
 
 JOB = ROOT / "jobs" / "study_cmi_digits_ipc10.yaml"
 
@@ -56,9 +56,10 @@ def _run_arms(job_path: Path, out: Path, arms: list[tuple[float, int]], sets: li
             cmd = [sys.executable, "-m", "cmidd.cli", "run", str(job_path), *track,
                    *(a for s in [*sets, f"cmi.alpha={alpha}", "cmi.lam=0", f"seed={seed}",
                                  f"output.dir={folder}"] for a in ("--set", s))]
-            log = open(out / f"{folder.name}.log", "w")
             print(f"[study] start alpha {alpha:g} seed {seed} ({folder})", flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), folder))
+            with open(out / f"{folder.name}.log", "w") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            running.append((proc, folder))
         time.sleep(0.5)
         for proc, folder in list(running):
             if proc.poll() is not None:

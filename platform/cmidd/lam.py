@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 LAM_KEY = "cmi.lam_effective"  # metric (result.json, MLflow), param and registry tag
 RATIO_KEY = "cmi_ratio"  # CMI(S) / CMI(random-real set of the same IPC) under the same proxies

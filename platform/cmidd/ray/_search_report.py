@@ -193,7 +193,7 @@ def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str
     pos = [x for x in lams if x > 0]
     for state, marker in (("finished", "o"), ("stopped", "x")):
         pts = [(lam, r["metric"], r.get("std") or 0.0) for lam, r in zip(lams, rows)
-               if r["state"] == state and lam == lam]  # NaN: an alpha trial stopped before it reported
+               if r["state"] == state and not math.isnan(lam)]  # NaN: an alpha trial stopped before it reported
         if pts:
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"{state} (mean +- seed std)")

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import getpass
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -88,10 +89,11 @@ def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
     known) and ``cmi_ratio`` (when measured) come too.
     """
     lam = lam_effective(job.cmi.lam, job.cmi.alpha, (metrics or {}).get(LAM_KEY))
-    shown = f"alpha {job.cmi.alpha:g}" if lam != lam else fmt_lam(lam)  # NaN: alpha, not calibrated yet
+    known = not math.isnan(lam)  # NaN: an alpha job not calibrated yet
+    shown = fmt_lam(lam) if known else f"alpha {job.cmi.alpha:g}"
     tags = {"method": job.method.name, "lambda": shown, "cmi.alpha": f"{job.cmi.alpha:g}",
             "proxy_set": proxy_label(job)}
-    if lam == lam:
+    if known:
         tags[LAM_KEY] = repr(float(lam))
     if RATIO_KEY in (metrics or {}):
         tags[RATIO_KEY] = f"{metrics[RATIO_KEY]:.6g}"  # scale-free CMI of the set (docs/cmi.md)
