@@ -231,6 +231,12 @@ def test_cli_run_with_alpha_writes_lam_effective_and_cmi_ratio(tmp_path, capsys)
     assert metrics[RATIO_KEY] == pytest.approx(metrics["cmi_final"] / metrics["cmi_random_real"])
     assert 0 < metrics[RATIO_KEY] < 10
     assert f"{LAM_KEY}: {lam:.4g}" in capsys.readouterr().out
+    from cmidd.study import load_runs  # the study's report reads real run folders
+
+    (run,) = load_runs(tmp_path)
+    assert (run.alpha, run.seed, run.lam, run.iterations) == (0.05, 0, lam, 2)
+    assert run.curve == {2: (metrics["acc/cross_arch_mean"], metrics["acc_std/cross_arch_mean"])}
+    assert run.cmi_ratio == metrics[RATIO_KEY]
 
 
 def test_cli_both_weights_exit_2(tmp_path, capsys):
