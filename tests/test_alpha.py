@@ -417,3 +417,13 @@ def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(t
     assert hooks.seen == pytest.approx([lam0, lam0])  # the curve (MLflow) before the recalibration
     resumed, _ = distill(job, digits, [proxy], workdir=work, resume=True)
     assert resumed.sha256() == full.sha256() and resumed.meta["lam"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_ipc1_reports_lambda_zero_because_cmi_vanishes(tmp_path, digits):
+    proxy = _proxy("ConvNetD1", width=16)
+    for weight in ({"cmi__lam": 10.0}, {"cmi__alpha": 0.1}):
+        job = parse_job(tiny_distill(tmp_path, ipc=1, method__iterations=1, **weight))
+        assert effective_lambda(job, digits, [proxy]) == 0.0
+        with pytest.warns(UserWarning, match=r"ipc=1: .*cmi.lam \(alpha\) has no effect"):
+            synset, _ = distill(job, digits, [proxy])
+        assert synset.meta["lam"] == 0.0

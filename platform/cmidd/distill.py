@@ -277,12 +277,10 @@ def effective_lambda(job: DistillJob, data: Dataset, proxies: list[nn.Module] | 
         ConfigError: alpha > 0 without proxies, or a CMI gradient of 0 (nothing to scale).
     """
     cfg = job.cmi
-    if not cfg.on:
-        return 0.0
+    if not cfg.on or job.ipc * job.method.factor**2 == 1:
+        return 0.0  # off, or CMI identically 0 at one image per class (the loop warns): no weight was applied
     if cfg.lam > 0:
         return float(cfg.lam)
-    if job.ipc * job.method.factor**2 == 1:
-        return 0.0  # CMI is identically 0 (the loop warns)
     if not proxies:
         raise ConfigError("cmi.alpha > 0 needs proxies, but none were given")
     g_dd, g_cmi = gradient_norms(job, data, proxies, cfg.calibrate_draws)
@@ -357,7 +355,8 @@ def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hook
     method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device, experts))
     reg = build_cmi(job.cmi, proxies, c_num)
     if reg is not None and job.ipc * cfg.factor**2 == 1:
-        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect")
+        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam (alpha) has no "
+                      "effect")
         reg = None
     ckpt = workdir / CHECKPOINT if workdir is not None else None
     return _Run(job, data, device, syn, labels, opt, method, reg, lam, hooks, shard, ckpt)
@@ -472,8 +471,8 @@ def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Ten
     meta = {
         "dataset": data.name, "num_classes": data.num_classes, "ipc": job.ipc, "channels": data.channels,
         "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
-        "class_names": list(data.class_names), "method": job.method.name, "lam": lam,
-        "alpha": job.cmi.alpha, "proxies": job.proxies.set if job.cmi.on else None, "seed": job.seed, "factor": job.method.factor,
+        "class_names": list(data.class_names), "method": job.method.name, "lam": lam, "alpha": job.cmi.alpha,
+        "proxies": job.proxies.set if job.cmi.on else None, "seed": job.seed, "factor": job.method.factor,
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
