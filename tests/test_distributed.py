@@ -157,6 +157,19 @@ def test_two_workers_equal_single_process_mean(ray_local, tmp_path, digits, prox
     assert sorted(w["rank"] for w in workers) == [0, 1] and len({w["pid"] for w in workers}) == 2
 
 
+def test_two_workers_with_alpha_step_with_the_drivers_calibrated_lambda(ray_local, tmp_path, digits, proxies4):
+    """cmi.alpha: the driver calibrates lambda on all 4 proxies (a worker holds 2); both workers use it."""
+    from cmidd.ray.train import distill_distributed
+
+    folder, proxies = proxies4
+    alpha = {"cmi__lam": 0.0, "cmi__alpha": 0.2, "cmi__calibrate_draws": 2, "method__iterations": 4}
+    plain, _ = distill(_job(folder, **alpha), digits, proxies)
+    dist, _ = distill_distributed(_job(folder, scaling={"workers": 2, "cpus_per_worker": 0.9}, **alpha), digits,
+                                  proxies)
+    assert plain.meta["lam"] > 0 and dist.meta["lam"] == plain.meta["lam"]
+    assert rel_err(dist.images, plain.images) < 1e-5
+
+
 def test_one_worker_equals_plain_loop(ray_local, tmp_path, digits, proxies4):
     from cmidd.ray.train import distill_distributed
 

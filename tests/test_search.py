@@ -208,7 +208,9 @@ def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc
             {**_row("s", "stopped", 0.99, 100.0), "std": 0.0}]  # stopped: not a finished arm
     line = zero_arm_verdict({"trials": rows}, cfg)
     assert f"lambda > 0 {verdict}" in line and "(700)" in line and f"{0.93 - z_acc:+.4f}" in line
-    assert zero_arm_verdict({"trials": rows[1:]}, cfg) is None  # no finished lambda = 0 trial
+    assert zero_arm_verdict({"trials": rows[1:]}, cfg) == (  # no lambda = 0 trial: it says why
+        "zero arm: cannot decide: no lambda = 0 trial finished (none ran: the space has no zero_arm and the base "
+        "job's CMI is on)")
     table = summary_table({"trials": rows}, "acc").splitlines()
     assert table[0].split()[3:5] == ["acc", "std"] and f"{z_std:.4f}" in "".join(table)
 
@@ -256,11 +258,24 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
         assert by_trial[t].data.metrics["acc/cross_arch_mean"] == pytest.approx(rows[t]["metric"])
     zero = [c for c in children if c.data.params["cmi.lam"] == "0.0"]
     assert zero and all(c.data.tags["proxy_set"] == "none" for c in zero)
+    # effective lambdas only: 0 for the zero arm whatever cmi.lam it sampled, in rows, child runs and the parent
+    from cmidd.lam import fmt_lam
+    from cmidd.ray.tune import summary_table
+
+    for r in rows.values():
+        assert r["lam_effective"] == (0.0 if r["params"][ZERO_ARM] is False else r["params"]["cmi.lam"])
+    for t in finished:
+        assert by_trial[t].data.tags["lambda"] == fmt_lam(rows[t]["lam_effective"])
+        assert float(by_trial[t].data.params["cmi.lam_effective"]) == pytest.approx(rows[t]["lam_effective"])
+    head = summary_table(summary, "acc/cross_arch_mean", cfg).splitlines()[0].split()
+    assert "lambda" in head and "cmi.lam" not in head and ZERO_ARM not in head
 
     best = summary["best"]
     assert best["metric"] == max(rows[t]["metric"] for t in finished)
     assert parent.data.params["best.trial_id"] == best["trial_id"]
     assert parent.data.params["best.method.lr_img"] == str(best["params"]["method.lr_img"])
+    assert float(parent.data.params["best.cmi.lam_effective"]) == pytest.approx(best["lam_effective"])
+    assert "best.cmi.lam" not in parent.data.params and f"best.{ZERO_ARM}" not in parent.data.params
     assert parent.data.metrics["trials/stopped"] == len(stopped)
     client = client_for(uri)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -195,7 +195,8 @@ def test_versions_carry_tags_and_champion_is_the_best(logged):
     assert [v.run_id for v in versions] == [t.run_id for t in logged.runs]
     mv = versions[0]
     assert mv.source == f"runs:/{mv.run_id}/synthetic"
-    assert mv.tags["method"] == "dm" and mv.tags["lambda"] == "0.0" and mv.tags["proxy_set"] == "none"
+    assert mv.tags["method"] == "dm" and mv.tags["lambda"] == "0" and mv.tags["proxy_set"] == "none"
+    assert mv.tags["cmi.lam_effective"] == "0.0" and mv.tags["cmi.alpha"] == "0"
     assert mv.tags["content_sha256"] == logged.runs[0].result.synset.sha256()
     assert float(mv.tags["acc/cross_arch_mean"]) == pytest.approx(
         logged.runs[0].result.metrics[T.DEFAULT_METRIC], rel=1e-5)
@@ -330,7 +331,7 @@ def test_report_runs_carry_the_tag_keys_of_job_runs(logged, tmp_path):
     job = logged.client.get_run(logged.runs[0].run_id)
     assert report.info.status == "FINISHED" and report.data.tags["kind"] == "report"
     assert report.data.params == {"plan.repeats": "2"}
-    distill_only = {"ipc", "method", "lambda", "proxy_set"}
+    distill_only = {"ipc", "method", "lambda", "proxy_set", "cmi.alpha", "cmi.lam_effective"}
     job_keys = {k for k in job.data.tags if not k.startswith("cmidd.checkpoint.")} - distill_only
     assert set(report.data.tags) == job_keys
     assert "cmidd.kind" not in report.data.tags

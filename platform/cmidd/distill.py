@@ -31,6 +31,7 @@ from .data import Dataset, RealPool
 from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
+from .lam import LAM_KEY
 from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
 from .device import resolve_device
@@ -104,11 +105,11 @@ def iteration_generator(seed: int, it: int) -> torch.Generator:
 
 
 def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) -> CMIRegularizer | None:
-    """The regularizer, or None when ``lam == 0`` (then no proxy forward ever runs)."""
-    if cfg.lam == 0:
+    """The regularizer, or None when CMI is off (``lam == alpha == 0``; then no proxy forward ever runs)."""
+    if not cfg.on:
         return None
     if not proxies:
-        raise ConfigError("cmi.lam > 0 needs proxies, but none were given")
+        raise ConfigError("cmi.lam > 0 or cmi.alpha > 0 needs proxies, but none were given")
     return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample,
                           cfg.precision)
 
@@ -131,6 +132,7 @@ class _Run:
     opt: torch.optim.Optimizer
     method: Method
     reg: CMIRegularizer | None
+    lam: float  # the CMI weight the steps use (cmi.lam, or alpha's calibrated lambda; restored on resume)
     hooks: Hooks
     shard: Shard | None
     ckpt: Path | None
@@ -152,19 +154,23 @@ def distill(
     resume: bool = False,
     shard: Shard | None = None,
     experts: list[torch.Tensor] | None = None,
+    lam: float | None = None,
 ) -> tuple[SyntheticSet, History]:
     """Distil ``job.ipc`` images per class from ``data``.
 
     Args:
         job: validated distill job.
         data: the real data set (train split used for matching, test split for intermediate evals).
-        proxies: frozen proxy nets, kept in memory; required when ``job.cmi.lam > 0``.
+        proxies: frozen proxy nets, kept in memory; required when ``job.cmi.lam > 0`` or ``alpha > 0``.
         hooks: callbacks (logging, reporting, stopping).
         workdir: where checkpoints go (``job.output.checkpoint_every``); None = no checkpoints.
         resume: continue from ``workdir/checkpoint.pt`` if it exists.
         shard: this worker's part of a data-parallel run (``cmidd.ray.train``); None = the whole job here.
             ``proxies`` then has one entry per proxy of the set, None for those another worker holds.
         experts: expert trajectories (method ``mtt``), see ``cmidd.experts``.
+        lam: the CMI weight, as ``effective_lambda(job, data, proxies)`` returns it (None: computed here; a
+            data-parallel worker, which holds only some proxies, must be given it). A checkpoint's weight wins
+            on resume. The set's manifest records it as ``lam``.
 
     Returns:
         (SyntheticSet, History).
@@ -173,7 +179,12 @@ def distill(
         DivergenceError: the loss became NaN/Inf; the last good checkpoint stays in ``workdir``.
         DataError: ipc larger than a class.
     """
-    run = _setup(job, data, proxies, hooks or Hooks(), workdir, shard, experts)
+    if lam is None:
+        if shard is not None and job.cmi.alpha > 0:
+            raise ConfigError("cmi.alpha: a data-parallel worker holds only some proxies; its loop must be given "
+                              "the lambda calibrated on all of them (effective_lambda)")
+        lam = effective_lambda(job, data, proxies)
+    run = _setup(job, data, proxies, hooks or Hooks(), workdir, shard, experts, lam)
     if resume and run.ckpt is not None and run.ckpt.is_file():
         _restore(run)
     t0 = time.perf_counter() - run.history.seconds
@@ -181,9 +192,12 @@ def distill(
         # -- one iteration: the method draws its net / batches, then steps_per_iteration image updates ------
         gen = iteration_generator(job.seed, it)
         run.method.begin_iteration(gen)
+        _maybe_recalibrate(run, it)
         steps = [_image_step(run, it, gen) for _ in range(run.method.steps_per_iteration)]
         # -- record, report, evaluate, checkpoint ---------------------------------------------------------
         step, metrics = it + 1, _mean_metrics(steps)
+        if job.cmi.recalibrate_every:
+            metrics[LAM_KEY] = run.lam  # its curve (MLflow); the final value is the result's
         run.history.append(step, metrics)
         run.hooks.on_step(step, metrics)
         _log_progress(run, step, metrics, time.perf_counter() - t0)
@@ -192,7 +206,34 @@ def distill(
             log.info("stopped early at iteration %d", step)
             break
     run.history.seconds = time.perf_counter() - t0
-    return _synset(job, data, run.syn, run.labels), run.history
+    return _synset(job, data, run.syn, run.labels, run.lam), run.history
+
+
+def effective_lambda(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None) -> float:
+    """The CMI weight the loop uses: 0 when CMI is off, ``cmi.lam`` when set, else ``alpha * g_DD / g_CMI``.
+
+    ``g_DD`` and ``g_CMI`` are ``gradient_norms`` over ``cmi.calibrate_draws`` seeded draws at the initial
+    images, so CMI pulls the images ``alpha`` times as hard as the DD term at the start. A pure function of the
+    job, the data and the proxies (resume recomputes the same value). 0 where CMI vanishes (one image per class).
+
+    Raises:
+        ConfigError: alpha > 0 without proxies, or a CMI gradient of 0 (nothing to scale).
+    """
+    cfg = job.cmi
+    if not cfg.on or job.ipc * job.method.factor**2 == 1:
+        return 0.0  # off, or CMI identically 0 at one image per class (the loop warns): no weight was applied
+    if cfg.lam > 0:
+        return float(cfg.lam)
+    if not proxies:
+        raise ConfigError("cmi.alpha > 0 needs proxies, but none were given")
+    g_dd, g_cmi = gradient_norms(job, data, proxies, cfg.calibrate_draws)
+    if not g_cmi > 0:
+        raise ConfigError(f"cmi.alpha: the CMI gradient is {g_cmi} at the initial images, so lambda = alpha * g_DD / "
+                          "g_CMI is undefined; set cmi.lam instead")
+    lam = cfg.alpha * g_dd / g_cmi
+    log.info("cmi.alpha %g: g_DD %.4g, g_CMI %.4g over %d draws -> lambda %.4g", cfg.alpha, g_dd, g_cmi,
+             cfg.calibrate_draws, lam)
+    return lam
 
 
 def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], draws: int = 8) -> tuple[float, float]:
@@ -201,24 +242,48 @@ def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], dra
     Draw ``m`` (0 .. ``draws`` - 1) takes iteration ``m``'s net, batches and proxy, as the loop would; the ratio
     ``g_dd / g_cmi`` is the lambda at which both terms pull the images equally hard at the start.
     """
-    run = _setup(job.model_copy(update={"cmi": job.cmi.model_copy(update={"lam": 1.0})}), data, proxies, Hooks(),
-                 None, None, None)
+    unit = job.cmi.model_copy(update={"lam": 1.0, "alpha": 0.0})
+    run = _setup(job.model_copy(update={"cmi": unit}), data, proxies, Hooks(), None, None, None, 1.0)
     if run.reg is None:
         raise ConfigError("gradient_norms: CMI is 0 at this IPC (one image per class): there is nothing to balance")
     g_dd, g_cmi = [], []
     for m in range(draws):
         gen = iteration_generator(job.seed, m)
         run.method.begin_iteration(gen)
-        x, y = decode(run.syn, run.labels, job.method.factor)
-        (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
-        g_dd.append(float(grad.norm()))
-        (grad,) = torch.autograd.grad(run.reg(x, y, gen), run.syn)
-        g_cmi.append(float(grad.norm()))
+        dd, cm = _norms_here(run, gen)
+        g_dd.append(dd)
+        g_cmi.append(cm)
     return sum(g_dd) / draws, sum(g_cmi) / draws
 
 
+def _norms_here(run: _Run, gen: torch.Generator) -> tuple[float, float]:
+    """Image-gradient norms of the DD loss (the method's current net) and of the CMI at the current images."""
+    x, y = decode(run.syn, run.labels, run.job.method.factor)
+    (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
+    g_dd = float(grad.norm())
+    (grad,) = torch.autograd.grad(run.reg(x, y, gen), run.syn)
+    return g_dd, float(grad.norm())
+
+
+RECAL_STREAM = 1 << 40  # recalibration draws come from iteration_generator(seed, RECAL_STREAM + it): the step's own
+#                         generator is left untouched
+
+
+def _maybe_recalibrate(run: _Run, it: int) -> None:
+    """Every ``cmi.recalibrate_every`` iterations (not at 0, where the start's calibration holds): measure
+    ``g_DD / g_CMI`` at the current images with this iteration's net and a batch and proxy of its own generator,
+    then ``lam <- ema * lam + (1 - ema) * alpha * ratio``. A pure function of (seed, it, images, lam): the
+    checkpoint's lam makes resume exact."""
+    cfg = run.job.cmi
+    if not cfg.recalibrate_every or it == 0 or it % cfg.recalibrate_every or run.reg is None or run.lam == 0:
+        return
+    g_dd, g_cmi = _norms_here(run, iteration_generator(run.job.seed, RECAL_STREAM + it))
+    if g_cmi > 0:
+        run.lam = cfg.recalibrate_ema * run.lam + (1 - cfg.recalibrate_ema) * cfg.alpha * g_dd / g_cmi
+
+
 def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,
-           shard: Shard | None, experts: list[torch.Tensor] | None) -> _Run:
+           shard: Shard | None, experts: list[torch.Tensor] | None, lam: float) -> _Run:
     """The initial images (real or noise), their optimizer, the method and the CMI regularizer."""
     device = resolve_device(job.device)
     cfg, c_num = job.method, data.num_classes
@@ -233,11 +298,11 @@ def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hook
     method = build_method(MethodContext(cfg, job.net, pool, data.channels, c_num, data.im_size, device, experts))
     reg = build_cmi(job.cmi, proxies, c_num)
     if reg is not None and job.ipc * cfg.factor**2 == 1:
-        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam has no effect",
-                      stacklevel=2)
+        warnings.warn("ipc=1: each class's single image is its own centroid, so CMI is 0 and cmi.lam (alpha) has no "
+                      "effect", stacklevel=2)
         reg = None
     ckpt = workdir / CHECKPOINT if workdir is not None else None
-    return _Run(job, data, device, syn, labels, opt, method, reg, hooks, shard, ckpt)
+    return _Run(job, data, device, syn, labels, opt, method, reg, lam, hooks, shard, ckpt)
 
 
 def _restore(run: _Run) -> None:
@@ -248,6 +313,7 @@ def _restore(run: _Run) -> None:
     run.opt.load_state_dict(state["opt"])
     run.method.load_state_dict(state.get("method", {}))
     run.history = History(**state["history"])
+    run.lam = float(state.get("lam", run.lam))
     run.start = state["step"]
     log.info("resumed from %s at iteration %d", run.ckpt, run.start)
 
@@ -285,7 +351,7 @@ def _update(run: _Run, it: int, gen: torch.Generator, only: int | None = None) -
     if run.reg is not None and it % job.cmi.every == 0:
         xs, ys = (x, y) if only is None else (x[y == only], y[y == only])
         cmi = run.reg(xs, ys, gen, groups=None if only is None else 1)
-        total = loss_dd + job.cmi.lam * cmi
+        total = loss_dd + run.lam * cmi
     run.opt.zero_grad(set_to_none=True)
     if total.requires_grad:
         total.backward()
@@ -304,7 +370,7 @@ def _update(run: _Run, it: int, gen: torch.Generator, only: int | None = None) -
         ckpt = run.ckpt
         where = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else "no checkpoint yet"
         raise DivergenceError(f"loss became {total_v} at iteration {it + 1} (loss_dd={dd_v}); {where}; "
-                              "try a smaller method.lr_img or cmi.lam")
+                              "try a smaller method.lr_img or cmi.lam / cmi.alpha")
     run.opt.step()
     return dd_v, (cmi_v if cmi is not None else None), total_v
 
@@ -335,20 +401,21 @@ def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
     syn, labels = run.syn, run.labels
     if main and job.eval.every and step % job.eval.every == 0 and step < job.method.iterations:
         res = evaluate(*decode(syn.detach(), labels, job.method.factor), run.data, job.eval, job.seed, run.device)
-        run.hooks.on_eval(step, res.metrics())
-        run.history.evals.append({"step": step, **res.metrics()})
+        metrics = res.metrics() | ({LAM_KEY: run.lam} if job.cmi.on else {})  # a stopped trial's lambda, too
+        run.hooks.on_eval(step, metrics)
+        run.history.evals.append({"step": step, **metrics})
     if run.ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
         run.history.seconds = time.perf_counter() - t0  # the clock resumes from here
-        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method)
-        run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels))
+        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method, run.lam)
+        run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels, run.lam))
 
 
-def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor) -> SyntheticSet:
+def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Tensor, lam: float) -> SyntheticSet:
     meta = {
         "dataset": data.name, "num_classes": data.num_classes, "ipc": job.ipc, "channels": data.channels,
         "im_size": data.im_size, "mean": list(data.mean), "std": list(data.std),
-        "class_names": list(data.class_names), "method": job.method.name, "lam": job.cmi.lam,
-        "proxies": job.proxies.set if job.cmi.lam > 0 else None, "seed": job.seed, "factor": job.method.factor,
+        "class_names": list(data.class_names), "method": job.method.name, "lam": lam, "alpha": job.cmi.alpha,
+        "proxies": job.proxies.set if job.cmi.on else None, "seed": job.seed, "factor": job.method.factor,
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
@@ -362,7 +429,8 @@ def load_checkpoint(path: Path, job: DistillJob, device: torch.device | str = "c
     return state
 
 
-def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None) -> None:
+def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None,
+                     lam: float | None = None) -> None:
     """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint.
 
     The method's own state (MTT's learnable step size; {} for the others) travels with the images.
@@ -373,6 +441,8 @@ def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dic
     }
     if method is not None:
         state["method"] = method.state_dict()
+    if lam is not None:
+        state["lam"] = float(lam)  # the weight the steps used: a resumed run goes on with the same one
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())

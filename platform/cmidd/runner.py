@@ -20,11 +20,12 @@ from . import experts as expert_zoo
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
-from .distill import Hooks, History, distill
 from .cmi import measure_cmi
 from .device import resolve_device
+from .distill import Hooks, History, distill, effective_lambda
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
+from .lam import LAM_KEY, RATIO_KEY
 from .registry import Registry
 from .synthetic import SyntheticSet
 
@@ -149,7 +150,7 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
                           f"got {job.scaling.workers} with the single-process loop")
     device = resolve_device(job.device)
     proxies = None  # loaded (or pre-trained) before the job's folder exists: a bad proxy set writes nothing
-    if job.cmi.lam > 0:
+    if job.cmi.on:
         if job.proxies.from_registry is not None:  # cmidd.tracking.resolve_registry_proxies turns it into dir
             raise ConfigError(f"proxies.from_registry={job.proxies.from_registry!r} needs the MLflow registry: "
                               "run with tracking (not --no-track)")
@@ -161,7 +162,8 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     outdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    synset, history = loop(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts)
+    lam = effective_lambda(job, data, proxies)  # alpha's calibration: once, on all proxies, before the loop
+    synset, history = loop(job, data, proxies, hooks, workdir=outdir, resume=resume, experts=experts, lam=lam)
     t_distill = time.perf_counter() - t0
     synset.save(outdir / "synthetic")
     (outdir / "history.json").write_text(json.dumps(strict(history.__dict__), default=float))
@@ -171,10 +173,10 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
     rows = res.rows(set_label(job))
     _evaluate_baselines(job, data, device, rows, metrics)
-    if proxies:
-        x, y = synset.training_set()
-        metrics["cmi_final"] = measure_cmi(x.to(device), y.to(device), proxies,
-                                           data.num_classes, job.cmi)
+    metrics[LAM_KEY] = float(synset.meta["lam"])  # what the loop used (a checkpoint's on resume)
+    meter = proxies or _trained_proxies(job, data, device)  # CMI off: measured when its proxies are at hand
+    if meter:
+        metrics.update(cmi_metrics(*synset.training_set(), data, job, meter))
     draw_curves(history, res.metrics(), outdir / CURVES, f"{job.name}: {set_label(job)}, IPC {job.ipc}, {data.name}")
     return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
@@ -188,9 +190,30 @@ def _evaluate_baselines(job, data: Dataset, device, rows: list[dict], metrics: d
         metrics.update({f"baseline/{name}/{k}": v for k, v in b.metrics().items()})
 
 
+def _trained_proxies(job: DistillJob, data: Dataset, device):
+    """The job's proxy set if it is already trained in its folder (never trained or fetched just to measure),
+    so that a plain-DD run (the zero arm of a study) reports ``cmi_ratio`` under the same proxies; else None."""
+    if job.proxies.from_registry is not None:
+        return None
+    folder = proxies_dir(job, data)
+    return proxy_zoo.load(folder, data, device) if (folder / "manifest.json").is_file() else None
+
+
+def cmi_metrics(x, y, data: Dataset, job: DistillJob, proxies) -> dict[str, float]:
+    """``cmi_final`` (the set's CMI averaged over all proxies), ``cmi_random_real`` (that of the random-real set
+    of the same IPC and seed) and ``cmi_ratio`` = their quotient (scale-free: below 1 the set is more
+    class-centred than real images; omitted when the random-real CMI is 0, as at IPC 1)."""
+    out = {"cmi_final": measure_cmi(x, y, proxies, data.num_classes, job.cmi)}
+    out["cmi_random_real"] = measure_cmi(*baseline_set("random-real", data, job.ipc, job.seed), proxies,
+                                         data.num_classes, job.cmi)
+    if out["cmi_random_real"] > 0:
+        out[RATIO_KEY] = out["cmi_final"] / out["cmi_random_real"]
+    return out
+
+
 def set_label(job: DistillJob) -> str:
     """``dm`` or ``dm+cmi`` (the set's name in tables)."""
-    return job.method.name + ("+cmi" if job.cmi.lam > 0 else "")
+    return job.method.name + ("+cmi" if job.cmi.on else "")
 
 
 @RUNNERS.register("evaluate")

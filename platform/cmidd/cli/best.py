@@ -43,14 +43,16 @@ def format_best(best: dict, metric: str) -> str:
     """Human-readable lines for a ``best_set`` result."""
     p, m = best["params"], best["metrics"]
     alias = f" [{best['alias']}]" if best["alias"] else ""
-    proxies = "none"
-    if float(p.get("cmi.lam", "0")) > 0:
+    from ..lam import fmt_lam, lam_of
+
+    proxies, lam = "none", lam_of(p, m)
+    if lam != 0:
         ref = p.get("proxies.from_registry", "None")
         proxies = f"{ref} (registry)" if ref != "None" else p.get("proxies.set", "-")
     lines = [
         f"{best['name']} version {best['version']}{alias}",
         f"  run       {best['run_id']}",
-        f"  method    {p.get('method.name', '-')}   lambda {p.get('cmi.lam', '-')}   proxy set {proxies}",
+        f"  method    {p.get('method.name', '-')}   lambda {fmt_lam(lam)}   proxy set {proxies}",
         f"  {metric} = {m[metric]:.4f}{_std(m, metric)}",
     ]
     for k in sorted(k for k in m if k.startswith("acc/") and k != metric):

@@ -22,6 +22,7 @@ def command(args) -> None:
     """Run the demo; print its table and, when tracked, the best registered set."""
     from ..app import tracking_uri
     from ..demo import run_demo
+    from ..lam import fmt_lam, lam_of
 
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
@@ -31,5 +32,5 @@ def command(args) -> None:
         best = summary["best"]
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
         print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
-              f"method {best['params'].get('method.name')}, lam {best['params'].get('cmi.lam')}): "
+              f"method {best['params'].get('method.name')}, lam {fmt_lam(lam_of(best['params'], best['metrics']))}): "
               f"{CROSS_ARCH_MEAN} {best['metrics'].get(CROSS_ARCH_MEAN, float('nan')):.4f}")

@@ -29,10 +29,8 @@ def command(args) -> None:
     from ..ray.tune import run_search, summary_table, zero_arm_verdict
 
     summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
-    print(summary_table(summary, cfg.search.metric))
-    verdict = zero_arm_verdict(summary, cfg)
-    if verdict:
-        print(verdict)
+    print(summary_table(summary, cfg.search.metric, cfg))
+    print(zero_arm_verdict(summary, cfg))  # always: the verdict, or why it cannot decide
     best = summary["best"]
     print(f"best: trial {best['trial_id']} ({cfg.search.metric} {best['metric']:.4f}), run {best['run_id']}")
     for v in summary["registered"]:

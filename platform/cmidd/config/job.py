@@ -79,9 +79,21 @@ class MethodCfg(Cfg):
 
 
 class CMICfg(Cfg):
-    """The CMI regularizer ``lam * agg_{proxies} CMI_emp(S)``. ``lam = 0`` turns it off."""
+    """The CMI regularizer ``lam * agg_{proxies} CMI_emp(S)``.
+
+    Its weight is ``lam`` (absolute) or ``alpha`` (scale-free): with ``alpha > 0`` the loop sets, at the start,
+    ``lam = alpha * g_DD / g_CMI`` from the image-gradient norms of both terms averaged over ``calibrate_draws``
+    draws of the DD net, batches and proxy (``cmidd.distill.gradient_norms``), so CMI pulls the images
+    ``alpha`` times as hard as the DD term. At most one of ``lam``, ``alpha`` may be > 0; both 0 turn CMI off.
+    """
 
     lam: float = Field(default=0.0, ge=0)
+    alpha: float = Field(default=0.0, ge=0)  # lam = alpha * g_DD / g_CMI at initialization (0 = use lam)
+    calibrate_draws: int = Field(default=8, ge=1)  # draws averaged for alpha's gradient norms (seeded)
+    # every k iterations (0 = never) alpha's ratio g_DD / g_CMI is measured again at the current images (one draw)
+    # and smoothed: lam <- ema * lam + (1 - ema) * alpha * ratio (L_DD falls ~200x over a long run)
+    recalibrate_every: int = Field(default=0, ge=0)
+    recalibrate_ema: float = Field(default=0.9, ge=0, lt=1)
     space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
     temperature: float = Field(default=1.0, gt=0)
     agg: AggName = "random"  # random (paper) | mean over k sampled | max over k sampled
@@ -91,6 +103,21 @@ class CMICfg(Cfg):
     # the proxy's forward/backward in bfloat16 autocast (opt-in: about 1.8x faster for a ResNet18 proxy on a
     # CPU with AVX512-BF16; the softmax and the CMI stay float32). README: speed and its measured accuracy.
     precision: Literal["fp32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _one_weight(self) -> "CMICfg":
+        if self.lam > 0 and self.alpha > 0:
+            raise ValueError(f"cmi.lam and cmi.alpha: at most one may be > 0 (alpha = scale-free lambda), but got "
+                             f"lam={self.lam:g}, alpha={self.alpha:g}; set the other to 0")
+        if self.recalibrate_every and not self.alpha > 0:
+            raise ValueError(f"cmi.recalibrate_every > 0 needs cmi.alpha > 0 (a fixed cmi.lam is never recalibrated), "
+                             f"but got recalibrate_every={self.recalibrate_every}, alpha={self.alpha:g}")
+        return self
+
+    @property
+    def on(self) -> bool:
+        """Whether CMI is on (``lam > 0`` or ``alpha > 0``)."""
+        return self.lam > 0 or self.alpha > 0
 
 
 class ProxiesCfg(Cfg):
@@ -224,7 +251,10 @@ class DistillJob(_JobBase):
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
             )
-        if self.scaling.workers > 1 and self.cmi.lam > 0 and self.cmi.agg == "max":
+        if self.cmi.recalibrate_every and (m.name != "dm" or self.scaling.workers > 1):
+            raise ValueError(f"cmi.recalibrate_every is implemented for method dm on one worker only, but got "
+                             f"method.name={m.name!r}, scaling.workers={self.scaling.workers}")
+        if self.scaling.workers > 1 and self.cmi.on and self.cmi.agg == "max":
             raise ValueError(  # a max over proxies held by different workers is not a sum of the workers' terms
                 f"cmi.agg must be mean or random when scaling.workers > 1, but got cmi.agg='max' "
                 f"with scaling.workers={self.scaling.workers}"

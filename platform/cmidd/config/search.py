@@ -18,16 +18,17 @@ from ._fields import Cfg
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, parse_job
 
-ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = 0
+ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = alpha = 0
+WEIGHTS = ("cmi.lam", "cmi.alpha")  # the searched CMI weights that may carry a zero arm
 SCALAR = Union[bool, int, float, str, None]
 
 
 class ParamSpec(Cfg):
     """One searched field: exactly one of ``loguniform``, ``uniform``, ``int`` (inclusive) or ``choice``.
 
-    ``zero_arm: true`` (only on ``cmi.lam``) also tries lambda = 0, the plain DD baseline: the search adds a
-    categorical ``cmi_on`` in {true, false} and enqueues one ``cmi_on: false`` trial first, so TPE sees the
-    baseline from the start and the log-scale lambda distribution never has to hold 0.
+    ``zero_arm: true`` (only on ``cmi.lam`` or ``cmi.alpha``) also tries lambda = 0, the plain DD baseline: the
+    search adds a categorical ``cmi_on`` in {true, false} and enqueues one ``cmi_on: false`` trial first, so TPE
+    sees the baseline from the start and the log-scale lambda (alpha) distribution never has to hold 0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -141,13 +142,13 @@ def _field_exists(model: type[BaseModel], dotted: str) -> bool:
 
 
 def trial_job_raw(cfg: SearchCfg, values: dict[str, Any]) -> dict[str, Any]:
-    """The base job's mapping with the sampled ``values`` applied (``cmi_on: false`` sets cmi.lam = 0)."""
+    """The base job's mapping with the sampled ``values`` applied (``cmi_on: false`` sets cmi.lam = alpha = 0)."""
     raw = cfg.base_raw
     for path, value in values.items():
         if path != ZERO_ARM:
             raw = set_path(raw, path, value)
     if values.get(ZERO_ARM) is False:
-        raw = set_path(raw, "cmi.lam", 0.0)
+        raw = set_path(set_path(raw, "cmi.lam", 0.0), "cmi.alpha", 0.0)
     return raw
 
 
@@ -185,16 +186,18 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
         raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
                           f"(got eval.every=0); set it or asha: null")
     ipcs = cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]
-    if "cmi.lam" in cfg.params and 1 in ipcs:
-        warnings.warn(f"{path}: ipc 1 is searched with cmi.lam, but at IPC 1 CMI is identically 0 and lambda has no "
+    weight = next((w for w in WEIGHTS if w in cfg.params), None)
+    if weight is not None and 1 in ipcs:
+        warnings.warn(f"{path}: ipc 1 is searched with {weight}, but at IPC 1 CMI is identically 0 and lambda has no "
                       "effect; those trials differ only in the other fields", stacklevel=2)
     for key, spec in cfg.params.items():
         where = f"{path}: params.{key}"
         if not _field_exists(DistillJob, key):
             raise ConfigError(f"{where}: must name a field of the distill job (e.g. cmi.lam, ipc, method.lr_img), "
                               f"but {key!r} is not one")
-        if spec.zero_arm and key != "cmi.lam":
-            raise ConfigError(f"{where}: zero_arm is only allowed on cmi.lam (got zero_arm: true on {key!r})")
+        if spec.zero_arm and key not in WEIGHTS:
+            raise ConfigError(f"{where}: zero_arm is only allowed on cmi.lam or cmi.alpha (got zero_arm: true on "
+                              f"{key!r})")
         if spec.zero_arm and spec.choice is not None:
             raise ConfigError(f"{where}: zero_arm needs loguniform/uniform/int; with choice, list 0 instead")
         for value in spec.examples():

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ZERO_ARM, SearchCfg
 from ..errors import CmiddError
+from ..lam import LAM_KEY, fmt_lam, lam_of
 from ..runner import JobResult
 from ..tracking import (
     end_run, ensure_experiment, load_verified, log_metrics, log_params, metrics_at, move_champion, register_distilled,
@@ -52,6 +53,7 @@ def finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], wa
             "step": t["last"].get("step"), "metric": t["last"].get(cfg.search.metric),
             "std": t["last"].get(cfg.search.metric.replace("acc/", "acc_std/", 1)),  # seed spread, if reported
             "params": {k: v for k, v in t["config"].items()},
+            "lam_effective": _lam(cfg, t["config"], t["last"]),  # what it ran (0 for the zero arm)
         })
     known = {t["trial_id"] for t in trials}
     for trial_id, run in runs.items():  # a driver killed hard may leave runs of trials Tune never saved
@@ -102,8 +104,9 @@ def _register_top(client, cfg: SearchCfg, top: list[dict[str, Any]]) -> list[dic
 def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any]) -> None:
     """The best config as params, counts and the best value as metrics, trials.json, study summary, plots."""
     best = summary["best"]
-    params = {f"best.{k}": str(v) for k, v in best["params"].items()}
-    params |= {"best.trial_id": best["trial_id"], "best.run_id": best["run_id"]}
+    params = {f"best.{k}": str(v) for k, v in best["params"].items() if k not in _RAW_LAMBDA}
+    params |= {"best.trial_id": best["trial_id"], "best.run_id": best["run_id"],
+               f"best.{LAM_KEY}": repr(_row_lam(cfg, best))}  # the lambda it ran, never a zero arm's sampled one
     existing = client.get_run(parent).data.params
     log_params(client, parent, {k: v for k, v in params.items() if k not in existing})  # resume: logged once
     rows = summary["trials"]
@@ -137,7 +140,7 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
         values = {k: v for k, v in r["params"].items() if k in space}
         study.add_trial(optuna.trial.create_trial(
             params=values, distributions={k: space[k] for k in values}, value=float(r["metric"]),
-            user_attrs={"tune_trial_id": r["trial_id"]}))
+            user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: _row_lam(cfg, r)}))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
     values = {t.value for t in study.trials}
@@ -153,7 +156,8 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
 
 
 def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    """accuracy_vs_lambda.png (log x; lambda = 0 drawn at the left edge) and accuracy_vs_ipc.png."""
+    """accuracy_vs_lambda.png (the effective lambda on a symlog axis, lambda = 0 labelled; each trial's mean +-
+    its seed std) and accuracy_vs_ipc.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,20 +165,8 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
 
     done = [r for r in rows if r["metric"] is not None and r["state"] in ("finished", "stopped")]
     files = []
-    lams = [_lam(cfg, r["params"]) for r in done]
     if done:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        pos = [x for x in lams if x > 0]
-        floor = min(pos) / 3 if pos else 1.0
-        for state, marker in (("finished", "o"), ("stopped", "x")):
-            pts = [(lam if lam > 0 else floor, r["metric"]) for lam, r in zip(lams, done) if r["state"] == state]
-            if pts:
-                ax.scatter(*zip(*pts), marker=marker, label=state)
-        ax.set_xscale("log")
-        ax.set_xlabel("lambda (lambda = 0 at the left edge)")
-        ax.set_ylabel(cfg.search.metric)
-        ax.legend()
-        fig.tight_layout()
+        fig = lambda_figure(cfg, done)
         fig.savefig(folder / "accuracy_vs_lambda.png", dpi=100)
         plt.close(fig)
         files.append("accuracy_vs_lambda.png")
@@ -188,6 +180,34 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
         plt.close(fig)
         files.append("accuracy_vs_ipc.png")
     return files
+
+
+def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str | None = None):
+    """The accuracy-vs-lambda figure: each trial at its effective lambda on a symlog axis (linear below the
+    smallest lambda > 0, so lambda = 0 has a place, labelled ``0 (off)``), its mean +- seed std as an error bar,
+    finished and stopped trials marked apart."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lams = [_row_lam(cfg, r) for r in rows]
+    pos = [x for x in lams if x > 0]
+    for state, marker in (("finished", "o"), ("stopped", "x")):
+        pts = [(lam, r["metric"], r.get("std") or 0.0) for lam, r in zip(lams, rows)
+               if r["state"] == state and not math.isnan(lam)]  # NaN: an alpha trial stopped before it reported
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"{state} (mean +- seed std)")
+    ax.set_xscale("symlog", linthresh=min(pos) if pos else 1.0)
+    decades = range(math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos))) + 1) if pos else []
+    ticks = sorted({0.0, *pos}) if len(pos) <= 5 else [0.0, *(10.0**k for k in decades)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0\n(off)" if t == 0 else fmt_lam(t) for t in ticks])
+    ax.set_xlim(left=-0.5 * (min(pos) if pos else 1.0))
+    ax.set_xlabel("effective lambda (symlog)")
+    ax.set_ylabel(metric or (cfg.search.metric if cfg is not None else "accuracy"))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
 
 
 def _importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
@@ -207,42 +227,75 @@ def _importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
     return ["optuna_importances.png"]
 
 
-def _lam(cfg: SearchCfg, params: dict[str, Any]) -> float:
-    if params.get(ZERO_ARM) is False:
-        return 0.0
-    lam = params.get("cmi.lam", cfg.base.cmi.lam)
-    return float(lam) if lam is not None and not math.isnan(float(lam)) else 0.0
+_RAW_LAMBDA = ("cmi.lam", ZERO_ARM)  # shown as the effective lambda instead (a zero arm's cmi.lam is not what ran)
 
 
-def summary_table(summary: dict[str, Any], metric: str) -> str:
-    """The final table: one line per trial (best first), with its state, step, metric, seed std and values."""
+def _lam(cfg: SearchCfg | None, params: dict[str, Any], reported: dict[str, Any] | None = None) -> float:
+    """The lambda a trial ran (``cmidd.lam.lam_of``): 0 for ``cmi_on`` false or lambda = alpha = 0; the reported
+    ``cmi.lam_effective`` (an alpha trial's calibrated one); else its or the base job's ``cmi.lam``."""
+    base = {} if cfg is None else {"cmi.lam": cfg.base.cmi.lam, "cmi.alpha": cfg.base.cmi.alpha}
+    return lam_of(params, reported, base)
+
+
+def _row_lam(cfg: SearchCfg | None, r: dict[str, Any]) -> float:
+    """A summary row's effective lambda (``finish`` stores it; rows built elsewhere get it from their params)."""
+    lam = r.get("lam_effective")
+    return float(lam) if lam is not None else _lam(cfg, r["params"])
+
+
+def summary_table(summary: dict[str, Any], metric: str, cfg: SearchCfg | None = None) -> str:
+    """The final table: one line per trial (best first), with its state, step, metric, seed std, effective lambda
+    (3 significant digits) and the other searched values."""
     rows = sorted(summary["trials"], key=lambda r: (r["metric"] is None, -(r["metric"] or 0.0)))
-    keys = sorted({k for r in rows for k in r["params"]})
-    head = ["trial", "state", "step", metric, "std", *keys]
+    keys = sorted({k for r in rows for k in r["params"] if k not in _RAW_LAMBDA})
+    head = ["trial", "state", "step", metric, "std", "lambda", *keys]
     lines = [head]
     for r in rows:
         m, sd = ("" if r.get(k) is None else f"{r[k]:.4f}" for k in ("metric", "std"))
         vals = [_fmt(r["params"].get(k)) for k in keys]
-        lines.append([r["trial_id"], r["state"], str(r["step"] if r["step"] is not None else ""), m, sd, *vals])
+        lines.append([r["trial_id"], r["state"], str(r["step"] if r["step"] is not None else ""), m, sd,
+                      fmt_lam(_row_lam(cfg, r)), *vals])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str | None:
+def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
     """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
-    is within their seed spreads added (``std``); None unless both arms finished."""
-    done = [r for r in summary["trials"] if r["state"] == "finished" and r["metric"] is not None]
-    zero = [r for r in done if _lam(cfg, r["params"]) == 0]
-    cmi = [r for r in done if r not in zero]
+    is within their seed spreads added (``std``); when an arm has no finished trial, the line says so and why
+    (none ran, or they were stopped early by ASHA / failed / pending)."""
+    rows = summary["trials"]
+    arm = {id(r): _row_lam(cfg, r) == 0 for r in rows}
+    done = [r for r in rows if r["state"] == "finished" and r["metric"] is not None]
+    zero = [r for r in done if arm[id(r)]]
+    cmi = [r for r in done if not arm[id(r)]]
     if not zero or not cmi:
-        return None
+        missing = [(name, is_zero) for name, is_zero, have in (("lambda = 0", True, zero), ("lambda > 0", False, cmi))
+                   if not have]
+        return "zero arm: cannot decide: " + "; ".join(
+            f"no {name} trial finished ({_why([r for r in rows if arm[id(r)] == is_zero], is_zero)})"
+            for name, is_zero in missing)
     sign = 1.0 if cfg.search.mode == "max" else -1.0
-    z, c = (max(arm, key=lambda r: sign * r["metric"]) for arm in (zero, cmi))
+    z, c = (max(a, key=lambda r: sign * r["metric"]) for a in (zero, cmi))
     gap, spread = c["metric"] - z["metric"], (z.get("std") or 0.0) + (c.get("std") or 0.0)
     verdict = ("beats lambda = 0 by more than" if sign * gap > spread else "is worse than lambda = 0 by more than"
                if sign * gap < -spread else "is within")
-    return (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({_fmt(_lam(cfg, c['params']))}) "
+    return (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({fmt_lam(_row_lam(cfg, c))}) "
             f"{_pm(c)}: {gap:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std added)")
+
+
+def _why(arm: list[dict[str, Any]], zero: bool) -> str:
+    """Why an arm has no finished trial: what became of its trials, or that none ran (and why not)."""
+    if not arm:
+        if zero:
+            return "none ran: the space has no zero_arm and the base job's CMI is on"
+        return "none ran: CMI is off in every trial"
+    states: dict[str, list[str]] = {}
+    for r in arm:
+        label = {"stopped": "stopped early by ASHA", "error": "failed", "pending": "unfinished"}.get(r["state"],
+                                                                                                   r["state"])
+        at = f" at step {r['step']}" if r["state"] == "stopped" and r.get("step") is not None else ""
+        states.setdefault(label, []).append(f"{r['trial_id']}{at}")
+    return "; ".join(f"{len(v)} {k}: {', '.join(v)}" for k, v in states.items())
 
 
 def _pm(r: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..config import DistillJob
 from ..data import Dataset
-from ..distill import CHECKPOINT, History, Hooks, Shard, distill, load_checkpoint
+from ..distill import CHECKPOINT, History, Hooks, Shard, distill, effective_lambda, load_checkpoint
 from ..errors import CmiddError, ConfigError
 from ..synthetic import SyntheticSet
 from . import connect, disconnect
@@ -119,7 +119,8 @@ def _train_worker(cfg: dict) -> None:
         hooks = _WorkerHooks(sink, shard, device)
         try:
             experts = ray.get(cfg["experts"]) if cfg["experts"] is not None else None
-            synset, history = distill(job, data, proxies, hooks, work, resume=True, shard=shard, experts=experts)
+            synset, history = distill(job, data, proxies, hooks, work, resume=True, shard=shard, experts=experts,
+                                      lam=cfg["lam"])
         except CmiddError as e:  # deterministic: every rank raises at the same step; no restart would help
             if shard.main:
                 ray.get(sink.put.remote("error", (type(e).__name__, str(e))))
@@ -180,6 +181,7 @@ def distill_distributed(
     workdir: Path | None = None,
     resume: bool = False,
     experts: list[torch.Tensor] | None = None,
+    lam: float | None = None,
 ) -> tuple[SyntheticSet, History]:
     """``distill`` on ``job.scaling.workers`` Ray Train workers; same arguments and result.
 
@@ -196,6 +198,7 @@ def distill_distributed(
             worker records (``ray_workers.json``) go; None = a temporary folder.
         resume: continue from ``workdir/checkpoint.pt`` if it exists (written by either loop).
         experts: MTT's expert trajectories (every worker gets them all; MTT's term is rank 0's, see mtt.py).
+        lam: the CMI weight (None: ``effective_lambda`` here, on all the proxies, before any worker starts).
 
     Returns:
         (SyntheticSet, History) from rank 0.
@@ -213,6 +216,7 @@ def distill_distributed(
         raise ConfigError(f"scaling.workers <= the number of classes must hold (each worker matches >= 1 class), "
                           f"but got {job.scaling.workers} > {data.num_classes}")
     initial = _initial_checkpoint(job, workdir, resume)
+    lam = effective_lambda(job, data, proxies) if lam is None else lam
     started = connect()
     tmp_root = None
     try:
@@ -221,7 +225,7 @@ def distill_distributed(
             tmp_root = Path(tempfile.mkdtemp(prefix="cmidd-ray-"))
         folder = workdir if workdir is not None else tmp_root
         sink = start_sink()
-        config = _worker_config(job, data, proxies, sink, initial, experts)
+        config = _worker_config(job, data, proxies, sink, initial, experts) | {"lam": lam}
         driver = Driver(hooks, folder, sink)
         failure = drive(_trainer(job, config, folder.resolve() / "ray"), sink, driver)
         ray.kill(sink)

@@ -9,11 +9,13 @@ and verifies its set but does not register it. At the end the driver
   RUNNING): tag ``cmidd.search.stopped=true``, status KILLED; they are never registered;
 * registers the top ``register_top_k`` finished trials (``tracking.register_distilled``; a version that already
   exists for the run is kept, so a resumed search does not duplicate it) and moves ``champion``;
-* logs to the parent: the best trial's values as params (``best.<field>``), ``trials.json``, the Optuna study
-  summary (``optuna_study.csv``) and plots.
+* logs to the parent: the best trial's values as params (``best.<field>``; its lambda as the effective
+  ``best.cmi.lam_effective``, never the raw ``cmi.lam`` / ``cmi_on``), ``trials.json``, the Optuna study summary
+  (``optuna_study.csv``) and plots.
 
-The lambda = 0 arm (``zero_arm: true`` on cmi.lam) is a categorical ``cmi_on`` in {True, False} beside the
-log-scale lambda, with ``{"cmi_on": False}`` enqueued as the first point (``points_to_evaluate``).
+The lambda = 0 arm (``zero_arm: true`` on cmi.lam or cmi.alpha) is a categorical ``cmi_on`` in {True, False}
+beside the log-scale lambda (alpha), with ``{"cmi_on": False}`` enqueued as the first point
+(``points_to_evaluate``). Every table, param, tag and plot shows the lambda a trial ran (``cmidd.lam``).
 
 Concurrency and the store: sqlite serializes writers and MLflow's sqlite store fails with "database is
 locked" under concurrent trial processes, so with a ``sqlite:`` tracking URI the search runs one trial at a
@@ -144,15 +146,14 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
 
 def _prepare_proxies(cfg: SearchCfg) -> None:
     """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it)."""
-    lam = cfg.params.get("cmi.lam")
-    if cfg.base.cmi.lam == 0 and lam is None:
+    if not cfg.base.cmi.on and not any(w in cfg.params for w in ("cmi.lam", "cmi.alpha")):
         return
     sets = cfg.params["proxies.set"].choice if "proxies.set" in cfg.params else [cfg.base.proxies.set]
     if cfg.base.proxies.from_registry is not None:
         return  # resolved from the registry inside each trial
     data = None
     for name in sets:
-        job = trial_job(cfg, {"proxies.set": name, "cmi.lam": 1.0}, "proxies")
+        job = trial_job(cfg, {"proxies.set": name, "cmi.lam": 1.0, "cmi.alpha": 0.0}, "proxies")
         data = data if data is not None else load_job_data(job)
         folder = proxies_dir(job, data)
         if not (folder / "manifest.json").is_file():

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import flatten
 from ..errors import UnknownNameError
+from ..lam import fmt_lam, lam_of
 from ._client import DEFAULT_METRIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
 from ._tags import run_tags
 
@@ -35,11 +36,18 @@ def list_runs(uri: str | None = None, n: int = 20, experiment: str | None = None
             "kind": r.data.tags.get("kind", "-"), "status": r.info.status,
             "start": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000)),
             "dataset": r.data.tags.get("dataset", "-"), "ipc": r.data.tags.get("ipc", "-"),
-            "method": r.data.tags.get("method", "-"), "lambda": r.data.tags.get("lambda", "-"),
+            "method": r.data.tags.get("method", "-"), "lambda": _lambda(r),
             "acc": r.data.metrics.get(DEFAULT_METRIC),
         }
         for r in runs
     ]
+
+
+def _lambda(run) -> str:
+    """A distill run's effective lambda (``cmidd.lam``, 3 significant digits), else its ``lambda`` tag or ``-``."""
+    if run.data.tags.get("kind") == "distill" and "cmi.lam" in run.data.params:
+        return fmt_lam(lam_of(run.data.params, run.data.metrics))
+    return run.data.tags.get("lambda", "-")
 
 
 def log_report(uri: str, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],

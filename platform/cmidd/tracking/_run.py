@@ -4,9 +4,12 @@ What a job leaves in MLflow::
 
     experiment   the job's name (or the search's), created by the driver before any worker logs
     params       the flattened config (``cmidd.config.flatten``)
-    tags         kind, dataset, ipc, method, lambda, proxy_set, code_version (cmidd version + git sha)
+    params       + cmi.lam_effective (the lambda the loop used: cmi.lam, or alpha's calibrated one), at the end
+    tags         kind, dataset, ipc, method, lambda (effective, 3 significant digits), cmi.alpha, proxy_set,
+                 code_version (cmidd version + git sha)
     metrics      loss_dd, cmi, loss_total per iteration (step = iteration); acc/<arch>, acc_std/<arch>,
-                 acc/cross_arch_mean, acc/ensemble, ece/ensemble at eval steps and at the end
+                 acc/cross_arch_mean, acc/ensemble, ece/ensemble (+ cmi.lam_effective with CMI on) at eval steps
+                 and at the end; cmi.lam_effective, cmi_final, cmi_random_real, cmi_ratio at the end
     artifacts    synthetic/, result.json, history.json; checkpoints/{0,1}/ (two slots written in turn, the
                  run tag ``cmidd.checkpoint.slot`` names the last complete one); proxies/ or experts/
 
@@ -30,13 +33,15 @@ from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
-from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
 from ..files import sha256_file
-from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
+from ..lam import LAM_KEY
+from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
+from ._client import (SYNTHETIC, client_for, log_metrics, log_params, metrics_at, mlflow_errors, open_run, resolve_uri,
+                      set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
 from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies
 from ._sets import register_distilled, verify_remote_set
-from ._tags import job_params, job_tags
+from ._tags import distill_tags, job_params, job_tags
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         with mlflow_errors():
             hooks_ml.flush()
             _log_result(client, run.run_id, result, hooks_ml)
+            if job.kind == "distill":
+                _log_lambda(client, run.run_id, job, result)
             publish = PUBLISHERS.get(job.kind)
             if publish is not None:
                 publish(client, run.run_id, job, result, run.versions, register)
@@ -159,6 +166,14 @@ def _log_result(client: MlflowClient, run_id: str, result: JobResult, hooks: Mlf
     for name in ("result.json", "history.json", CURVES):
         if (result.outdir / name).is_file():
             client.log_artifact(run_id, str(result.outdir / name))
+
+
+def _log_lambda(client: MlflowClient, run_id: str, job, result: JobResult) -> None:
+    """The lambda the loop used as a param (``cmi.lam_effective``) and in the run's tags (``lambda``, 3
+    significant digits): an alpha job's value is known only now."""
+    if LAM_KEY in result.metrics:
+        log_params(client, run_id, {LAM_KEY: repr(float(result.metrics[LAM_KEY]))})
+    set_tags(client, run_id, distill_tags(job, result.metrics))
 
 
 def _backfill(history: History, first_seen: int | None, skip_through: int) -> list[Metric]:

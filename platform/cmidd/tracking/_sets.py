@@ -99,7 +99,8 @@ def register_distilled(client: MlflowClient, run_id: str, job, result: JobResult
                        created: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``register_set`` for a distill job's set, tagged with its method, lambda and proxy set."""
     return register_set(client, run_id, result.synset, result.metrics,
-                        f"{job.name}: {job.method.name}, lambda={job.cmi.lam}", distill_tags(job), created)
+                        f"{job.name}: {job.method.name}, lambda={distill_tags(job, result.metrics)['lambda']}",
+                        distill_tags(job, result.metrics), created)
 
 
 def move_champion(client: MlflowClient, name: str, metric: str = DEFAULT_METRIC,
@@ -173,7 +174,7 @@ def best_set(dataset: str, ipc: int, metric: str = DEFAULT_METRIC, uri: str | No
         ConfigError: no version's run has ``metric`` (the message lists the metrics they have).
 
     Example:
-        >>> best_set("digits", 10)["params"]["cmi.lam"]
+        >>> best_set("digits", 10)["params"]["cmi.lam_effective"]
         '10.0'
     """
     with mlflow_errors():

@@ -11,11 +11,13 @@ import contextlib
 import functools
 import getpass
 import json
+import math
 import subprocess
 from pathlib import Path
 
 from .. import __version__
 from ..config import flatten
+from ..lam import LAM_KEY, RATIO_KEY, fmt_lam, lam_effective
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,7 +54,7 @@ def job_params(job) -> dict[str, str]:
 
 def proxy_label(job) -> str:
     """What a distill job's proxies were: ``none`` (lambda 0), the registry reference, or the set name."""
-    if job.cmi.lam == 0:
+    if not job.cmi.on:
         return "none"
     return job.proxies.from_registry or job.proxies.set
 
@@ -79,9 +81,23 @@ def run_tags(kind: str, dataset: str | None = None, **extra: str) -> dict[str, s
     return tags | extra
 
 
-def distill_tags(job) -> dict[str, str]:
-    """What a distill job is (method, lambda, proxy set): on its run and on the version it registers."""
-    return {"method": job.method.name, "lambda": str(job.cmi.lam), "proxy_set": proxy_label(job)}
+def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
+    """What a distill job is (method, lambda, proxy set): on its run and on the version it registers.
+
+    ``lambda`` is the effective lambda (``cmidd.lam``, 3 significant digits) once ``metrics`` report it; before
+    that (a new run of an alpha job) ``alpha <a>``. ``cmi.alpha``, ``cmi.lam_effective`` (full precision, when
+    known) and ``cmi_ratio`` (when measured) come too.
+    """
+    lam = lam_effective(job.cmi.lam, job.cmi.alpha, (metrics or {}).get(LAM_KEY))
+    known = not math.isnan(lam)  # NaN: an alpha job not calibrated yet
+    shown = fmt_lam(lam) if known else f"alpha {job.cmi.alpha:g}"
+    tags = {"method": job.method.name, "lambda": shown, "cmi.alpha": f"{job.cmi.alpha:g}",
+            "proxy_set": proxy_label(job)}
+    if known:
+        tags[LAM_KEY] = repr(float(lam))
+    if RATIO_KEY in (metrics or {}):
+        tags[RATIO_KEY] = f"{metrics[RATIO_KEY]:.6g}"  # scale-free CMI of the set (docs/cmi.md)
+    return tags
 
 
 def job_tags(job) -> dict[str, str]:

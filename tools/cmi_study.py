@@ -1,0 +1,106 @@
+"""The CMI study (issue 26): run its arms and report the verdict by the rule stated in the job file.
+
+    python tools/cmi_study.py run --out runs/study-cmi-digits [--set method.iterations=20 ...] [--parallel 2]
+    python tools/cmi_study.py report runs/study-cmi-digits [--out docs/results/cmi_study_digits]
+
+``run``: pre-trains the proxy set once, then ``cmidd run JOB`` per arm, ``--parallel`` at a time (one torch thread
+each): alpha in ``--alphas`` with seed 0, then the zero arm and the best alpha (by final accuracy) with seed 1.
+An arm whose folder already holds ``result.json`` is skipped, so an interrupted study continues. ``--set``
+overrides go to every arm (a smoke run: ``--set method.iterations=4 --set eval.every=2 ...``). Without
+``--tracking-uri`` the arms run ``--no-track``. Then ``report``: ``study.md`` (table + verdict) and ``study.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "platform"))
+
+from cmidd.study import load_runs, report  # noqa: E402
+
+JOB = ROOT / "jobs" / "study_cmi_digits_ipc10.yaml"
+
+
+def _arm_dir(out: Path, alpha: float, seed: int) -> Path:
+    return out / f"alpha{alpha:g}-s{seed}"
+
+
+def _pretrain(job_path: Path, out: Path, sets: list[str]) -> None:
+    """The proxy set, once, before the arms start (concurrent arms would race to train it)."""
+    from cmidd import proxies as proxy_zoo
+    from cmidd.config import load_job
+    from cmidd.runner import load_job_data, proxies_dir
+
+    job = load_job(job_path, [*sets, f"output.dir={out / 'arm'}"])
+    data = load_job_data(job)
+    proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, job.device)
+
+
+def _run_arms(job_path: Path, out: Path, arms: list[tuple[float, int]], sets: list[str], parallel: int,
+              uri: str | None) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "platform")}
+    todo = [a for a in arms if not (_arm_dir(out, *a) / "result.json").is_file()]
+    running: list[tuple[subprocess.Popen, Path]] = []
+    while todo or running:
+        while todo and len(running) < parallel:
+            alpha, seed = todo.pop(0)
+            folder = _arm_dir(out, alpha, seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            track = ["--tracking-uri", uri] if uri else ["--no-track"]
+            cmd = [sys.executable, "-m", "cmidd.cli", "run", str(job_path), *track,
+                   *(a for s in [*sets, f"cmi.alpha={alpha}", "cmi.lam=0", f"seed={seed}",
+                                 f"output.dir={folder}"] for a in ("--set", s))]
+            print(f"[study] start alpha {alpha:g} seed {seed} ({folder})", flush=True)
+            with open(out / f"{folder.name}.log", "w") as log:  # the child keeps its own handle
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            running.append((proc, folder))
+        time.sleep(0.5)
+        for proc, folder in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, folder))
+                print(f"[study] done {folder.name}: exit {proc.returncode}", flush=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"arm {folder.name} failed; see {out / (folder.name + '.log')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--job", type=Path, default=JOB)
+    r.add_argument("--set", action="append", default=[])
+    r.add_argument("--alphas", default="0,0.01,0.05")
+    r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--tracking-uri", default=None)
+    rep = sub.add_parser("report")
+    rep.add_argument("root", type=Path)
+    rep.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        out = args.out.absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        alphas = [float(a) for a in args.alphas.split(",")]
+        _pretrain(args.job, out, args.set)
+        _run_arms(args.job, out, [(a, 0) for a in alphas], args.set, args.parallel, args.tracking_uri)
+        seed0 = [r for r in load_runs(out) if r.seed == 0 and r.alpha > 0]
+        best = max(seed0, key=lambda r: r.curve[max(r.curve)][0]).alpha
+        _run_arms(args.job, out, [(0.0, 1), (best, 1)], args.set, args.parallel, args.tracking_uri)
+        root, dest = out, out
+    else:
+        root, dest = args.root, args.out
+    res = report(root, dest)
+    print(res["table"])
+    print(f"Verdict: {res['verdict']}")
+    print("files: " + ", ".join(res["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
