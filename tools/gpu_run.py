@@ -77,7 +77,7 @@ GPU = Sizes(
     cmi_alphas=(0.1, 1.0), cmi_max_iterations=20000, balance_draws=8,
 )
 DRY = Sizes(
-    device="cpu", budget_s=200, boxes={"check": 60, "harness": 60, "reproduce": 45, "cmi": 45}, data="digits",
+    device="cpu", budget_s=240, boxes={"check": 60, "harness": 60, "reproduce": 40, "cmi": 90}, data="digits",
     harness_args=("--tiny", "--threads", "2"), speed_ipcs=(2,), speed_repeats=1, ipc=2, eval_epochs=2,
     eval_seeds=2, published={"dc": 1000, "dsa": 1000, "idc": 2000, "mtt": 5000}, experts=(1, 3), proxy_epochs=1,
     reproduce_overrides=("method.outer_loop=2", "method.inner_loop=2"),
