@@ -28,9 +28,10 @@ from mlflow.exceptions import MlflowException
 from ..config import EvalCfg
 from ..data import load_dataset
 from ..ensemble import combine_sets
-from ..errors import ConfigError, UnknownNameError
 from ..distill import resolve_device
+from ..errors import ConfigError, UnknownNameError
 from ..evaluate import evaluate
+from ..protocol import Protocol
 from ..synthetic import SyntheticSet
 from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \
     resolve_uri, set_tags
@@ -143,7 +144,9 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     client = client_for(uri)
     dataset = str(meta["dataset"])
     made_of = {"ensemble_of": json.dumps(sources)}
-    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of)
+    protocol = Protocol.of(eval_cfg, dataset, 0, data.im_size)  # load_dataset's default split seed
+    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of,
+                    **protocol.tags())
     params = {"ensemble.mode": mode, "ensemble.sources": json.dumps(sources), "seed": str(seed),
               **flat_params({"eval": eval_cfg.model_dump(mode="json")}), **(extra_params or {})}
     with open_run(client, f"ensemble-{dataset}", f"ensemble-{mode}-ipc{synset.ipc}", tags, params) as run:

@@ -4,7 +4,8 @@ What a job leaves in MLflow::
 
     experiment   the job's name (or the search's), created by the driver before any worker logs
     params       the flattened config (``cmidd.config.flatten``)
-    tags         kind, dataset, ipc, method, lambda, proxy_set, code_version (cmidd version + git sha)
+    tags         kind, dataset, ipc, method, lambda, proxy_set, code_version (cmidd version + git sha);
+                 protocol.id, protocol.summary, protocol.json for jobs that score sets (``cmidd.protocol``)
     metrics      loss_dd, cmi, loss_total per iteration (step = iteration); acc/<arch>, acc_std/<arch>,
                  acc/cross_arch_mean, acc/ensemble, ece/ensemble at eval steps and at the end
     artifacts    synthetic/, result.json, history.json; checkpoints/{0,1}/ (two slots written in turn, the
@@ -30,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History
 from ..errors import ConfigError, IntegrityError
+from ..protocol import protocol_of_job
 from ..ray import run_job
 from ..runner import JobResult, check_job_data, load_job_data
 from ..synthetic import sha256_file
@@ -86,6 +88,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
         skip, slot = _reopen(client, job, resume_run_id) if resume_run_id else (0, None)
     extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
+    protocol = protocol_of_job(job, data.im_size)  # the evaluation protocol its scores were made under
+    extra |= protocol.tags() if protocol is not None else {}
     if resume_run_id:
         spec = {"run_id": resume_run_id, "tags": extra}
     else:
