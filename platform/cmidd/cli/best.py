@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..report import format_gain
 from ._args import DEFAULT_METRIC, URI_HELP, add_dataset_ipc, add_tracking_uri
 
 EXAMPLES = """examples:
@@ -95,15 +96,6 @@ def format_best(best: dict, metric: str) -> str:
                      "no clear best")
     lines.append(f"  source    {best['source']}")
     return "\n".join(lines)
-
-
-def format_gain(baseline: dict | None) -> str:
-    """``gain over random-real: +x.x pt (k std)``, or why there is none."""
-    if baseline is None:
-        return "gain over random-real: - (no baseline run under this protocol)"
-    k = baseline["k_std"]
-    spread = f"{k:.1f} std" if k is not None else "1 seed: no std"
-    return f"gain over random-real: {baseline['gain']:+.1f} pt ({spread})"
 
 
 def _std(m: dict[str, float], key: str, seeds: int = 2) -> str:

@@ -21,6 +21,7 @@ def command(args) -> None:
     """Run the demo; print its table and, when tracked, the best registered set."""
     from ..app import tracking_uri
     from ..demo import run_demo
+    from ..report import format_gain
 
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
@@ -28,7 +29,9 @@ def command(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}")
     if uri is not None:
         best = summary["best"]
-        print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
+        print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --protocol {best['protocol']['id']} "
+              f"--tracking-uri {uri}")
         print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
               f"method {best['params'].get('method.name')}, lam {best['params'].get('cmi.lam')}): "
-              f"acc/cross_arch_mean {best['metrics'].get('acc/cross_arch_mean', float('nan')):.4f}")
+              f"acc/cross_arch_mean {best['metrics'].get('acc/cross_arch_mean', float('nan')):.4f}, "
+              f"{format_gain(best['baseline'])}")

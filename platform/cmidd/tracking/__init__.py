@@ -27,6 +27,7 @@ Example:
     >>> synset = load_set("digits", 10)  # the champion, checksums verified
 """
 
+from ._baselines import BASELINES, log_baseline
 from ._client import (
     CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
     ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
@@ -51,11 +52,11 @@ __all__ = [
     "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
     "TAG_ERROR", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
-    "best_per_protocol", "best_set", "build_ensemble", "champion_alias", "client_for", "code_version",
+    "BASELINES", "best_per_protocol", "best_set", "build_ensemble", "champion_alias", "client_for", "code_version",
     "distill_tags", "end_run", "ensemble_from_search",
     "ensemble_from_versions", "ensure_experiment", "ensure_model", "experts_model_name", "fail_run",
     "fetch_proxies", "git_sha", "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set",
-    "load_verified", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
+    "load_verified", "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
     "register_distilled", "register_set", "resolve_registry_proxies", "resolve_uri", "run_tags", "search_children",
     "set_default_protocol", "set_model_name", "set_tags", "tracked_run", "upload_checkpoint", "verify_proxy_folder", "verify_remote_set",
