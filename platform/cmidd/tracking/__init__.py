@@ -39,7 +39,7 @@ from ._proxies import (
     experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
     publish_proxies, resolve_registry_proxies, verify_proxy_folder,
 )
-from ._ranking import champion_alias, move_champion, set_default_protocol, version_protocol
+from ._ranking import champion_alias, find_baseline, move_champion, set_default_protocol, version_protocol
 from ._reports import list_runs, log_report
 from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
 from ._sets import (
@@ -54,7 +54,7 @@ __all__ = [
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
     "BASELINES", "best_per_protocol", "best_set", "build_ensemble", "champion_alias", "client_for", "code_version",
     "distill_tags", "end_run", "ensemble_from_search",
-    "ensemble_from_versions", "ensure_experiment", "ensure_model", "experts_model_name", "fail_run",
+    "ensemble_from_versions", "ensure_experiment", "ensure_model", "find_baseline", "experts_model_name", "fail_run",
     "fetch_proxies", "git_sha", "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set",
     "load_verified", "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",

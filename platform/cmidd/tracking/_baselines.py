@@ -12,6 +12,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from ..errors import ConfigError
 from ..protocol import Protocol
 from ..synthetic import SyntheticSet
@@ -24,7 +26,8 @@ BASELINES = ("random-real", "full")
 
 def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: int, eval_cfg, seed: int,
                  experiment: str, uri: str | None = None, synset: SyntheticSet | None = None,
-                 parent_run_id: str | None = None) -> str:
+                 parent_run_id: str | None = None, client: MlflowClient | None = None,
+                 extra_tags: dict[str, str] | None = None) -> str:
     """Log one baseline's scores as a FINISHED run of kind ``baseline``; returns its run id.
 
     Args:
@@ -38,14 +41,16 @@ def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: 
         uri: tracking URI.
         synset: the drawn set, uploaded as ``synthetic/`` and verified (None: metrics only).
         parent_run_id: a search's parent run.
+        client: the store's client (instead of ``uri``).
+        extra_tags: more run tags (the search's name).
 
     Raises:
         ConfigError: an unknown baseline name.
     """
     if name not in BASELINES:
         raise ConfigError(f"baseline: must be one of {', '.join(BASELINES)}, but got {name!r}")
-    client = client_for(resolve_uri(uri))
-    tags = run_tags("baseline", protocol.dataset, ipc=str(ipc), baseline=name, **protocol.tags())
+    client = client or client_for(resolve_uri(uri))
+    tags = run_tags("baseline", protocol.dataset, ipc=str(ipc), baseline=name, **protocol.tags(), **(extra_tags or {}))
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     params = {"baseline": name, "ipc": str(ipc), "seed": str(seed),

@@ -66,7 +66,8 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
         raise UnknownNameError(f"--from-search: no run {parent_run_id!r} in this tracking store") from None
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND attributes.status = 'FINISHED'",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND attributes.status = 'FINISHED' "
+                      "AND tags.kind = 'distill'",
         max_results=10_000,
     )
     ranked = sorted((r for r in runs if metric in r.data.metrics),

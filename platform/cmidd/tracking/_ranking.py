@@ -201,14 +201,13 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
             "baseline": baseline_gain(client, dataset, ipc, protocol, metric, value, std)}
 
 
-def baseline_gain(client: MlflowClient, dataset: str, ipc: int, protocol: str, metric: str, value: float,
-                  std: float) -> dict[str, Any] | None:
-    """The random-real baseline under ``protocol`` (the newest finished run of kind ``baseline``, else a run
-    of that protocol that scored it beside its set as ``baseline/random-real/<metric>``) and the gain over it.
+def find_baseline(client: MlflowClient, dataset: str, ipc: int, protocol: str,
+                  metric: str = DEFAULT_METRIC) -> tuple[Any, str] | None:
+    """The random-real baseline under ``protocol``: the newest finished run of kind ``baseline``, else the newest
+    run of that protocol that scored it beside its set (metric ``baseline/random-real/<metric>``).
 
     Returns:
-        {name, run_id, value, std, gain, gain_std, k_std} (gain and gain_std in accuracy points; k_std None
-        when both stds are 0, i.e. one seed), or None when no run of that protocol holds the baseline.
+        (run, the key of its metric), or None when no run of that protocol holds the baseline.
     """
     if protocol == UNKNOWN:
         return None
@@ -216,18 +215,31 @@ def baseline_gain(client: MlflowClient, dataset: str, ipc: int, protocol: str, m
     query = (f"tags.`{TAG_ID}` = '{protocol}' and tags.dataset = '{dataset}' and tags.ipc = '{ipc}' "
              "and attributes.status = 'FINISHED'")
     runs = client.search_runs(exps, query, order_by=["attributes.start_time DESC"], max_results=200) if exps else []
-    nested = f"baseline/{BASELINE}/"
     for kind_first in (True, False):
         for r in runs:
             own = r.data.tags.get("kind") == "baseline" and r.data.tags.get("baseline") == BASELINE
-            key = metric if own else nested + metric
+            key = metric if own else f"baseline/{BASELINE}/{metric}"
             if own == kind_first and key in r.data.metrics:
-                b, b_std = r.data.metrics[key], float(r.data.metrics.get(key.replace("acc/", "acc_std/", 1), 0.0))
-                spread = math.hypot(std, b_std)
-                return {"name": BASELINE, "run_id": r.info.run_id, "value": b, "std": b_std,
-                        "gain": 100 * (value - b), "gain_std": 100 * spread,
-                        "k_std": (value - b) / spread if spread > 0 else None}
+                return r, key
     return None
+
+
+def baseline_gain(client: MlflowClient, dataset: str, ipc: int, protocol: str, metric: str, value: float,
+                  std: float) -> dict[str, Any] | None:
+    """The gain of ``value`` (+- ``std``) over the random-real baseline under ``protocol`` (``find_baseline``).
+
+    Returns:
+        {name, run_id, value, std, gain, gain_std, k_std} (gain and gain_std in accuracy points; k_std None
+        when both stds are 0, i.e. one seed), or None when no run of that protocol holds the baseline.
+    """
+    found = find_baseline(client, dataset, ipc, protocol, metric)
+    if found is None:
+        return None
+    run, key = found
+    b, b_std = run.data.metrics[key], float(run.data.metrics.get(key.replace("acc/", "acc_std/", 1), 0.0))
+    spread = math.hypot(std, b_std)
+    return {"name": BASELINE, "run_id": run.info.run_id, "value": b, "std": b_std, "gain": 100 * (value - b),
+            "gain_std": 100 * spread, "k_std": (value - b) / spread if spread > 0 else None}
 
 
 def require_versions(client: MlflowClient, name: str) -> None:
