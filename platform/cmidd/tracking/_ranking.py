@@ -137,7 +137,8 @@ def pick_protocol(client: MlflowClient, name: str, asked: str | None, by_protoco
         if len(by_protocol) == 1:
             return next(iter(by_protocol))
         default = default_protocol(client, name, by_protocol)
-        ids = ", ".join(f"{pid}{' (default)' if pid == default else ''}" for pid in by_protocol)
+        ids = ", ".join(f"{pid}{' (default)' if pid == default else ''}"
+                        for pid in sorted(by_protocol, key=lambda p: p != default))
         raise ConfigError(f"--protocol: {name} has versions scored under {len(by_protocol)} evaluation protocols "
                           f"({ids}) and they are never ranked together; pick one with --protocol ID or default")
     hits = [pid for pid in by_protocol if pid.startswith(asked)]
@@ -160,6 +161,16 @@ def describe(mv, run, aliases: dict[str, Any]) -> dict[str, Any]:
         "aliases": held, "metrics": dict(sorted(run.data.metrics.items())),
         "params": dict(sorted(run.data.params.items())), "source": mv.source,
     }
+
+
+def set_label(params: dict[str, str], tags: dict[str, str]) -> str:
+    """``dm``, ``dm+cmi`` (lambda > 0), or the version's ``method`` tag (an ensemble's)."""
+    method = params.get("method.name") or tags.get("method", "-")
+    try:
+        lam = float(params.get("cmi.lam", "0"))
+    except ValueError:
+        lam = 0.0
+    return method + ("+cmi" if lam > 0 else "")
 
 
 def _std(run, metric: str) -> float:
@@ -186,7 +197,7 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
     def short(item) -> dict[str, Any]:
         v, m, r = item
         return {"version": int(m.version), "run_id": m.run_id, "value": v, "std": _std(r, metric),
-                "gap": value - v, "method": r.data.params.get("method.name", m.tags.get("method", "-"))}
+                "gap": value - v, "method": set_label(r.data.params, m.tags)}
 
     ties = []
     for item in items[1:]:
