@@ -49,6 +49,12 @@ def test_fields_that_do_not_change_a_score_keep_the_id():
     assert len({p.id for p in other} | {_p().id}) == 4
 
 
+@pytest.mark.parametrize("over", [{}, {"dsa": False}, {"dsa_mode": "multi", "epochs_by_arch": {}}])
+def test_a_protocol_gives_back_an_eval_block_that_scores_under_it(over):
+    p = _p(**over)
+    assert Protocol.of(p.eval_cfg(), "digits", 0, 8) == p
+
+
 def test_job_protocol_uses_the_loaded_image_size(tmp_path):
     native = parse_job(tiny_distill(tmp_path))
     explicit = parse_job(tiny_distill(tmp_path, data__im_size=8))

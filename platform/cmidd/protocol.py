@@ -82,6 +82,18 @@ class Protocol:
         """The tags every scored run and registered version carries: ``protocol.id``, ``.summary``, ``.json``."""
         return {TAG_ID: self.id, TAG_SUMMARY: self.summary, TAG_JSON: self.canonical()}
 
+    def eval_cfg(self):
+        """An ``EvalCfg`` that scores under this protocol (``Protocol.of(p.eval_cfg(), ...) == p``): how
+        ``cmidd evaluate`` re-scores registered sets under a protocol named by its id."""
+        from .config import EvalCfg
+
+        first = self.epochs[0]
+        dsa = {} if self.dsa == "off" else dict(zip(("dsa_strategy", "dsa_mode"), self.dsa.split("/")))
+        return EvalCfg(archs=list(self.archs), epochs=first, num_eval=self.num_eval,
+                       epochs_by_arch={a: n for a, n in zip(self.archs, self.epochs) if n != first},
+                       lr=self.lr, lr_decay=self.lr_decay, momentum=self.momentum, weight_decay=self.weight_decay,
+                       batch=self.batch, dsa=self.dsa != "off", **dsa)
+
     @classmethod
     def from_json(cls, text: str) -> Protocol:
         """The protocol of a ``canonical()`` string (a ``protocol.json`` tag)."""

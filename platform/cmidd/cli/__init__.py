@@ -21,7 +21,7 @@ import sys
 import warnings
 
 from ..errors import CmiddError, ConfigError
-from . import bench, best, demo, ensemble, ls, pull, run, runs, search, validate
+from . import bench, best, demo, ensemble, evaluate, ls, pull, run, runs, search, validate
 from ._args import AlreadyReported
 
 EXAMPLES = """examples:
@@ -42,7 +42,7 @@ EXAMPLES = """examples:
 """
 
 # the subcommands, in the order of ``cmidd --help``
-COMMANDS = (run, validate, ls, search, demo, bench, best, pull, runs, ensemble)
+COMMANDS = (run, validate, ls, search, demo, bench, best, pull, evaluate, runs, ensemble)
 
 # (exception, exit code), most specific first: the first match decides
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (

@@ -30,15 +30,14 @@ from ..evaluate import evaluate
 from ..protocol import TAG_ID, Protocol
 from ..runner import JobResult, load_job_data, random_real_set
 from ..tracking import (
-    DEFAULT_METRIC, SYNTHETIC, distill_tags, find_baseline, job_params, load_verified, log_baseline, log_metrics,
-    metrics_at, mlflow_errors, move_champion, open_run, register_distilled, run_tags, set_model_name,
+    DEFAULT_METRIC, SYNTHETIC, TAG_EVALUATES, distill_tags, find_baseline, job_params, load_verified, log_baseline,
+    log_metrics, metrics_at, mlflow_errors, move_champion, open_run, register_distilled, run_tags, set_model_name,
     version_protocol,
 )
 from ._space import TAG_SEARCH, trial_job
 
 log = logging.getLogger(__name__)
 
-TAG_EVALUATES = "cmidd.evaluates"  # on a re-evaluation run: the runs:/ source of the set it scored
 TAG_PARENT = "cmidd.search.parent"  # the search's parent run (not mlflow.parentRunId: its children are its trials)
 
 
