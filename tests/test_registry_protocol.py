@@ -184,3 +184,44 @@ def test_ties_and_runner_up_within_one_protocol(tmp_path, monkeypatch, template_
         tied = m0["acc/cross_arch_mean"] - m["acc/cross_arch_mean"] <= band
         assert (v in [t["version"] for t in best["ties"]]) == tied
     assert best["baseline"] is None  # no baseline under this protocol: said, not invented
+
+
+def test_cmidd_evaluate_rescores_every_set_under_a_named_protocol(with_a, tmp_path, digits, capsys):
+    from cmidd.cli import main
+
+    c, uri, pa = with_a["client"], with_a["uri"], with_a["protocol"]
+    job_b = parse_job(tiny_distill(tmp_path / "b", name="set-b", method__iterations=2, eval=dict(EVAL_B),
+                                   output__checkpoint_every=0))
+    b = T.tracked_run(job_b, uri, data=digits)
+    pb = protocol_of_job(job_b, digits.im_size)
+    assert int(c.get_registered_model(MODEL).aliases["champion"]) == 1  # B's set: champion of B only
+
+    args = ["--dataset", "digits", "--ipc", "2", "--tracking-uri", uri]
+    capsys.readouterr()
+    assert main(["evaluate", "--protocol", pa.id[:6], *args]) == 0
+    out = capsys.readouterr().out
+    assert "version 2 scored under" in out and "registered as version 3" in out and f"protocol  {pa.id}" in out
+    v3 = c.get_model_version(MODEL, "3")
+    assert v3.source == f"runs:/{b.run_id}/synthetic" and v3.tags[TAG_ID] == pa.id
+    assert v3.tags["content_sha256"] == b.result.synset.sha256() and v3.tags["method"] == "dm"
+    scorer = c.get_run(v3.run_id)
+    assert scorer.data.tags["kind"] == "evaluate" and scorer.data.tags[T.TAG_EVALUATES] == v3.source
+    assert scorer.data.params["eval.num_eval"] == "2" and scorer.data.params["method.iterations"] == "2"
+
+    # under A, both sets now compete: one ranking there, the runner-up named
+    best = T.best_set("digits", 2, uri=uri, protocol=pa.id)
+    accs = {v: c.get_run(c.get_model_version(MODEL, str(v)).run_id).data.metrics["acc/cross_arch_mean"]
+            for v in (1, 3)}
+    assert best["version"] == max(accs, key=accs.get) and best["runner_up"]["version"] == min(accs, key=accs.get)
+    assert int(c.get_registered_model(MODEL).aliases["champion"]) == best["version"]
+    assert int(c.get_registered_model(MODEL).aliases[f"champion-{pb.id}"]) == 2
+    assert best["baseline"]["run_id"] == with_a["baseline_run"]  # A's baseline, not a second one
+
+    assert main(["evaluate", "--protocol", pa.id, *args]) == 0  # nothing left to score: no new version
+    assert "already has a version" in capsys.readouterr().out
+    assert len(c.search_model_versions(f"name = '{MODEL}'")) == 3
+    assert main(["evaluate", "--protocol", "ffffffffff", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--protocol: must name one recorded evaluation protocol" in err
+    assert main(["evaluate", "--protocol", pa.id, "--versions", "9", *args]) == 2
+    assert "--versions: distilled-digits-ipc2 has no version 9" in capsys.readouterr().err

@@ -281,6 +281,7 @@ def test_cli_best_pull_runs(logged, tmp_path, capsys):
     assert main(["runs", "-n", "5", *uri]) == 0
     table = capsys.readouterr().out
     assert table.count("FINISHED") == 2 and "tiny-0" in table
+    assert table.splitlines()[0].split()[-1] == "protocol" and table.count(best["protocol"]["id"]) == 2
     assert main(["best", "--dataset", "digits", "--ipc", "9", *uri]) == 2  # unknown model: bad input
     assert "no registered model 'distilled-digits-ipc9'" in capsys.readouterr().err
 
