@@ -38,7 +38,8 @@ def test_demo_quick_end_to_end(tmp_path):
     # the averaged-softmax ensemble of the 4 single models, next to them in the rows and the printed table
     ens = {r["set"]: r for r in res["rows"] if r["arch"] == "ensemble"}
     assert set(ens) == sets and all(r["n"] == len(ARCHS) and 0 <= r["ece"] <= 1 for r in ens.values())
-    assert "ensemble" in (out / "results.md").read_text().splitlines()[2]
+    header = (out / "results.md").read_text().splitlines()[3]  # after the title, the protocol line, a blank
+    assert header.startswith("set ") and "ensemble" in header
     assert set(res["cmi"]) == sets and all(math.isfinite(v) and v >= 0 for v in res["cmi"].values())
     assert set(res["sha256"]) == sets and len(set(res["sha256"].values())) == 3
     for d in ("dm", "dm-cmi"):
