@@ -33,8 +33,10 @@ EXAMPLES = """examples:
   cmidd validate jobs/*.yaml
   cmidd search search_spaces/digits_dmcmi.yaml [--resume] [--address auto]   # Ray Tune + Optuna over lambda, ...
   cmidd ls nets 'ConvNet*'
-  cmidd best --dataset digits --ipc 10 --json
+  cmidd best --dataset digits --ipc 10                   # the best set per evaluation protocol
+  cmidd best --dataset digits --ipc 10 --protocol default --json
   cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
+  cmidd evaluate --dataset digits --ipc 10 --protocol 73def0cc9f   # re-score every set under one protocol
   cmidd runs
   cmidd bench --quick --out runs/bench-quick   # speed + quality report (< 10 min)
   cmidd bench --suite speed --device cuda
