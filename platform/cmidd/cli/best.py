@@ -87,7 +87,7 @@ def format_best(best: dict, metric: str) -> str:
     if ru is not None:
         spread = f" +- {ru['std']:.4f}" if seeds > 1 else ""
         lines.append(f"  runner-up version {ru['version']} ({ru['method']}) {ru['value']:.4f}{spread}, "
-                     f"{-100 * ru['gap']:+.1f} pt")
+                     f"{0.0 - 100 * ru['gap']:+.1f} pt")
     else:
         lines.append("  runner-up none (one version under this protocol)")
     if best.get("ties"):
