@@ -225,3 +225,23 @@ def test_cmidd_evaluate_rescores_every_set_under_a_named_protocol(with_a, tmp_pa
     assert len(err.splitlines()) == 1 and "--protocol: must name one recorded evaluation protocol" in err
     assert main(["evaluate", "--protocol", pa.id, "--versions", "9", *args]) == 2
     assert "--versions: distilled-digits-ipc2 has no version 9" in capsys.readouterr().err
+
+
+def test_a_version_without_protocol_tags_is_ranked_only_with_its_like(with_a, tmp_path, digits):
+    """Versions registered before protocols were recorded form the protocol ``unknown``."""
+    from cmidd.protocol import TAG_JSON, TAG_SUMMARY, UNKNOWN
+
+    c, uri, pa = with_a["client"], with_a["uri"], with_a["protocol"]
+    job = parse_job(tiny_distill(tmp_path / "old", name="old", eval=dict(EVAL_A), output__checkpoint_every=0))
+    old = T.tracked_run(job, uri, data=digits, register=False)
+    for key in (TAG_ID, TAG_SUMMARY, TAG_JSON):  # as an older cmidd logged it
+        c.delete_tag(old.run_id, key)
+    entry = T.register_distilled(c, old.run_id, job, old.result)
+    mv = c.get_model_version(MODEL, str(entry["version"]))
+    assert TAG_ID not in mv.tags and entry["alias"] == f"champion-{UNKNOWN}"
+    aliases = c.get_registered_model(MODEL).aliases
+    assert int(aliases["champion"]) == 1 and int(aliases[f"champion-{UNKNOWN}"]) == entry["version"]
+    answers = T.best_per_protocol("digits", 2, uri=uri)
+    assert [a["protocol"]["id"] for a in answers] == [pa.id, UNKNOWN]
+    assert answers[1]["protocol"]["summary"] == "scored before protocols were recorded"
+    assert answers[1]["baseline"] is None  # no baseline can share an unknown protocol
