@@ -140,6 +140,8 @@ def test_search_rescores_its_top_under_the_declared_protocol(with_a, ray_local, 
     summary = _search(tmp_path, uri, register_eval=dict(EVAL_A))
     (reg,) = summary["registered"]
     assert reg["rescored"] is True and reg["protocol"] == pa.id
+    parent = c.get_run(summary["parent_run_id"]).data.tags
+    assert parent["register.protocol.id"] == pa.id and parent["register.protocol.summary"] == pa.summary
 
     mv = c.get_model_version(MODEL, str(reg["version"]))
     trial = summary["best"]["run_id"]

@@ -32,7 +32,7 @@ from ..runner import JobResult, load_job_data, random_real_set
 from ..tracking import (
     DEFAULT_METRIC, SYNTHETIC, TAG_EVALUATES, distill_tags, find_baseline, job_params, load_verified, log_baseline,
     log_metrics, metrics_at, mlflow_errors, move_champion, open_run, register_distilled, run_tags, set_model_name,
-    version_protocol,
+    set_tags, version_protocol,
 )
 from ._space import TAG_SEARCH, trial_job
 
@@ -72,6 +72,8 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
         need_baseline.setdefault((job.ipc, protocol.id), (job, protocol))
     for name in sorted(names):
         move_champion(client, name)  # per protocol: a search protocol never takes another protocol's champion
+    for _, protocol in list(need_baseline.values())[:1]:  # the parent says which protocol it registered under
+        set_tags(client, parent, {"register.protocol.id": protocol.id, "register.protocol.summary": protocol.summary})
     for (ipc, _), (job, protocol) in need_baseline.items():
         if find_baseline(client, job.data.name, ipc, protocol.id, DEFAULT_METRIC) is None:
             _log_random_real(client, cfg, parent, job, protocol, _data(job, data_cache))
