@@ -254,7 +254,7 @@ def baseline_gain(client: MlflowClient, dataset: str, ipc: int, protocol: str, m
 
 
 def require_versions(client: MlflowClient, name: str) -> None:
-    """Raise ``UnknownNameError`` when ``name`` is not a registered model."""
+    """Raise ``UnknownNameError`` (listing the registered sets) when ``name`` is not a registered model."""
     try:
         client.get_registered_model(name)
     except MlflowException:

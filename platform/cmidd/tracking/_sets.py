@@ -114,11 +114,6 @@ def register_distilled(client: MlflowClient, run_id: str, job, result: JobResult
                         f"{job.name}: {job.method.name}, lambda={job.cmi.lam}", distill_tags(job), created, source)
 
 
-def _require_model(client: MlflowClient, name: str, prefix: str = "distilled-") -> Any:
-    require_versions(client, name)
-    return client.get_registered_model(name)
-
-
 def best_set(dataset: str, ipc: int, metric: str = DEFAULT_METRIC, uri: str | None = None,
              protocol: str | None = None) -> dict[str, Any]:
     """The best registered version of ``distilled-<dataset>-ipc<k>`` under one evaluation protocol.
@@ -166,7 +161,7 @@ def best_per_protocol(dataset: str, ipc: int, metric: str = DEFAULT_METRIC,
 
 def _groups_with_metric(client: MlflowClient, name: str, metric: str) -> dict[str, list]:
     """``_ranking.groups`` of a model that exists, or ConfigError listing the metrics its runs have."""
-    _require_model(client, name)
+    require_versions(client, name)
     by_protocol = groups(client, name, metric)
     if not by_protocol:
         have = sorted({k for v in client.search_model_versions(f"name = '{name}'")
@@ -191,7 +186,7 @@ def _pick_version(client: MlflowClient, name: str, version: int | None, alias: s
     version of the default protocol by the default metric (never a ranking across protocols)."""
     if sum(x is not None for x in (version, alias, protocol)) > 1:
         raise ConfigError("--version, --alias and --protocol: give one of them, not several")
-    _require_model(client, name)
+    require_versions(client, name)
     if protocol is not None:
         by_protocol = groups(client, name, DEFAULT_METRIC)
         alias = champion_alias(pick_protocol(client, name, protocol, by_protocol))
