@@ -55,7 +55,8 @@ def test_demo_quick_end_to_end(tmp_path):
     # the averaged-softmax ensemble of the 4 single models, next to them in the rows and the printed table
     ens = {r["set"]: r for r in res["rows"] if r["arch"] == "ensemble"}
     assert set(ens) == sets and all(r["n"] == len(ARCHS) and 0 <= r["ece"] <= 1 for r in ens.values())
-    assert "ensemble" in (out / "results.md").read_text().splitlines()[2]
+    header = (out / "results.md").read_text().splitlines()[3]  # after the title, the protocol line, a blank
+    assert header.startswith("set ") and "ensemble" in header
     assert set(res["cmi"]) == sets and all(math.isfinite(v) and v >= 0 for v in res["cmi"].values())
     assert set(res["sha256"]) == sets and len(set(res["sha256"].values())) == 3
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
@@ -70,6 +71,22 @@ def test_demo_quick_end_to_end(tmp_path):
     assert best["name"] == "distilled-digits-ipc10" and best["version"] in ("1", "2", 1, 2)
     by_set = {s: sum(r["acc_mean"] for r in singles if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
     assert best["metrics"]["acc/cross_arch_mean"] == pytest.approx(max(by_set.values()), abs=1e-9)
+
+    # the answer names the demo's protocol and the gain over the random-real baseline logged under it
+    assert best["protocol"] == res["protocol"] and best["baseline"] is not None
+    rr = sum(r["acc_mean"] for r in singles if r["set"] == "random-real") / len(ARCHS)
+    assert best["baseline"]["gain"] == pytest.approx(100 * (best["value"] - rr), abs=1e-6)
+    assert best["baseline"]["k_std"] is None  # 1 seed: no std, so no "k std"
+    from cmidd.tracking import client_for
+
+    base = client_for(uri).get_run(best["baseline"]["run_id"])
+    assert base.data.tags["kind"] == "baseline" and base.data.tags["protocol.id"] == res["protocol"]["id"]
+    md = (out / "results.md").read_text()
+    assert "(1 seed: no std)" in md and "+-" not in md and "gain over random-real: " in md
+    chance = {r["arch"] for r in singles if r["acc_mean"] < 1.5 / 10}
+    assert set(res["at_chance"]) == chance and len(res["warnings"]) == len(chance)
+    assert all(f"{a} scored at chance" in md for a in chance)
+
     # the docs take the demo's figures from its own files (tools/readme_figures.py), never by hand
     import sys
 

@@ -353,6 +353,9 @@ def test_interrupt_and_resume(tmp_path, template_db):
     out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "best: trial" in out.stdout
+    # the registered sets' protocol and the gain over the random-real baseline the search logged under it
+    assert "under protocol " in out.stdout and "gain over random-real: " in out.stdout
+    assert "no baseline run" not in out.stdout
 
     parents, after = child_runs(uri, "search-tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -198,6 +198,9 @@ def test_versions_carry_tags_and_champion_is_the_best(logged):
     assert mv.tags["method"] == "dm" and mv.tags["lambda"] == "0" and mv.tags["proxy_set"] == "none"
     assert mv.tags["cmi.lam_effective"] == "0.0" and mv.tags["cmi.alpha"] == "0"
     assert mv.tags["content_sha256"] == logged.runs[0].result.synset.sha256()
+    run_tags = c.get_run(mv.run_id).data.tags  # the version carries the protocol of the run that scored it
+    assert len(run_tags["protocol.id"]) == 10 and mv.tags["protocol.id"] == run_tags["protocol.id"]
+    assert mv.tags["protocol.summary"] == run_tags["protocol.summary"]
     assert float(mv.tags["acc/cross_arch_mean"]) == pytest.approx(
         logged.runs[0].result.metrics[T.DEFAULT_METRIC], rel=1e-5)
     accs = {int(v.version): c.get_run(v.run_id).data.metrics[T.DEFAULT_METRIC] for v in versions}
@@ -207,8 +210,12 @@ def test_versions_carry_tags_and_champion_is_the_best(logged):
 
 def test_best_set_joins_versions_with_runs(logged):
     best = T.best_set("digits", 2, uri=logged.uri)
-    assert set(best) == {"name", "version", "run_id", "alias", "metrics", "params", "source"}
+    assert set(best) >= {"name", "version", "run_id", "alias", "metrics", "params", "source", "protocol", "runner_up",
+                         "ties", "baseline"}
     assert best["name"] == MODEL and best["alias"] == T.CHAMPION
+    run = logged.client.get_run(best["run_id"])
+    assert best["protocol"]["id"] == run.data.tags["protocol.id"] and "ConvNetD1 2ep" in best["protocol"]["summary"]
+    assert best["runner_up"]["version"] != best["version"]
     by_arch = T.best_set("digits", 2, metric="acc/ConvNetD1", uri=logged.uri)
     assert by_arch["metrics"]["acc/ConvNetD1"] == max(
         logged.client.get_run(t.run_id).data.metrics["acc/ConvNetD1"] for t in logged.runs)
@@ -263,17 +270,19 @@ def test_cli_best_pull_runs(logged, tmp_path, capsys):
     uri = ["--tracking-uri", logged.uri]
     assert main(["best", "--dataset", "digits", "--ipc", "2", "--json", *uri]) == 0
     best = json.loads(capsys.readouterr().out)
-    assert set(best) == {"name", "version", "run_id", "alias", "metrics", "params", "source"}
+    assert set(best) >= {"name", "version", "run_id", "alias", "metrics", "params", "source", "protocol"}
     assert main(["best", "--dataset", "digits", "--ipc", "2", *uri]) == 0
     text = capsys.readouterr().out
-    assert f"{MODEL} version {best['version']} [champion]" in text and "method    dm" in text
-    m = best["metrics"]
-    assert f"acc/cross_arch_mean = {m['acc/cross_arch_mean']:.4f} +- {m['acc_std/cross_arch_mean']:.4f}" in text
+    assert f"{MODEL} version {best['version']} [champion, champion-{best['protocol']['id']}]" in text
+    assert "method    dm" in text and f"protocol  {best['protocol']['id']} (default)" in text
+    m = best["metrics"]  # eval.num_eval 1: no std over one seed
+    assert f"acc/cross_arch_mean = {m['acc/cross_arch_mean']:.4f}\n" in text and "+-" not in text
     assert main(["pull", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "p"), *uri]) == 0
     assert "SyntheticSet.load" in capsys.readouterr().out
     assert main(["runs", "-n", "5", *uri]) == 0
     table = capsys.readouterr().out
     assert table.count("FINISHED") == 2 and "tiny-0" in table
+    assert table.splitlines()[0].split()[-1] == "protocol" and table.count(best["protocol"]["id"]) == 2
     assert main(["best", "--dataset", "digits", "--ipc", "9", *uri]) == 2  # unknown model: bad input
     assert "no registered model 'distilled-digits-ipc9'" in capsys.readouterr().err
 
@@ -331,8 +340,8 @@ def test_report_runs_carry_the_tag_keys_of_job_runs(logged, tmp_path):
     job = logged.client.get_run(logged.runs[0].run_id)
     assert report.info.status == "FINISHED" and report.data.tags["kind"] == "report"
     assert report.data.params == {"plan.repeats": "2"}
-    distill_only = {"ipc", "method", "lambda", "proxy_set", "cmi.alpha", "cmi.lam_effective"}
-    job_keys = {k for k in job.data.tags if not k.startswith("cmidd.checkpoint.")} - distill_only
+    distill_only = {"ipc", "method", "lambda", "proxy_set", "cmi.alpha", "cmi.lam_effective"}  # protocol.*: scores
+    job_keys = {k for k in job.data.tags if not k.startswith(("cmidd.checkpoint.", "protocol."))} - distill_only
     assert set(report.data.tags) == job_keys
     assert "cmidd.kind" not in report.data.tags
 

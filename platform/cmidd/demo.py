@@ -24,7 +24,8 @@ from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .cmi import measure_cmi
 from .device import resolve_device
 from .evaluate import evaluate
-from .report import results_table
+from .protocol import protocol_of_job
+from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, results_table
 from .runner import load_job_data, proxies_dir, random_real_set
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,21 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     data = load_job_data(jobs["dm"])
     sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri)
     cmi = _cmi_of_sets(jobs, data, sets)
+    protocol = protocol_of_job(jobs["dm"], data.im_size)
+    chance = at_chance(rows, data.num_classes)
     summary = {
         "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
         "lam": jobs["dm+cmi"].cmi.lam, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
-        "seconds": seconds,
+        "seconds": seconds, "protocol": {"id": protocol.id, "summary": protocol.summary},
+        "num_classes": data.num_classes, "at_chance": chance,
+        "warnings": [chance_warning(a, s, data.num_classes) for a, s in chance.items()],
     }
+    for line in summary["warnings"]:
+        log.warning("%s", line.removeprefix("warning: "))
     if tracking_uri is not None:
         from .tracking import best_set
 
-        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri)
+        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri, protocol=protocol.id)
     summary["table"] = _write_results(out, summary, jobs["dm"])
     draw_comparison(rows, out / "comparison.png", f"{data.name}, IPC {jobs['dm'].ipc}: random-real vs DM vs DM+CMI "
                     f"({jobs['dm'].eval.num_eval} seeds)")
@@ -134,6 +141,12 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
     b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed,
                      resolve_device(jobs["dm"].device))
     seconds["random-real"] = time.perf_counter() - t
+    if tracking_uri is not None:  # a run under the sets' protocol, so that `cmidd best` can say the gain over it
+        from .tracking import log_baseline
+
+        job = jobs["dm"]
+        log_baseline("random-real", b_res.metrics(), protocol_of_job(job, data.im_size), job.ipc, job.eval,
+                     job.seed, "demo-random-real", tracking_uri, baseline)
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
@@ -151,9 +164,21 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
     """``results.json`` and ``results.md`` under ``out``; returns the text of ``results.md``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table = results_table(summary["rows"], list(dm_job.eval.archs))
+    table = results_table(summary["rows"], list(dm_job.eval.archs), summary["num_classes"])
     cmi_line = "  ".join(f"{k}: {v:.3e}" for k, v in summary["cmi"].items())
-    text = f"digits {summary['im_size']}x{summary['im_size']}, IPC {dm_job.ipc}, test accuracy % (mean +- std " \
-           f"over {dm_job.eval.num_eval} seeds)\n\n{table}\n\nCMI under the proxies: {cmi_line}\n"
+    n = dm_job.eval.num_eval
+    spread = f"mean +- std over {n} seeds" if n > 1 else "1 seed: no std"
+    text = f"digits {summary['im_size']}x{summary['im_size']}, IPC {dm_job.ipc}, test accuracy % ({spread})\n" \
+           f"protocol {summary['protocol']['id']}: {summary['protocol']['summary']}\n\n{table}\n"
+    if summary["warnings"]:
+        text += f"\n{CHANCE_MARK} " + "\n".join(summary["warnings"]) + "\n"
+    if "best" in summary:
+        best = summary["best"]
+        text += f"\nbest under this protocol: version {best['version']} ({best['params'].get('method.name')}" \
+                f"{'+cmi' if float(best['params'].get('cmi.lam', 0)) > 0 else ''}), {format_gain(best['baseline'])}"
+        if best["ties"]:
+            text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
+        text += "\n"
+    text += f"\nCMI under the proxies: {cmi_line}\n"
     (out / "results.md").write_text(text)
     return text

@@ -23,7 +23,7 @@ import warnings
 
 from .. import __version__
 from ..errors import CmiddError, ConfigError
-from . import bench, best, demo, ensemble, ls, pull, run, runs, search, validate
+from . import bench, best, demo, ensemble, evaluate, ls, pull, run, runs, search, validate
 from ._args import AlreadyReported
 
 EXAMPLES = """examples:
@@ -35,8 +35,10 @@ EXAMPLES = """examples:
   cmidd validate jobs/*.yaml
   cmidd search search_spaces/digits_dmcmi.yaml [--resume] [--address auto]   # Ray Tune + Optuna over lambda, ...
   cmidd ls nets 'ConvNet*'
-  cmidd best --dataset digits --ipc 10 --json
+  cmidd best --dataset digits --ipc 10                   # the best set per evaluation protocol
+  cmidd best --dataset digits --ipc 10 --protocol default --json
   cmidd pull --dataset digits --ipc 10 --alias champion --out runs/best
+  cmidd evaluate --dataset digits --ipc 10 --protocol 73def0cc9f   # re-score every set under one protocol
   cmidd runs
   cmidd bench --quick --out runs/bench-quick   # speed + quality report (< 10 min)
   cmidd bench --suite speed --device cuda
@@ -44,7 +46,7 @@ EXAMPLES = """examples:
 """
 
 # the subcommands, in the order of ``cmidd --help``
-COMMANDS = (run, validate, ls, search, demo, bench, best, pull, runs, ensemble)
+COMMANDS = (run, validate, ls, search, demo, bench, best, pull, evaluate, runs, ensemble)
 
 # (exception, exit code), most specific first: the first match decides
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..report import format_gain
 from ._args import DEFAULT_METRIC, URI_HELP, add_dataset_ipc, add_tracking_uri
 
 EXAMPLES = """examples:
-  cmidd best --dataset digits --ipc 10
-  cmidd best --dataset digits --ipc 10 --metric acc/ConvNetD2 --json
+  cmidd best --dataset digits --ipc 10                                  # one answer per protocol
+  cmidd best --dataset digits --ipc 10 --protocol default --json        # the protocol champion follows
+  cmidd best --dataset digits --ipc 10 --protocol 3f0c1a9b2e --metric acc/ConvNetD2
+  cmidd best --dataset digits --ipc 10 --protocol 3f0c1a9b2e --make-default
   cmidd pull --dataset digits --ipc 10 --out sets/digits-ipc10          # the champion
+  cmidd pull --dataset digits --ipc 10 --protocol 3f0c1a9b2e --out sets/p   # that protocol's champion
   cmidd pull --dataset digits --ipc 10 --version 3 --out sets/v3
   cmidd runs -n 10 --tracking-uri http://127.0.0.1:5000
 """  # shared by best, pull and runs
@@ -18,31 +22,52 @@ EXAMPLES = """examples:
 
 def add_parser(sub) -> None:
     """Add ``best`` to ``cmidd``'s subparsers."""
-    b = sub.add_parser("best", help="the best registered distilled set of a data set and IPC",
+    b = sub.add_parser("best", help="the best registered distilled set of a data set and IPC, per protocol",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_ipc(b)
     b.add_argument("--metric", default=DEFAULT_METRIC,
                    help=f"rank by this run metric, higher is better ({DEFAULT_METRIC})")
+    b.add_argument("--protocol", default=None, metavar="ID|default",
+                   help="answer for this evaluation protocol (an id or a unique prefix; default: the one "
+                        "'champion' follows). Without it: one answer per protocol (--json: only if there is one)")
+    b.add_argument("--make-default", action="store_true",
+                   help="make --protocol the protocol that the alias 'champion' follows")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     add_tracking_uri(b, URI_HELP)
     b.set_defaults(fn=command)
 
 
 def command(args) -> None:
-    """Print the best version (``--json``: one JSON object)."""
+    """Print the best version of one protocol, or of each protocol (``--json``: one JSON object)."""
     from ..app import quiet_mlflow
 
     quiet_mlflow()
-    from ..tracking import best_set
+    from ..errors import ConfigError
+    from ..tracking import best_per_protocol, best_set, client_for, resolve_uri, set_default_protocol, set_model_name
 
-    best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri)
-    print(json.dumps(best, sort_keys=False) if args.json else format_best(best, args.metric))
+    if args.make_default:
+        if args.protocol is None:
+            raise ConfigError("--make-default: needs --protocol ID (the protocol 'champion' should follow)")
+        client = client_for(resolve_uri(args.tracking_uri))
+        version = set_default_protocol(client, set_model_name(args.dataset, args.ipc), args.protocol, args.metric)
+        print(f"champion now follows protocol {args.protocol} (version {version})")
+    if args.json or args.protocol is not None:  # one protocol, or a refusal naming them
+        best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri, args.protocol)
+        print(json.dumps(best, sort_keys=False) if args.json else format_best(best, args.metric))
+        return
+    answers = best_per_protocol(args.dataset, args.ipc, args.metric, args.tracking_uri)
+    if len(answers) > 1:
+        print(f"{answers[0]['name']}: versions scored under {len(answers)} evaluation protocols, never ranked "
+              "together; one answer per protocol (--protocol ID for one)\n")
+    print("\n\n".join(format_best(a, args.metric) for a in answers))
 
 
 def format_best(best: dict, metric: str) -> str:
-    """Human-readable lines for a ``best_set`` result."""
+    """Human-readable lines for a ``best_set`` answer: protocol, run, method, scores, gain, runner-up, ties."""
     p, m = best["params"], best["metrics"]
-    alias = f" [{best['alias']}]" if best["alias"] else ""
+    alias = f" [{', '.join(best['aliases'])}]" if best.get("aliases") else ""
+    proto = best["protocol"]
+    seeds = int(p.get("eval.num_eval", "2"))
     from ..lam import fmt_lam, lam_of
 
     proxies, lam = "none", lam_of(p, m)
@@ -51,17 +76,30 @@ def format_best(best: dict, metric: str) -> str:
         proxies = f"{ref} (registry)" if ref != "None" else p.get("proxies.set", "-")
     lines = [
         f"{best['name']} version {best['version']}{alias}",
+        f"  protocol  {proto['id']}{' (default)' if best.get('default_protocol') else ''}: {proto['summary']}",
         f"  run       {best['run_id']}",
-        f"  method    {p.get('method.name', '-')}   lambda {fmt_lam(lam)}   proxy set {proxies}",
-        f"  {metric} = {m[metric]:.4f}{_std(m, metric)}",
+        f"  method    {p.get('method.name', best.get('method', '-'))}   lambda {fmt_lam(lam)}   proxy set {proxies}",
+        f"  {metric} = {m[metric]:.4f}{_std(m, metric, seeds)}",
+        f"  {format_gain(best.get('baseline'))}",
     ]
     for k in sorted(k for k in m if k.startswith("acc/") and k != metric):
-        lines.append(f"  {k:<24} {m[k]:.4f}{_std(m, k)}")
+        lines.append(f"  {k:<24} {m[k]:.4f}{_std(m, k, seeds)}")
+    ru = best.get("runner_up")
+    if ru is not None:
+        spread = f" +- {ru['std']:.4f}" if seeds > 1 else ""
+        lines.append(f"  runner-up version {ru['version']} ({ru['method']}) {ru['value']:.4f}{spread}, "
+                     f"{0.0 - 100 * ru['gap']:+.1f} pt")
+    else:
+        lines.append("  runner-up none (one version under this protocol)")
+    if best.get("ties"):
+        within = "within the seed std" if seeds > 1 else "equal score, one seed"
+        lines.append(f"  ties      version {', '.join(str(t['version']) for t in best['ties'])} ({within}): "
+                     "no clear best")
     lines.append(f"  source    {best['source']}")
     return "\n".join(lines)
 
 
-def _std(m: dict[str, float], key: str) -> str:
-    """`` +- std`` of ``acc/X`` when ``acc_std/X`` was logged, else ""."""
+def _std(m: dict[str, float], key: str, seeds: int = 2) -> str:
+    """`` +- std`` of ``acc/X`` when ``acc_std/X`` was logged over more than one seed, else ""."""
     std = m.get(key.replace("acc/", "acc_std/", 1))
-    return "" if std is None else f" +- {std:.4f}"
+    return "" if std is None or seeds < 2 else f" +- {std:.4f}"

@@ -23,6 +23,7 @@ def command(args) -> None:
     from ..app import tracking_uri
     from ..demo import run_demo
     from ..lam import fmt_lam, lam_of
+    from ..report import format_gain
 
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
     summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
@@ -30,7 +31,9 @@ def command(args) -> None:
     print(f"results: {Path(args.out) / 'results.json'}")
     if uri is not None:
         best = summary["best"]
-        print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --tracking-uri {uri}")
+        print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --protocol {best['protocol']['id']} "
+              f"--tracking-uri {uri}")
         print(f"  {best['name']} version {best['version']} (run {best['run_id'][:8]}, "
               f"method {best['params'].get('method.name')}, lam {fmt_lam(lam_of(best['params'], best['metrics']))}): "
-              f"{CROSS_ARCH_MEAN} {best['metrics'].get(CROSS_ARCH_MEAN, float('nan')):.4f}")
+              f"{CROSS_ARCH_MEAN} {best['metrics'].get(CROSS_ARCH_MEAN, float('nan')):.4f}, "
+              f"{format_gain(best['baseline'])}")

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     add_dataset_ipc(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--version", type=positive_int, default=None)
-    which.add_argument("--alias", default=None, help="default: champion")
+    which.add_argument("--alias", default=None, help="default: champion (the default protocol's champion)")
+    which.add_argument("--protocol", default=None, metavar="ID|default",
+                       help="the champion of this evaluation protocol (alias champion-<ID>)")
     add_out(p, None)
     add_tracking_uri(p)
     p.set_defaults(fn=command)
@@ -29,10 +31,12 @@ def command(args) -> None:
     quiet_mlflow()
     from ..tracking import pull
 
-    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri)
+    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri,
+               protocol=args.protocol)
     rec = json.loads((out / "registry.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"pulled {rec['name']} version {rec['version']} (run {rec['run_id']}) to {out}")
+    print(f"scored under protocol {rec['protocol']['id']}: {rec['protocol']['summary']}")
     print(f"checksums verified (content sha256 {manifest['content_sha256'][:16]})")
     print("load it with:")
     print("  from cmidd.synthetic import SyntheticSet")

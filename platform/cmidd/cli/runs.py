@@ -37,7 +37,7 @@ def command(args) -> None:
 
 def runs_table(rows: list[dict]) -> str:
     """A plain-text table of ``list_runs`` rows."""
-    cols = ["run_id", "experiment", "kind", "status", "start", "dataset", "ipc", "method", "lambda", "acc"]
+    cols = ["run_id", "experiment", "kind", "status", "start", "dataset", "ipc", "method", "lambda", "acc", "protocol"]
     cells = [[_cell(r, c) for c in cols] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(cols, *cells)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -34,5 +34,21 @@ def command(args) -> None:
     best = summary["best"]
     print(f"best: trial {best['trial_id']} ({cfg.search.metric} {best['metric']:.4f}), run {best['run_id']}")
     for v in summary["registered"]:
-        print(f"registered: {v['name']} version {v['version']} (run {v['run_id']})")
+        how = "re-scored and registered" if v.get("rescored") else "registered"
+        print(f"{how}: {v['name']} version {v['version']} (run {v['run_id']}) under protocol {v.get('protocol', '-')}")
+    print("\n".join(registered_answers(summary["registered"], args.tracking_uri)))
     print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+
+
+def registered_answers(registered: list[dict], uri: str | None) -> list[str]:
+    """Per model and protocol the search registered into: the best version there and its gain over random-real."""
+    from ..report import format_gain
+    from ..tracking import best_set
+
+    lines = []
+    for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
+        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
+        best = best_set(dataset, int(ipc), uri=uri, protocol=pid)
+        lines.append(f"best of {name} under protocol {best['protocol']['id']}: version {best['version']} "
+                     f"{best['value']:.4f}, {format_gain(best['baseline'])}")
+    return lines

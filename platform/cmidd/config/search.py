@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..names import CROSS_ARCH_MEAN
 from ._fields import Cfg
 from ._load import apply_overrides, format_error, read_yaml, set_path
-from .job import DistillJob, parse_job
+from .job import DistillJob, EvalCfg, parse_job
 
 ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = alpha = 0
 WEIGHTS = ("cmi.lam", "cmi.alpha")  # the searched CMI weights that may carry a zero arm
@@ -110,6 +110,9 @@ class SearchCfg(Cfg):
     search: SearchRunCfg = SearchRunCfg()
     resources: TrialResources = TrialResources()
     register_top_k: int = Field(default=3, ge=0)
+    # the evaluation protocol the top-k are scored under before they are registered (None: the base job's eval
+    # block); a top trial scored under another protocol (a searched eval.* field) is re-evaluated first
+    register_eval: EvalCfg | None = None
     storage: Path | None = None  # Tune's storage + the parent run id; None = runs/search/<name>
     source: Path | None = None
 
@@ -117,6 +120,11 @@ class SearchCfg(Cfg):
     def storage_dir(self) -> Path:
         """Where Tune keeps the experiment and the search keeps ``parent_run_id`` (absolute)."""
         return (self.storage or Path("runs/search") / self.name).absolute()
+
+    @property
+    def registration_eval(self) -> EvalCfg:
+        """The eval block whose protocol the registered top-k are scored under."""
+        return self.register_eval or self.base.eval
 
     @property
     def max_t(self) -> int:

@@ -17,12 +17,11 @@ from typing import Any
 from ..config import ZERO_ARM, SearchCfg
 from ..errors import CmiddError
 from ..lam import LAM_KEY, fmt_lam, lam_of
-from ..runner import JobResult
 from ..tracking import (
-    end_run, ensure_experiment, load_verified, log_metrics, log_params, metrics_at, move_champion, register_distilled,
-    set_model_name, set_tags,
+    end_run, ensure_experiment, log_metrics, log_params, metrics_at, set_tags,
 )
-from ._space import TAG_STOPPED, TAG_TRIAL, optuna_space, trial_job
+from ._register import register_top
+from ._space import TAG_STOPPED, TAG_TRIAL, optuna_space
 
 log = logging.getLogger(__name__)
 
@@ -68,37 +67,12 @@ def finish(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], wa
     if not done:
         raise CmiddError(f"search {cfg.name}: no trial finished ({len(stopped)} stopped, "
                          f"{sum(r['state'] == 'error' for r in rows)} failed); see the child runs")
-    registered = _register_top(client, cfg, done[:cfg.register_top_k])
+    registered = register_top(client, cfg, done[:cfg.register_top_k], parent)
     best = done[0]
     summary = {"parent_run_id": parent, "experiment": cfg.name, "trials": rows, "best": best,
                "registered": registered, "stopped": stopped, "wall_s": wall}
     _log_parent(client, cfg, parent, summary)
     return summary
-
-
-def _register_top(client, cfg: SearchCfg, top: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Register the sets of ``top`` (verified download of each run's ``synthetic/``); skip runs already
-    registered (a resumed search); move ``champion`` on every model touched."""
-    out, names = [], set()
-    for row in top:
-        job = trial_job(cfg, row["params"], row["trial_id"])
-        name = set_model_name(job.data.name, job.ipc)
-        have = [mv for mv in client.search_model_versions(f"run_id = '{row['run_id']}'") if mv.name == name]
-        if have:
-            out.append({"name": name, "version": int(have[0].version), "run_id": row["run_id"]})
-            names.add(name)
-            continue
-        run = client.get_run(row["run_id"])
-        with tempfile.TemporaryDirectory(prefix="cmidd-top-") as tmp:
-            synset = load_verified(Path(client.download_artifacts(row["run_id"], "synthetic", tmp)),
-                                    f"runs:/{row['run_id']}/synthetic")
-            result = JobResult("distill", Path(tmp), metrics=dict(run.data.metrics), synset=synset)
-            entry = register_distilled(client, row["run_id"], job, result)
-        out.append({"name": name, "version": entry["version"], "run_id": row["run_id"]})
-        names.add(name)
-    for name in sorted(names):
-        move_champion(client, name)  # the registry's rule (acc/cross_arch_mean), whatever the search optimized
-    return out
 
 
 def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any]) -> None:

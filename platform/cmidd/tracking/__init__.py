@@ -7,7 +7,9 @@ the store:
     runs         one per job (``tracked_run``), per search (a parent with one child run per trial), per
                  ensemble build (kind ``ensemble``) and per bench report (kind ``report``)
     registry     ``distilled-<dataset>-ipc<k>``: one version per distill run or ensemble, source
-                 ``runs:/<run>/synthetic``, alias ``champion`` on the best by acc/cross_arch_mean;
+                 ``runs:/<run>/synthetic``, tagged with the evaluation protocol that scored it; aliases
+                 ``champion-<protocol id>`` on the best of each protocol by acc/cross_arch_mean and
+                 ``champion`` on the default protocol's (``_ranking``; docs/registry.md);
                  ``proxy-<dataset>-<arch>`` and ``experts-<dataset>-<net>``: pre-trained proxies and MTT
                  expert trajectories
 
@@ -25,6 +27,7 @@ Example:
     >>> synset = load_set("digits", 10)  # the champion, checksums verified
 """
 
+from ._baselines import BASELINES, log_baseline
 from ._client import (
     CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
     ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
@@ -36,23 +39,27 @@ from ._proxies import (
     experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
     publish_proxies, resolve_registry_proxies, verify_proxy_folder,
 )
+from ._ranking import champion_alias, find_baseline, move_champion, set_default_protocol, version_protocol
 from ._reports import list_runs, log_report
+from ._rescore import TAG_EVALUATES, find_protocol, rescore_versions
 from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
 from ._sets import (
-    best_set, load_set, load_verified, move_champion, pull, register_distilled, register_set, set_model_name,
+    best_per_protocol, best_set, load_set, load_verified, pull, register_distilled, register_set, set_model_name,
     verify_remote_set,
 )
 from ._tags import code_version, distill_tags, git_sha, job_params, job_tags, proxy_label, run_tags
 
 __all__ = [
-    "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
-    "TAG_ERROR", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
+    "BASELINES", "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
+    "TAG_ERROR", "TAG_EVALUATES", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
-    "best_set", "build_ensemble", "client_for", "code_version", "distill_tags", "end_run", "ensemble_from_search",
-    "ensemble_from_versions", "ensure_experiment", "ensure_model", "experts_model_name", "fail_run",
-    "fetch_proxies", "git_sha", "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set",
-    "load_verified", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
+    "best_per_protocol", "best_set", "build_ensemble", "champion_alias", "client_for", "code_version",
+    "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
+    "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_baseline", "find_protocol", "git_sha",
+    "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified",
+    "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
-    "register_distilled", "register_set", "resolve_registry_proxies", "resolve_uri", "run_tags", "search_children",
-    "set_model_name", "set_tags", "tracked_run", "upload_checkpoint", "verify_proxy_folder", "verify_remote_set",
+    "register_distilled", "register_set", "rescore_versions", "resolve_registry_proxies", "resolve_uri", "run_tags",
+    "search_children", "set_default_protocol", "set_model_name", "set_tags", "tracked_run", "upload_checkpoint",
+    "verify_proxy_folder", "verify_remote_set", "version_protocol",
 ]

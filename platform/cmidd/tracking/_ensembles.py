@@ -28,9 +28,10 @@ from mlflow.exceptions import MlflowException
 from ..config import EvalCfg
 from ..data import load_dataset
 from ..ensemble import combine_sets
-from ..errors import ConfigError, UnknownNameError
 from ..device import resolve_device
+from ..errors import ConfigError, UnknownNameError
 from ..evaluate import evaluate
+from ..protocol import Protocol
 from ..synthetic import SyntheticSet
 from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \
     resolve_uri, set_tags
@@ -65,7 +66,8 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
         raise UnknownNameError(f"--from-search: no run {parent_run_id!r} in this tracking store") from None
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND attributes.status = 'FINISHED'",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND attributes.status = 'FINISHED' "
+                      "AND tags.kind = 'distill'",
         max_results=10_000,
     )
     ranked = sorted((r for r in runs if metric in r.data.metrics),
@@ -143,7 +145,9 @@ def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval
     client = client_for(uri)
     dataset = str(meta["dataset"])
     made_of = {"ensemble_of": json.dumps(sources)}
-    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of)
+    protocol = Protocol.of(eval_cfg, dataset, 0, data.im_size)  # load_dataset's default split seed
+    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of,
+                    **protocol.tags())
     params = {"ensemble.mode": mode, "ensemble.sources": json.dumps(sources), "seed": str(seed),
               **flat_params({"eval": eval_cfg.model_dump(mode="json")}), **(extra_params or {})}
     with open_run(client, f"ensemble-{dataset}", f"ensemble-{mode}-ipc{synset.ipc}", tags, params) as run:

@@ -18,7 +18,8 @@ def list_runs(uri: str | None = None, n: int = 20, experiment: str | None = None
 
     Returns:
         [{"run_id", "experiment", "name", "kind", "status", "start", "dataset", "ipc", "method", "lambda",
-        "acc"}] with acc = acc/cross_arch_mean or None.
+        "acc", "protocol"}] with acc = acc/cross_arch_mean or None, protocol the id of the evaluation protocol
+        that scored the run (``-`` for runs that score nothing).
     """
     with mlflow_errors():
         client = client_for(resolve_uri(uri))
@@ -37,7 +38,7 @@ def list_runs(uri: str | None = None, n: int = 20, experiment: str | None = None
             "start": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.info.start_time / 1000)),
             "dataset": r.data.tags.get("dataset", "-"), "ipc": r.data.tags.get("ipc", "-"),
             "method": r.data.tags.get("method", "-"), "lambda": _lambda(r),
-            "acc": r.data.metrics.get(DEFAULT_METRIC),
+            "acc": r.data.metrics.get(DEFAULT_METRIC), "protocol": r.data.tags.get("protocol.id", "-"),
         }
         for r in runs
     ]

@@ -6,7 +6,8 @@ What a job leaves in MLflow::
     params       the flattened config (``cmidd.config.flatten``)
     params       + cmi.lam_effective (the lambda the loop used: cmi.lam, or alpha's calibrated one), at the end
     tags         kind, dataset, ipc, method, lambda (effective, 3 significant digits), cmi.alpha, proxy_set,
-                 code_version (cmidd version + git sha)
+                 code_version (cmidd version + git sha); protocol.id, protocol.summary, protocol.json for jobs that
+                 score sets (``cmidd.protocol``)
     metrics      loss_dd, cmi, loss_total per iteration (step = iteration); acc/<arch>, acc_std/<arch>,
                  acc/cross_arch_mean, acc/ensemble, ece/ensemble (+ cmi.lam_effective with CMI on) at eval steps
                  and at the end; cmi.lam_effective, cmi_final, cmi_random_real, cmi_ratio at the end
@@ -35,6 +36,7 @@ from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
 from ..files import sha256_file
 from ..lam import LAM_KEY
+from ..protocol import protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
 from ._client import (SYNTHETIC, client_for, log_metrics, log_params, metrics_at, mlflow_errors, open_run, resolve_uri,
                       set_tags)
@@ -92,6 +94,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
         skip, slot = _reopen(client, job, resume_run_id) if resume_run_id else (0, None)
     extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
+    protocol = protocol_of_job(job, data.im_size)  # the evaluation protocol its scores were made under
+    extra |= protocol.tags() if protocol is not None else {}
     if resume_run_id:
         spec = {"run_id": resume_run_id, "tags": extra}
     else:

@@ -1,4 +1,4 @@
-"""The registry of distilled sets: register a verified set once, keep ``champion`` on the best, read it back.
+"""The registry of distilled sets: register a verified set once, keep the champions per protocol, read it back.
 
 A set is a data artifact, not a model: a version of ``distilled-<dataset>-ipc<k>`` has as source the run's
 verified ``synthetic/`` folder (no pyfunc wrapper, no second copy of the files). Distill jobs, the top trials
@@ -20,10 +20,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
+from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
 from ..runner import JobResult
 from ..synthetic import MANIFEST, SyntheticSet
 from ..files import replace_dir
 from ._client import CHAMPION, DEFAULT_METRIC, SYNTHETIC, client_for, ensure_model, mlflow_errors, resolve_uri
+from ._ranking import (
+    answer, champion_alias, default_protocol, groups, move_champion, pick_protocol, require_versions,
+    version_protocol,
+)
 from ._tags import code_version, distill_tags
 
 log = logging.getLogger(__name__)
@@ -59,22 +64,27 @@ def verify_remote_set(client: MlflowClient, run_id: str, path: str, content_sha2
 
 def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metrics: dict[str, Any],
                  description: str, extra_tags: dict[str, str] | None = None,
-                 created: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Register ``runs:/run_id/synthetic`` as a version of ``distilled-<dataset>-ipc<k>``; move ``champion``.
+                 created: list[dict[str, Any]] | None = None, source: str | None = None) -> dict[str, Any]:
+    """Register a verified set as a version of ``distilled-<dataset>-ipc<k>``; move the champions.
 
-    Call it only after ``verify_remote_set``: no version may point at missing or partial files.
+    Call it only after ``verify_remote_set``: no version may point at missing or partial files. The version
+    carries the evaluation protocol of the run that scored it (the run's ``protocol.*`` tags), and is ranked
+    only against versions of that protocol (``_ranking``).
 
     Args:
         client: the store's client.
-        run_id: the run holding the verified ``synthetic/`` artifact.
+        run_id: the run that scored the set (its metrics rank the version; its protocol tags are copied).
         synset: that set (its meta gives dataset, ipc and image size; its content sha256 becomes a tag).
         metrics: the run's metrics; ``acc/``, ``acc_std/`` and ``ece/`` ones become tags.
         description: the version's description.
         extra_tags: what made the set (a job's method, lambda and proxy set; an ensemble's sources and mode).
         created: the new version is appended here as soon as it exists (for clean-up on a later failure).
+        source: where the files are (default ``runs:/<run_id>/synthetic``; a re-evaluation points at the
+            verified files of the run that distilled the set instead of copying them).
 
     Returns:
-        {"name", "version", "alias"}: alias is ``champion`` if this version holds it.
+        {"name", "version", "alias"}: alias is ``champion`` or ``champion-<protocol id>`` if this version
+        holds it, else None.
     """
     dataset, ipc = str(synset.meta["dataset"]), synset.ipc
     name = set_model_name(dataset, ipc)
@@ -82,115 +92,86 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
                  {"dataset": dataset, "ipc": str(ipc)})
     accs = {k: f"{v:.6g}" for k, v in metrics.items()
             if k.startswith(("acc/", "acc_std/", "ece/")) and isinstance(v, (int, float))}
+    protocol = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("protocol.")}
     tags = {**(extra_tags or {}), "dataset": dataset, "ipc": str(ipc), "im_size": str(synset.meta["im_size"]),
-            "content_sha256": synset.sha256(), "code_version": code_version(), **accs}
-    mv = client.create_model_version(name, f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
+            "content_sha256": synset.sha256(), "code_version": code_version(), **protocol, **accs}
+    mv = client.create_model_version(name, source or f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
                                      description=description)
     entry = {"name": name, "version": int(mv.version), "alias": None}
     if created is not None:
         created.append(entry)
-    champion = move_champion(client, name, also_run=run_id)
-    log.info("registered %s version %s (champion: version %s)", name, mv.version, champion)
-    entry["alias"] = CHAMPION if champion == entry["version"] else None
+    aliases = move_champion(client, name, also_run=run_id)
+    held = sorted((a for a, v in aliases.items() if v == entry["version"]), key=lambda a: (a != CHAMPION, a))
+    log.info("registered %s version %s under protocol %s (aliases: %s)", name, mv.version,
+             protocol.get(TAG_ID, UNKNOWN), ", ".join(held) or "none")
+    entry["alias"] = held[0] if held else None
     return entry
 
 
 def register_distilled(client: MlflowClient, run_id: str, job, result: JobResult,
-                       created: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                       created: list[dict[str, Any]] | None = None, source: str | None = None) -> dict[str, Any]:
     """``register_set`` for a distill job's set, tagged with its method, lambda and proxy set."""
     return register_set(client, run_id, result.synset, result.metrics,
                         f"{job.name}: {job.method.name}, lambda={distill_tags(job, result.metrics)['lambda']}",
-                        distill_tags(job, result.metrics), created)
+                        distill_tags(job, result.metrics), created, source)
 
 
-def move_champion(client: MlflowClient, name: str, metric: str = DEFAULT_METRIC,
-                  also_run: str | None = None) -> int | None:
-    """Point ``champion`` at the best version by ``metric``; returns its number (None if none qualifies).
+def best_set(dataset: str, ipc: int, metric: str = DEFAULT_METRIC, uri: str | None = None,
+             protocol: str | None = None) -> dict[str, Any]:
+    """The best registered version of ``distilled-<dataset>-ipc<k>`` under one evaluation protocol.
 
-    Ties keep the older version. Two jobs registering at once may both move the alias; each re-reads the
-    versions after setting it and corrects a stale choice once.
-    """
-    best = None
-    for _ in range(2):
-        ranked = _ranked(client, name, metric, also_run)
-        if not ranked:
-            return None
-        best = int(ranked[0][1].version)
-        client.set_registered_model_alias(name, CHAMPION, str(best))
-        if int(client.get_registered_model(name).aliases.get(CHAMPION, best)) == best:
-            break
-    return best
-
-
-def _ranked(client: MlflowClient, name: str, metric: str, also_run: str | None = None):
-    """Versions of ``name`` joined with their runs, best first by ``metric`` (registry versions carry no
-    metrics of their own). Only versions of FINISHED, active runs count (plus ``also_run``, registering now).
+    Args:
+        dataset, ipc: the registered model ``distilled-<dataset>-ipc<k>``.
+        metric: rank by this run metric (higher is better).
+        uri: tracking URI.
+        protocol: a protocol id (or a unique prefix), ``default`` (the one ``champion`` follows), or None: the
+            only protocol the versions were scored under (several: ConfigError, never a ranking across them).
 
     Returns:
-        [(value, ModelVersion, Run)].
-    """
-    out = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        try:
-            run = client.get_run(mv.run_id)
-        except MlflowException:
-            continue  # run deleted from the store
-        ok = run.info.status == "FINISHED" or run.info.run_id == also_run
-        if ok and run.info.lifecycle_stage == "active" and metric in run.data.metrics:
-            out.append((run.data.metrics[metric], mv, run))
-    out.sort(key=lambda t: (-t[0], int(t[1].version)))
-    return out
-
-
-def _require_model(client: MlflowClient, name: str, prefix: str) -> Any:
-    try:
-        return client.get_registered_model(name)
-    except MlflowException:
-        known = sorted(m.name for m in client.search_registered_models(f"name LIKE '{prefix}%'"))
-        raise UnknownNameError(
-            f"no registered model {name!r} in this store; registered: {', '.join(known) or 'none'}"
-        ) from None
-
-
-def _describe(client: MlflowClient, mv, run, aliases: dict[str, int]) -> dict[str, Any]:
-    """The JSON object of a version: name, version, run_id, alias, metrics, params, source."""
-    held = sorted(a for a, v in aliases.items() if int(v) == int(mv.version))
-    return {
-        "name": mv.name, "version": int(mv.version), "run_id": mv.run_id,
-        "alias": CHAMPION if CHAMPION in held else (held[0] if held else None),
-        "metrics": dict(sorted(run.data.metrics.items())), "params": dict(sorted(run.data.params.items())),
-        "source": mv.source,
-    }
-
-
-def best_set(dataset: str, ipc: int, metric: str = DEFAULT_METRIC, uri: str | None = None) -> dict[str, Any]:
-    """The best registered version of ``distilled-<dataset>-ipc<k>`` by ``metric`` (higher is better).
-
-    Returns:
-        {"name", "version", "run_id", "alias", "metrics": {...}, "params": {...}, "source"}.
+        {"name", "version", "run_id", "alias", "aliases", "metrics", "params", "source", "metric", "value",
+        "std", "protocol": {"id", "summary"}, "default_protocol", "runner_up", "ties", "baseline"}
+        (``_ranking.answer``).
 
     Raises:
         UnknownNameError: no such registered model.
-        ConfigError: no version's run has ``metric`` (the message lists the metrics they have).
+        ConfigError: no version's run has ``metric`` (the message lists the metrics they have); the versions
+            span several protocols and none was named; ``protocol`` names none of them.
 
     Example:
-        >>> best_set("digits", 10)["params"]["cmi.lam_effective"]
-        '10.0'
+        >>> best_set("digits", 10, protocol="default")["protocol"]["summary"]
     """
     with mlflow_errors():
         client = client_for(resolve_uri(uri))
         name = set_model_name(dataset, ipc)
-        model = _require_model(client, name, "distilled-")
-        ranked = _ranked(client, name, metric)
-        if not ranked:
-            have = sorted({k for v in client.search_model_versions(f"name = '{name}'")
-                           for k in _safe_metrics(client, v.run_id)})
-            raise ConfigError(
-                f"--metric: no finished version of {name} has {metric!r}; "
-                f"its runs have: {', '.join(have) or 'none'}"
-            )
-        _, mv, run = ranked[0]
-        return _describe(client, mv, run, model.aliases)
+        by_protocol = _groups_with_metric(client, name, metric)
+        pid = pick_protocol(client, name, protocol, by_protocol, metric)
+        return answer(client, name, pid, by_protocol[pid], metric, dataset, ipc)
+
+
+def best_per_protocol(dataset: str, ipc: int, metric: str = DEFAULT_METRIC,
+                      uri: str | None = None) -> list[dict[str, Any]]:
+    """``best_set`` for every protocol the versions were scored under, the default protocol first: one answer
+    per protocol, never one ranking across them."""
+    with mlflow_errors():
+        client = client_for(resolve_uri(uri))
+        name = set_model_name(dataset, ipc)
+        by_protocol = _groups_with_metric(client, name, metric)
+        default = default_protocol(client, name, by_protocol)
+        order = sorted(by_protocol, key=lambda pid: (pid != default, -int(by_protocol[pid][0][1].version)))
+        return [answer(client, name, pid, by_protocol[pid], metric, dataset, ipc) for pid in order]
+
+
+def _groups_with_metric(client: MlflowClient, name: str, metric: str) -> dict[str, list]:
+    """``_ranking.groups`` of a model that exists, or ConfigError listing the metrics its runs have."""
+    require_versions(client, name)
+    by_protocol = groups(client, name, metric)
+    if not by_protocol:
+        have = sorted({k for v in client.search_model_versions(f"name = '{name}'")
+                       for k in _safe_metrics(client, v.run_id)})
+        raise ConfigError(
+            f"--metric: no finished version of {name} has {metric!r}; its runs have: {', '.join(have) or 'none'}"
+        )
+    return by_protocol
 
 
 def _safe_metrics(client: MlflowClient, run_id: str) -> list[str]:
@@ -201,11 +182,16 @@ def _safe_metrics(client: MlflowClient, run_id: str) -> list[str]:
 
 
 
-def _pick_version(client: MlflowClient, name: str, version: int | None, alias: str | None):
-    """The version asked for: a number, an alias, else ``champion``, else the best by the default metric."""
-    if version is not None and alias is not None:
-        raise ConfigError("--version and --alias: give one, not both")
-    _require_model(client, name, "distilled-")
+def _pick_version(client: MlflowClient, name: str, version: int | None, alias: str | None,
+                  protocol: str | None = None):
+    """The version asked for: a number, an alias, the champion of ``protocol``, else ``champion``, else the best
+    version of the default protocol by the default metric (never a ranking across protocols)."""
+    if sum(x is not None for x in (version, alias, protocol)) > 1:
+        raise ConfigError("--version, --alias and --protocol: give one of them, not several")
+    require_versions(client, name)
+    if protocol is not None:
+        by_protocol = groups(client, name, DEFAULT_METRIC)
+        alias = champion_alias(pick_protocol(client, name, protocol, by_protocol))
     try:
         if version is not None:
             return client.get_model_version(name, str(version))
@@ -216,10 +202,10 @@ def _pick_version(client: MlflowClient, name: str, version: int | None, alias: s
         raise UnknownNameError(f"{name} has no {what}") from None
     with contextlib.suppress(MlflowException):
         return client.get_model_version_by_alias(name, CHAMPION)
-    ranked = _ranked(client, name, DEFAULT_METRIC)
-    if not ranked:
+    by_protocol = groups(client, name, DEFAULT_METRIC)
+    if not by_protocol:
         raise UnknownNameError(f"{name} has no champion and no finished version to pick")
-    return ranked[0][1]
+    return by_protocol[default_protocol(client, name, by_protocol)][0][1]
 
 
 def download_source(client: MlflowClient, source: str, dst: str) -> Path:
@@ -232,8 +218,11 @@ def download_source(client: MlflowClient, source: str, dst: str) -> Path:
 
 
 def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, alias: str | None = None,
-         uri: str | None = None) -> Path:
+         uri: str | None = None, protocol: str | None = None) -> Path:
     """Download a registered set into ``out``, verifying every checksum before anything lands there.
+
+    Default: the version ``champion`` points at (the default protocol's champion); ``protocol`` (an id, a
+    unique prefix, or ``default``) picks the champion of that protocol instead.
 
     ``out`` must be empty, missing, or hold a previously pulled set (then it is replaced atomically).
     A ``registry.json`` beside the set records where it came from.
@@ -244,7 +233,7 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     Raises:
         IntegrityError: a file is missing or does not match its sha256 (``out`` is left untouched).
         UnknownNameError: no such model, version or alias.
-        ConfigError: ``out`` holds something else; both ``version`` and ``alias`` given.
+        ConfigError: ``out`` holds something else; more than one of ``version``, ``alias``, ``protocol``.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
@@ -252,13 +241,14 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     with mlflow_errors():
         client = client_for(resolve_uri(uri))
         name = set_model_name(dataset, ipc)
-        mv = _pick_version(client, name, version, alias)
+        mv = _pick_version(client, name, version, alias, protocol)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.pull-", dir=out.parent))
         try:
             got = download_source(client, mv.source, str(tmp))
             _check_pulled(got, mv)
             record = {"name": name, "version": int(mv.version), "run_id": mv.run_id, "source": mv.source,
+                      "protocol": {"id": version_protocol(mv), "summary": (mv.tags or {}).get(TAG_SUMMARY, "-")},
                       "tracking_uri": resolve_uri(uri), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (got / "registry.json").write_text(json.dumps(record, indent=2))
             replace_dir(got, out)

@@ -1,0 +1,47 @@
+"""``cmidd evaluate``: re-score registered sets under one named evaluation protocol, and rank them there."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import add_dataset_ipc, add_tracking_uri, versions
+
+EXAMPLES = """examples:
+  cmidd evaluate --dataset digits --ipc 10 --protocol 73def0cc9f            # every set not yet scored under it
+  cmidd evaluate --dataset digits --ipc 10 --protocol 73def0cc9f --versions 3,4
+  cmidd best --dataset digits --ipc 10 --protocol 73def0cc9f                # then rank them there
+"""
+
+
+def add_parser(sub) -> None:
+    """Add ``evaluate`` to ``cmidd``'s subparsers."""
+    e = sub.add_parser("evaluate", help="re-score registered sets under one evaluation protocol (by its id)",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_ipc(e)
+    e.add_argument("--protocol", required=True, metavar="ID",
+                   help="a protocol id (or unique prefix) recorded here (`cmidd best`, `cmidd runs` show them)")
+    e.add_argument("--versions", type=versions, default=None, help="only these versions (1,2,3; default: all)")
+    e.add_argument("--seed", type=int, default=0, help="evaluation seed (0)")
+    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    add_tracking_uri(e)
+    e.set_defaults(fn=command)
+
+
+def command(args) -> None:
+    """Score, register, then print the answer of ``best`` under that protocol."""
+    from ..app import quiet_mlflow
+
+    quiet_mlflow()
+    from ..tracking import best_set, rescore_versions
+    from .best import format_best
+
+    done = rescore_versions(args.dataset, args.ipc, args.protocol, args.versions, args.tracking_uri, args.seed,
+                            args.device)
+    for d in done:
+        print(f"version {d['from_version']} scored under {args.protocol}: acc/cross_arch_mean {d['value']:.4f} "
+              f"-> registered as version {d['version']} (run {d['run_id']})")
+    if not done:
+        print(f"every selected set already has a version under protocol {args.protocol}")
+    print()
+    print(format_best(best_set(args.dataset, args.ipc, uri=args.tracking_uri, protocol=args.protocol),
+                      "acc/cross_arch_mean"))

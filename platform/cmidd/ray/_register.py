@@ -1,0 +1,118 @@
+"""A search's registration: the top-k scored under the protocol the search declares, then registered.
+
+Search-time scores are cheap proxies (few epochs, one seed, maybe another protocol than the one sets are
+compared under). A search declares its registration protocol (``SearchCfg.register_eval``, default the base
+job's ``eval`` block). For each of the top-k finished trials:
+
+* its set is downloaded from the trial's run and verified (``runs:/<trial run>/synthetic``);
+* if the trial's run was scored under the registration protocol (tag ``protocol.id``), it is registered from
+  that run;
+* else it is re-evaluated under the registration protocol in a new run (kind ``evaluate``, in the search's
+  experiment, tags ``protocol.*``, ``cmidd.evaluates=<source>`` and ``cmidd.search.parent=<parent run>``; not
+  an MLflow child: the parent's children are its trials), and registered from that run with the trial's
+  verified files as source (no second copy);
+* a version that already exists for that source and protocol is kept (a resumed search does not duplicate).
+
+Then the champions move (``tracking.move_champion``: per protocol) and, when no random-real baseline exists
+under the registration protocol for a registered IPC, one is evaluated and logged (kind ``baseline``), so that
+``cmidd best`` can state the gain over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..lam import LAM_KEY
+from ..device import resolve_device
+from ..evaluate import evaluate
+from ..protocol import TAG_ID, Protocol
+from ..runner import JobResult, load_job_data, random_real_set
+from ..tracking import (
+    DEFAULT_METRIC, SYNTHETIC, TAG_EVALUATES, distill_tags, find_baseline, job_params, load_verified, log_baseline,
+    log_metrics, metrics_at, mlflow_errors, move_champion, open_run, register_distilled, run_tags, set_model_name,
+    set_tags, version_protocol,
+)
+from ._space import TAG_SEARCH, trial_job
+
+log = logging.getLogger(__name__)
+
+TAG_PARENT = "cmidd.search.parent"  # the search's parent run (not mlflow.parentRunId: its children are its trials)
+
+
+def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
+    """Register the sets of ``top`` (rows of ``finish``: trial_id, run_id, params) under the search's
+    registration protocol; returns [{"name", "version", "run_id", "source", "protocol", "rescored"}]."""
+    out, names, need_baseline = [], set(), {}
+    data_cache: dict[str, Any] = {}
+    for row in top:
+        job = trial_job(cfg, row["params"], row["trial_id"])
+        name = set_model_name(job.data.name, job.ipc)
+        source = f"runs:/{row['run_id']}/{SYNTHETIC}"
+        with tempfile.TemporaryDirectory(prefix="cmidd-top-") as tmp:
+            synset = load_verified(Path(client.download_artifacts(row["run_id"], SYNTHETIC, tmp)), source)
+        protocol = Protocol.of(cfg.registration_eval, job.data.name, job.data.split_seed, synset.meta["im_size"])
+        entry = {"name": name, "run_id": row["run_id"], "source": source, "protocol": protocol.id,
+                 "rescored": False}
+        have = [mv for mv in client.search_model_versions(f"name = '{name}'")
+                if mv.source == source and version_protocol(mv) == protocol.id]
+        trial_run = client.get_run(row["run_id"])
+        if have:
+            entry["version"] = int(have[0].version)
+        elif trial_run.data.tags.get(TAG_ID) == protocol.id:
+            result = JobResult("distill", Path("."), metrics=dict(trial_run.data.metrics), synset=synset)
+            entry["version"] = register_distilled(client, row["run_id"], job, result, source=source)["version"]
+        else:
+            data = _data(job, data_cache)
+            entry["version"], entry["scored_by"] = _rescore(client, cfg, parent, job, synset, protocol, data, source)
+            entry["rescored"] = True
+        out.append(entry)
+        names.add(name)
+        need_baseline.setdefault((job.ipc, protocol.id), (job, protocol))
+    for name in sorted(names):
+        move_champion(client, name)  # per protocol: a search protocol never takes another protocol's champion
+    for _, protocol in list(need_baseline.values())[:1]:  # the parent says which protocol it registered under
+        set_tags(client, parent, {"register.protocol.id": protocol.id, "register.protocol.summary": protocol.summary})
+    for (ipc, _), (job, protocol) in need_baseline.items():
+        if find_baseline(client, job.data.name, ipc, protocol.id, DEFAULT_METRIC) is None:
+            _log_random_real(client, cfg, parent, job, protocol, _data(job, data_cache))
+    return out
+
+
+def _data(job, cache: dict[str, Any]):
+    """The job's data set, loaded once per ``data`` block."""
+    key = job.data.model_dump_json()
+    if key not in cache:
+        cache[key] = load_job_data(job)
+    return cache[key]
+
+
+def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, source: str) -> tuple[int, str]:
+    """Evaluate ``synset`` under the registration protocol in a run linked to ``parent``, then register it from
+    that run (its metrics rank the version; ``source`` holds the files). Returns (version, the run's id)."""
+    eval_cfg = cfg.registration_eval
+    scored = job.model_copy(update={"eval": eval_cfg})  # the params say the protocol the metrics come from
+    used = {LAM_KEY: float(synset.meta.get("lam", 0.0))}  # the effective lambda the trial's loop used
+    tags = run_tags("evaluate", job.data.name, ipc=str(job.ipc), **distill_tags(job, used), **protocol.tags(),
+                    **{TAG_PARENT: parent, TAG_EVALUATES: source, TAG_SEARCH: cfg.name})
+    log.info("search: re-evaluating %s under protocol %s (%s)", source, protocol.id, protocol.summary)
+    with open_run(client, cfg.name, f"{job.name}-rescore-{protocol.id}", tags, job_params(scored)) as run:
+        res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
+        metrics = {**res.metrics(), **used}
+        with mlflow_errors():
+            log_metrics(client, run.run_id, metrics_at(0, metrics))
+            result = JobResult("distill", Path("."), metrics=metrics, synset=synset)
+            entry = register_distilled(client, run.run_id, job, result, run.versions, source=source)
+    return entry["version"], run.run_id
+
+
+def _log_random_real(client, cfg, parent: str, job, protocol: Protocol, data) -> str:
+    """Evaluate the random-real baseline at the job's IPC under the registration protocol; log it as a run
+    linked to ``parent`` (kind ``baseline``)."""
+    eval_cfg = cfg.registration_eval
+    synset = random_real_set(data, job.ipc, job.seed)
+    res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
+    return log_baseline("random-real", res.metrics(), protocol, job.ipc, eval_cfg, job.seed, cfg.name,
+                        synset=synset, client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_PARENT: parent})
