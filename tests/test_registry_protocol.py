@@ -114,8 +114,8 @@ def test_search_protocol_never_takes_the_champion_of_another(with_a, ray_local, 
     args = ["--dataset", "digits", "--ipc", "2", "--tracking-uri", uri]
     capsys.readouterr()
     assert main(["best", "--json", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "never ranked together" in err
+    out = capsys.readouterr().out.strip()  # --json: the error is one JSON object on stdout, same exit code
+    assert len(out.splitlines()) == 1 and "never ranked together" in json.loads(out)["error"]
     assert main(["best", *args]) == 0
     text = capsys.readouterr().out
     assert f"protocol  {pa.id} (default): {pa.summary}" in text and f"protocol  {pb.id}: {pb.summary}" in text
