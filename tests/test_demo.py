@@ -79,7 +79,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert best["baseline"]["k_std"] is None  # 1 seed: no std, so no "k std"
     from cmidd.tracking import client_for
 
-    base = client_for(uri).get_run(best["baseline"]["run_id"])
+    c = client_for(uri)
+    base = c.get_run(best["baseline"]["run_id"])
+    # DM, DM+CMI and the baseline side by side: one experiment
+    exp = c.get_experiment_by_name("demo-digits-ipc10")
+    kinds = sorted((r.data.tags.get("kind"), r.data.tags.get("method", "-")) for r in c.search_runs([exp.experiment_id]))
+    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 3 and ("baseline", "-") in kinds
     assert base.data.tags["kind"] == "baseline" and base.data.tags["protocol.id"] == res["protocol"]["id"]
     md = (out / "results.md").read_text()
     assert "(1 seed: no std)" in md and "+-" not in md and "gain over random-real: " in md

@@ -101,7 +101,7 @@ def needs_ray(job) -> bool:
 
 def execute(job, *, track: bool = False, uri: str | None = None, address: str | None = None,
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
-            data: Dataset | None = None) -> Execution:
+            data: Dataset | None = None, experiment: str | None = None) -> Execution:
     """Run a validated job of any kind with the right loop, in an MLflow run when ``track``.
 
     Args:
@@ -114,6 +114,8 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         resume_run_id: continue this MLflow run from its last checkpoint (tracked only).
         hooks: extra loop hooks (reporting, stopping rules).
         data: the loaded data set (loaded from ``job.data`` if None).
+        experiment: the MLflow experiment when tracked (default: the job's name); the demo puts its sets and
+            their baseline in one, side by side.
 
     Returns:
         Execution.
@@ -132,5 +134,5 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     from .tracking import tracked_run
 
     done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                       loop=pick_loop(job))
+                       loop=pick_loop(job), experiment=experiment)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))

@@ -118,8 +118,11 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
     Returns:
         (the three sets by name, the table rows, seconds per step).
     """
-    def run(job):
-        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data).result
+    # DM, DM+CMI and their random-real baseline in one experiment: the runs side by side in MLflow's UI
+    experiment = f"demo-{data.name}-ipc{jobs['dm'].ipc}"
+
+    def run(job, experiment=None):
+        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data, experiment=experiment).result
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -132,7 +135,7 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
         t = time.perf_counter()
         log.info("[%d/4] distilling %s at IPC %d, then evaluating on %s", i, name, jobs[name].ipc,
                  ", ".join(jobs[name].eval.archs))
-        results[name] = run(jobs[name])
+        results[name] = run(jobs[name], experiment)
         seconds[name] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -146,7 +149,7 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
 
         job = jobs["dm"]
         log_baseline("random-real", b_res.metrics(), protocol_of_job(job, data.im_size), job.ipc, job.eval,
-                     job.seed, "demo-random-real", tracking_uri, baseline)
+                     job.seed, experiment, tracking_uri, baseline)
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
