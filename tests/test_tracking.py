@@ -278,7 +278,14 @@ def test_cli_best_pull_runs(logged, tmp_path, capsys):
     m = best["metrics"]  # eval.num_eval 1: no std over one seed
     assert f"acc/cross_arch_mean = {m['acc/cross_arch_mean']:.4f}\n" in text and "+-" not in text
     assert main(["pull", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "p"), *uri]) == 0
-    assert "SyntheticSet.load" in capsys.readouterr().out
+    assert "cmidd.load_set" in capsys.readouterr().out
+    assert main(["pull", "--dataset", "digits", "--ipc", "2", "--out", str(tmp_path / "q"), "--json", *uri]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["version"] == int(best["version"]) and got["protocol"]["id"] == best["protocol"]["id"]
+    assert isinstance(got["ipc"], int) and got["content_sha256"] == SyntheticSet.load(tmp_path / "q").sha256()
+    assert main(["runs", "-n", "5", "--json", *uri]) == 0
+    rows = json.loads(capsys.readouterr().out)["runs"]
+    assert len(rows) == 2 and all(isinstance(r["ipc"], int) and isinstance(r["acc"], float) for r in rows)
     assert main(["runs", "-n", "5", *uri]) == 0
     table = capsys.readouterr().out
     assert table.count("FINISHED") == 2 and "tiny-0" in table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import add_dataset_ipc, add_out, add_tracking_uri, positive_int
+from ._args import add_dataset_ipc, add_json, add_out, add_tracking_uri, positive_int
 from .best import EXAMPLES
 
 
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
                        help="the champion of this evaluation protocol (alias champion-<ID>)")
     add_out(p, None)
     add_tracking_uri(p)
+    add_json(p)
     p.set_defaults(fn=command)
 
 
@@ -35,9 +36,14 @@ def command(args) -> None:
                protocol=args.protocol)
     rec = json.loads((out / "registry.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
+    if args.json:  # {"name", "version", "run_id", "path", "protocol": {"id", "summary"}, "content_sha256", "ipc", ...}
+        print(json.dumps({"name": rec["name"], "version": int(rec["version"]), "run_id": rec["run_id"],
+                          "path": str(out), "protocol": {k: rec["protocol"][k] for k in ("id", "summary")},
+                          "content_sha256": manifest["content_sha256"], "dataset": manifest.get("dataset"),
+                          "ipc": manifest.get("ipc"), "method": manifest.get("method"), "lam": manifest.get("lam")}))
+        return
     print(f"pulled {rec['name']} version {rec['version']} (run {rec['run_id']}) to {out}")
     print(f"scored under protocol {rec['protocol']['id']}: {rec['protocol']['summary']}")
     print(f"checksums verified (content sha256 {manifest['content_sha256'][:16]})")
-    print("load it with:")
-    print("  from cmidd.synthetic import SyntheticSet")
-    print(f"  synset = SyntheticSet.load({str(out)!r})  # verifies the sha256 again")
+    print("load it as a torch Dataset (verifies the sha256 again):")
+    print(f"  import cmidd; ds = cmidd.load_set({str(out)!r})   # ds[i] -> (image, label); ds.mean, ds.std")
