@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import pytest
@@ -33,8 +35,8 @@ def test_jobs_follow_the_reference_setting(tmp_path):
 @pytest.mark.timeout(900)
 def test_tiny_reproduce_suite_table(tmp_path, monkeypatch):
     monkeypatch.setitem(br.REPRODUCE_PLANS, "quick", TINY)
-    monkeypatch.setattr(br, "NET", {"name": "ConvNet", "depth": 1, "width": 8, "norm": "instance"})
-    report = run_bench(["reproduce"], PLANS["quick"], "cpu", tmp_path)
+    small = dataclasses.replace(PLANS["quick"], job_overrides=("net.depth=1", "net.width=8"))  # every job's net
+    report = run_bench(["reproduce"], small, "cpu", tmp_path)
     r = report["reproduce"]
     assert r["dataset"] == "digits" and r["label"] == "reduced budget"
     got = [(row["ipc"], row["variant"]) for row in r["rows"]]

@@ -172,6 +172,9 @@ def test_run_holds_config_curves_artifacts_and_tags(logged):
     run = c.get_run(t.run_id)
     assert run.info.status == "FINISHED"
     assert c.get_experiment(run.info.experiment_id).name == "tiny-0"
+    (inp,) = run.inputs.dataset_inputs  # the data set as the run's input (MLflow's Datasets panel)
+    assert inp.dataset.name == "digits" and len(inp.dataset.digest) == 16 and json.loads(inp.dataset.profile)["classes"] == 10
+    assert {(t.key, t.value) for t in inp.tags} == {("mlflow.data.context", "train")}
     assert run.data.params["method.iterations"] == "4" and run.data.params["cmi.lam"] == "0.0"
     assert run.data.params["eval.archs"] == '["ConvNetD1"]'
     tags = run.data.tags

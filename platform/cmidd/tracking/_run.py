@@ -20,6 +20,7 @@ downloaded again and checked, so no version points at missing or partial files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -29,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
 from ..files import sha256_file
+from ..synthetic import content_sha256
 from ..lam import LAM_KEY
 from ..protocol import protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
@@ -104,6 +107,9 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
                 "params": job_params(job)}
     with open_run(client, **spec) as run:
         log.info("mlflow run %s of job %r", run.run_id, job.name)
+        if not resume_run_id:
+            with mlflow_errors():
+                log_data_input(client, run.run_id, job, data)
         hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot)
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data, loop=loop)
         with mlflow_errors():
@@ -157,6 +163,19 @@ def _fetch_checkpoint(client: MlflowClient, run_id: str, slot: str, sha: str, ou
                 f"runs:/{run_id}/{slot}/{CHECKPOINT}: sha256 mismatch with the run's tag {TAG_SHA}"
             )
         os.replace(got, outdir / CHECKPOINT)
+
+
+def log_data_input(client: MlflowClient, run_id: str, job, data) -> None:
+    """The job's data set as the run's input (MLflow's Datasets panel): name, a digest of the train split's content,
+    where it comes from (name, root, split seed, image size) and its size; context ``train``."""
+    source = {"dataset": data.name, "root": str(job.data.root) if getattr(job, "data", None) and job.data.root
+              else None, "split_seed": job.data.split_seed if getattr(job, "data", None) else None,
+              "im_size": data.im_size}
+    profile = {"train": int(data.train_y.shape[0]), "test": int(data.test_y.shape[0]), "classes": data.num_classes,
+               "channels": data.channels}
+    entity = Dataset(name=data.name, digest=content_sha256(data.train_x, data.train_y)[:16], source_type="cmidd",
+                     source=json.dumps(source, sort_keys=True), profile=json.dumps(profile, sort_keys=True))
+    client.log_inputs(run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
 
 def _log_result(client: MlflowClient, run_id: str, result: JobResult, hooks: MlflowHooks) -> None:
