@@ -171,7 +171,8 @@ def test_run_holds_config_curves_artifacts_and_tags(logged):
     c, t = logged.client, logged.runs[0]
     run = c.get_run(t.run_id)
     assert run.info.status == "FINISHED"
-    assert c.get_experiment(run.info.experiment_id).name == "tiny-0"
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.name == "tiny-0" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
     (inp,) = run.inputs.dataset_inputs  # the data set as the run's input (MLflow's Datasets panel)
     assert inp.dataset.name == "digits" and len(inp.dataset.digest) == 16 and json.loads(inp.dataset.profile)["classes"] == 10
     assert {(t.key, t.value) for t in inp.tags} == {("mlflow.data.context", "train")}

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DEFAULT_METRIC = CROSS_ARCH_MEAN
+# MLflow 3's UI opens an experiment without a kind in its GenAI view; this kind opens the model-training view
+# (runs table, metrics charts), which is what a distillation's runs need
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SYNTHETIC = "synthetic"
 PROXIES = "proxies"
 EXPERTS = "experts"
@@ -93,7 +96,7 @@ def ensure_experiment(name: str, uri: str | None = None, client: MlflowClient | 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as e:  # another process created it first
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
