@@ -350,12 +350,14 @@ def test_interrupt_and_resume(tmp_path, template_db):
     changed = subprocess.run([*cmd, "--resume", "--set", "search.seed=1"], capture_output=True, text=True, env=env,
                              timeout=120)
     assert changed.returncode == 2 and "--resume: the space or its base job differs" in changed.stderr
-    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([*cmd, "--resume", "--json"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "best: trial" in out.stdout
+    doc = json.loads(out.stdout.strip().splitlines()[-1])  # --json: one JSON document
+    assert doc["summary"]["best"]["trial_id"] and isinstance(doc["summary"]["best"]["metric"], float)
+    assert doc["verdict"] and len(doc["summary"]["trials"]) == 8
     # the registered sets' protocol and the gain over the random-real baseline the search logged under it
-    assert "under protocol " in out.stdout and "gain over random-real: " in out.stdout
-    assert "no baseline run" not in out.stdout
+    answers = "\n".join(doc["answers"])
+    assert "under protocol " in answers and "gain over random-real: " in answers and "no baseline run" not in answers
 
     parents, after = child_runs(uri, "search-tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

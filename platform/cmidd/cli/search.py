@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._args import add_address, add_resume, add_set, add_tracking_uri
+import json
+
+from ._args import add_address, add_json, add_resume, add_set, add_tracking_uri
 
 
 def add_parser(sub) -> None:
@@ -16,6 +18,7 @@ def add_parser(sub) -> None:
     add_address(s, "Ray cluster to run the trials on (default: $RAY_ADDRESS, else a local Ray)")
     add_tracking_uri(s, "MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; an "
                         "http:// mlflow server allows concurrent trials)")
+    add_json(s)
     s.set_defaults(fn=command)
 
 
@@ -28,7 +31,13 @@ def command(args) -> None:
     quiet_mlflow()
     from ..ray.tune import run_search, summary_table, zero_arm_verdict
 
-    summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
+    summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume, progress=not args.json)
+    if args.json:  # the summary logged as trials.json, the zero-arm verdict and the registry's answers
+        from ..curves import strict
+
+        print(json.dumps({"summary": strict(summary), "verdict": zero_arm_verdict(summary, cfg),
+                          "answers": registered_answers(summary["registered"], args.tracking_uri)}, default=str))
+        return
     print(summary_table(summary, cfg.search.metric, cfg))
     print(zero_arm_verdict(summary, cfg))  # always: the verdict, or why it cannot decide
     best = summary["best"]
