@@ -280,7 +280,7 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
     client = client_for(uri)
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"space.yaml", "base_job.json", "trials.json", "optuna_study.csv", "accuracy_vs_lambda.png",
-            "accuracy_vs_ipc.png"} <= arts
+            "accuracy_vs_ipc.png", "comparison.png"} <= arts  # comparison: the best trials x archs vs random-real
 
     versions = client.search_model_versions("name = 'distilled-digits-ipc2'")
     top2 = sorted(finished, key=lambda t: -rows[t]["metric"])[:2]

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ZERO_ARM, SearchCfg
 from ..errors import CmiddError
+from ..names import CROSS_ARCH_MEAN
 from ..lam import LAM_KEY, fmt_lam, lam_of
 from ..tracking import (
     end_run, ensure_experiment, log_metrics, log_params, metrics_at, set_tags,
@@ -95,6 +96,7 @@ def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any]) ->
         files += study_summary(cfg, rows, folder)
         try:
             files += plots(cfg, rows, folder)
+            files += comparison(client, cfg, summary, folder)
         except Exception as e:  # plots are a convenience: never fail a finished search on them
             log.warning("search plots skipped: %s", e)
         for name in files:
@@ -154,6 +156,36 @@ def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]
         plt.close(fig)
         files.append("accuracy_vs_ipc.png")
     return files
+
+
+def comparison(client, cfg: SearchCfg, summary: dict[str, Any], folder: Path, top: int = 5) -> list[str]:
+    """comparison.png: the ``top`` best finished trials x their evaluation architectures (mean +- seed std), with
+    the newest random-real baseline logged in the search's experiment (if any), hatched."""
+    from ..curves import draw_comparison
+
+    table: list[dict[str, Any]] = []
+    done = sorted((r for r in summary["trials"] if r["state"] == "finished" and r["run_id"] and r["metric"] is not None),
+                  key=lambda r: -(1 if cfg.search.mode == "max" else -1) * r["metric"])[:top]
+    for r in done:
+        m = client.get_run(r["run_id"]).data.metrics
+        label = f"trial {r['trial_id'][-5:]} (lambda {fmt_lam(_row_lam(cfg, r))})"
+        table += _arch_rows(label, m)
+    exp_id = ensure_experiment(cfg.name, client=client)
+    base = client.search_runs([exp_id], filter_string="tags.kind = 'baseline'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if base:
+        table = _arch_rows("random-real", base[0].data.metrics) + table
+    if not table:
+        return []
+    draw_comparison(table, folder / "comparison.png", f"{cfg.name}: the {len(done)} best trials vs random-real")
+    return ["comparison.png"]
+
+
+def _arch_rows(label: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """``[{"set", "arch", "acc_mean", "acc_std"}]`` from a run's ``acc/<arch>`` and ``acc_std/<arch>`` metrics."""
+    return [{"set": label, "arch": k[len("acc/"):], "acc_mean": v,
+             "acc_std": metrics.get(f"acc_std/{k[len('acc/'):]}", 0.0)}
+            for k, v in metrics.items() if k.startswith("acc/") and k not in (CROSS_ARCH_MEAN, "acc/ensemble")]
 
 
 def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str | None = None):
