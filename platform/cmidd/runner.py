@@ -67,13 +67,15 @@ def check_ipc(ipc: int, data: Dataset) -> None:
 
 
 def check_job_data(job, data: Dataset) -> None:
-    """The data-dependent rules of a job (IPC <= the smallest class where a set of that IPC is drawn).
+    """The machine- and data-dependent rules of a job (a CUDA device exists if asked for; IPC <= the smallest
+    class where a set of that IPC is drawn).
 
     ``run_job`` checks them before anything is written; ``cmidd.tracking`` before a run is created.
 
     Raises:
-        DataError: naming the field, the rule and the value.
+        ConfigError: naming the field, the rule and the value (DataError for the data's rules).
     """
+    resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
     if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
 
