@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from ..distill import CHECKPOINT, Hooks, History
 from ..errors import ConfigError, IntegrityError
 from ..ray import run_job
-from ..runner import JobResult, check_job_data, load_job_data
+from ..runner import JobResult, check_job_data, check_resume_point, load_job_data
 from ..synthetic import sha256_file
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri, set_tags
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -81,6 +81,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     uri = resolve_uri(uri)
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)  # bad input fails before the store is touched: nothing written
+    if not resume_run_id:
+        check_resume_point(job, resume)  # a damaged local checkpoint fails before a run exists
     client = client_for(uri)
     with mlflow_errors():
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given

@@ -1,0 +1,128 @@
+"""Faults lose nothing: damaged checkpoints are refused before any work, a fresh sqlite store survives concurrent
+starts, and a resumed job continues its own MLflow run. Real ``cmidd`` processes on real files and stores."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_distill
+
+CKPT = "checkpoint.pt"
+PLATFORM = Path(__file__).resolve().parents[1] / "platform"  # this checkout's cmidd, whatever the cwd
+
+
+def cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(PLATFORM), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "cmidd.cli", "-q", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def write_job(tmp_path: Path, raw: dict, name: str = "job.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def runs_in(db: Path) -> list[tuple[str, str]]:
+    """(run_uuid, status) of every run in a sqlite MLflow store, read with sqlite3 itself."""
+    with sqlite3.connect(db) as con:
+        return sorted(con.execute("select run_uuid, status from runs").fetchall())
+
+
+def _tensor_offset(path: Path, record: str = "data/0") -> int:
+    """The file offset of a tensor's bytes inside a ``torch.save`` zip (the images are record 0)."""
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(record))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+    n, m = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + n + m
+
+
+def _flip(data: bytes, at: int, count: int = 4) -> bytes:
+    b = bytearray(data)
+    for i in range(at, at + count):
+        b[i] ^= 0xFF
+    return bytes(b)
+
+
+def _without_checksum(path: Path) -> bytes:
+    import io
+
+    state = torch.load(path, weights_only=True)
+    state.pop("sha256")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def test_damaged_checkpoint_is_refused_before_any_work(tmp_path):
+    """A flipped byte (in the images, in the middle), a truncated file or one without a checksum: ``--resume``
+    exits 1 with one line naming the file, the file is left as it was, no proxies are pre-trained and no MLflow
+    run is created; the intact file resumes."""
+    raw = tiny_distill(tmp_path, cmi__lam=1.0, method__iterations=4)
+    job = write_job(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    first = cli("run", str(job), "--tracking-uri", uri, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ckpt = tmp_path / "job" / CKPT
+    good = ckpt.read_bytes()
+    assert torch.load(ckpt, weights_only=True)["sha256"]
+    runs = runs_in(db)
+    assert [s for _, s in runs] == ["FINISHED"]
+    off = _tensor_offset(ckpt)
+    damages = {
+        "flipped-image-bytes": (_flip(good, off + 8), "does not match"),
+        "flipped-middle-bytes": (_flip(good, len(good) // 2), "damaged"),
+        "truncated": (good[: len(good) * 2 // 3], "cannot be read"),
+        "empty": (b"", "cannot be read"),
+        "no-checksum": (_without_checksum(ckpt), "carries no checksum"),
+    }
+    for name, (bad, needle) in damages.items():
+        ckpt.write_bytes(bad)
+        for proxies in (tmp_path / "proxies",):
+            if proxies.exists():
+                import shutil
+                shutil.rmtree(proxies)
+        res = cli("run", str(job), "--tracking-uri", uri, "--resume", cwd=tmp_path)
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 1, (name, res.stderr)
+        assert len(err) == 1 and str(ckpt) in err[0] and needle in err[0], (name, err)
+        assert ckpt.read_bytes() == bad, name  # nothing overwritten
+        assert not (tmp_path / "proxies").exists(), name  # refused before the proxies were pre-trained
+        assert runs_in(db) == runs, name  # no MLflow run created
+    ckpt.write_bytes(good)
+    ok = cli("run", str(job), "--no-track", "--resume", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_checkpoint_digest_sees_every_field():
+    from cmidd.distill import checkpoint_digest
+
+    state = {"images": torch.zeros(2, 1, 2, 2), "opt": {"state": {0: {"m": torch.ones(3)}}, "param_groups": [
+        {"lr": 1.0, "nesterov": False, "foreach": None, "params": [0]}]}, "step": 4,
+        "history": {"cmi": [float("nan")]}, "key": {"seed": 0}}
+    d = checkpoint_digest(state)
+    assert d == checkpoint_digest({**state, "sha256": "x"})  # the checksum field itself is left out
+    changed = [
+        {**state, "step": 5},
+        {**state, "images": state["images"].clone().index_fill_(0, torch.tensor([1]), 1e-30)},
+        {**state, "opt": {**state["opt"], "state": {0: {"m": torch.ones(3, dtype=torch.float64)}}}},
+        {**state, "history": {"cmi": [0.0]}},
+        {**state, "key": {"seed": "0"}},
+    ]
+    assert all(checkpoint_digest(s) != d for s in changed)
