@@ -126,3 +126,49 @@ def test_checkpoint_digest_sees_every_field():
         {**state, "key": {"seed": "0"}},
     ]
     assert all(checkpoint_digest(s) != d for s in changed)
+
+
+RACE = """
+import sys, time
+from cmidd.tracking import client_for, ensure_experiment, open_run
+start = float(sys.argv[2])
+while time.time() < start:  # every process touches the fresh store at the same moment
+    time.sleep(0.001)
+client = client_for(sys.argv[1])
+with open_run(client, "race", sys.argv[3]) as run:
+    print(run.run_id)
+"""
+
+
+def test_fresh_sqlite_store_under_concurrent_starts(tmp_path):
+    """Three processes create the same not-yet-existing sqlite store at the same instant: one creates the tables
+    (under the store's file lock), the others wait and use them; every run is there, FINISHED."""
+    import time
+
+    db = tmp_path / "sub" / "mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(PLATFORM)}
+    start = time.time() + 10  # after the three interpreters have imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, f"sqlite:///{db}", str(start), f"r{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-800:] for _, e in outs]
+    assert [s for _, s in runs_in(db)] == ["FINISHED"] * 3
+
+
+@pytest.mark.slow
+def test_two_cmidd_runs_on_a_fresh_store(tmp_path):
+    """Issue 28's scenario: two ``cmidd run`` started together on a sqlite store that does not exist yet."""
+    db = tmp_path / "mlflow.db"
+    jobs = []
+    for i in range(2):
+        raw = tiny_distill(tmp_path, name=f"race{i}", method__iterations=2)
+        raw["output"]["dir"] = str(tmp_path / f"job{i}")
+        jobs.append(write_job(tmp_path, raw, f"job{i}.yaml"))
+    env = {**os.environ, "PYTHONPATH": str(PLATFORM)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(j), "--tracking-uri",
+                               f"sqlite:///{db}"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for j in jobs]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-800:] for _, e in outs]
+    assert [s for _, s in runs_in(db)] == ["FINISHED", "FINISHED"]

@@ -65,11 +65,38 @@ def resolve_uri(cli_uri: str | None = None) -> str:
     return uri
 
 
+_READY: set[str] = set()  # sqlite stores this process has seen created (their tables exist)
+
+
+@contextlib.contextmanager
+def store_lock(db: Path) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``fcntl.flock``: released if the holder dies)."""
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def client_for(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` on ``uri`` for tracking and registry (creates a sqlite file's folder)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """An ``MlflowClient`` on ``uri`` for tracking and registry (creates a sqlite file's folder).
+
+    A sqlite store is created once, under a file lock, by whichever process comes first: MLflow creates the
+    tables of a fresh store when a client first touches it, and two processes doing so at once collide
+    ("duplicate column name", a failed alembic migration). The others wait, then find the tables there.
+    """
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(db), mlflow_errors():
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # makes the tracking store (and its tables)
+        client.search_registered_models(max_results=1)  # makes the registry's store, in the same file
+    _READY.add(uri)
+    return client
 
 
 @contextlib.contextmanager
