@@ -3,6 +3,7 @@ starts, and a resumed job continues its own MLflow run. Real ``cmidd`` processes
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import struct
@@ -172,3 +173,67 @@ def test_two_cmidd_runs_on_a_fresh_store(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-800:] for _, e in outs]
     assert [s for _, s in runs_in(db)] == ["FINISHED", "FINISHED"]
+
+
+def _versions(db: Path) -> list[tuple[str, int, str]]:
+    with sqlite3.connect(db) as con:
+        return sorted(con.execute("select name, version, run_id from model_versions").fetchall())
+
+
+def _kill_at_checkpoint(cmd: list[str], ckpt: Path, cwd: Path, env: dict) -> None:
+    """Start ``cmd`` and SIGKILL it once ``ckpt`` exists (a checkpoint was written mid-run)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the job ended before it was killed: {err[-800:]}"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_the_same_run(tmp_path):
+    """A tracked job SIGKILLed mid-run leaves its run RUNNING; ``--resume`` continues that run (recorded in the
+    output folder), ends it FINISHED and registers once; a second ``--resume`` and ``--resume-run`` of a
+    finished job register nothing new. A fresh start over a killed one marks the killed run KILLED."""
+    raw = tiny_distill(tmp_path, method__iterations=400)
+    raw["output"]["checkpoint_every"] = 100
+    job = write_job(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    env = {**os.environ, "PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", uri]
+    ckpt = tmp_path / "job" / CKPT
+    _kill_at_checkpoint(cmd, ckpt, tmp_path, env)
+    (killed, status), = runs_in(db)
+    assert status == "RUNNING"
+    assert json.loads((tmp_path / "job" / "mlflow_run.json").read_text())["run_id"] == killed
+
+    res = cli("run", str(job), "--tracking-uri", uri, "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert runs_in(db) == [(killed, "FINISHED")]  # the same run, finished: no orphan, no second run
+    assert [v[2] for v in _versions(db)] == [killed]
+    with sqlite3.connect(db) as con:  # every iteration logged once, 1..400
+        steps = [s for (s,) in con.execute("select step from metrics where key='loss_dd' order by step")]
+    assert steps == list(range(1, 401))
+
+    again = cli("run", str(job), "--tracking-uri", uri, "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(_versions(db)) == 1  # the same set is not registered twice
+    assert "version 1" in again.stdout
+
+    # a fresh start (no --resume) over a killed start: the killed run ends KILLED, not RUNNING forever
+    import shutil
+
+    shutil.rmtree(tmp_path / "job")
+    _kill_at_checkpoint(cmd, ckpt, tmp_path, env)
+    orphan = json.loads((tmp_path / "job" / "mlflow_run.json").read_text())["run_id"]
+    fresh = cli("run", str(job), "--tracking-uri", uri, "--set", "method.iterations=400", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    status = dict(runs_in(db))
+    assert status[orphan] == "KILLED" and "RUNNING" not in status.values()
+    assert len(_versions(db)) == 1  # the fresh start made the same set again: still one version

@@ -41,7 +41,8 @@ def command(args) -> None:
         print(f"mlflow run: {done.run_id} ({done.uri})")
         for v in done.versions:
             alias = f" [{v['alias']}]" if v["alias"] else ""
-            print(f"registered: {v['name']} version {v['version']}{alias}")
+            same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""
+            print(f"registered: {v['name']} version {v['version']}{alias}{same}")
     print_result(done.result)
 
 

@@ -194,7 +194,8 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
     status = status or ("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
     try:
         for v in versions:
-            client.delete_model_version(v["name"], str(v["version"]))
+            if not v.get("existing"):  # a version an earlier run made for the same set stays
+                client.delete_model_version(v["name"], str(v["version"]))
         set_tags(client, run_id, {TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
         end_run(client, run_id, status)
     except Exception as e:  # the original error matters more than this one

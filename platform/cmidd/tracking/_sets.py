@@ -61,7 +61,9 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
                  created: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Register ``runs:/run_id/synthetic`` as a version of ``distilled-<dataset>-ipc<k>``; move ``champion``.
 
-    Call it only after ``verify_remote_set``: no version may point at missing or partial files.
+    Call it only after ``verify_remote_set``: no version may point at missing or partial files. Idempotent on the
+    set's content: if a version of the model already holds a set with the same content sha256, that version is
+    returned instead of a new one (recorded in ``created`` with ``existing: True``, which a failure never deletes).
 
     Args:
         client: the store's client.
@@ -83,6 +85,18 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
             if k.startswith(("acc/", "acc_std/", "ece/")) and isinstance(v, (int, float))}
     tags = {**(extra_tags or {}), "dataset": dataset, "ipc": str(ipc), "im_size": str(synset.meta["im_size"]),
             "content_sha256": synset.sha256(), "code_version": code_version(), **accs}
+    same = [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get("content_sha256") == tags["content_sha256"]]
+    if same:  # idempotent on content: a resumed run (or a rerun) that made the same set adds no version
+        mv = min(same, key=lambda v: int(v.version))
+        log.info("%s version %s already holds this set (sha256 %s): not registered again", name, mv.version,
+                 tags["content_sha256"][:16])
+        champion = move_champion(client, name, also_run=run_id)
+        entry = {"name": name, "version": int(mv.version), "alias": CHAMPION if champion == int(mv.version) else None,
+                 "existing": True}  # never deleted by this run's failure clean-up
+        if created is not None:
+            created.append(entry)
+        return entry
     mv = client.create_model_version(name, f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
                                      description=description)
     entry = {"name": name, "version": int(mv.version), "alias": None}
