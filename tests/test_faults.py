@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import struct
 import subprocess
@@ -237,3 +238,103 @@ def test_sigkill_then_resume_continues_the_same_run(tmp_path):
     status = dict(runs_in(db))
     assert status[orphan] == "KILLED" and "RUNNING" not in status.values()
     assert len(_versions(db)) == 1  # the fresh start made the same set again: still one version
+
+
+# -- a tracking outage ------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (proxied artifacts) on 127.0.0.1:port in its own process group, once /health answers."""
+    import time
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
+           str(root / "artifacts"), "--workers", "1"]
+    with open(root / "server.log", "ab") as logf:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail("mlflow server did not start")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tracking_outage_is_bounded_then_resumed(tmp_path):
+    """The mlflow server dies mid-run: the job keeps distilling, gives up after the outage budget with one line
+    naming the server and the resume command (exit 1, minutes sooner than MLflow's own retries), its local
+    checkpoint intact; with the server back, that command finishes the same run and registers the set once."""
+    import time
+
+    from cmidd.distill import read_checkpoint
+
+    root = tmp_path / "server"
+    root.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start_server(root, port)
+    try:
+        raw = tiny_distill(tmp_path, method__iterations=3000)
+        raw["output"]["checkpoint_every"] = 50
+        job = write_job(tmp_path, raw)
+        env = {**os.environ, "PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1", "CMIDD_OUTAGE_BUDGET_S": "8"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for the first uploaded checkpoint
+            with sqlite3.connect(root / "server.db") as con:
+                if con.execute("select 1 from tags where key='cmidd.checkpoint.step'").fetchall():
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        _kill_group(server)
+        t_kill = time.monotonic()
+        out, err = proc.communicate(timeout=300)
+        waited = time.monotonic() - t_kill
+        assert proc.returncode == 1, err[-2000:]
+        assert waited < 90, waited  # the budget (8 s) plus a few bounded calls, not MLflow's minutes of retries
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and url in last and "--resume" in last and "unreachable" in last, err
+        assert "Traceback" not in err, err
+        ckpt = tmp_path / "job" / CKPT
+        assert read_checkpoint(ckpt)["step"] >= 50  # the local output is intact
+        run_id = json.loads((tmp_path / "job" / "mlflow_run.json").read_text())["run_id"]
+
+        server = _start_server(root, port)
+        hint = last.split("run: ", 1)[1]
+        assert hint.startswith("cmidd run ") and hint.endswith(f"--resume --tracking-uri {url}")
+        res = cli(*shlex.split(hint)[1:], cwd=tmp_path)  # the printed command, as printed
+        assert res.returncode == 0, res.stderr[-2000:]
+        with sqlite3.connect(root / "server.db") as con:
+            runs = con.execute("select run_uuid, status from runs").fetchall()
+            versions = con.execute("select run_id from model_versions").fetchall()
+        assert runs == [(run_id, "FINISHED")] and versions == [(run_id,)]
+    finally:
+        _kill_group(server)

@@ -77,7 +77,7 @@ def needs_ray(job) -> bool:
 
 def execute(job, *, track: bool = False, uri: str | None = None, address: str | None = None,
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
-            data: Dataset | None = None) -> Execution:
+            data: Dataset | None = None, resume_hint: str | None = None) -> Execution:
     """Run a validated job of any kind with the right loop, in an MLflow run when ``track``.
 
     Args:
@@ -90,6 +90,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         resume_run_id: continue this MLflow run from its last checkpoint (tracked only).
         hooks: extra loop hooks (reporting, stopping rules).
         data: the loaded data set (loaded from ``job.data`` if None).
+        resume_hint: the command that resumes this job (named when a tracking outage ends it).
 
     Returns:
         Execution.
@@ -107,5 +108,6 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     quiet_mlflow()
     from .tracking import tracked_run
 
-    done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data)
+    done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
+                       resume_hint=resume_hint)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))

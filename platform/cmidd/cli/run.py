@@ -36,7 +36,7 @@ def command(args) -> None:
         data = load_job_data(job)
         check_job_data(job, data)
         done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
-                       resume=args.resume, resume_run_id=args.resume_run, data=data)
+                       resume=args.resume, resume_run_id=args.resume_run, data=data, resume_hint=resume_command(args))
     if done.run_id is not None:
         print(f"mlflow run: {done.run_id} ({done.uri})")
         for v in done.versions:
@@ -44,6 +44,16 @@ def command(args) -> None:
             same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""
             print(f"registered: {v['name']} version {v['version']}{alias}{same}")
     print_result(done.result)
+
+
+def resume_command(args) -> str:
+    """The ``cmidd run`` line that resumes this job (same file, ``--set`` and store), quoted for a shell."""
+    import shlex
+
+    parts = ["cmidd", "run", str(args.job), *[a for s in args.set for a in ("--set", s)], "--resume"]
+    if args.tracking_uri:
+        parts += ["--tracking-uri", args.tracking_uri]
+    return shlex.join(parts)
 
 
 @contextlib.contextmanager

@@ -65,6 +65,10 @@ def resolve_uri(cli_uri: str | None = None) -> str:
     return uri
 
 
+# MLflow's own retries of one HTTP call (documented environment variables; defaults 7 retries, backoff factor 2,
+# 120 s timeout: one call to a dead server blocked for minutes). Only set when the user has not.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _READY: set[str] = set()  # sqlite stores this process has seen created (their tables exist)
 
 
@@ -88,6 +92,9 @@ def client_for(uri: str) -> MlflowClient:
     tables of a fresh store when a client first touches it, and two processes doing so at once collide
     ("duplicate column name", a failed alembic migration). The others wait, then find the tables there.
     """
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():  # fail a call in seconds, not minutes: the hooks' outage
+            os.environ.setdefault(name, value)  # budget decides how long to wait (the user's values win)
     if not uri.startswith("sqlite:///") or uri in _READY:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     db = Path(uri[len("sqlite:///"):])
@@ -199,7 +206,11 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
         set_tags(client, run_id, {TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
         end_run(client, run_id, status)
     except Exception as e:  # the original error matters more than this one
-        log.warning("could not mark run %s %s: %s", run_id, status, e)
+        from ..errors import TrackingOutage
+
+        # after an outage the store is down by definition: the error line says how to resume (which ends the run)
+        (log.info if isinstance(error, TrackingOutage) else log.warning)(
+            "could not mark run %s %s: %s", run_id, status, str(e).strip().splitlines()[0] if str(e).strip() else e)
 
 
 @dataclass

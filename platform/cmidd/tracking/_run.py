@@ -59,7 +59,7 @@ class TrackedRun:
 def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, resume: bool = False,
                 hooks: Hooks | None = None, data=None, experiment: str | None = None,
                 parent_run_id: str | None = None, register: bool = True,
-                tags: dict[str, str] | None = None) -> TrackedRun:
+                tags: dict[str, str] | None = None, resume_hint: str | None = None) -> TrackedRun:
     """Run a validated job inside an MLflow run, log everything, verify the artifacts, then register.
 
     Args:
@@ -76,6 +76,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         parent_run_id: the search's run, for trial runs (tag ``mlflow.parentRunId``).
         register: register the distilled set (a search registers only its top-k trials, at the end).
         tags: extra run tags (a search's trial id, the node it ran on).
+        resume_hint: the command that resumes this job, for the one line a tracking outage ends with.
 
     Returns:
         TrackedRun.
@@ -112,7 +113,9 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         log.info("mlflow run %s of job %r", run.run_id, job.name)
         if job.kind == "distill":
             _record_run(job.output.dir, run.run_id, uri)
-        hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot)
+        hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot,
+                               where=f"MLflow store {uri}",
+                               resume_hint=resume_hint or f"cmidd run JOB.yaml --resume --tracking-uri {uri}")
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data)
         with mlflow_errors():
             hooks_ml.flush()
