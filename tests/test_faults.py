@@ -338,3 +338,28 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
         assert runs == [(run_id, "FINISHED")] and versions == [(run_id,)]
     finally:
         _kill_group(server)
+
+
+def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_path):
+    """MlflowHooks against a port nobody listens on: steps and checkpoints do not raise while the budget lasts
+    (the points stay buffered, the checkpoint pending); ``flush`` gives up with TrackingOutage once it is spent."""
+    import time
+
+    from cmidd.errors import TrackingOutage
+    from cmidd.synthetic import SyntheticSet
+    from cmidd.tracking import MlflowHooks, client_for
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=3.0, retry_seconds=0.5,
+                        where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
+    ckpt = tmp_path / CKPT
+    ckpt.write_bytes(b"x")
+    t0 = time.monotonic()
+    for step in range(1, 6):
+        hooks.on_step(step, {"loss_dd": 1.0, "loss_total": 1.0})
+    hooks.on_checkpoint(5, ckpt, SyntheticSet(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long),
+                                              {"ipc": 1, "num_classes": 1}))
+    assert hooks.backlog == (10, 5)  # kept, not lost
+    with pytest.raises(TrackingOutage, match=r"unreachable for \d+ s .*run: cmidd run job.yaml --resume"):
+        hooks.flush()
+    assert 3.0 <= time.monotonic() - t0 < 60

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks
 from ..errors import TrackingOutage
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SLOTS = ("checkpoints/0", "checkpoints/1")
 OUTAGE_ENV, OUTAGE_DEFAULT_S = "CMIDD_OUTAGE_BUDGET_S", 60.0
+# errors the store answers with: retrying them is pointless (anything else, e.g. INTERNAL_ERROR from a refused
+# connection or TEMPORARILY_UNAVAILABLE, counts as an outage)
+_NOT_AN_OUTAGE = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
+                  "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS"}
 
 
 def outage_budget() -> float:
@@ -102,6 +107,11 @@ class MlflowHooks(Hooks):
     def should_stop(self) -> bool:
         return self.inner.should_stop()
 
+    @property
+    def backlog(self) -> tuple[int, int | None]:
+        """(metric points not sent yet, the step of a checkpoint not uploaded yet or None)."""
+        return len(self._buf), self._pending[0] if self._pending is not None else None
+
     def flush(self) -> None:
         """Send the buffered points and upload a pending checkpoint now, waiting out an outage within the budget.
 
@@ -128,7 +138,12 @@ class MlflowHooks(Hooks):
                 step, path, synset = self._pending
                 self.slot = upload_checkpoint(self.client, self.run_id, step, path, synset, self.slot)
                 self._pending = None
-        except Exception as e:  # noqa: BLE001 - an HTTP error, a refused connection, a locked database, ...
+        except MlflowException as e:
+            if e.error_code in _NOT_AN_OUTAGE:  # the store answered: a real error, not worth waiting for
+                raise
+            self._outage(e)
+            return False
+        except (OSError, ConnectionError) as e:  # a refused connection, a timeout, a full disk
             self._outage(e)
             return False
         if self._down_since is not None:
