@@ -155,6 +155,11 @@ CASES = [
     ("search-unknown-param", "search", search_text(params={"cmi.lambda": {"choice": [1, 2]}}), [], "params.cmi.lambda"),
     ("search-storage-is-a-file", "search", search_text(storage="afile"), [], "storage: must be a folder"),
     ("search-bad-set", "search", search_text(), ["--set", "base.eval.archs=[ConvNetD2"], "--set eval.archs"),
+    ("search-ipc-choice-too-large", "search", search_text(params={"ipc": {"choice": [5, 500]}}), [],
+     "ipc: ipc <= smallest class size must hold"),
+    ("search-data-root-missing", "search", search_text(base__data={"name": "cifar10", "root": "no/such"},
+                                                       base__net={"name": "ConvNet"}), [], "data.root"),
+    ("search-storage-holds-a-search", "search", search_text(storage="busy"), [], "storage: "),
     # -- cmidd validate
     ("validate-empty", "validate", "", [], "<root>"),
     ("validate-search-bad-param", "validate", search_text(params={"ipc": {"choice": []}}), [], "params.ipc"),
@@ -175,6 +180,8 @@ def test_bad_input(tmp_path, monkeypatch, capsys, name, command, content, extra,
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "afile").write_text("a file, not a folder\n")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "parent_run_id").write_text("0" * 32)
     job = tmp_path / ("space.yaml" if command == "search" else "job.yaml")
     if isinstance(content, bytes):
         job.write_bytes(content)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._args import add_address, add_resume, add_set, add_tracking_uri
+from .run import naming_file
 
 
 def add_parser(sub) -> None:
@@ -25,10 +26,13 @@ def command(args) -> None:
     from ..config import load_search
 
     cfg = load_search(args.space, args.set)
+    with naming_file(args.space):  # the data-dependent rules, for every searched ipc, before anything starts
+        check_search_data(cfg)
     quiet_mlflow()
     from ..ray.tune import run_search, summary_table, zero_arm_verdict
 
-    summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
+    with naming_file(args.space):  # a busy storage folder, an unreachable address name the space file too
+        summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume)
     print(summary_table(summary, cfg.search.metric))
     verdict = zero_arm_verdict(summary, cfg)
     if verdict:
@@ -38,3 +42,18 @@ def command(args) -> None:
     for v in summary["registered"]:
         print(f"registered: {v['name']} version {v['version']} (run {v['run_id']})")
     print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+
+
+def check_search_data(cfg) -> None:
+    """The base job's data loads and every searched ipc fits its smallest class (unless the data is searched).
+
+    Raises:
+        ConfigError: naming the field, the rule and the value (``DataError`` for the data's rules).
+    """
+    from ..runner import check_job_data, load_job_data
+
+    if any(k.startswith("data.") for k in cfg.params):
+        return
+    data = load_job_data(cfg.base)
+    for ipc in cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]:
+        check_job_data(cfg.base.model_copy(update={"ipc": ipc}), data)
