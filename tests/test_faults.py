@@ -408,3 +408,50 @@ def test_short_tracking_outage_is_survived(tmp_path):
         assert tags["cmidd.checkpoint.step"] == str(iters) and versions == [(run_id,)]
     finally:
         _kill_group(server)
+
+
+# -- a search driver killed ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_search_driver_sigkill_then_resume(tmp_path):
+    """Issue 28's passing scenario, kept: ``cmidd search`` SIGKILLed (driver, then its whole session: Ray too)
+    once a trial finished; ``--resume`` ends every trial exactly once, none left RUNNING, the parent FINISHED."""
+    import signal
+    import time
+
+    from test_search import ENV, child_runs, space, write
+
+    from cmidd.ray.tune import TAG_TRIAL
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path, space(tmp_path, num_samples=4))
+    cmd = [sys.executable, "-m", "cmidd.cli", "search", str(path), "--tracking-uri", uri]
+    env = {**os.environ, **ENV}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and proc.poll() is None:
+                _, children = child_runs(uri, "search-tiny") if (tmp_path / "mlflow.db").is_file() else (None, [])
+                if any(c.info.status == "FINISHED" for c in children):
+                    break
+                time.sleep(0.5)
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(60)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the local Ray the driver started dies with it
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(2)
+    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    parents, after = child_runs(uri, "search-tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags[TAG_TRIAL] for c in after]
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial: none duplicated, none lost
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in after)  # none left RUNNING
