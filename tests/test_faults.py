@@ -27,8 +27,8 @@ def cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(PLATFORM), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "cmidd.cli", "-q", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "cmidd.cli", "-q", *args], check=False, capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def write_job(tmp_path: Path, raw: dict, name: str = "job.yaml") -> Path:
@@ -316,7 +316,7 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         _kill_group(server)
         t_kill = time.monotonic()
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
         waited = time.monotonic() - t_kill
         assert proc.returncode == 1, err[-2000:]
         assert waited < 90, waited  # the budget (8 s) plus a few bounded calls, not MLflow's minutes of retries
@@ -395,7 +395,7 @@ def test_short_tracking_outage_is_survived(tmp_path):
         _kill_group(server)
         time.sleep(3)
         server = _start_server(root, port)
-        out, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         # the outage was seen (by MLflow's own bounded retries, or by the hooks' budget) and survived
         assert "Retrying" in err or "unreachable" in err, err[-2000:]
@@ -448,7 +448,7 @@ def test_search_driver_sigkill_then_resume(tmp_path):
                 pass
     assert proc.returncode == -signal.SIGKILL
     time.sleep(2)
-    out = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([*cmd, "--resume"], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     parents, after = child_runs(uri, "search-tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

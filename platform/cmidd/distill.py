@@ -451,7 +451,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     fix = "nothing was overwritten; remove it to start over, or resume an MLflow run with --resume-run RUN_ID"
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a truncated zip, a garbled pickle, ...: torch's errors are many
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a garbled pickle, ...: torch's errors are many
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise IntegrityError(f"{path}: is damaged and cannot be read as a checkpoint ({reason}); {fix}") from None
     if not isinstance(state, dict) or "sha256" not in state:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import experts as expert_zoo
 from . import proxies as proxy_zoo
 from .data import Dataset, load_dataset
-from .distill import CHECKPOINT, Hooks, History, distill, load_checkpoint, measure_cmi, resolve_device
+from .distill import CHECKPOINT, History, Hooks, distill, load_checkpoint, measure_cmi, resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .registry import Registry
