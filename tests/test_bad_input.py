@@ -116,7 +116,8 @@ CASES = [
     ("unknown-dsa-op", "run", over(method__dsa_strategy="blur_crop"), [], "method.dsa_strategy"),
     ("epochs-by-arch-not-listed", "run", over(eval__epochs_by_arch={"VGG11": 2}), [], "eval.epochs_by_arch"),
     ("proxies-dir-and-registry", "run", over(proxies__from_registry="convnet-x1"), [], "proxies"),
-    ("evaluate-nothing", "run", "kind: evaluate\nname: e\noutput: {dir: out/job}\n", [], "set synset or eval.baselines"),
+    ("evaluate-nothing", "run", "kind: evaluate\nname: e\noutput: {dir: out/job}\n", [],
+     "set synset or eval.baselines"),
     # -- paths
     ("output-dir-is-a-file", "run", over(output__dir="afile"), [], "output.dir: must be a folder, but it is a file"),
     ("output-dir-under-a-file", "run", over(output__dir="afile/job"), [], "output.dir: must be a folder"),
