@@ -101,6 +101,8 @@ while [ ! -f kjob/checkpoint.pt ] && kill -0 $pid 2>/dev/null; do sleep 0.05; do
 kill -9 $pid; wait $pid 2>/dev/null; echo "killed | exit 137 | $(runs)"
 $CMIDD -q run kjob.yaml --resume > out.txt 2> err.txt; echo "resume | exit $? | $(runs) | $(grep registered out.txt)"
 $CMIDD -q run kjob.yaml --resume > out.txt 2> err.txt; echo "resume again | exit $? | $(runs) | $(grep registered out.txt)"
+rid=$(python3 -c "import json; print(json.load(open('kjob/mlflow_run.json'))['run_id'])")
+$CMIDD -q run kjob.yaml --resume-run "$rid" > out.txt 2> err.txt; rc=$?; row "resume-run of the resumed run" $rc err.txt; echo "    $(runs)"
 
 echo "== two cmidd run at once on a fresh sqlite store"
 tiny 2 "$W/r0" 0 > r0.yaml; tiny 2 "$W/r1" 0 > r1.yaml
