@@ -452,7 +452,7 @@ def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated zip, a garbled pickle, ...: torch's errors are many
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:160]
         raise IntegrityError(f"{path}: is damaged and cannot be read as a checkpoint ({reason}); {fix}") from None
     if not isinstance(state, dict) or "sha256" not in state:
         raise IntegrityError(f"{path}: carries no checksum (written by an older cmidd or not a checkpoint); {fix}")
