@@ -84,7 +84,7 @@ def test_override_unknown_path_and_malformed(tmp_path):
     p = write(tmp_path, {})
     with pytest.raises(ConfigError, match="cmi.lamda: unknown field"):
         load_job(p, ["cmi.lamda=3"])
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match="must be key.path=value"):
         load_job(p, ["cmi.lam"])
 
 

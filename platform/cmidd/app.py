@@ -101,7 +101,8 @@ def needs_ray(job) -> bool:
 
 def execute(job, *, track: bool = False, uri: str | None = None, address: str | None = None,
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
-            data: Dataset | None = None, experiment: str | None = None) -> Execution:
+            data: Dataset | None = None, experiment: str | None = None,
+            resume_hint: str | None = None) -> Execution:
     """Run a validated job of any kind with the right loop, in an MLflow run when ``track``.
 
     Args:
@@ -116,6 +117,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         data: the loaded data set (loaded from ``job.data`` if None).
         experiment: the MLflow experiment when tracked (default: the job's name); the demo puts its sets and
             their baseline in one, side by side.
+        resume_hint: the command that resumes this job (named when a tracking outage ends it).
 
     Returns:
         Execution.
@@ -134,5 +136,5 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     from .tracking import tracked_run
 
     done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                       loop=pick_loop(job), experiment=experiment)
+                       loop=pick_loop(job), experiment=experiment, resume_hint=resume_hint)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))

@@ -28,3 +28,7 @@ class DivergenceError(CmiddError):
 class IntegrityError(CmiddError):
     """A stored artifact does not match its recorded checksum (or is missing)."""
 
+
+
+class TrackingOutage(CmiddError):
+    """The MLflow store stayed unreachable for longer than the outage budget; the local output is intact."""

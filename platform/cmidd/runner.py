@@ -22,7 +22,7 @@ from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
 from .cmi import measure_cmi
 from .device import resolve_device
-from .distill import Hooks, History, distill, effective_lambda
+from .distill import CHECKPOINT, History, Hooks, distill, effective_lambda, load_checkpoint
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY
@@ -72,15 +72,30 @@ def check_ipc(ipc: int, data: Dataset) -> None:
 
 
 def check_job_data(job, data: Dataset) -> None:
-    """The data-dependent rules of a job (IPC <= the smallest class where a set of that IPC is drawn).
+    """The machine- and data-dependent rules of a job (a CUDA device exists if asked for; IPC <= the smallest
+    class where a set of that IPC is drawn).
 
     ``run_job`` checks them before anything is written; ``cmidd.tracking`` before a run is created.
 
     Raises:
-        DataError: naming the field, the rule and the value.
+        ConfigError: naming the field, the rule and the value (DataError for the data's rules).
     """
+    resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
     if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
+
+
+def check_resume_point(job, resume: bool) -> None:
+    """With ``resume``, the job's checkpoint (if any) must be intact and of this config: checked before any
+    other work (proxies, experts, an MLflow run), so a damaged one costs nothing and overwrites nothing.
+
+    Raises:
+        IntegrityError: the checkpoint is damaged (one line naming the file).
+        ConfigError: it was written by a different config.
+    """
+    ckpt = job.output.dir / CHECKPOINT
+    if resume and job.kind == "distill" and ckpt.is_file():
+        load_checkpoint(ckpt, job)
 
 
 def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None,
@@ -148,6 +163,7 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     if job.scaling.workers > 1 and loop is distill:
         raise ConfigError(f"scaling.workers: > 1 needs the Ray Train loop (cmidd.ray.run_job), "
                           f"got {job.scaling.workers} with the single-process loop")
+    check_resume_point(job, resume)  # a damaged checkpoint is refused before the proxies are pre-trained
     device = resolve_device(job.device)
     proxies = None  # loaded (or pre-trained) before the job's folder exists: a bad proxy set writes nothing
     if job.cmi.on:

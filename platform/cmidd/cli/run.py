@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import ConfigError
 from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
 
 # the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
@@ -30,16 +33,46 @@ def command(args) -> None:
     """Load the job (with ``--set``), run it through ``cmidd.app.execute`` and print what it produced."""
     from ..app import execute
     from ..config import load_job
+    from ..runner import check_job_data, load_job_data
 
     job = load_job(args.job, args.set)
-    done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
-                   resume=args.resume, resume_run_id=args.resume_run)
+    with naming_file(args.job):  # the data-dependent rules (ipc too large, a missing root) name the file too
+        data = load_job_data(job)
+        check_job_data(job, data)
+        done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
+                       resume=args.resume, resume_run_id=args.resume_run, data=data, resume_hint=resume_command(args))
     if done.run_id is not None:
         print(f"mlflow run: {done.run_id} ({done.uri})")
         for v in done.versions:
             alias = f" [{v['alias']}]" if v["alias"] else ""
-            print(f"registered: {v['name']} version {v['version']}{alias}")
+            same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""
+            print(f"registered: {v['name']} version {v['version']}{alias}{same}")
     print_result(done.result)
+
+
+def resume_command(args) -> str:
+    """The ``cmidd run`` line that resumes this job (same file, ``--set`` and store), quoted for a shell."""
+    import shlex
+
+    parts = ["cmidd", "run", str(args.job), *[a for s in args.set for a in ("--set", s)], "--resume"]
+    if args.tracking_uri:
+        parts += ["--tracking-uri", args.tracking_uri]
+    return shlex.join(parts)
+
+
+@contextlib.contextmanager
+def naming_file(path: Path) -> Iterator[None]:
+    """Bad input about a field of the job found after loading (its data, its device) names the job file too.
+
+    Errors about a flag (``--tracking-uri``, ``--resume``) or already naming the file pass unchanged.
+    """
+    try:
+        yield
+    except ConfigError as e:
+        text = str(e)
+        if str(path) in text or text.startswith("--"):
+            raise
+        raise type(e)(f"{path}: {text}") from e.__cause__
 
 
 def print_result(result) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import json
 
 from ._args import add_address, add_json, add_resume, add_set, add_tracking_uri
+from .run import naming_file
 
 
 def add_parser(sub) -> None:
@@ -28,10 +29,14 @@ def command(args) -> None:
     from ..config import load_search
 
     cfg = load_search(args.space, args.set)
+    with naming_file(args.space):  # the data-dependent rules, for every searched ipc, before anything starts
+        check_search_data(cfg)
     quiet_mlflow()
     from ..ray.tune import run_search, summary_table, zero_arm_verdict
 
-    summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume, progress=not args.json)
+    with naming_file(args.space):  # a busy storage folder, an unreachable address name the space file too
+        summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume,
+                             progress=not args.json)
     if args.json:  # the summary logged as trials.json, the zero-arm verdict and the registry's answers
         from ..curves import strict
 
@@ -61,3 +66,18 @@ def registered_answers(registered: list[dict], uri: str | None) -> list[str]:
         lines.append(f"best of {name} under protocol {best['protocol']['id']}: version {best['version']} "
                      f"{best['value']:.4f}, {format_gain(best['baseline'])}")
     return lines
+
+
+def check_search_data(cfg) -> None:
+    """The base job's data loads and every searched ipc fits its smallest class (unless the data is searched).
+
+    Raises:
+        ConfigError: naming the field, the rule and the value (``DataError`` for the data's rules).
+    """
+    from ..runner import check_job_data, load_job_data
+
+    if any(k.startswith("data.") for k in cfg.params):
+        return
+    data = load_job_data(cfg.base)
+    for ipc in cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]:
+        check_job_data(cfg.base.model_copy(update={"ipc": ipc}), data)

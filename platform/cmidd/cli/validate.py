@@ -11,24 +11,28 @@ from ._args import AlreadyReported
 
 def add_parser(sub) -> None:
     """Add ``validate`` to ``cmidd``'s subparsers."""
-    v = sub.add_parser("validate", help="check job YAML files without running them")
+    v = sub.add_parser("validate", help="check job and search-space YAML files without running them")
     v.add_argument("files", nargs="+", type=Path)
     v.set_defaults(fn=command)
 
 
 def command(args) -> None:
-    """One line per file: ``ok: FILE (kind)`` or its error.
+    """One line per file: ``ok: FILE (kind)`` or its error. A search space (a file with ``params``) is checked as one.
 
     Raises:
         AlreadyReported: some file was invalid (its error lines are printed already).
     """
-    from ..config import load_job
+    from ..config import load_job, load_search, read_yaml
 
     bad = 0
     for f in args.files:
         try:
-            job = load_job(f)
-            print(f"ok: {f} ({job.kind})")
+            if "params" in read_yaml(f):
+                cfg = load_search(f)
+                print(f"ok: {f} (search over {', '.join(cfg.params)})")
+            else:
+                job = load_job(f)
+                print(f"ok: {f} ({job.kind})")
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             bad += 1

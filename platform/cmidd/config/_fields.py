@@ -6,9 +6,10 @@ source of allowed values, through ``catalog.catalog()``; a DSA strategy against 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
 
 from ..errors import ConfigError, UnknownNameError
 
@@ -17,10 +18,17 @@ DSA_DEFAULT = "color_crop_cutout_flip_scale_rotate"
 DsaMode = Literal["single", "multi"]  # single: one op group per call (reference DSA); multi: every op
 
 
-class Cfg(BaseModel):
-    """Frozen, and unknown keys are errors."""
+# Strict scalars: YAML ``true`` is not the int 1, ``"10"`` is not 10 and 2.0 is not an int; an int is a float
+# (``lr_img: 1``) but a bool is not. Every float of a config is also finite (``allow_inf_nan=False`` on ``Cfg``).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class Cfg(BaseModel):
+    """Frozen, unknown keys are errors, floats are finite (no ``.inf`` / ``.nan``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _registered(kind: str) -> AfterValidator:
@@ -54,3 +62,15 @@ MethodName = Annotated[str, _registered("methods")]
 ProxySetName = Annotated[str, _registered("proxy-sets")]
 AggName = Annotated[str, _registered("cmi-aggs")]
 DsaStrategy = Annotated[str, AfterValidator(_strategy)]
+
+
+def _folder(value: Path) -> Path:
+    """A path that is (or will be made) a folder: neither it nor a parent may be an existing file."""
+    for p in (value, *value.parents):
+        if p.exists() and not p.is_dir():
+            what = "it is a file" if p == value else f"{str(p)!r} is a file"
+            raise ValueError(f"must be a folder, but {what}")
+    return value
+
+
+Folder = Annotated[Path, AfterValidator(_folder)]  # output.dir, proxies.dir, experts.dir, a search's storage

@@ -26,21 +26,67 @@ def format_error(source: str, err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _duplicate_key(node: yaml.Node, path: str = "") -> tuple[str, int] | None:
+    """The dotted path and line of the first key given twice in one mapping of ``node``, or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            dotted = f"{path}.{key}" if path else str(key)
+            if key is not None and key in seen:
+                return dotted, k.start_mark.line + 1
+            seen.add(key)
+            found = _duplicate_key(v, dotted)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            found = _duplicate_key(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line:column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping raises ``ConfigError``."""
+    """Read a non-empty YAML mapping whose keys are each given once.
+
+    Raises:
+        ConfigError: one line naming the file: it cannot be read, is not UTF-8 text, is not valid YAML,
+            is empty, is not a mapping, or gives a key twice.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: <file>: must be a YAML file, but it is a folder")
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{path}: <file>: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: <file>: must be UTF-8 YAML text, but byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start} is not (a binary file?)") from None
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        dup = _duplicate_key(node) if node is not None else None
+        if dup:
+            raise ConfigError(f"{path}: {dup[0]}: each key must be given once, but it is given again on line {dup[1]}")
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: <file>: invalid YAML: {_yaml_problem(e)}") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: <root>: must be a YAML mapping of fields, but the file is empty")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: <root>: the top level must be a mapping of fields, got a "
+                          f"{type(raw).__name__} ({str(raw)[:40]!r})")
+    bad = [k for k in raw if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: {bad[0]!r}: field names must be text, got {type(bad[0]).__name__} {bad[0]!r}")
     return raw
 
 
@@ -80,17 +126,37 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str | None = 
     return out
 
 
+def parse_value(text: str, where: str) -> Any:
+    """One ``--set`` value parsed as YAML (``10``, ``1e-3``, ``[a, b]``, ``{x: 1}``, ``null``).
+
+    Raises:
+        ConfigError: the value is not valid YAML (``[ConvNetD2`` with no closing bracket), naming ``where``.
+    """
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: must be a YAML value, but {text!r} is not: {_yaml_problem(e)}") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed with ``yaml.safe_load``) to a copy of ``raw``.
 
     Unknown paths are caught by validation (``extra="forbid"``); a malformed override raises here.
+
+    Raises:
+        ConfigError: one line naming ``source``, ``--set`` and the field: no ``=``, an empty key or part, a value
+            that is not YAML, a path through a value.
     """
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source}: expected key.path=value, got {item!r}")
-        _assign(out, key.strip(), yaml.safe_load(value) if value.strip() else None, source)
+        key = key.strip()
+        if not sep or not key or any(not p.strip() for p in key.split(".")):
+            raise ConfigError(f"{source}: --set: must be key.path=value, got {item!r}")
+        where = f"{source}: --set {key}" if source != "--set" else f"--set {key}"
+        _assign(out, key, parse_value(value, where), source)
     return out
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 from ..names import CROSS_ARCH_MEAN
-from ._fields import Cfg
+from ._fields import Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, EvalCfg, parse_job
 
@@ -31,13 +31,13 @@ class ParamSpec(Cfg):
     sees the baseline from the start and the log-scale lambda (alpha) distribution never has to hold 0.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    loguniform: tuple[float, float] | None = None
-    uniform: tuple[float, float] | None = None
-    int_: tuple[int, int] | None = Field(default=None, alias="int")
+    loguniform: tuple[Float, Float] | None = None
+    uniform: tuple[Float, Float] | None = None
+    int_: tuple[Int, Int] | None = Field(default=None, alias="int")
     choice: list[SCALAR] | None = None
-    zero_arm: bool = False
+    zero_arm: Bool = False
 
     @model_validator(mode="after")
     def _one_distribution(self) -> "ParamSpec":
@@ -72,28 +72,28 @@ class ParamSpec(Cfg):
 class AshaCfg(Cfg):
     """Asynchronous successive halving on the eval metric, in distillation iterations (the ``step`` reported)."""
 
-    grace_period: int = Field(default=1, ge=1)  # iterations before a trial can be stopped
-    reduction_factor: float = Field(default=2.0, gt=1)  # keep the top 1/reduction_factor at each rung
-    max_t: int | None = Field(default=None, ge=1)  # None = the base job's method.iterations
+    grace_period: Int = Field(default=1, ge=1)  # iterations before a trial can be stopped
+    reduction_factor: Float = Field(default=2.0, gt=1)  # keep the top 1/reduction_factor at each rung
+    max_t: Int | None = Field(default=None, ge=1)  # None = the base job's method.iterations
 
 
 class SearchRunCfg(Cfg):
     """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget."""
 
-    num_samples: int = Field(default=8, ge=1)
-    max_concurrent_trials: int = Field(default=1, ge=1)  # with a sqlite store the search forces 1 (see search.py)
-    seed: int = Field(default=0, ge=0)
+    num_samples: Int = Field(default=8, ge=1)
+    max_concurrent_trials: Int = Field(default=1, ge=1)  # with a sqlite store the search forces 1 (see search.py)
+    seed: Int = Field(default=0, ge=0)
     metric: str = Field(default=CROSS_ARCH_MEAN, min_length=1)
     mode: Literal["max", "min"] = "max"
     asha: AshaCfg | None = AshaCfg()  # null = no early stopping
-    time_budget_s: float | None = Field(default=None, gt=0)
+    time_budget_s: Float | None = Field(default=None, gt=0)
 
 
 class TrialResources(Cfg):
     """Resources of one trial's driver (a trial with scaling.workers > 1 puts its workers beside it)."""
 
-    cpus: float = Field(default=1.0, gt=0)
-    gpus: float = Field(default=0.0, ge=0)
+    cpus: Float = Field(default=1.0, gt=0)
+    gpus: Float = Field(default=0.0, ge=0)
 
 
 class SearchCfg(Cfg):
@@ -109,11 +109,11 @@ class SearchCfg(Cfg):
     params: dict[str, ParamSpec] = Field(min_length=1)
     search: SearchRunCfg = SearchRunCfg()
     resources: TrialResources = TrialResources()
-    register_top_k: int = Field(default=3, ge=0)
+    register_top_k: Int = Field(default=3, ge=0)
     # the evaluation protocol the top-k are scored under before they are registered (None: the base job's eval
     # block); a top trial scored under another protocol (a searched eval.* field) is re-evaluated first
     register_eval: EvalCfg | None = None
-    storage: Path | None = None  # Tune's storage + the parent run id; None = runs/search/<name>
+    storage: Folder | None = None  # Tune's storage + the parent run id; None = runs/search/<name>
     source: Path | None = None
 
     @property
@@ -160,6 +160,35 @@ def trial_job_raw(cfg: SearchCfg, values: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def tune_metrics(job: DistillJob) -> list[str]:
+    """The metrics an intermediate evaluation of ``job`` reports to Tune (``EvalResult.metrics`` names)."""
+    names = [m for a in job.eval.archs for m in (f"acc/{a}", f"acc_std/{a}")]
+    names += ["acc/cross_arch_mean", "acc_std/cross_arch_mean"]
+    return names + (["acc/ensemble", "ece/ensemble"] if job.eval.ensemble else [])
+
+
+def _check_tune_settings(cfg: SearchCfg, path: Path) -> None:
+    """The rules Ray Tune (ASHA) and the trials impose, checked here so that a bad search starts nothing.
+
+    Raises:
+        ConfigError: ASHA's grace period beyond its horizon, or a metric the trials never report.
+    """
+    a = cfg.search.asha
+    if a is not None and a.grace_period > cfg.max_t:
+        horizon = (f"asha.max_t={a.max_t}" if a.max_t is not None
+                   else f"the base job's method.iterations={cfg.base.method.iterations}")
+        raise ConfigError(f"{path}: search.asha.grace_period: grace_period <= max_t must hold, but got "
+                          f"grace_period={a.grace_period} > {horizon}")
+    if a is not None and a.max_t is not None and a.max_t > cfg.base.method.iterations:
+        raise ConfigError(f"{path}: search.asha.max_t: max_t <= the base job's method.iterations must hold, but got "
+                          f"max_t={a.max_t} > {cfg.base.method.iterations}")
+    searched_archs = any(k.startswith("eval.") for k in cfg.params)
+    known = tune_metrics(cfg.base)
+    if not searched_archs and a is not None and cfg.search.metric not in known:
+        raise ConfigError(f"{path}: search.metric: must be a metric the trials' evaluations report "
+                          f"({', '.join(known)}), but got {cfg.search.metric!r}")
+
+
 def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchCfg:
     """Load a search-space YAML, resolve and validate its base job, and check every searched field.
 
@@ -193,6 +222,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
     if cfg.search.asha is not None and cfg.base.eval.every == 0:
         raise ConfigError(f"{path}: search.asha: needs intermediate accuracies, so base eval.every > 0 must hold "
                           f"(got eval.every=0); set it or asha: null")
+    _check_tune_settings(cfg, path)
     ipcs = cfg.params["ipc"].examples() if "ipc" in cfg.params else [cfg.base.ipc]
     weight = next((w for w in WEIGHTS if w in cfg.params), None)
     if weight is not None and 1 in ipcs:

@@ -350,8 +350,8 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         CmiddError: MLflow failures; every trial failed.
     """
     uri = resolve_uri(uri)
+    _check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
     client = client_for(uri)
-    _check_storage(cfg, resume)
     started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
     try:
         with mlflow_errors():

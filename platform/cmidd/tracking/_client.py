@@ -69,11 +69,45 @@ def resolve_uri(cli_uri: str | None = None) -> str:
     return uri
 
 
+# MLflow's own retries of one HTTP call (documented environment variables; defaults 7 retries, backoff factor 2,
+# 120 s timeout: one call to a dead server blocked for minutes). Only set when the user has not.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_READY: set[str] = set()  # sqlite stores this process has seen created (their tables exist)
+
+
+@contextlib.contextmanager
+def store_lock(db: Path) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``fcntl.flock``: released if the holder dies)."""
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def client_for(uri: str) -> MlflowClient:
-    """An ``MlflowClient`` on ``uri`` for tracking and registry (creates a sqlite file's folder)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """An ``MlflowClient`` on ``uri`` for tracking and registry (creates a sqlite file's folder).
+
+    A sqlite store is created once, under a file lock, by whichever process comes first: MLflow creates the
+    tables of a fresh store when a client first touches it, and two processes doing so at once collide
+    ("duplicate column name", a failed alembic migration). The others wait, then find the tables there.
+    """
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():  # fail a call in seconds, not minutes: the hooks' outage
+            os.environ.setdefault(name, value)  # budget decides how long to wait (the user's values win)
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(db), mlflow_errors():
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # makes the tracking store (and its tables)
+        client.search_registered_models(max_results=1)  # makes the registry's store, in the same file
+    _READY.add(uri)
+    return client
 
 
 @contextlib.contextmanager
@@ -171,11 +205,16 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
     status = status or ("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
     try:
         for v in versions:
-            client.delete_model_version(v["name"], str(v["version"]))
+            if not v.get("existing"):  # a version an earlier run made for the same set stays
+                client.delete_model_version(v["name"], str(v["version"]))
         set_tags(client, run_id, {TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
         end_run(client, run_id, status)
     except Exception as e:  # the original error matters more than this one
-        log.warning("could not mark run %s %s: %s", run_id, status, e)
+        from ..errors import TrackingOutage
+
+        # after an outage the store is down by definition: the error line says how to resume (which ends the run)
+        (log.info if isinstance(error, TrackingOutage) else log.warning)(
+            "could not mark run %s %s: %s", run_id, status, str(e).strip().splitlines()[0] if str(e).strip() else e)
 
 
 @dataclass

@@ -1,7 +1,15 @@
-"""Loop hooks that log to one MLflow run: per-step metrics in batches, eval metrics, checkpoints as artifacts."""
+"""Loop hooks that log to one MLflow run: per-step metrics in batches, eval metrics, checkpoints as artifacts.
+
+A tracking outage is bounded: a failed MLflow call from the loop does not stop the distillation. The points stay
+buffered and the last checkpoint stays local (marked pending); both are retried every ``retry_seconds`` and
+before the job publishes. When the store stays unreachable longer than the budget (``CMIDD_OUTAGE_BUDGET_S``,
+default 60 s) the job ends with ``TrackingOutage``: one line naming the store and the command that resumes it.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import tempfile
 import time
@@ -9,13 +17,36 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks
-from ..synthetic import SyntheticSet
+from ..errors import TrackingOutage
 from ..files import sha256_file
+from ..synthetic import SyntheticSet
 from ._client import SYNTHETIC, log_metrics, metrics_at, set_tags
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_SLOTS = ("checkpoints/0", "checkpoints/1")
+OUTAGE_ENV, OUTAGE_DEFAULT_S = "CMIDD_OUTAGE_BUDGET_S", 60.0
+# errors the store answers with: retrying them is pointless (anything else, e.g. INTERNAL_ERROR from a refused
+# connection or TEMPORARILY_UNAVAILABLE, counts as an outage)
+_NOT_AN_OUTAGE = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
+                  "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS"}
+
+
+def outage_budget() -> float:
+    """Seconds the loop keeps going while MLflow is unreachable (``$CMIDD_OUTAGE_BUDGET_S``, default 60)."""
+    text = os.environ.get(OUTAGE_ENV, "")
+    try:
+        value = float(text) if text.strip() else OUTAGE_DEFAULT_S
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{OUTAGE_ENV}: must be a finite number of seconds >= 0, but got {text!r}")
+    return value
 TAG_SLOT, TAG_STEP, TAG_SHA = "cmidd.checkpoint.slot", "cmidd.checkpoint.step", "cmidd.checkpoint.sha256"
 
 
@@ -38,13 +69,20 @@ class MlflowHooks(Hooks):
     """
 
     def __init__(self, client: MlflowClient, run_id: str, inner: Hooks | None = None, flush_every: int = 50,
-                 flush_seconds: float = 10.0, skip_through: int = 0, slot: str | None = None):
+                 flush_seconds: float = 10.0, skip_through: int = 0, slot: str | None = None,
+                 budget_s: float | None = None, retry_seconds: float = 5.0, where: str = "the MLflow store",
+                 resume_hint: str = "cmidd run JOB --resume"):
         self.client, self.run_id, self.inner = client, run_id, inner or Hooks()
         self.flush_every, self.flush_seconds, self.skip_through = flush_every, flush_seconds, skip_through
         self.slot = slot
         self.first_step: int | None = None
         self._buf: list[Metric] = []
         self._since, self._last = 0, time.monotonic()
+        self.budget_s = outage_budget() if budget_s is None else budget_s
+        self.retry_seconds, self.where, self.resume_hint = retry_seconds, where, resume_hint
+        self._pending: tuple[int, Path, SyntheticSet] | None = None  # a checkpoint not uploaded yet
+        self._down_since: float | None = None  # when the current outage began (None: the store answers)
+        self._next_try = 0.0
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.first_step is None:
@@ -53,28 +91,88 @@ class MlflowHooks(Hooks):
             self._buf += metrics_at(step, metrics)
             self._since += 1
             if self._since >= self.flush_every or time.monotonic() - self._last > self.flush_seconds:
-                self.flush()
+                self.sync()
         self.inner.on_step(step, metrics)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         if step > self.skip_through:
             self._buf += metrics_at(step, metrics)
-        self.flush()
+        self.sync()
         self.inner.on_eval(step, metrics)
 
     def on_checkpoint(self, step: int, path: Path, synset: SyntheticSet) -> None:
-        self.flush()
-        self.slot = upload_checkpoint(self.client, self.run_id, step, Path(path), synset, self.slot)
+        self._pending = (step, Path(path), synset)  # the newest local checkpoint replaces an older pending one
+        self.sync()
         self.inner.on_checkpoint(step, path, synset)
 
     def should_stop(self) -> bool:
         return self.inner.should_stop()
 
+    @property
+    def backlog(self) -> tuple[int, int | None]:
+        """(metric points not sent yet, the step of a checkpoint not uploaded yet or None)."""
+        return len(self._buf), self._pending[0] if self._pending is not None else None
+
     def flush(self) -> None:
-        """Send the buffered points (one ``log_batch`` per 1000)."""
-        if self._buf:
-            log_metrics(self.client, self.run_id, self._buf)
-        self._buf, self._since, self._last = [], 0, time.monotonic()
+        """Send the buffered points and upload a pending checkpoint now, waiting out an outage within the budget.
+
+        Raises:
+            TrackingOutage: the store stayed unreachable past the budget.
+        """
+        while not self.sync(force=True):
+            time.sleep(min(self.retry_seconds, max(0.1, self._budget_left())))
+
+    def sync(self, force: bool = False) -> bool:
+        """Try to send what is buffered and pending (during an outage: at most every ``retry_seconds`` unless
+        ``force``); True when nothing is left.
+
+        Raises:
+            TrackingOutage: the store has been unreachable for longer than the budget.
+        """
+        if self._down_since is not None and not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            if self._buf:
+                log_metrics(self.client, self.run_id, self._buf)
+                self._buf, self._since, self._last = [], 0, time.monotonic()
+            if self._pending is not None:
+                step, path, synset = self._pending
+                self.slot = upload_checkpoint(self.client, self.run_id, step, path, synset, self.slot)
+                self._pending = None
+        except MlflowException as e:
+            if e.error_code in _NOT_AN_OUTAGE:  # the store answered: a real error, not worth waiting for
+                raise
+            self._outage(e)
+            return False
+        except (OSError, ConnectionError) as e:  # a refused connection, a timeout, a full disk
+            self._outage(e)
+            return False
+        if self._down_since is not None:
+            log.warning("%s answers again after %.0f s; the buffered metrics and checkpoint are sent", self.where,
+                        time.monotonic() - self._down_since)
+            self._down_since = None
+        return True
+
+    def _budget_left(self) -> float:
+        return self.budget_s - (time.monotonic() - self._down_since) if self._down_since is not None else 0.0
+
+    def _outage(self, error: Exception) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("%s is unreachable (%s); distillation goes on, checkpoints stay local; retrying for up to "
+                        "%.0f s (%s)", self.where, _first_line(error), self.budget_s, OUTAGE_ENV)
+        self._next_try = now + self.retry_seconds
+        if now - self._down_since >= self.budget_s:
+            raise TrackingOutage(
+                f"{self.where} unreachable for {now - self._down_since:.0f} s (budget {self.budget_s:.0f} s, "
+                f"{OUTAGE_ENV}): {_first_line(error)}; the local output is intact; once the store is back, run: "
+                f"{self.resume_hint}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def upload_checkpoint(client: MlflowClient, run_id: str, step: int, path: Path, synset: SyntheticSet,

@@ -36,19 +36,21 @@ from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
-from ..files import sha256_file
-from ..synthetic import content_sha256
+from ..files import atomic_write, sha256_file
 from ..lam import LAM_KEY
 from ..protocol import protocol_of_job
-from ..runner import CURVES, JobResult, Loop, check_job_data, load_job_data, run_job
-from ._client import (SYNTHETIC, client_for, log_metrics, log_params, metrics_at, mlflow_errors, open_run, resolve_uri,
-                      set_tags)
+from ..runner import CURVES, JobResult, Loop, check_job_data, check_resume_point, load_job_data, run_job
+from ..synthetic import content_sha256
+from ._client import (SYNTHETIC, TAG_ERROR, client_for, end_run, log_metrics, log_params, metrics_at, mlflow_errors,
+                      open_run, resolve_uri, set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
 from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies
 from ._sets import register_distilled, verify_remote_set
 from ._tags import distill_tags, job_params, job_tags
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow_run.json"  # in a distill job's output folder: its run, continued by --resume
 
 
 @dataclass
@@ -64,7 +66,8 @@ class TrackedRun:
 def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, resume: bool = False,
                 hooks: Hooks | None = None, data=None, experiment: str | None = None,
                 parent_run_id: str | None = None, register: bool = True,
-                tags: dict[str, str] | None = None, loop: Loop = distill) -> TrackedRun:
+                tags: dict[str, str] | None = None, loop: Loop = distill,
+                resume_hint: str | None = None) -> TrackedRun:
     """Run a validated job inside an MLflow run, log everything, verify the artifacts, then register.
 
     Args:
@@ -72,7 +75,9 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         uri: tracking URI (``resolve_uri`` rules).
         resume_run_id: continue this run from its last checkpoint in MLflow (downloaded into
             ``job.output.dir``); the config must equal the run's params.
-        resume: without ``resume_run_id``: continue from the local checkpoint, in a new run.
+        resume: without ``resume_run_id``: continue from the local checkpoint (verified first), in the run that
+            ``<output.dir>/mlflow_run.json`` records if it is unfinished and in this store, else in a new run.
+            Without ``resume``, an unfinished recorded run (a killed start of this job) is marked KILLED.
         hooks: extra loop hooks (Tune reports, stopping rules), called after logging.
         data: the loaded data set (loaded from ``job.data`` if None).
         experiment: experiment name (default ``job.name``); a search passes its own.
@@ -81,6 +86,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         tags: extra run tags (a search's trial id, the node it ran on).
         loop: the distillation loop (``cmidd.ray.pick_loop(job)`` for Ray Train jobs; the caller chooses, so
             this wing never imports the Ray wing).
+        resume_hint: the command that resumes this job, for the one line a tracking outage ends with.
 
     Returns:
         TrackedRun.
@@ -92,10 +98,20 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     uri = resolve_uri(uri)
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)  # bad input fails before the store is touched: nothing written
+    if not resume_run_id:
+        check_resume_point(job, resume)  # a damaged local checkpoint fails before a run exists
     client = client_for(uri)
     with mlflow_errors():
+        fetch = True
+        recorded = None if resume_run_id else _recorded_run(client, job, uri)
+        if resume and recorded is not None:  # continue the interrupted job's own run
+            resume_run_id = recorded
+            fetch = not (job.output.dir / CHECKPOINT).is_file()  # the local one (verified above) is as recent
+            log.info("--resume: continuing run %s (recorded in %s)", recorded, job.output.dir / RUN_FILE)
+        elif recorded is not None:  # a fresh start: the old run could never end otherwise
+            _supersede(client, recorded)
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
-        skip, slot = _reopen(client, job, resume_run_id) if resume_run_id else (0, None)
+        skip, slot = _reopen(client, job, resume_run_id, fetch) if resume_run_id else (0, None)
     extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
     protocol = protocol_of_job(job, data.im_size)  # the evaluation protocol its scores were made under
     extra |= protocol.tags() if protocol is not None else {}
@@ -107,10 +123,14 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
                 "params": job_params(job)}
     with open_run(client, **spec) as run:
         log.info("mlflow run %s of job %r", run.run_id, job.name)
+        if job.kind == "distill":
+            _record_run(job.output.dir, run.run_id, uri)
         if not resume_run_id:
             with mlflow_errors():
                 log_data_input(client, run.run_id, job, data)
-        hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot)
+        hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot,
+                               where=f"MLflow store {uri}",
+                               resume_hint=resume_hint or f"cmidd run JOB.yaml --resume --tracking-uri {uri}")
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data, loop=loop)
         with mlflow_errors():
             hooks_ml.flush()
@@ -123,8 +143,47 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     return TrackedRun(result, run.run_id, uri, run.versions)
 
 
-def _reopen(client: MlflowClient, job, run_id: str) -> tuple[int, str | None]:
-    """Check that ``run_id`` can be resumed by ``job``, fetch its checkpoint, set it RUNNING again.
+def _record_run(outdir: Path, run_id: str, uri: str) -> None:
+    """Write ``<outdir>/mlflow_run.json``: the run a later ``--resume`` of this job continues."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(outdir / RUN_FILE, json.dumps({"run_id": run_id, "uri": uri}).encode())
+
+
+def _recorded_run(client: MlflowClient, job, uri: str) -> str | None:
+    """The unfinished run of this store that ``<output.dir>/mlflow_run.json`` names (None if none, if it is in
+    another store, gone, or FINISHED)."""
+    path = job.output.dir / RUN_FILE
+    if job.kind != "distill" or not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        run_id, rec_uri = str(rec["run_id"]), str(rec["uri"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring %s: %s", path, e)
+        return None
+    if rec_uri != uri:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+        return None
+    return run_id
+
+
+def _supersede(client: MlflowClient, run_id: str) -> None:
+    """A job started afresh over an interrupted one: the interrupted run (RUNNING after a kill) ends KILLED."""
+    status = client.get_run(run_id).info.status
+    if status == "RUNNING":
+        set_tags(client, run_id, {TAG_ERROR: "superseded: the job was started again without --resume"})
+        end_run(client, run_id, "KILLED")
+        log.info("run %s of an earlier, interrupted start of this job marked KILLED", run_id)
+
+
+def _reopen(client: MlflowClient, job, run_id: str, fetch: bool = True) -> tuple[int, str | None]:
+    """Check that ``run_id`` can be resumed by ``job``, fetch its checkpoint (unless ``fetch`` is False: the
+    verified local one is at least as recent), set it RUNNING again.
 
     Returns:
         (the last step MLflow already has, the checkpoint slot the run's tag names).
@@ -145,7 +204,7 @@ def _reopen(client: MlflowClient, job, run_id: str) -> tuple[int, str | None]:
         diff = ", ".join(f"{k}={run.data.params[k]!r}->{job_params(job)[k]!r}" for k in changed[:5])
         raise ConfigError(f"--resume-run: the config differs from run {run_id}'s params: {diff}")
     slot = run.data.tags.get(TAG_SLOT)
-    if slot:
+    if slot and fetch:
         _fetch_checkpoint(client, run_id, slot, run.data.tags[TAG_SHA], job.output.dir)
         log.info("resuming run %s from its checkpoint at step %s", run_id, run.data.tags.get(TAG_STEP))
     logged = [m.step for m in client.get_metric_history(run_id, "loss_dd")]

@@ -69,7 +69,10 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
 
     Call it only after ``verify_remote_set``: no version may point at missing or partial files. The version
     carries the evaluation protocol of the run that scored it (the run's ``protocol.*`` tags), and is ranked
-    only against versions of that protocol (``_ranking``).
+    only against versions of that protocol (``_ranking``). Idempotent on (content, protocol): if a version of the
+    model already holds a set with the same content sha256 scored under the same protocol, that version is
+    returned instead of a new one (recorded in ``created`` with ``existing: True``, which a failure never deletes);
+    the same set re-scored under another protocol is a new version of that protocol.
 
     Args:
         client: the store's client.
@@ -95,6 +98,20 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
     protocol = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("protocol.")}
     tags = {**(extra_tags or {}), "dataset": dataset, "ipc": str(ipc), "im_size": str(synset.meta["im_size"]),
             "content_sha256": synset.sha256(), "code_version": code_version(), **protocol, **accs}
+    same = [v for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get("content_sha256") == tags["content_sha256"]
+            and v.tags.get(TAG_ID, UNKNOWN) == protocol.get(TAG_ID, UNKNOWN)]
+    if same:  # idempotent on content and protocol: a resumed run (or a rerun) that made the same set adds no version
+        mv = min(same, key=lambda v: int(v.version))
+        log.info("%s version %s already holds this set (sha256 %s) under this protocol: not registered again", name,
+                 mv.version, tags["content_sha256"][:16])
+        aliases = move_champion(client, name, also_run=run_id)
+        held = sorted((a for a, v in aliases.items() if v == int(mv.version)), key=lambda a: (a != CHAMPION, a))
+        entry = {"name": name, "version": int(mv.version), "alias": held[0] if held else None,
+                 "existing": True}  # never deleted by this run's failure clean-up
+        if created is not None:
+            created.append(entry)
+        return entry
     mv = client.create_model_version(name, source or f"runs:/{run_id}/{SYNTHETIC}", run_id=run_id, tags=tags,
                                      description=description)
     entry = {"name": name, "version": int(mv.version), "alias": None}
