@@ -51,3 +51,17 @@ def test_version_and_run_help_name_every_job_kind(capsys):
         pass
     out = capsys.readouterr().out
     assert all(k in out for k in JOB_KINDS)
+
+
+def test_validate_json(capsys, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: distill\nipc: true\n")
+    code = main(["validate", "--json", str(root / "jobs" / "distill_dm_digits_ipc10.yaml"),
+                 str(root / "search_spaces" / "digits_dmcmi.yaml"), str(bad)])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 2 and [f["ok"] for f in doc["files"]] == [True, True, False]
+    assert doc["files"][0]["kind"] == "distill" and doc["files"][1]["kind"] == "search"
+    assert "ipc" in doc["files"][2]["error"]
