@@ -69,3 +69,23 @@ def pytest_collection_modifyitems(config, items):
         if (SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES
                 or item.originalname in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
+
+
+def stop_at(n: int):
+    """Loop hooks that end a distillation after step ``n`` (as an ASHA stop would) and record each step's metrics
+    (``steps``: the step numbers; ``seen``: the metrics dicts)."""
+    from cmidd.hooks import Hooks
+
+    class StopAt(Hooks):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+            self.seen: list[dict[str, float]] = []
+
+        def on_step(self, step: int, metrics: dict[str, float]) -> None:
+            self.steps.append(step)
+            self.seen.append(dict(metrics))
+
+        def should_stop(self) -> bool:
+            return self.steps[-1:] == [n]
+
+    return StopAt()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_distill
+from conftest import tiny_distill, stop_at
 
 from cmidd.cmi import cmi_emp, proxy_log_probs
 from cmidd.config import parse_job
 from cmidd.data import RealPool
-from cmidd.distill import CHECKPOINT, Hooks, distill, effective_lambda, iteration_generator
+from cmidd.distill import CHECKPOINT, distill, effective_lambda, iteration_generator
 from cmidd.errors import ConfigError
 from cmidd.evaluate import baseline_set
 from cmidd.lam import LAM_KEY, RATIO_KEY, fmt_lam, lam_effective, lam_of
@@ -119,19 +119,10 @@ def test_alpha_resume_is_exact_and_keeps_the_checkpoints_lambda(tmp_path, digits
     over = {"method__iterations": 4, "cmi__alpha": 0.5, "cmi__calibrate_draws": 2, "output__checkpoint_every": 1}
     full, _ = distill(parse_job(tiny_distill(tmp_path, **over)), digits, [proxy])
 
-    class StopAt2(Hooks):
-        n = 0
-
-        def on_step(self, step, metrics):
-            self.n = step
-
-        def should_stop(self):
-            return self.n == 2
-
     work = tmp_path / "w"
     work.mkdir()
     job = parse_job(tiny_distill(tmp_path, **over))
-    distill(job, digits, [proxy], hooks=StopAt2(), workdir=work)
+    distill(job, digits, [proxy], hooks=stop_at(2), workdir=work)
     state = torch.load(work / CHECKPOINT, weights_only=True)
     assert state["lam"] == pytest.approx(full.meta["lam"])
     resumed, h = distill(job, digits, [proxy], workdir=work, resume=True, lam=123.0)  # the checkpoint's wins
@@ -399,22 +390,11 @@ def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(t
     expected = 0.5 * lam0 + 0.5 * 0.3 * g_dd / g_cmi
     assert full.meta["lam"] == pytest.approx(expected, rel=1e-5) and expected != pytest.approx(lam0, rel=1e-3)
 
-    class StopAt2(Hooks):
-        def __init__(self):
-            self.n, self.seen = 0, []
-
-        def on_step(self, step, metrics):
-            self.n = step
-            self.seen.append(metrics[LAM_KEY])
-
-        def should_stop(self):
-            return self.n == 2
-
     work = tmp_path / "w"
     work.mkdir()
-    hooks = StopAt2()
+    hooks = stop_at(2)
     distill(job, digits, [proxy], hooks=hooks, workdir=work)
-    assert hooks.seen == pytest.approx([lam0, lam0])  # the curve (MLflow) before the recalibration
+    assert [m[LAM_KEY] for m in hooks.seen] == pytest.approx([lam0, lam0])  # the curve (MLflow) before the recalibration
     resumed, _ = distill(job, digits, [proxy], workdir=work, resume=True)
     assert resumed.sha256() == full.sha256() and resumed.meta["lam"] == pytest.approx(expected, rel=1e-9)
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cmidd.config import parse_job
-from cmidd.distill import CHECKPOINT, Hooks, distill
+from cmidd.distill import CHECKPOINT, distill
 from cmidd.errors import DivergenceError
 from cmidd.proxies import ensure
 
-from conftest import tiny_distill
+from conftest import tiny_distill, stop_at
 
 
 def test_same_seed_same_checksum(tmp_path, digits):
@@ -38,20 +38,10 @@ def test_images_move_and_history_is_complete(tmp_path, digits):
 def test_resume_equals_uninterrupted(tmp_path, digits):
     full, _ = distill(parse_job(tiny_distill(tmp_path, method__iterations=6)), digits)
 
-    class StopAt3(Hooks):
-        def __init__(self):
-            self.n = 0
-
-        def on_step(self, step, metrics):
-            self.n = step
-
-        def should_stop(self):
-            return self.n == 3
-
     work = tmp_path / "w"
     work.mkdir()
     job = parse_job(tiny_distill(tmp_path, method__iterations=6, output__checkpoint_every=1))
-    part, h1 = distill(job, digits, hooks=StopAt3(), workdir=work)
+    part, h1 = distill(job, digits, hooks=stop_at(3), workdir=work)
     assert h1.step == [1, 2, 3] and (work / CHECKPOINT).is_file()
     resumed, h2 = distill(job, digits, workdir=work, resume=True)
     assert h2.step == [1, 2, 3, 4, 5, 6]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cmidd.config import parse_job
-from cmidd.distill import CHECKPOINT, Hooks, distill
+from cmidd.distill import CHECKPOINT, distill
 from cmidd.errors import ConfigError, IntegrityError
 from cmidd.experts import ensure, flat_params, load, unflatten
 from cmidd.formation import decode, encode
@@ -17,7 +17,7 @@ from cmidd.methods.mtt import param_distance, unrolled_student
 from cmidd.nets import create_net
 from cmidd.runner import run_job
 
-from conftest import tiny_distill
+from conftest import tiny_distill, stop_at
 
 # -- multi-formation ------------------------------------------------------------------------------------
 
@@ -208,19 +208,10 @@ def test_mtt_runs_learns_its_lr_and_resumes_exactly(tmp_path, digits):
     full, h = distill(job, digits, experts=experts)
     assert all(torch.isfinite(torch.tensor(h.loss_dd)))
 
-    class StopAt2(Hooks):
-        n = 0
-
-        def on_step(self, step, metrics):
-            self.n = step
-
-        def should_stop(self):
-            return self.n == 2
-
     work = tmp_path / "w"
     work.mkdir()
     job_ck = parse_job({**raw, "output": {**raw["output"], "checkpoint_every": 1}})
-    distill(job_ck, digits, hooks=StopAt2(), workdir=work, experts=experts)
+    distill(job_ck, digits, hooks=stop_at(2), workdir=work, experts=experts)
     state = torch.load(work / CHECKPOINT, weights_only=True)
     assert state["method"]["lr"] != job.method.lr_teacher  # the step size is learned and checkpointed
     resumed, _ = distill(job_ck, digits, workdir=work, resume=True, experts=experts)
