@@ -89,3 +89,27 @@ def stop_at(n: int):
             return self.steps[-1:] == [n]
 
     return StopAt()
+
+
+def brute_norms(job, digits, proxy, draws: int) -> tuple[float, float]:
+    """Both image-gradient norms by hand (the reference of ``cmidd.distill.gradient_norms``): draw m = iteration
+    m's net and batches, the initial real images."""
+    import torch
+
+    from cmidd.cmi import cmi_emp, proxy_log_probs
+    from cmidd.data import RealPool
+    from cmidd.distill import iteration_generator
+    from cmidd.methods import MethodContext, build_method
+
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    x0, y = pool.random_init(job.ipc, torch.Generator().manual_seed(job.seed))
+    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, digits.im_size, torch.device("cpu")))
+    dd, cm = [], []
+    for it in range(draws):
+        gen = iteration_generator(job.seed, it)
+        m.begin_iteration(gen)
+        x = x0.clone().requires_grad_(True)
+        dd.append(float(torch.autograd.grad(m.loss(x, y, gen), x)[0].norm()))
+        x = x0.clone().requires_grad_(True)
+        cm.append(float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), y, 10), x)[0].norm()))
+    return sum(dd) / draws, sum(cm) / draws

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_distill, stop_at
+from conftest import brute_norms, stop_at, tiny_distill
 
 from cmidd.cmi import cmi_emp, proxy_log_probs
 from cmidd.config import parse_job
@@ -24,22 +24,6 @@ from cmidd.training import seeded_net
 
 def _proxy(arch: str, im_size: int = 8, **kw):
     return seeded_net(lambda: create_net(arch, 1, 10, im_size, **kw), 0, "cpu").eval().requires_grad_(False)
-
-
-def _brute_norms(job, digits, proxy, draws: int) -> tuple[float, float]:
-    """Both image-gradient norms by hand: draw m = iteration m's net and batches, the initial real images."""
-    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
-    x0, y = pool.random_init(job.ipc, torch.Generator().manual_seed(job.seed))
-    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, digits.im_size, torch.device("cpu")))
-    dd, cm = [], []
-    for it in range(draws):
-        gen = iteration_generator(job.seed, it)
-        m.begin_iteration(gen)
-        x = x0.clone().requires_grad_(True)
-        dd.append(float(torch.autograd.grad(m.loss(x, y, gen), x)[0].norm()))
-        x = x0.clone().requires_grad_(True)
-        cm.append(float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), y, 10), x)[0].norm()))
-    return sum(dd) / draws, sum(cm) / draws
 
 
 # -- config --------------------------------------------------------------------------------------------------
@@ -69,7 +53,7 @@ def test_alpha_zero_or_lam_zero_is_cmi_off(tmp_path):
 def test_lam_effective_equals_alpha_times_the_brute_force_gradient_norm_ratio(tmp_path, digits):
     job = parse_job(tiny_distill(tmp_path, ipc=3, cmi__alpha=0.05, cmi__calibrate_draws=3), "job.yaml")
     proxy = _proxy("ConvNetD1", width=16)
-    g_dd, g_cmi = _brute_norms(job, digits, proxy, 3)
+    g_dd, g_cmi = brute_norms(job, digits, proxy, 3)
     lam = effective_lambda(job, digits, [proxy])
     assert lam == pytest.approx(0.05 * g_dd / g_cmi, rel=1e-5)
     assert lam != pytest.approx(0.05, rel=0.5)  # a real rescaling, not alpha passed through
@@ -87,7 +71,7 @@ def test_alpha_gives_the_same_relative_pull_on_proxy_feature_sizes_and_data_sets
                         (mnist, _proxy("ConvNetD1", 28, width=16))):
         job = parse_job(tiny_distill(tmp_path, ipc=3, data__name=data.name, cmi__alpha=0.2,
                                      cmi__calibrate_draws=1), "job.yaml")
-        g_dd, g_cmi = _brute_norms(job, data, proxy, 1)
+        g_dd, g_cmi = brute_norms(job, data, proxy, 1)
         lam = effective_lambda(job, data, [proxy])
         assert lam * g_cmi / g_dd == pytest.approx(0.2, rel=1e-5)
         lams.append(lam)

@@ -113,7 +113,7 @@ def test_damaged_checkpoint_is_refused_before_any_work(tmp_path):
 
 
 def test_checkpoint_digest_sees_every_field():
-    from cmidd.distill import checkpoint_digest
+    from cmidd.checkpoint import checkpoint_digest
 
     state = {"images": torch.zeros(2, 1, 2, 2), "opt": {"state": {0: {"m": torch.ones(3)}}, "param_groups": [
         {"lr": 1.0, "nesterov": False, "foreach": None, "params": [0]}]}, "step": 4,
@@ -292,7 +292,7 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
     checkpoint intact; with the server back, that command finishes the same run and registers the set once."""
     import time
 
-    from cmidd.distill import read_checkpoint
+    from cmidd.checkpoint import read_checkpoint
 
     root = tmp_path / "server"
     root.mkdir()

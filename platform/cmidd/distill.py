@@ -14,39 +14,35 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .checkpoint import CHECKPOINT, load_checkpoint, resume_key, save_checkpoint
 from .cmi import CMIRegularizer
 from .data import Dataset, RealPool
-from .errors import ConfigError, DivergenceError, IntegrityError
+from .errors import ConfigError, DivergenceError
 from .evaluate import evaluate
 from .formation import check_factor, decode, init_stored
 from .lam import LAM_KEY
 from .methods import Method, MethodContext, build_method
 from .progress import format_seconds
 from .device import resolve_device
-from .files import atomic_write
 from .hooks import Hooks
+from .shard import Shard
 from .synthetic import SyntheticSet
 
 if TYPE_CHECKING:
     from .config import CMICfg, DistillJob
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-
 
 @dataclass
 class History:
@@ -66,40 +62,6 @@ class History:
         self.loss_total.append(m["loss_total"])
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's part of a data-parallel distillation (``cmidd.ray.train`` builds one per Ray worker).
-
-    Every worker holds the full synthetic set and draws the same random numbers; worker ``rank`` computes the
-    DD term on classes ``rank, rank + world, ...`` and the CMI term on the proxies it holds, weighted so that
-    the SUM over workers of the image gradients is the single-process gradient of ``L_DD + lam * CMI``.
-    ``all_reduce`` sums a tensor in place over the workers; all then take the identical SGD step.
-    """
-
-    rank: int
-    world: int
-    all_reduce: Callable[[torch.Tensor], None]
-
-    @property
-    def main(self) -> bool:
-        """Rank 0 evaluates and reports; the others only compute."""
-        return self.rank == 0
-
-    def classes(self, num_classes: int) -> list[int] | None:
-        """The classes of this worker's DD term (None = all, the single-process case)."""
-        return None if self.world == 1 else list(range(self.rank, num_classes, self.world))
-
-    def reduce(self, syn: torch.Tensor, *scalars: torch.Tensor) -> list[torch.Tensor]:
-        """Sum ``syn.grad`` and the metric scalars over the workers in one collective; returns the sums."""
-        if self.world == 1:
-            return list(scalars)
-        n = syn.numel()
-        flat = torch.cat([syn.grad.reshape(-1), torch.stack([s.detach().to(syn.grad.dtype) for s in scalars])])
-        self.all_reduce(flat)
-        syn.grad.copy_(flat[:n].view_as(syn))
-        return list(flat[n:].unbind())
-
-
 def iteration_generator(seed: int, it: int) -> torch.Generator:
     """The CPU generator of iteration ``it``: a pure function of (seed, it), which makes resume exact."""
     return torch.Generator().manual_seed((seed * 1_000_003 + it) % (2**63 - 1))
@@ -113,12 +75,6 @@ def build_cmi(cfg: CMICfg, proxies: list[nn.Module] | None, num_classes: int) ->
         raise ConfigError("cmi.lam > 0 or cmi.alpha > 0 needs proxies, but none were given")
     return CMIRegularizer(proxies, num_classes, cfg.agg, cfg.k, cfg.space, cfg.temperature, cfg.subsample,
                           cfg.precision)
-
-
-def _resume_key(job: DistillJob) -> dict:
-    """The config fields a checkpoint must agree with to be resumed."""
-    d = job.model_dump(mode="json")
-    return {k: d[k] for k in ("seed", "ipc", "data", "net", "method", "cmi", "proxies", "experts")}
 
 
 @dataclass
@@ -407,7 +363,7 @@ def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
         run.history.evals.append({"step": step, **metrics})
     if run.ckpt is not None and job.output.checkpoint_every and step % job.output.checkpoint_every == 0:
         run.history.seconds = time.perf_counter() - t0  # the clock resumes from here
-        _save_checkpoint(run.ckpt, syn, run.opt, step, run.history, _resume_key(job), run.method, run.lam)
+        save_checkpoint(run.ckpt, syn, run.opt, step, asdict(run.history), resume_key(job), run.method, run.lam)
         run.hooks.on_checkpoint(step, run.ckpt, _synset(job, run.data, syn, labels, run.lam))
 
 
@@ -420,89 +376,3 @@ def _synset(job: DistillJob, data: Dataset, syn: torch.Tensor, labels: torch.Ten
         "config": job.model_dump(mode="json"),
     }
     return SyntheticSet(syn.detach().cpu().clone(), labels.detach().cpu().clone(), meta)
-
-
-def _feed(h, obj) -> None:
-    """Feed ``obj`` (nested dicts, lists, tensors, numbers, text, None) into the hash ``h``, types and order kept."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().reshape(-1).contiguous()
-        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, dict):
-        h.update(f"D{len(obj)}:".encode())
-        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
-            _feed(h, k)
-            _feed(h, obj[k])
-    elif isinstance(obj, (list, tuple)):
-        h.update(f"L{len(obj)}:".encode())
-        for v in obj:
-            _feed(h, v)
-    elif isinstance(obj, float):
-        h.update(f"F{obj.hex()};".encode())
-    elif obj is None or isinstance(obj, (bool, int, str)):
-        h.update(f"{type(obj).__name__[0]}{obj!r};".encode())
-    else:
-        raise TypeError(f"a checkpoint holds no {type(obj).__name__}")
-
-
-def checkpoint_digest(state: dict) -> str:
-    """The sha256 of a checkpoint's content (every field but ``sha256``), independent of the file's layout."""
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != "sha256"})
-    return h.hexdigest()
-
-
-def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """A loop checkpoint's state (``weights_only``: nothing is unpickled), verified against its own checksum.
-
-    Raises:
-        IntegrityError: one line naming the file: it cannot be read (truncated, not a checkpoint), carries no
-            checksum, or its content does not match the checksum it carries (a flipped byte).
-    """
-    fix = "nothing was overwritten; remove it to start over, or resume an MLflow run with --resume-run RUN_ID"
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated zip, a garbled pickle, ...: torch's errors are many
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:160]
-        raise IntegrityError(f"{path}: is damaged and cannot be read as a checkpoint ({reason}); {fix}") from None
-    if not isinstance(state, dict) or "sha256" not in state:
-        raise IntegrityError(f"{path}: carries no checksum (written by an older cmidd or not a checkpoint); {fix}")
-    got = checkpoint_digest(state)
-    if got != state["sha256"]:
-        raise IntegrityError(f"{path}: is damaged: its content's sha256 {got[:16]}... does not match the "
-                             f"{str(state['sha256'])[:16]}... it was written with; {fix}")
-    return state
-
-
-def load_checkpoint(path: Path, job: DistillJob, device: torch.device | str = "cpu") -> dict:
-    """A loop checkpoint's state, verified (``read_checkpoint``), after checking that ``job`` may resume it.
-
-    Raises:
-        IntegrityError: the file is damaged or carries no checksum.
-        ConfigError: the checkpoint was written by a different config.
-    """
-    state = read_checkpoint(path, device)
-    if state["key"] != _resume_key(job):
-        raise ConfigError(f"--resume: {path} was written by a different config; remove it or drop --resume")
-    return state
-
-
-def _save_checkpoint(path: Path, syn, opt, step: int, history: History, key: dict, method=None,
-                     lam: float | None = None) -> None:
-    """Atomic: write to a temp file, then rename, so a kill never leaves a torn checkpoint.
-
-    The method's own state (MTT's learnable step size; {} for the others) travels with the images; the state's
-    own sha256 (``checkpoint_digest``) travels in the same file, so the file and its checksum never disagree.
-    """
-    state = {
-        "images": syn.detach().cpu(), "opt": opt.state_dict(), "step": step,
-        "history": asdict(history), "key": key,
-    }
-    if method is not None:
-        state["method"] = method.state_dict()
-    if lam is not None:
-        state["lam"] = float(lam)  # the weight the steps used: a resumed run goes on with the same one
-    state["sha256"] = checkpoint_digest(state)  # over everything above, the lambda included
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())

@@ -22,7 +22,8 @@ from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
 from .cmi import measure_cmi
 from .device import resolve_device
-from .distill import CHECKPOINT, History, Hooks, distill, effective_lambda, load_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .distill import History, Hooks, distill, effective_lambda
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY

@@ -35,7 +35,9 @@ from torch import nn
 
 from ..config import DistillJob
 from ..data import Dataset
-from ..distill import CHECKPOINT, History, Hooks, Shard, distill, effective_lambda, load_checkpoint
+from ..checkpoint import CHECKPOINT, load_checkpoint
+from ..distill import History, Hooks, distill, effective_lambda
+from ..shard import Shard
 from ..errors import CmiddError, ConfigError
 from ..synthetic import SyntheticSet
 from . import connect, disconnect
