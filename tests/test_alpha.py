@@ -159,7 +159,8 @@ def test_alpha_space_loads_with_its_zero_arm_and_trials_switch_cmi_off():
     from pathlib import Path
 
     from cmidd.config import ZERO_ARM, load_search
-    from cmidd.ray.tune import optuna_space, trial_job
+    from cmidd.config import trial_job
+    from cmidd.ray.tune import optuna_space
 
     cfg = load_search(Path(__file__).resolve().parents[1] / "search_spaces" / "digits_dmcmi_alpha.yaml")
     spec = cfg.params["cmi.alpha"]
@@ -273,7 +274,7 @@ def _trial(tid, state, metric, std, params, lam=None, step=8):
 
 def test_zero_arm_verdict_says_why_when_the_only_cmi_trial_was_stopped_by_asha(tmp_path):
     from cmidd.config import ZERO_ARM, load_search
-    from cmidd.ray.tune import summary_table, zero_arm_verdict
+    from cmidd.search_report import summary_table, zero_arm_verdict
 
     cfg = load_search(Path(__file__).resolve().parents[1] / "search_spaces" / "digits_dmcmi_alpha.yaml")
     rows = [_trial("z", "finished", 0.9, 0.01, {"cmi.alpha": 0.05, ZERO_ARM: False}),
@@ -296,7 +297,7 @@ def test_lambda_plot_is_symlog_with_zero_labelled_and_seed_std_error_bars():
     from matplotlib.container import ErrorbarContainer
 
     from cmidd.config import ZERO_ARM
-    from cmidd.ray._search_report import lambda_figure
+    from cmidd.search_report import lambda_figure
 
     rows = [_trial("z", "finished", 0.90, 0.01, {"cmi.lam": 500.0, ZERO_ARM: False}),
             _trial("a", "finished", 0.88, 0.02, {"cmi.lam": 50.0, ZERO_ARM: True}),

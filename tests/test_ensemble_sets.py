@@ -50,6 +50,61 @@ def test_bad_combinations_are_refused():
         combine_sets([_set(1, 0)], "vote")
 
 
+# -- the ensemble job kind (cmidd.runner, no MLflow) -----------------------------------------------------
+
+
+def _saved_sets(tmp_path, digits, ipcs=(2, 2)):
+    from cmidd.runner import random_real_set
+
+    folders = []
+    for i, ipc in enumerate(ipcs):
+        random_real_set(digits, ipc, seed=i).save(tmp_path / f"s{i}")
+        folders.append(str(tmp_path / f"s{i}"))
+    return folders
+
+
+def _ensemble_job(tmp_path, sets, **kw):
+    return parse_job({"kind": "ensemble", "name": "ens", "data": {"name": "digits"}, "sets": sets,
+                      "eval": {"archs": ["ConvNetD1"], "num_eval": 1, "epochs": 1, "dsa": False},
+                      "output": {"dir": str(tmp_path / "out")}, **kw})
+
+
+def test_the_ensemble_job_combines_saved_sets_through_the_runner(tmp_path, digits):
+    from cmidd.runner import RUNNERS, run_job
+
+    assert "ensemble" in RUNNERS
+    sets = _saved_sets(tmp_path, digits)
+    r = run_job(_ensemble_job(tmp_path, sets, sources=["a", "b"]), data=digits)
+    parts = [SyntheticSet.load(f) for f in sets]
+    want = torch.cat([p.images.view(10, 2, 1, 8, 8) for p in parts], dim=1).reshape(40, 1, 8, 8)
+    saved = SyntheticSet.load(tmp_path / "out" / "synthetic")  # verified on load
+    assert r.kind == "ensemble" and r.synset.ipc == 4 and torch.equal(saved.images, want)
+    assert saved.meta["ensemble_of"] == ["a", "b"] and saved.meta["method"] == "ensemble-concat"
+    assert 0.0 <= r.metrics["acc/cross_arch_mean"] <= 1.0
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["kind"] == "ensemble"
+
+
+def test_the_ensemble_job_refuses_bad_sources_before_writing(tmp_path, digits):
+    from cmidd.errors import CmiddError
+    from cmidd.runner import check_job_data
+
+    with pytest.raises(ConfigError, match="sources: one per set"):
+        _ensemble_job(tmp_path, _saved_sets(tmp_path, digits), sources=["a"])
+    with pytest.raises(ConfigError, match="sets: must be distinct"):
+        _ensemble_job(tmp_path, [str(tmp_path / "s0")] * 2)
+    mixed = _ensemble_job(tmp_path, _saved_sets(tmp_path, digits, (1, 2)), mode="per-class-best")
+    with pytest.raises(DataError, match="one IPC"):
+        check_job_data(mixed, digits)
+    with pytest.raises(DataError, match="sets: every entry must be a set folder"):
+        check_job_data(_ensemble_job(tmp_path, [str(tmp_path / "s0"), str(tmp_path / "nope")]), digits)
+    from cmidd.data import load_dataset
+
+    with pytest.raises(CmiddError, match="but data is digits 1x16px"):
+        check_job_data(_ensemble_job(tmp_path, [str(tmp_path / "s0"), str(tmp_path / "s1")],
+                                     data={"name": "digits", "im_size": 16}), load_dataset("digits", im_size=16))
+    assert not (tmp_path / "out").exists()
+
+
 # -- through MLflow -----------------------------------------------------------------------------------
 
 mlflow = pytest.importorskip("mlflow")

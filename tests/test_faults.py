@@ -422,7 +422,7 @@ def test_search_driver_sigkill_then_resume(tmp_path):
 
     from test_search import ENV, child_runs, space, write
 
-    from cmidd.ray.tune import TAG_TRIAL
+    from cmidd.names import TAG_TRIAL
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = write(tmp_path, space(tmp_path, num_samples=4))

@@ -62,7 +62,7 @@ def with_a(tmp_path, monkeypatch, template_db, digits):
 
 def _search(root: Path, uri: str, **extra) -> dict:
     """One real trial (Ray Tune + Optuna, no ASHA) of a real-init DM job under protocol B; its set registered."""
-    from cmidd.ray.tune import run_search
+    from cmidd.app import run_search
 
     base = tiny_distill(root / "s", name="trial", method__iterations=2, eval=dict(EVAL_B),
                         output__checkpoint_every=0)

@@ -162,7 +162,7 @@ def test_zero_arm_is_enqueued_first():
     dists, points = optuna_space(cfg)
     assert points == [{"cmi.lam": 10, ZERO_ARM: False, "ipc": 10, "proxies.set": "convnet-x1", "method.lr_img": 1.0}]
     assert dists[ZERO_ARM].choices == (True, False)
-    from cmidd.ray.tune import trial_job
+    from cmidd.config import trial_job
 
     assert trial_job(cfg, points[0], "t0").cmi.lam == 0.0  # the zero arm runs plain DM
     assert trial_job(cfg, {**points[0], ZERO_ARM: True}, "t1").cmi.lam == 10
@@ -175,7 +175,8 @@ def _row(tid, state, metric, lam, on=True, lr=1.0):
 
 def test_study_summary_and_plots_degenerate_cases(tmp_path):
     """Importances need two finished trials with different values; plots draw lambda = 0 at the left edge."""
-    from cmidd.ray.tune import plots, study_summary, summary_table
+    from cmidd.ray.tune import study_summary
+    from cmidd.search_report import plots, summary_table
 
     cfg = load_search(write(tmp_path, space(tmp_path)))
     assert study_summary(cfg, [], tmp_path) == ["optuna_study.csv"]  # no finished trial
@@ -198,7 +199,7 @@ def test_study_summary_and_plots_degenerate_cases(tmp_path):
     (0.96, 0.01, 0.01, "is worse than lambda = 0 by more than the seed spread"),
 ])
 def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc, z_std, c_std, verdict):
-    from cmidd.ray.tune import summary_table, zero_arm_verdict
+    from cmidd.search_report import summary_table, zero_arm_verdict
 
     cfg = load_search(write(tmp_path, space(tmp_path)))
 
@@ -228,7 +229,8 @@ def test_bench_curve_is_best_so_far_against_cumulative_seconds():
 def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, capsys):
     """6 trials on a local Ray: ASHA stops some; the parent/child runs, the registered top-2, ``cmidd best``."""
     from cmidd import cli
-    from cmidd.ray.tune import TAG_STOPPED, TAG_TRIAL, run_search
+    from cmidd.app import run_search
+    from cmidd.names import TAG_STOPPED, TAG_TRIAL
     from cmidd.tracking import best_set, client_for
 
     uri = store(tmp_path, template_db)
@@ -260,7 +262,7 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
     assert zero and all(c.data.tags["proxy_set"] == "none" for c in zero)
     # effective lambdas only: 0 for the zero arm whatever cmi.lam it sampled, in rows, child runs and the parent
     from cmidd.lam import fmt_lam
-    from cmidd.ray.tune import summary_table
+    from cmidd.search_report import summary_table
 
     for r in rows.values():
         assert r["lam_effective"] == (0.0 if r["params"][ZERO_ARM] is False else r["params"]["cmi.lam"])
@@ -296,7 +298,8 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
 
 def test_trials_with_two_ray_train_workers(tmp_path, template_db, ray_local):
     """scaling.workers 2: each trial's driver takes 0.1 CPU and starts Ray Train; ASHA stops one of them."""
-    from cmidd.ray.tune import TAG_STOPPED, run_search
+    from cmidd.app import run_search
+    from cmidd.names import TAG_STOPPED
 
     uri = store(tmp_path, template_db)
     mapping = space(tmp_path, num_samples=2)
@@ -318,7 +321,7 @@ def test_trials_with_two_ray_train_workers(tmp_path, template_db, ray_local):
 
 def test_interrupt_and_resume(tmp_path, template_db):
     """SIGINT to ``cmidd search`` once 2 trials finished, then ``--resume``: every trial ends exactly once."""
-    from cmidd.ray.tune import TAG_TRIAL
+    from cmidd.names import TAG_TRIAL
     from cmidd.tracking import client_for
 
     uri = store(tmp_path, template_db)
@@ -394,7 +397,7 @@ def test_two_node_cluster_with_an_mlflow_server(tmp_path, template_db):
     ``mlflow server``: trials run on both nodes, and their artifacts reach the server (registered, verified)."""
     from raycluster import cluster, free_port
 
-    from cmidd.ray.tune import TAG_NODE
+    from cmidd.names import TAG_NODE
 
     shutil.copy(template_db, tmp_path / "server.db")
     port = free_port()

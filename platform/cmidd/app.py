@@ -1,11 +1,15 @@
-"""The app's composition root: run one job with the loop it asks for, tracked in MLflow or not.
+"""The app's composition root, the one place that joins the two platform wings (``cmidd.ray``, ``cmidd.tracking``).
 
-``cmidd run``, ``cmidd demo`` and the bench's quality suite all call ``execute``. It makes the two choices
-that the layers below leave open:
+``cmidd run``, ``cmidd demo`` and the bench's quality suite call ``execute``: one job, with the two choices that
+the layers below leave open:
 
 - the loop: the plain ``distill`` or Ray Train for ``scaling.workers > 1`` (``cmidd.ray.pick_loop``;
   the core ``cmidd.runner`` is handed the loop and never imports Ray), on the Ray cluster at ``address``;
 - the record: ``cmidd.tracking.tracked_run`` (an MLflow run, its artifacts, the registered set) or none.
+
+``cmidd search`` and the bench's search suite call ``run_search``: Ray Tune runs the trials
+(``cmidd.ray.tune``), each one a ``SearchTrial`` (a tracked child run of the search's parent run), and the
+tracking wing opens the parent and records the end (``search_parent``, ``finish_search``).
 
 mlflow and ray are imported only on the path that needs them, so untracked single-process jobs run
 without the platform packages.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +35,7 @@ from .ray import pick_loop, run_job
 from .synthetic import SetDataset, SyntheticSet
 
 if TYPE_CHECKING:
+    from .config import SearchCfg
     from .data import Dataset
     from .distill import Hooks
     from .runner import JobResult
@@ -138,3 +144,67 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
                        loop=pick_loop(job), experiment=experiment, resume_hint=resume_hint)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))
+
+
+@dataclass(frozen=True)
+class SearchTrial:
+    """What one search trial runs in its Tune actor (``cmidd.ray.tune.Trial``): its distill job with the loop it
+    asks for, tracked as a child run of the search's ``parent`` in the store at ``uri``."""
+
+    uri: str
+    search: str
+    parent: str
+
+    def __call__(self, job, trial_id: str, tags: dict[str, str], hooks: Hooks) -> tuple[dict[str, float], str]:
+        from .tracking import run_trial
+
+        return run_trial(self.uri, self.search, self.parent, job, trial_id, tags, hooks, pick_loop(job))
+
+
+def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = None, resume: bool = False,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the search ``cfg``; returns its summary (also logged to the parent run as trials.json).
+
+    Args:
+        cfg: a validated search (``config.load_search``).
+        uri: the MLflow store (``tracking_uri`` rules).
+        address: Ray cluster (``auto``, ``HOST:PORT``); None = ``$RAY_ADDRESS``, else a local Ray.
+        resume: continue the search stored in ``cfg.storage_dir``.
+        progress: print Tune's live progress table.
+
+    Returns:
+        {"parent_run_id", "experiment", "trials": [{"trial_id", "run_id", "state", "step", "metric", "std",
+        "params", "lam_effective"}], "best": {...}, "registered": [{"name", "version", "run_id", ...}],
+        "stopped": [ids], "wall_s"}.
+
+    Raises:
+        ConfigError: bad storage / resume state / address (before anything is written).
+        KeyboardInterrupt: the search was interrupted (Ctrl-C); ``--resume`` continues it.
+        CmiddError: MLflow failures; every trial failed.
+    """
+    from .ray import connect, disconnect
+    from .ray.tune import check_storage, fit_search, save_parent, saved_parent, study_summary
+    from .tracking import client_for, finish_search, search_concurrency, search_parent
+
+    uri = tracking_uri(uri)
+    check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
+    client = client_for(uri)
+    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
+    try:
+        with search_parent(client, cfg, saved_parent(cfg) if resume else None) as parent:
+            if not resume:
+                save_parent(cfg, parent.run_id)
+            parent.fail_status = "KILLED"  # a search that stops inside Tune can be resumed
+            try:
+                trials, wall = fit_search(cfg, SearchTrial(uri, cfg.name, parent.run_id), resume=resume,
+                                          progress=progress, max_concurrent=search_concurrency(cfg, uri))
+            finally:
+                if started:
+                    disconnect()  # Ray's resources go back before the driver's MLflow work
+                    started = False
+            parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
+            summary = finish_search(client, cfg, parent.run_id, trials, wall, partial(study_summary, cfg))
+    finally:
+        if started:
+            disconnect()
+    return summary

@@ -184,9 +184,18 @@ def ensemble_scores(member_probs: Tensor, labels: Tensor, bins: int = 15) -> tup
 SET_MODES = ("concat", "per-class-best")
 
 
-def _check_compatible(sets: list) -> None:
-    from .errors import DataError
+def check_combinable(sets: list, mode: str) -> None:
+    """The sources can be combined in ``mode``: a known mode, one data set, image shape and class count, and for
+    per-class-best one IPC. (The ``ensemble`` job checks this before anything is written.)
 
+    Raises:
+        ConfigError: an unknown mode.
+        DataError: sources that do not match.
+    """
+    from .errors import ConfigError, DataError
+
+    if mode not in SET_MODES:
+        raise ConfigError(f"--mode: must be one of {', '.join(SET_MODES)} (got {mode!r})")
     if not sets:
         raise DataError("ensemble: no source sets")
     keys = ("dataset", "num_classes", "channels", "im_size")
@@ -195,6 +204,9 @@ def _check_compatible(sets: list) -> None:
         got = {k: s.meta.get(k) for k in keys}
         if got != first:
             raise DataError(f"ensemble: source {i} is {got}, but source 0 is {first}: sets must match")
+    ipcs = sorted({s.ipc for s in sets})
+    if mode == "per-class-best" and len(ipcs) != 1:
+        raise DataError(f"ensemble: per-class-best needs sources of one IPC, got IPCs {ipcs}")
 
 
 def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sources: list[str] | None = None):
@@ -215,12 +227,10 @@ def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sour
         A new ``SyntheticSet``; its meta has ``method = "ensemble-<mode>"``, ``ensemble_of`` and, for
         per-class-best, ``class_source`` (the source index chosen per class).
     """
-    from .errors import ConfigError, DataError
+    from .errors import DataError
     from .synthetic import SyntheticSet
 
-    if mode not in SET_MODES:
-        raise ConfigError(f"--mode: must be one of {', '.join(SET_MODES)} (got {mode!r})")
-    _check_compatible(sets)
+    check_combinable(sets, mode)
     c_num = sets[0].num_classes
     by_class = [s.images.view(c_num, s.ipc, *s.images.shape[1:]) for s in sets]
     meta = {k: v for k, v in sets[0].meta.items() if k not in ("ipc", "config", "content_sha256")}
@@ -228,9 +238,6 @@ def combine_sets(sets: list, mode: str, class_scores: Tensor | None = None, sour
     if mode == "concat":
         images = torch.cat(by_class, dim=1)
     else:
-        ipcs = sorted({s.ipc for s in sets})
-        if len(ipcs) != 1:
-            raise DataError(f"ensemble: per-class-best needs sources of one IPC, got IPCs {ipcs}")
         if class_scores is None or tuple(class_scores.shape) != (len(sets), c_num):
             got = None if class_scores is None else tuple(class_scores.shape)
             raise DataError(f"ensemble: per-class-best needs class_scores of shape {(len(sets), c_num)}, got {got}")

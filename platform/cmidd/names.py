@@ -17,3 +17,14 @@ def acc(arch: str) -> str:
 def acc_std(arch: str) -> str:
     """``acc_std/<arch>``: its seed spread (population std)."""
     return f"acc_std/{arch}"
+
+
+# A search's records (Ray Tune + Optuna trials as MLflow runs): the ray wing writes the report key, the tracking
+# wing the tags; both read them, so they live here rather than in either wing.
+TAG_SEARCH = "cmidd.search"  # the search's name, on its parent and trial runs
+TAG_TRIAL = "cmidd.tune_trial_id"  # a trial's child run: its Tune trial id
+TAG_NODE = "cmidd.node_id"  # the Ray node the trial ran on
+TAG_STOPPED = "cmidd.search.stopped"  # a trial ASHA stopped (its run ends KILLED, never registered)
+TAG_SEARCH_PARENT = "cmidd.search.parent"  # a re-scoring/baseline run of a search (not mlflow.parentRunId:
+#                                             the parent's children are its trials)
+FINAL = "final"  # key of a trial's last report (after the full evaluation); a trial without it was stopped

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
+
 from . import experts as expert_zoo
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
@@ -24,6 +26,7 @@ from .cmi import measure_cmi
 from .device import resolve_device
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .distill import History, Hooks, distill, effective_lambda
+from .ensemble import check_combinable, combine_sets
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY
@@ -31,7 +34,7 @@ from .registry import Registry
 from .synthetic import SyntheticSet
 
 if TYPE_CHECKING:
-    from .config import DistillJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
+    from .config import DistillJob, EnsembleJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ def check_job_data(job, data: Dataset) -> None:
     resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
     if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
+    if job.kind == "ensemble":
+        ensemble_sources(job, data)
 
 
 def check_resume_point(job, resume: bool) -> None:
@@ -104,7 +109,7 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
     """Run a validated job of any kind.
 
     Args:
-        job: a ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob`` or ``EvaluateJob``.
+        job: a ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob``, ``EvaluateJob`` or ``EnsembleJob``.
         hooks: callbacks for the distillation loop (tracking, reporting).
         resume: continue a distill job from its checkpoint.
         data: the loaded data set (loaded from ``job.data`` if None).
@@ -252,6 +257,44 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, l
         metrics.update(res.metrics())
     _evaluate_baselines(job, data, device, rows, metrics)
     return JobResult("evaluate", job.output.dir, metrics=metrics, rows=rows, synset=synset)
+
+
+def ensemble_sources(job: EnsembleJob, data: Dataset) -> list[SyntheticSet]:
+    """The ensemble job's source sets, checksums verified, combinable in its mode and of the job's data.
+
+    Raises:
+        DataError: a folder that holds no set, a set of other images than ``data``, sets that do not match.
+        IntegrityError: a checksum does not match.
+    """
+    missing = [str(p) for p in job.sets if not (Path(p) / "manifest.json").is_file()]
+    if missing:
+        raise DataError(f"sets: every entry must be a set folder (with manifest.json), but got {missing[0]}")
+    sets = [SyntheticSet.load(p) for p in job.sets]
+    check_combinable(sets, job.mode)
+    meta = sets[0].meta
+    if (meta.get("dataset"), meta.get("im_size"), meta.get("channels")) != (data.name, data.im_size, data.channels):
+        raise DataError(f"sets: {job.sets[0]} holds {meta.get('dataset')} "
+                        f"{meta.get('channels')}x{meta.get('im_size')}px images, but data is {data.name} "
+                        f"{data.channels}x{data.im_size}px")
+    return sets
+
+
+@RUNNERS.register("ensemble")
+def _run_ensemble(job: EnsembleJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
+    """Combine the sources (per-class-best scores each source per class under the job's protocol first), save
+    the set in ``<output.dir>/synthetic`` and evaluate it."""
+    device = resolve_device(job.device)
+    sets = ensemble_sources(job, data)
+    scores = None
+    if job.mode == "per-class-best":
+        scores = torch.tensor([evaluate(s.images, s.labels, data, job.eval, job.seed, device).class_acc
+                               for s in sets])
+    synset = combine_sets(sets, job.mode, scores, job.source_labels())
+    job.output.dir.mkdir(parents=True, exist_ok=True)
+    synset.save(job.output.dir / "synthetic")
+    res = evaluate(synset.images, synset.labels, data, job.eval, job.seed, device)
+    return JobResult("ensemble", job.output.dir, metrics=res.metrics(), rows=res.rows(synset.meta["method"]),
+                     synset=synset, extra={"sources": job.source_labels(), "mode": job.mode})
 
 
 def random_real_set(data: Dataset, ipc: int, seed: int) -> SyntheticSet:

@@ -1,6 +1,6 @@
 """``cmidd bench --suite search``: TPE + ASHA against a grid over the same lambda range, on digits.
 
-Both arms run the same Tune function trial (``cmidd.ray.tune.make_trainable``: distill + evaluate, tracked in a
+Both arms run the same Tune function trial (``cmidd.app.SearchTrial``: distill + evaluate, tracked in a
 throw-away MLflow store) on the same Ray, one trial at a time, so the only difference is which trials run
 and for how long: the grid tries ``grid_points`` lambdas (0 and a log-spaced range) to the end; TPE samples
 ``num_samples`` (lambda log-uniform, the lambda = 0 arm enqueued, and lr_img) and ASHA stops the weak ones.
@@ -25,8 +25,9 @@ import yaml
 
 from ..config import SPACES_DIR, load_raw, load_search
 from ..names import CROSS_ARCH_MEAN
+from ..app import SearchTrial, run_search
 from ..ray import connected, require
-from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials, run_search
+from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials
 from ..tracking import client_for, ensure_experiment
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any
     client = client_for(uri)
     parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
     t0 = time.perf_counter()
-    fit_tuner(build_tuner(cfg, uri, parent, grid={"cmi.lam": lams}, storage=grid_dir))  # stdout stays the report's
+    fit_tuner(build_tuner(cfg, SearchTrial(uri, cfg.name, parent), grid={"cmi.lam": lams}, storage=grid_dir))  # stdout stays the report's
     wall = time.perf_counter() - t0
     client.set_terminated(parent, "FINISHED")
     return _arm(timeline(read_trials(grid_dir / TUNE_DIR)), wall, 0)

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
 
 # the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
-KINDS = ("distill", "pretrain-proxies", "evaluate", "experts")
+KINDS = ("distill", "pretrain-proxies", "evaluate", "experts", "ensemble")
 
 
 def add_parser(sub) -> None:

@@ -13,17 +13,17 @@ Example:
 
 from ._fields import DSA_DEFAULT, Device
 from ._load import JOBS_DIR, SPACES_DIR, apply_overrides, flatten, format_error, load_raw, read_yaml, set_path
-from .job import (JOB_KINDS, JOB_MODELS, CMICfg, DataCfg, DistillJob, EvalCfg, EvaluateJob, ExpertsCfg,
+from .job import (JOB_KINDS, JOB_MODELS, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
                   ExpertsJob, Job, MethodCfg, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg,
                   load_job, parse_job)
 from .search import (ZERO_ARM, AshaCfg, ParamSpec, SearchCfg, SearchRunCfg, TrialResources, load_search,
-                     trial_job_raw)
+                     trial_job, trial_job_raw)
 
 __all__ = [
     "DSA_DEFAULT", "Device", "JOBS_DIR", "SPACES_DIR", "load_raw", "apply_overrides", "flatten", "format_error", "read_yaml", "set_path",
-    "JOB_KINDS", "JOB_MODELS", "CMICfg", "DataCfg", "DistillJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
+    "JOB_KINDS", "JOB_MODELS", "CMICfg", "DataCfg", "DistillJob", "EnsembleJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
     "ExpertsJob", "Job", "MethodCfg", "NetCfg", "OutputCfg", "PretrainProxiesJob", "ProxiesCfg", "ScalingCfg",
     "load_job", "parse_job",
     "ZERO_ARM", "AshaCfg", "ParamSpec", "SearchCfg", "SearchRunCfg", "TrialResources", "load_search",
-    "trial_job_raw",
+    "trial_job", "trial_job_raw",
 ]

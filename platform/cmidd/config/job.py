@@ -292,11 +292,36 @@ class EvaluateJob(_JobBase):
         return self
 
 
-Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob], Field(discriminator="kind")]
+class EnsembleJob(_JobBase):
+    """Combine saved synthetic sets of one data set (``sets``: folders, best first) into one set and evaluate it
+    (``cmidd ensemble`` fetches them from a search's top trials or from registered versions)."""
+
+    kind: Literal["ensemble"] = "ensemble"
+    sets: list[Path] = Field(min_length=2)  # folders with images.pt, labels.pt, manifest.json (verified)
+    sources: list[str] = []  # what each set is (runs:/<id>, <model>/<version>) for its meta and tags; default: sets
+    mode: Literal["concat", "per-class-best"] = "concat"  # = cmidd.ensemble.SET_MODES
+    eval: EvalCfg = EvalCfg()
+
+    @model_validator(mode="after")
+    def _sources(self) -> "EnsembleJob":
+        if len(set(self.sets)) != len(self.sets):
+            raise ValueError(f"sets: must be distinct folders, but got {[str(p) for p in self.sets]}")
+        if self.sources and len(self.sources) != len(self.sets):
+            raise ValueError(f"sources: one per set must be given, but got {len(self.sources)} sources for "
+                             f"{len(self.sets)} sets")
+        return self
+
+    def source_labels(self) -> list[str]:
+        """What each source set is: ``sources``, else the folders."""
+        return list(self.sources) or [str(p) for p in self.sets]
+
+
+Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob, EnsembleJob],
+                Field(discriminator="kind")]
 # kind -> model: parse_job dispatches here (a pydantic discriminated union would prefix every error path
 # with the kind); ``Job`` is the type of the result.
 JOB_MODELS = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob,
-              "experts": ExpertsJob}
+              "experts": ExpertsJob, "ensemble": EnsembleJob}
 JOB_KINDS = tuple(JOB_MODELS)
 
 def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:

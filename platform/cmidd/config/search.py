@@ -160,6 +160,14 @@ def trial_job_raw(cfg: SearchCfg, values: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def trial_job(cfg: SearchCfg, values: dict[str, Any], trial_id: str) -> DistillJob:
+    """A trial's distill job: the base + sampled ``values``, its own output folder ``<storage>/trials/<id>``."""
+    raw = trial_job_raw(cfg, values)
+    raw = set_path(raw, "output.dir", str(cfg.storage_dir / "trials" / trial_id))
+    raw = set_path(raw, "name", f"{cfg.name}-{trial_id}")
+    return parse_job(raw, f"{cfg.name}: trial {trial_id}")
+
+
 def tune_metrics(job: DistillJob) -> list[str]:
     """The metrics an intermediate evaluation of ``job`` reports to Tune (``EvalResult.metrics`` names)."""
     names = [m for a in job.eval.archs for m in (f"acc/{a}", f"acc_std/{a}")]

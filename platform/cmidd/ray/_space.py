@@ -1,16 +1,19 @@
-"""A search's space and trials: ``SearchCfg.params`` as Optuna distributions, a trial's values as a distill job."""
+"""A search's space in Optuna: ``SearchCfg.params`` as distributions (plus the enqueued zero arm), and the
+finished trials as an Optuna study (its CSV and parameter importances)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
-from ..config import ZERO_ARM, DistillJob, SearchCfg, parse_job, set_path, trial_job_raw
+from ..config import ZERO_ARM, SearchCfg
+from ..lam import LAM_KEY
+from ..search_report import importance_plot, row_lam
 
-TAG_TRIAL, TAG_NODE, TAG_STOPPED, TAG_SEARCH = "cmidd.tune_trial_id", "cmidd.node_id", "cmidd.search.stopped", \
-    "cmidd.search"
-FINAL = "final"  # key of the trial's last report (after the full evaluation); a trial without it was stopped
-TUNE_DIR = "tune"
+log = logging.getLogger(__name__)
 
 
 def optuna_space(cfg: SearchCfg) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -58,9 +61,29 @@ def _inside(dist, value: Any) -> bool:
     return step is None or math.isclose((value - dist.low) / step, round((value - dist.low) / step), abs_tol=1e-8)
 
 
-def trial_job(cfg: SearchCfg, values: dict[str, Any], trial_id: str) -> DistillJob:
-    """The trial's distill job: the base + sampled values, its own output folder ``<storage>/trials/<id>``."""
-    raw = trial_job_raw(cfg, values)
-    raw = set_path(raw, "output.dir", str(cfg.storage_dir / "trials" / trial_id))
-    raw = set_path(raw, "name", f"{cfg.name}-{trial_id}")
-    return parse_job(raw, f"{cfg.name}: trial {trial_id}")
+def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
+    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv`` and parameter importances
+    (``optuna_importances.json`` and .png, when at least two finished trials differ). Returns the files written."""
+    import optuna
+
+    space, _ = optuna_space(cfg)
+    study = optuna.create_study(direction="maximize" if cfg.search.mode == "max" else "minimize")
+    for r in rows:
+        if r["state"] != "finished" or r["metric"] is None:
+            continue
+        values = {k: v for k, v in r["params"].items() if k in space}
+        study.add_trial(optuna.trial.create_trial(
+            params=values, distributions={k: space[k] for k in values}, value=float(r["metric"]),
+            user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)}))
+    study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
+    files = ["optuna_study.csv"]
+    values = {t.value for t in study.trials}
+    if len(study.trials) >= 2 and len(values) > 1:
+        try:
+            imp = optuna.importance.get_param_importances(study)
+            (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
+            files.append("optuna_importances.json")
+            files += importance_plot(imp, folder)
+        except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
+            log.info("optuna importances skipped: %s", e)
+    return files

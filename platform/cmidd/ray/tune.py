@@ -1,36 +1,24 @@
-"""Ray Tune + Optuna: a search space YAML -> TPE trials, ASHA on the eval accuracy, MLflow parent/child runs.
+"""Ray Tune + Optuna: a search space YAML -> TPE trials, ASHA on the eval accuracy, one Tune experiment.
 
-One search = one MLflow parent run (experiment = the search's name) and one Tune experiment in
-``<storage>/tune``. Each trial is a child run (tags ``mlflow.parentRunId``, ``cmidd.tune_trial_id``,
-``cmidd.node_id``) made by the same ``tracked_run`` as ``cmidd run``, with ``register=False``: a trial logs
-and verifies its set but does not register it. At the end the driver
-
-* marks the child runs of trials that ASHA stopped (their actor was killed mid-run, so the run would stay
-  RUNNING): tag ``cmidd.search.stopped=true``, status KILLED; they are never registered;
-* registers the top ``register_top_k`` finished trials (``tracking.register_distilled``; a version that already
-  exists for the run is kept, so a resumed search does not duplicate it) and moves ``champion``;
-* logs to the parent: the best trial's values as params (``best.<field>``; its lambda as the effective
-  ``best.cmi.lam_effective``, never the raw ``cmi.lam`` / ``cmi_on``), ``trials.json``, the Optuna study summary
-  (``optuna_study.csv``) and plots.
+This module runs trials; it records nothing. Each trial calls the ``trial`` it is given (``SearchTrial`` in
+``cmidd.app``: the job under ``tracking.tracked_run`` as a child of the search's parent run) with its distill job
+(``config.trial_job``), its Tune trial id, tags and the ``TuneHooks`` that report every intermediate
+evaluation to Tune (``step`` = distillation iteration: ASHA's time axis), and reports the final metrics with
+``final: True``. ``cmidd.app.run_search`` joins this module and the tracking wing's ``search_parent`` /
+``finish_search``.
 
 The lambda = 0 arm (``zero_arm: true`` on cmi.lam or cmi.alpha) is a categorical ``cmi_on`` in {True, False}
 beside the log-scale lambda (alpha), with ``{"cmi_on": False}`` enqueued as the first point
-(``points_to_evaluate``). Every table, param, tag and plot shows the lambda a trial ran (``cmidd.lam``).
+(``points_to_evaluate``; ``_space.optuna_space``).
 
-Concurrency and the store: sqlite serializes writers and MLflow's sqlite store fails with "database is
-locked" under concurrent trial processes, so with a ``sqlite:`` tracking URI the search runs one trial at a
-time (a warning says so). For concurrent trials (and for multi-node clusters, where artifacts must reach a
-server) pass ``--tracking-uri http://HOST:PORT`` of an ``mlflow server --artifacts-destination ...``.
-
-Resume: the parent run id lives in ``<storage>/parent_run_id``; ``resume=True`` restores the Tune experiment
-(``Tuner.restore``) and reuses the parent. A restarted trial looks up its child run by trial id: a FINISHED
-run is reported again without rerunning; an unfinished one is continued in place (``resume_run_id``), so each
-trial ends exactly once in MLflow.
+The storage folder (``SearchCfg.storage``) holds the Tune experiment (``tune/``), the search's fingerprint
+(``space.json``, checked on ``--resume``) and the id of its MLflow parent run (``parent_run_id``). ``--resume``
+restores the experiment (``Tuner.restore``, unfinished and errored trials continued).
 
 Example:
     >>> cfg = load_search("search_spaces/digits_dmcmi.yaml")
-    >>> summary = run_search(cfg, "sqlite:///mlflow.db")
-    >>> summary["best"]["metric"], summary["registered"]
+    >>> tuner = build_tuner(cfg, trial)  # trial(job, trial_id, tags, hooks) -> (metrics, run_id)
+    >>> fit_tuner(tuner); read_trials(cfg.storage_dir / TUNE_DIR)
 """
 
 from __future__ import annotations
@@ -40,33 +28,33 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import proxies as proxy_zoo
-from ..config import DistillJob, SearchCfg
+from ..config import DistillJob, SearchCfg, trial_job
 from ..distill import Hooks
 from ..errors import ConfigError
-from ..runner import load_job_data, proxies_dir
 from ..files import atomic_write
-from ..tracking import client_for, ensure_experiment, mlflow_errors, open_run, resolve_uri, run_tags, tracked_run
-from . import connect, disconnect, pick_loop
-from ._search_report import finish, plots, study_summary, summary_table, zero_arm_verdict
-from ._space import FINAL, TAG_NODE, TAG_SEARCH, TAG_STOPPED, TAG_TRIAL, TUNE_DIR, optuna_space, trial_job
+from ..names import FINAL, TAG_NODE
+from ..runner import load_job_data, proxies_dir
+from ._space import optuna_space, study_summary
 
-__all__ = [
-    "FINAL", "TAG_NODE", "TAG_SEARCH", "TAG_STOPPED", "TAG_TRIAL", "TUNE_DIR", "TuneHooks", "build_tuner",
-    "find_trial_run", "fit_tuner", "make_trainable", "optuna_space", "plots", "read_trials", "run_search",
-    "study_summary", "summary_table", "trial_job", "zero_arm_verdict",
-]
+__all__ = ["PARENT_FILE", "TUNE_DIR", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
+           "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
+           "saved_parent", "study_summary"]
 
 log = logging.getLogger(__name__)
 
+TUNE_DIR = "tune"
 PARENT_FILE = "parent_run_id"
 SPACE_FILE = "space.json"  # the search's fingerprint, checked on --resume
+
+Trial = Callable[[DistillJob, str, dict[str, str], Hooks], tuple[dict[str, float], str]]
+"""What a trial runs: ``(job, trial_id, tags, hooks) -> (final metrics, MLflow run id)``; picklable (Tune ships
+it to the trial's actor)."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -82,59 +70,25 @@ class TuneHooks(Hooks):
         tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
 
-def find_trial_run(client, exp_id: str, parent: str, trial_id: str):
-    """The child run of ``parent`` tagged with ``trial_id`` (newest first), or None."""
-    runs = client.search_runs(
-        [exp_id], filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent}'",
-        order_by=["attributes.start_time DESC"], max_results=5,
-    )
-    return runs[0] if runs else None
+def make_trainable(cfg: SearchCfg, trial: Trial):
+    """The Tune function trial: ``trial`` on the trial's distill job, its final metrics reported with ``final``."""
 
-
-def _final_report(job: DistillJob, metrics: dict[str, float], run_id: str) -> dict[str, Any]:
-    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-    return {**scalars, "step": job.method.iterations, FINAL: True, "mlflow_run_id": run_id}
-
-
-def make_trainable(cfg: SearchCfg, uri: str, parent: str):
-    """The Tune function trial: distill + evaluate under ``tracked_run`` as a child of ``parent``."""
-
-    def trial(config: dict[str, Any]) -> None:
+    def trainable(config: dict[str, Any]) -> None:
         import ray
         from ray import tune
 
         trial_id = tune.get_context().get_trial_id()
         job = trial_job(cfg, config, trial_id)
-        client = client_for(uri)
-        with mlflow_errors():
-            exp_id = ensure_experiment(cfg.name, client=client)
-            prior = find_trial_run(client, exp_id, parent, trial_id)
-        if prior is not None and prior.info.status == "FINISHED":  # done before an interruption: no rerun
-            log.info("trial %s already finished as run %s", trial_id, prior.info.run_id)
-            tune.report(_final_report(job, prior.data.metrics, prior.info.run_id))
-            return
-        tags = {TAG_TRIAL: trial_id, TAG_NODE: ray.get_runtime_context().get_node_id(), TAG_SEARCH: cfg.name}
-        tracked = tracked_run(
-            job, uri, resume_run_id=prior.info.run_id if prior is not None else None, resume=prior is not None,
-            hooks=TuneHooks(), experiment=cfg.name, parent_run_id=parent, register=False, tags=tags,
-            loop=pick_loop(job),
-        )
-        tune.report(_final_report(job, tracked.result.metrics, tracked.run_id))
+        tags = {TAG_NODE: ray.get_runtime_context().get_node_id()}
+        metrics, run_id = trial(job, trial_id, tags, TuneHooks())
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        tune.report({**scalars, "step": job.method.iterations, FINAL: True, "mlflow_run_id": run_id})
 
-    return trial
+    return trainable
 
 
 # ----------------------------------------------------------------------------------------------------
 # The driver
-
-
-def _effective_concurrency(cfg: SearchCfg, uri: str) -> int:
-    n = cfg.search.max_concurrent_trials
-    if uri.startswith("sqlite:") and n > 1:
-        warnings.warn(f"search.max_concurrent_trials={n} with a sqlite store: running 1 trial at a time (sqlite "
-                      "serializes writers); pass --tracking-uri http://HOST:PORT of an mlflow server for more", stacklevel=2)
-        return 1
-    return n
 
 
 def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
@@ -144,7 +98,7 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
     return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
 
 
-def _prepare_proxies(cfg: SearchCfg) -> None:
+def prepare_proxies(cfg: SearchCfg) -> None:
     """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it)."""
     if not cfg.base.cmi.on and not any(w in cfg.params for w in ("cmi.lam", "cmi.alpha")):
         return
@@ -161,7 +115,7 @@ def _prepare_proxies(cfg: SearchCfg) -> None:
             proxy_zoo.ensure(job.proxies, data, folder, job.seed, "cpu")
 
 
-def _check_storage(cfg: SearchCfg, resume: bool) -> None:
+def check_storage(cfg: SearchCfg, resume: bool) -> None:
     """A new search needs an unused storage folder; ``--resume`` needs one holding a search."""
     store = cfg.storage_dir
     pfile, tune_dir = store / PARENT_FILE, store / TUNE_DIR
@@ -171,71 +125,51 @@ def _check_storage(cfg: SearchCfg, resume: bool) -> None:
         raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
                           "storage folder (or delete this one)")
     saved = store / SPACE_FILE
-    if resume and saved.is_file() and json.loads(saved.read_text()) != _fingerprint(cfg):
+    if resume and saved.is_file() and json.loads(saved.read_text()) != fingerprint(cfg):
         raise ConfigError(f"--resume: the space or its base job differs from the search stored in {store} "
                           f"({saved}); resume with the same file and --set options")
 
 
-def _fingerprint(cfg: SearchCfg) -> dict[str, Any]:
+def fingerprint(cfg: SearchCfg) -> dict[str, Any]:
     """What a resumed search must share with the original: the base job, the space and the search settings."""
     space = {"base": cfg.base.model_dump(mode="json"), "search": cfg.search.model_dump(mode="json"),
              "params": {k: v.model_dump(mode="json") for k, v in cfg.params.items()}}
     return json.loads(json.dumps(space))
 
 
-def _parent_spec(client, cfg: SearchCfg, resume: bool) -> dict[str, Any]:
-    """``open_run``'s arguments for the search's parent run: a new run, or on ``--resume`` the stored one
-    (set RUNNING again)."""
-    if resume:
-        pfile = cfg.storage_dir / PARENT_FILE
-        parent = pfile.read_text().strip()
-        try:
-            client.get_run(parent)
-        except Exception:
-            raise ConfigError(f"--resume: parent run {parent} (from {pfile}) is not in this tracking store") from None
-        client.update_run(parent, status="RUNNING")
-        return {"run_id": parent, "tags": {"cmidd.search.resumed": "true"}}
-    settings = {f"search.{k}": json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-                for k, v in cfg.search.model_dump(mode="json").items()}
-    space = {f"space.{k}": json.dumps(v.model_dump(mode="json", by_alias=True, exclude_none=True))
-             for k, v in cfg.params.items()}
-    return {"experiment": cfg.name, "run_name": cfg.name,
-            "tags": run_tags("search", cfg.base.data.name, **{TAG_SEARCH: cfg.name}),
-            "params": {**settings, **space, "register_top_k": str(cfg.register_top_k)}}
+def saved_parent(cfg: SearchCfg) -> str:
+    """The parent run id a stored search recorded (``--resume``)."""
+    return (cfg.storage_dir / PARENT_FILE).read_text().strip()
 
 
-def _record_parent(client, cfg: SearchCfg, parent: str) -> None:
-    """A new parent's artifacts (the space file, ``base_job.json``); its id and fingerprint in the storage."""
+def save_parent(cfg: SearchCfg, parent: str) -> None:
+    """A new search's storage: its fingerprint and its parent run's id (written last, atomically)."""
     store = cfg.storage_dir
-    with tempfile.TemporaryDirectory(prefix="cmidd-search-") as tmp:
-        if cfg.source is not None and Path(cfg.source).is_file():
-            client.log_artifact(parent, str(cfg.source))
-        (Path(tmp) / "base_job.json").write_text(json.dumps(cfg.base.model_dump(mode="json"), indent=2))
-        client.log_artifact(parent, str(Path(tmp) / "base_job.json"))
     store.mkdir(parents=True, exist_ok=True)
-    (store / SPACE_FILE).write_text(json.dumps(_fingerprint(cfg), indent=1))
+    (store / SPACE_FILE).write_text(json.dumps(fingerprint(cfg), indent=1))
     atomic_write(store / PARENT_FILE, parent.encode())
 
 
-def build_tuner(cfg: SearchCfg, uri: str, parent: str, *, grid: dict[str, list[Any]] | None = None,
-                storage: Path | None = None, progress: bool = False):
-    """A new Tune experiment (``<storage>/tune``) of ``cfg``'s trial (``make_trainable``) under ``parent``.
+def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | None = None,
+                storage: Path | None = None, progress: bool = False, max_concurrent: int | None = None):
+    """A new Tune experiment (``<storage>/tune``) of ``trial`` over ``cfg``'s space (``make_trainable``).
 
     Args:
         cfg: the search (its base job, trial resources, ``search`` settings).
-        uri: the MLflow store of the trials' child runs.
-        parent: the parent run's id.
+        trial: what each trial runs (``Trial``).
         grid: None = the search: TPE samples ``cfg.params`` (``search.num_samples``) and ASHA stops the weak
             trials; else every point of this grid (e.g. ``{"cmi.lam": [0.0, 1.0, 10.0]}``), each to its end.
         storage: the experiment's folder (None = ``cfg.storage_dir``).
         progress: print Tune's live progress table.
+        max_concurrent: trials at a time (None = ``search.max_concurrent_trials``; a sqlite store allows 1:
+            ``tracking.search_concurrency``).
 
     Returns:
         A ``ray.tune.Tuner`` (``fit_tuner`` runs it).
     """
     from ray import tune
 
-    trainable = tune.with_resources(make_trainable(cfg, uri, parent), _trial_resources(cfg))
+    trainable = tune.with_resources(make_trainable(cfg, trial), _trial_resources(cfg))
     if grid is None:
         space, searcher, scheduler = _search_algs(cfg)
         param_space, samples = None, cfg.search.num_samples
@@ -246,7 +180,8 @@ def build_tuner(cfg: SearchCfg, uri: str, parent: str, *, grid: dict[str, list[A
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=samples,
-            max_concurrent_trials=_effective_concurrency(cfg, uri), time_budget_s=cfg.search.time_budget_s,
+            max_concurrent_trials=max_concurrent or cfg.search.max_concurrent_trials,
+            time_budget_s=cfg.search.time_budget_s,
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
@@ -286,11 +221,11 @@ def _reporter(cfg: SearchCfg, space: dict[str, Any], progress: bool):
                             max_report_frequency=10, sort_by_metric=False)
 
 
-def _restored_tuner(cfg: SearchCfg, uri: str, parent: str):
+def _restored_tuner(cfg: SearchCfg, trial: Trial):
     """The stored Tune experiment of ``cfg`` (``--resume``), unfinished and errored trials continued."""
     from ray import tune
 
-    trainable = tune.with_resources(make_trainable(cfg, uri, parent), _trial_resources(cfg))
+    trainable = tune.with_resources(make_trainable(cfg, trial), _trial_resources(cfg))
     path = str(cfg.storage_dir / TUNE_DIR)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
@@ -320,57 +255,16 @@ def read_trials(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _fit(cfg: SearchCfg, uri: str, parent: str, resume: bool, progress: bool) -> tuple[list[dict[str, Any]], float]:
-    """Pre-train the proxies, run (or restore) the Tune experiment; returns its trials and the wall time."""
-    _prepare_proxies(cfg)
-    tuner = _restored_tuner(cfg, uri, parent) if resume else build_tuner(cfg, uri, parent, progress=progress)
+def fit_search(cfg: SearchCfg, trial: Trial, *, resume: bool = False, progress: bool = False,
+               max_concurrent: int | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Pre-train the proxies, run (or on ``resume`` restore) the search's Tune experiment.
+
+    Returns:
+        (``read_trials`` of the experiment, the wall seconds of ``Tuner.fit``).
+    """
+    prepare_proxies(cfg)
+    tuner = _restored_tuner(cfg, trial) if resume else build_tuner(cfg, trial, max_concurrent=max_concurrent,
+                                                                    progress=progress)
     t0 = time.perf_counter()
     fit_tuner(tuner, progress)
     return read_trials(cfg.storage_dir / TUNE_DIR), time.perf_counter() - t0
-
-
-def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = None, resume: bool = False,
-               progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the search ``cfg``; returns a summary (also logged to the parent run as trials.json).
-
-    Args:
-        cfg: a validated search (``config.load_search``).
-        uri: MLflow tracking URI (``tracking.resolve_uri`` rules).
-        address: Ray cluster (``auto``, ``HOST:PORT``); None = ``$RAY_ADDRESS``, else a local Ray.
-        resume: continue the search stored in ``cfg.storage_dir``.
-        progress: print Tune's live progress table.
-
-    Returns:
-        {"parent_run_id", "experiment", "trials": [{"trial_id", "run_id", "state", "step", "metric",
-        "params"}], "best": {...} | None, "registered": [{"name", "version", "run_id"}], "stopped": [ids]}.
-
-    Raises:
-        ConfigError: bad storage / resume state / address.
-        KeyboardInterrupt: the search was interrupted (Ctrl-C); ``--resume`` continues it.
-        CmiddError: MLflow failures; every trial failed.
-    """
-    uri = resolve_uri(uri)
-    _check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
-    client = client_for(uri)
-    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
-    try:
-        with mlflow_errors():
-            spec = _parent_spec(client, cfg, resume)
-        with open_run(client, **spec) as parent:
-            if not resume:
-                with mlflow_errors():
-                    _record_parent(client, cfg, parent.run_id)
-            parent.fail_status = "KILLED"  # a search that stops inside Tune can be resumed
-            try:
-                trials, wall = _fit(cfg, uri, parent.run_id, resume, progress)
-            finally:
-                if started:
-                    disconnect()  # Ray's resources go back before the driver's MLflow work
-                    started = False
-            parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
-            with mlflow_errors():
-                summary = finish(client, cfg, parent.run_id, trials, wall)
-    finally:
-        if started:
-            disconnect()
-    return summary

@@ -4,7 +4,7 @@ Every run cmidd logs goes through one lifecycle (``open_run``: open -> yield -> 
 deleting the registry versions the failed run created) and carries the tags of ``run_tags``. What lives in
 the store:
 
-    runs         one per job (``tracked_run``), per search (a parent with one child run per trial), per
+    runs         one per job (``tracked_run``), per search (a parent with one child run per trial: ``_search``), per
                  ensemble build (kind ``ensemble``) and per bench report (kind ``report``)
     registry     ``distilled-<dataset>-ipc<k>``: one version per distill run or ensemble, source
                  ``runs:/<run>/synthetic``, tagged with the evaluation protocol that scored it; aliases
@@ -33,7 +33,7 @@ from ._client import (
     ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
     resolve_uri, set_tags,
 )
-from ._ensembles import EnsembleResult, build_ensemble, ensemble_from_search, ensemble_from_versions, search_children
+from ._ensembles import EnsembleResult, ensemble_from_search, ensemble_from_versions, run_ensemble, search_children
 from ._hooks import CHECKPOINT_SLOTS, TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks, upload_checkpoint
 from ._proxies import (
     experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
@@ -43,6 +43,7 @@ from ._ranking import champion_alias, find_baseline, move_champion, set_default_
 from ._reports import list_runs, log_report
 from ._rescore import TAG_EVALUATES, find_protocol, rescore_versions
 from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
+from ._search import find_trial_run, finish_search, run_trial, search_concurrency, search_parent
 from ._sets import (
     best_per_protocol, best_set, load_set, load_verified, pull, register_distilled, register_set, set_model_name,
     verify_remote_set,
@@ -53,13 +54,16 @@ __all__ = [
     "BASELINES", "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
     "TAG_ERROR", "TAG_EVALUATES", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
-    "best_per_protocol", "best_set", "build_ensemble", "champion_alias", "client_for", "code_version",
+    "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version",
     "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
-    "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_baseline", "find_protocol", "git_sha",
+    "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_baseline", "find_protocol",
+    "find_trial_run", "finish_search", "git_sha",
     "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified",
     "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
-    "register_distilled", "register_set", "rescore_versions", "resolve_registry_proxies", "resolve_uri", "run_tags",
-    "search_children", "set_default_protocol", "set_model_name", "set_tags", "tracked_run", "upload_checkpoint",
+    "register_distilled", "register_set", "rescore_versions", "resolve_registry_proxies", "resolve_uri",
+    "run_ensemble", "run_tags",
+    "run_trial", "search_children", "search_concurrency", "search_parent", "set_default_protocol", "set_model_name",
+    "set_tags", "tracked_run", "upload_checkpoint",
     "verify_proxy_folder", "verify_remote_set", "version_protocol",
 ]

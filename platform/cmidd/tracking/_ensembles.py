@@ -1,12 +1,12 @@
-"""Ensembles of distilled sets through MLflow: fetch verified sources, combine, evaluate, log, register.
+"""Ensembles of distilled sets through MLflow: fetch verified sources, then run an ``ensemble`` job on them.
 
 Sources are either the top-k trials of a search (child runs of ``RUN_ID``: tag ``mlflow.parentRunId``,
 FINISHED, with a ``synthetic/`` artifact, ranked by ``acc/cross_arch_mean``) or registered versions of
-``distilled-<dataset>-ipc<k>``. Every source is downloaded and its checksums verified before use. The
-combined set (``ensemble.combine_sets``) is evaluated like any set, logged as a run of kind ``ensemble``
-(experiment ``ensemble-<dataset>``), uploaded, verified by download, and only then registered under
-``distilled-<dataset>-ipc<k'>`` with the tag ``ensemble_of`` listing its sources (and ``champion`` moved
-if it is the best).
+``distilled-<dataset>-ipc<k>``. Every source is downloaded and its checksums verified before use. Then the
+combination is an ``ensemble`` job like any other (``cmidd.runner``: combine, evaluate; ``tracked_run``: a run
+of kind ``ensemble`` in experiment ``ensemble-<dataset>``; its publisher uploads the set, verifies it by
+download and only then registers it under ``distilled-<dataset>-ipc<k'>`` with the tag ``ensemble_of`` listing
+its sources, and ``champion`` moved if it is the best).
 
 Example:
     >>> r = ensemble_from_search("3f2a...", top=3, mode="concat", uri="sqlite:///mlflow.db")
@@ -15,28 +15,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from mlflow.exceptions import MlflowException
 
-from ..config import EvalCfg
-from ..data import load_dataset
-from ..ensemble import combine_sets
-from ..device import resolve_device
+from ..config import EvalCfg, parse_job
 from ..errors import ConfigError, UnknownNameError
-from ..evaluate import evaluate
-from ..protocol import Protocol
 from ..synthetic import SyntheticSet
-from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, \
-    resolve_uri, set_tags
-from ._sets import load_verified, pull, register_set, set_model_name, verify_remote_set
-from ._tags import flat_params, run_tags
+from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, mlflow_errors, resolve_uri
+from ._run import tracked_run
+from ._sets import pull, set_model_name
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +75,21 @@ def search_children(client, parent_run_id: str, top: int, metric: str = DEFAULT_
     return picked
 
 
-def _fetch_run_set(client, run_id: str) -> SyntheticSet:
-    with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
-        got = Path(client.download_artifacts(run_id, SYNTHETIC, tmp))
-        return load_verified(got, f"runs:/{run_id}/{SYNTHETIC}")
-
-
 def ensemble_from_search(parent_run_id: str, top: int, mode: str, eval_cfg: EvalCfg | None = None,
                          uri: str | None = None, seed: int = 0) -> EnsembleResult:
     """Combine the synthetic sets of the ``top`` best trials of a search (see ``search_children``)."""
     uri = resolve_uri(uri)
-    with mlflow_errors():
-        client = client_for(uri)
-        runs = search_children(client, parent_run_id, top)
-        sets = [_fetch_run_set(client, r.info.run_id) for r in runs]
-    sources = [f"runs:/{r.info.run_id}" for r in runs]
-    return build_ensemble(sets, sources, mode, eval_cfg, uri, seed, {"ensemble.from_search": parent_run_id})
+    with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
+        with mlflow_errors():
+            client = client_for(uri)
+            runs = search_children(client, parent_run_id, top)
+            folders = []
+            for i, r in enumerate(runs):
+                (Path(tmp) / str(i)).mkdir()
+                folders.append(Path(client.download_artifacts(r.info.run_id, SYNTHETIC, f"{tmp}/{i}")))
+        sources = [f"runs:/{r.info.run_id}" for r in runs]
+        return run_ensemble(folders, sources, mode, eval_cfg, uri, seed, {"ensemble.from_search": parent_run_id},
+                            Path(tmp) / "out")
 
 
 def ensemble_from_versions(dataset: str, ipc: int, versions: list[int], mode: str, eval_cfg: EvalCfg | None = None,
@@ -108,62 +99,36 @@ def ensemble_from_versions(dataset: str, ipc: int, versions: list[int], mode: st
         raise ConfigError(f"--versions: need two or more distinct versions, got {versions}")
     uri = resolve_uri(uri)
     name = set_model_name(dataset, ipc)
-    sets = []
     with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
-        for v in versions:
-            sets.append(SyntheticSet.load(pull(dataset, ipc, Path(tmp) / f"v{v}", version=v, uri=uri)))
-    sources = [f"{name}/{v}" for v in versions]
-    return build_ensemble(sets, sources, mode, eval_cfg, uri, seed, {"ensemble.from_versions": ",".join(sources)})
+        folders = [pull(dataset, ipc, Path(tmp) / f"v{v}", version=v, uri=uri) for v in versions]
+        sources = [f"{name}/{v}" for v in versions]
+        return run_ensemble(folders, sources, mode, eval_cfg, uri, seed,
+                            {"ensemble.from_versions": ",".join(sources)}, Path(tmp) / "out")
 
 
-def build_ensemble(sets: list[SyntheticSet], sources: list[str], mode: str, eval_cfg: EvalCfg | None, uri: str,
-                   seed: int = 0, extra_params: dict[str, str] | None = None) -> EnsembleResult:
-    """Combine ``sets`` (best first), evaluate, log a run, upload and verify, then register.
-
-    Any failure ends the run FAILED and removes a version it created.
+def run_ensemble(folders: list[Path], sources: list[str], mode: str, eval_cfg: EvalCfg | None, uri: str,
+                 seed: int, tags: dict[str, str], outdir: Path) -> EnsembleResult:
+    """The ``ensemble`` job of the verified set ``folders`` (best first), tracked: a run of kind ``ensemble`` in
+    experiment ``ensemble-<dataset>``, its set registered (any failure ends the run FAILED and removes a version
+    it created). Bad input (sets that do not combine) fails before the run exists.
 
     Args:
-        sets: the verified source sets, best first.
+        folders: the verified source sets, best first.
         sources: where each came from (``runs:/<id>`` or ``<model>/<version>``), same order.
         mode: ``concat`` or ``per-class-best`` (``ensemble.combine_sets``).
         eval_cfg: how to evaluate the combined set (default ``EvalCfg()``).
         uri: tracking URI (already resolved).
         seed: evaluation seed.
-        extra_params: more run params (where the sources were picked from).
-
-    Returns:
-        EnsembleResult.
+        tags: more run tags (where the sources were picked from).
+        outdir: the job's output folder.
     """
-    eval_cfg = eval_cfg or EvalCfg()
-    meta = sets[0].meta
-    data = load_dataset(meta["dataset"], im_size=meta.get("im_size"))
-    device = resolve_device("auto")  # a GPU when there is one, as a job's default device
-    scores = None
-    if mode == "per-class-best":  # score each source per class with the same protocol, then pick
-        scores = torch.tensor([evaluate(s.images, s.labels, data, eval_cfg, seed, device).class_acc for s in sets])
-    synset = combine_sets(sets, mode, scores, sources)  # bad input raises before any run exists
-    client = client_for(uri)
+    meta = SyntheticSet.load(folders[0]).meta
     dataset = str(meta["dataset"])
-    made_of = {"ensemble_of": json.dumps(sources)}
-    protocol = Protocol.of(eval_cfg, dataset, 0, data.im_size)  # load_dataset's default split seed
-    tags = run_tags("ensemble", dataset, ipc=str(synset.ipc), method=synset.meta["method"], **made_of,
-                    **protocol.tags())
-    params = {"ensemble.mode": mode, "ensemble.sources": json.dumps(sources), "seed": str(seed),
-              **flat_params({"eval": eval_cfg.model_dump(mode="json")}), **(extra_params or {})}
-    with open_run(client, f"ensemble-{dataset}", f"ensemble-{mode}-ipc{synset.ipc}", tags, params) as run:
-        if scores is not None:
-            with mlflow_errors():
-                set_tags(client, run.run_id, {"ensemble.class_source": json.dumps(synset.meta["class_source"])})
-        res = evaluate(synset.images, synset.labels, data, eval_cfg, seed, device)
-        metrics = res.metrics()
-        with mlflow_errors():
-            log_metrics(client, run.run_id, metrics_at(0, metrics))
-            with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
-                synset.save(Path(tmp) / SYNTHETIC)
-                client.log_artifacts(run.run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
-            verify_remote_set(client, run.run_id, SYNTHETIC, synset.sha256())  # only a verified set is registered
-            version = register_set(client, run.run_id, synset, metrics,
-                                   f"ensemble ({mode}) of {', '.join(sources)}",
-                                   {"method": synset.meta["method"], **made_of, "ensemble_mode": mode},
-                                   run.versions)
-    return EnsembleResult(synset, run.run_id, metrics, res.rows(synset.meta["method"]), version, sources)
+    job = parse_job({"kind": "ensemble",
+        "name": f"ensemble-{mode}", "seed": seed, "device": "auto",  # a GPU when there is one
+        "data": {"name": dataset, "im_size": meta.get("im_size")}, "output": {"dir": str(outdir)},
+        "sets": [str(f) for f in folders], "sources": sources, "mode": mode,
+        "eval": (eval_cfg or EvalCfg()).model_dump(mode="json")}, "cmidd ensemble")
+    done = tracked_run(job, uri, experiment=f"ensemble-{dataset}", tags=tags)
+    return EnsembleResult(done.result.synset, done.run_id, done.result.metrics, done.result.rows,
+                          done.versions[0], sources)

@@ -45,7 +45,7 @@ from ._client import (SYNTHETIC, TAG_ERROR, client_for, end_run, log_metrics, lo
                       open_run, resolve_uri, set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
 from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies
-from ._sets import register_distilled, verify_remote_set
+from ._sets import register_distilled, register_set, verify_remote_set
 from ._tags import distill_tags, job_params, job_tags
 
 log = logging.getLogger(__name__)
@@ -301,8 +301,25 @@ def _publish_experts(client: MlflowClient, run_id: str, job, result: JobResult, 
     publish_experts(client, run_id, Path(result.extra["experts_dir"]), created)
 
 
+def _publish_ensemble(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+                      register: bool) -> None:
+    """The combined set: its IPC and method as run tags (known only now), ``synthetic/`` uploaded and verified,
+    then registered with its sources (``ensemble_of``) and mode."""
+    synset, made_of = result.synset, {"ensemble_of": json.dumps(job.source_labels()), "ensemble_mode": job.mode}
+    class_source = synset.meta.get("class_source")
+    set_tags(client, run_id, {"ipc": str(synset.ipc), "method": synset.meta["method"],
+                              **({"ensemble.class_source": json.dumps(class_source)} if class_source else {})})
+    client.log_artifacts(run_id, str(result.outdir / SYNTHETIC), SYNTHETIC)
+    verify_remote_set(client, run_id, SYNTHETIC, synset.sha256())  # only a verified set is registered
+    if register:
+        register_set(client, run_id, synset, result.metrics,
+                     f"ensemble ({job.mode}) of {', '.join(job.source_labels())}",
+                     {"method": synset.meta["method"], **made_of}, created)
+
+
 PUBLISHERS: dict[str, Publisher] = {
     "distill": _publish_distilled,
     "pretrain-proxies": _publish_proxies,
     "experts": _publish_experts,
+    "ensemble": _publish_ensemble,
 }  # evaluate jobs publish nothing beyond their metrics and result.json

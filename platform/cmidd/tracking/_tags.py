@@ -100,7 +100,14 @@ def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
     return tags
 
 
+_KIND_TAGS = {  # what a run of this kind says beyond kind, dataset and code version (before it ran)
+    "distill": lambda job: {"ipc": str(job.ipc), **distill_tags(job)},
+    "ensemble": lambda job: {"ensemble_of": json.dumps(job.source_labels()), "ensemble_mode": job.mode},
+}
+
+
 def job_tags(job) -> dict[str, str]:
-    """Run tags: kind, dataset, code version, and for distill jobs ipc, method, lambda and proxy set."""
-    extra = {"ipc": str(job.ipc), **distill_tags(job)} if job.kind == "distill" else {}
-    return run_tags(job.kind, job.data.name, **extra)
+    """Run tags: kind, dataset, code version; distill jobs add ipc, method, lambda and proxy set, ensemble jobs
+    their sources and mode."""
+    extra = _KIND_TAGS.get(job.kind)
+    return run_tags(job.kind, job.data.name, **(extra(job) if extra else {}))

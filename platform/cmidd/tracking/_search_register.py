@@ -13,7 +13,7 @@ job's ``eval`` block). For each of the top-k finished trials:
   verified files as source (no second copy);
 * a version that already exists for that source and protocol is kept (a resumed search does not duplicate).
 
-Then the champions move (``tracking.move_champion``: per protocol) and, when no random-real baseline exists
+Then the champions move (``move_champion``: per protocol) and, when no random-real baseline exists
 under the registration protocol for a registered IPC, one is evaluated and logged (kind ``baseline``), so that
 ``cmidd best`` can state the gain over it.
 """
@@ -25,21 +25,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..lam import LAM_KEY
+from ..config import trial_job
 from ..device import resolve_device
 from ..evaluate import evaluate
+from ..lam import LAM_KEY
+from ..names import TAG_SEARCH, TAG_SEARCH_PARENT
 from ..protocol import TAG_ID, Protocol
 from ..runner import JobResult, load_job_data, random_real_set
-from ..tracking import (
-    DEFAULT_METRIC, SYNTHETIC, TAG_EVALUATES, distill_tags, find_baseline, job_params, load_verified, log_baseline,
-    log_metrics, metrics_at, mlflow_errors, move_champion, open_run, register_distilled, run_tags, set_model_name,
-    set_tags, version_protocol,
-)
-from ._space import TAG_SEARCH, trial_job
+from ._baselines import log_baseline
+from ._client import DEFAULT_METRIC, SYNTHETIC, log_metrics, metrics_at, mlflow_errors, open_run, set_tags
+from ._ranking import find_baseline, move_champion, version_protocol
+from ._rescore import TAG_EVALUATES
+from ._sets import load_verified, register_distilled, set_model_name
+from ._tags import distill_tags, job_params, run_tags
 
 log = logging.getLogger(__name__)
-
-TAG_PARENT = "cmidd.search.parent"  # the search's parent run (not mlflow.parentRunId: its children are its trials)
 
 
 def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, so
     scored = job.model_copy(update={"eval": eval_cfg})  # the params say the protocol the metrics come from
     used = {LAM_KEY: float(synset.meta.get("lam", 0.0))}  # the effective lambda the trial's loop used
     tags = run_tags("evaluate", job.data.name, ipc=str(job.ipc), **distill_tags(job, used), **protocol.tags(),
-                    **{TAG_PARENT: parent, TAG_EVALUATES: source, TAG_SEARCH: cfg.name})
+                    **{TAG_SEARCH_PARENT: parent, TAG_EVALUATES: source, TAG_SEARCH: cfg.name})
     log.info("search: re-evaluating %s under protocol %s (%s)", source, protocol.id, protocol.summary)
     with open_run(client, cfg.name, f"{job.name}-rescore-{protocol.id}", tags, job_params(scored)) as run:
         res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
@@ -115,4 +115,4 @@ def _log_random_real(client, cfg, parent: str, job, protocol: Protocol, data) ->
     synset = random_real_set(data, job.ipc, job.seed)
     res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
     return log_baseline("random-real", res.metrics(), protocol, job.ipc, eval_cfg, job.seed, cfg.name,
-                        synset=synset, client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_PARENT: parent})
+                        synset=synset, client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_SEARCH_PARENT: parent})

@@ -1,0 +1,174 @@
+"""A search's report, from its summary rows alone (no Ray, Optuna or MLflow here): the table, the zero-arm
+verdict, the accuracy-vs-lambda and -ipc plots.
+
+A row (``cmidd.tracking.finish_search`` makes them) is ``{"trial_id", "run_id", "state", "step", "metric", "std",
+"params", "lam_effective"}``; ``state`` is finished, stopped (by ASHA), error or pending.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .config import ZERO_ARM, SearchCfg
+from .lam import fmt_lam, lam_of
+from .names import CROSS_ARCH_MEAN
+
+
+def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
+    """accuracy_vs_lambda.png (the effective lambda on a symlog axis, lambda = 0 labelled; each trial's mean +-
+    its seed std) and accuracy_vs_ipc.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["metric"] is not None and r["state"] in ("finished", "stopped")]
+    files = []
+    if done:
+        fig = lambda_figure(cfg, done)
+        fig.savefig(folder / "accuracy_vs_lambda.png", dpi=100)
+        plt.close(fig)
+        files.append("accuracy_vs_lambda.png")
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ipcs = [r["params"].get("ipc", cfg.base.ipc) for r in done]
+        ax.scatter(ipcs, [r["metric"] for r in done])
+        ax.set_xlabel("ipc")
+        ax.set_ylabel(cfg.search.metric)
+        fig.tight_layout()
+        fig.savefig(folder / "accuracy_vs_ipc.png", dpi=100)
+        plt.close(fig)
+        files.append("accuracy_vs_ipc.png")
+    return files
+
+
+def arch_rows(label: str, metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """``[{"set", "arch", "acc_mean", "acc_std"}]`` from a run's ``acc/<arch>`` and ``acc_std/<arch>`` metrics."""
+    return [{"set": label, "arch": k[len("acc/"):], "acc_mean": v,
+             "acc_std": metrics.get(f"acc_std/{k[len('acc/'):]}", 0.0)}
+            for k, v in metrics.items() if k.startswith("acc/") and k not in (CROSS_ARCH_MEAN, "acc/ensemble")]
+
+
+def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str | None = None):
+    """The accuracy-vs-lambda figure: each trial at its effective lambda on a symlog axis (linear below the
+    smallest lambda > 0, so lambda = 0 has a place, labelled ``0 (off)``), its mean +- seed std as an error bar,
+    finished and stopped trials marked apart."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    lams = [row_lam(cfg, r) for r in rows]
+    pos = [x for x in lams if x > 0]
+    for state, marker in (("finished", "o"), ("stopped", "x")):
+        pts = [(lam, r["metric"], r.get("std") or 0.0) for lam, r in zip(lams, rows)
+               if r["state"] == state and not math.isnan(lam)]  # NaN: an alpha trial stopped before it reported
+        if pts:
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, fmt=marker, capsize=3, label=f"{state} (mean +- seed std)")
+    ax.set_xscale("symlog", linthresh=min(pos) if pos else 1.0)
+    decades = range(math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos))) + 1) if pos else []
+    ticks = sorted({0.0, *pos}) if len(pos) <= 5 else [0.0, *(10.0**k for k in decades)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(["0\n(off)" if t == 0 else fmt_lam(t) for t in ticks])
+    ax.set_xlim(left=-0.5 * (min(pos) if pos else 1.0))
+    ax.set_xlabel("effective lambda (symlog)")
+    ax.set_ylabel(metric or (cfg.search.metric if cfg is not None else "accuracy"))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
+    """optuna_importances.png: a bar per searched parameter (fANOVA importances from Optuna)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(imp)))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set_xlabel("importance (Optuna)")
+    fig.tight_layout()
+    fig.savefig(folder / "optuna_importances.png", dpi=100)
+    plt.close(fig)
+    return ["optuna_importances.png"]
+
+
+RAW_LAMBDA = ("cmi.lam", ZERO_ARM)  # shown as the effective lambda instead (a zero arm's cmi.lam is not what ran)
+
+
+def trial_lam(cfg: SearchCfg | None, params: dict[str, Any], reported: dict[str, Any] | None = None) -> float:
+    """The lambda a trial ran (``cmidd.lam.lam_of``): 0 for ``cmi_on`` false or lambda = alpha = 0; the reported
+    ``cmi.lam_effective`` (an alpha trial's calibrated one); else its or the base job's ``cmi.lam``."""
+    base = {} if cfg is None else {"cmi.lam": cfg.base.cmi.lam, "cmi.alpha": cfg.base.cmi.alpha}
+    return lam_of(params, reported, base)
+
+
+def row_lam(cfg: SearchCfg | None, r: dict[str, Any]) -> float:
+    """A summary row's effective lambda (``finish_search`` stores it; rows built elsewhere get it from their params)."""
+    lam = r.get("lam_effective")
+    return float(lam) if lam is not None else trial_lam(cfg, r["params"])
+
+
+def summary_table(summary: dict[str, Any], metric: str, cfg: SearchCfg | None = None) -> str:
+    """The final table: one line per trial (best first), with its state, step, metric, seed std, effective lambda
+    (3 significant digits) and the other searched values."""
+    rows = sorted(summary["trials"], key=lambda r: (r["metric"] is None, -(r["metric"] or 0.0)))
+    keys = sorted({k for r in rows for k in r["params"] if k not in RAW_LAMBDA})
+    head = ["trial", "state", "step", metric, "std", "lambda", *keys]
+    lines = [head]
+    for r in rows:
+        m, sd = ("" if r.get(k) is None else f"{r[k]:.4f}" for k in ("metric", "std"))
+        vals = [_fmt(r["params"].get(k)) for k in keys]
+        lines.append([r["trial_id"], r["state"], str(r["step"] if r["step"] is not None else ""), m, sd,
+                      fmt_lam(row_lam(cfg, r)), *vals])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
+    """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
+    is within their seed spreads added (``std``); when an arm has no finished trial, the line says so and why
+    (none ran, or they were stopped early by ASHA / failed / pending)."""
+    rows = summary["trials"]
+    arm = {id(r): row_lam(cfg, r) == 0 for r in rows}
+    done = [r for r in rows if r["state"] == "finished" and r["metric"] is not None]
+    zero = [r for r in done if arm[id(r)]]
+    cmi = [r for r in done if not arm[id(r)]]
+    if not zero or not cmi:
+        missing = [(name, is_zero) for name, is_zero, have in (("lambda = 0", True, zero), ("lambda > 0", False, cmi))
+                   if not have]
+        return "zero arm: cannot decide: " + "; ".join(
+            f"no {name} trial finished ({_why([r for r in rows if arm[id(r)] == is_zero], is_zero)})"
+            for name, is_zero in missing)
+    sign = 1.0 if cfg.search.mode == "max" else -1.0
+    z, c = (max(a, key=lambda r: sign * r["metric"]) for a in (zero, cmi))
+    gap, spread = c["metric"] - z["metric"], (z.get("std") or 0.0) + (c.get("std") or 0.0)
+    verdict = ("beats lambda = 0 by more than" if sign * gap > spread else "is worse than lambda = 0 by more than"
+               if sign * gap < -spread else "is within")
+    return (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({fmt_lam(row_lam(cfg, c))}) "
+            f"{_pm(c)}: {gap:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std added)")
+
+
+def _why(arm: list[dict[str, Any]], zero: bool) -> str:
+    """Why an arm has no finished trial: what became of its trials, or that none ran (and why not)."""
+    if not arm:
+        if zero:
+            return "none ran: the space has no zero_arm and the base job's CMI is on"
+        return "none ran: CMI is off in every trial"
+    states: dict[str, list[str]] = {}
+    for r in arm:
+        label = {"stopped": "stopped early by ASHA", "error": "failed", "pending": "unfinished"}.get(r["state"],
+                                                                                                   r["state"])
+        at = f" at step {r['step']}" if r["state"] == "stopped" and r.get("step") is not None else ""
+        states.setdefault(label, []).append(f"{r['trial_id']}{at}")
+    return "; ".join(f"{len(v)} {k}: {', '.join(v)}" for k, v in states.items())
+
+
+def _pm(r: dict[str, Any]) -> str:
+    return f"{r['metric']:.4f}" + ("" if r.get("std") is None else f" +- {r['std']:.4f}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
