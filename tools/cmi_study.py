@@ -4,7 +4,8 @@
     python tools/cmi_study.py report runs/study-cmi-digits [--out docs/results/cmi_study_digits]
 
 ``run``: pre-trains the proxy set once, then ``cmidd run JOB`` per arm, ``--parallel`` at a time (one torch thread
-each): alpha in ``--alphas`` with seed 0, then the zero arm and the best alpha (by final accuracy) with seed 1.
+each): alpha in ``--alphas`` with seed 0, then (unless ``--no-repeat``) the zero arm and the best alpha (by final
+accuracy) with seed 1.
 An arm whose folder already holds ``result.json`` is skipped, so an interrupted study continues. ``--set``
 overrides go to every arm (a smoke run: ``--set method.iterations=4 --set eval.every=2 ...``). Without
 ``--tracking-uri`` the arms run ``--no-track``. Then ``report``: ``study.md`` (table + verdict) and ``study.png``.
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", action="append", default=[])
     r.add_argument("--alphas", default="0,0.01,0.05")
     r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--no-repeat", action="store_true",
+                   help="skip the second-seed wave (the zero arm and the best alpha again); e.g. a proxy-set variant")
     r.add_argument("--tracking-uri", default=None)
     rep = sub.add_parser("report")
     rep.add_argument("root", type=Path)
@@ -90,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         _pretrain(args.job, out, args.set)
         _run_arms(args.job, out, [(a, 0) for a in alphas], args.set, args.parallel, args.tracking_uri)
         seed0 = [r for r in load_runs(out) if r.seed == 0 and r.alpha > 0]
-        best = max(seed0, key=lambda r: r.curve[max(r.curve)][0]).alpha
-        _run_arms(args.job, out, [(0.0, 1), (best, 1)], args.set, args.parallel, args.tracking_uri)
+        if seed0 and not args.no_repeat:
+            best = max(seed0, key=lambda r: r.curve[max(r.curve)][0]).alpha
+            _run_arms(args.job, out, [(0.0, 1), (best, 1)], args.set, args.parallel, args.tracking_uri)
         root, dest = out, out
     else:
         root, dest = args.root, args.out

@@ -33,6 +33,7 @@ def _same_arch(arch: str, n: int, epochs: int = 40) -> list[ProxySpec]:
 
 # Paper: ResNet18 proxies, SGD 40 epochs. Sets mixing architectures and stages serve the ensemble studies.
 PROXY_SETS.register("convnet-x1")(lambda: _same_arch("ConvNet", 1))
+PROXY_SETS.register("convnet-x2")(lambda: _same_arch("ConvNet", 2))
 PROXY_SETS.register("convnet-x4")(lambda: _same_arch("ConvNet", 4))
 PROXY_SETS.register("convnet-x8")(lambda: _same_arch("ConvNet", 8))
 PROXY_SETS.register("resnet18-x2")(lambda: _same_arch("ResNet18", 2))
