@@ -22,8 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,22 +56,12 @@ class Execution:
     versions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def quiet_mlflow() -> None:
-    """No progress bars for small artifact downloads, no deprecation notices from MLflow's own internals.
-
-    ``cmidd.cli.main`` shows DeprecationWarnings to cmidd's users; MLflow's are not theirs to act on.
-    """
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)(\.|$)")
-
-
 def tracking_uri(uri: str | None) -> str:
     """The MLflow store to use: ``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` here.
 
     Raises:
         ConfigError: a URI cmidd cannot use (file stores, in-memory sqlite).
     """
-    quiet_mlflow()
     from .tracking import resolve_uri
 
     return resolve_uri(uri)
@@ -94,7 +82,6 @@ def load_set(name_or_path: str | Path, version: int | None = None, alias: str | 
     dataset, _, ipc = str(name_or_path).partition("/")
     if not dataset or not ipc.isdigit():
         raise ConfigError(f"load_set: a folder or DATASET/IPC (e.g. digits/10) is needed, got {str(name_or_path)!r}")
-    quiet_mlflow()
     from .tracking import load_set as registered
 
     return registered(dataset, int(ipc), version, alias, tracking_uri(uri)).dataset()
@@ -138,7 +125,6 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         connect(address)
     if not track:
         return Execution(run_job(job, hooks, resume, data))
-    quiet_mlflow()
     from .tracking import tracked_run
 
     done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .lam import LAM_KEY, RATIO_KEY, fmt_lam
-
-METRIC = "acc/cross_arch_mean"
+from .names import CROSS_ARCH_MEAN as METRIC
 
 
 @dataclass(frozen=True)

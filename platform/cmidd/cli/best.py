@@ -39,9 +39,6 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Print the best version of one protocol, or of each protocol (``--json``: one JSON object)."""
-    from ..app import quiet_mlflow
-
-    quiet_mlflow()
     from ..errors import ConfigError
     from ..tracking import best_per_protocol, best_set, client_for, resolve_uri, set_default_protocol, set_model_name
 

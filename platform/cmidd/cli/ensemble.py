@@ -53,9 +53,6 @@ def eval_cfg(overrides: list[str]):
 
 def command(args) -> None:
     """Build, evaluate, log and register the combined set; print its table and version."""
-    from ..app import quiet_mlflow
-
-    quiet_mlflow()
     from ..tracking import ensemble_from_search, ensemble_from_versions
     from ..report import results_table
 

@@ -29,19 +29,17 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Score, register, then print the answer of ``best`` under that protocol."""
-    from ..app import quiet_mlflow
-
-    quiet_mlflow()
+    from ..names import CROSS_ARCH_MEAN
     from ..tracking import best_set, rescore_versions
     from .best import format_best
 
     done = rescore_versions(args.dataset, args.ipc, args.protocol, args.versions, args.tracking_uri, args.seed,
                             args.device)
     for d in done:
-        print(f"version {d['from_version']} scored under {args.protocol}: acc/cross_arch_mean {d['value']:.4f} "
+        print(f"version {d['from_version']} scored under {args.protocol}: {CROSS_ARCH_MEAN} {d['value']:.4f} "
               f"-> registered as version {d['version']} (run {d['run_id']})")
     if not done:
         print(f"every selected set already has a version under protocol {args.protocol}")
     print()
     print(format_best(best_set(args.dataset, args.ipc, uri=args.tracking_uri, protocol=args.protocol),
-                      "acc/cross_arch_mean"))
+                      CROSS_ARCH_MEAN))

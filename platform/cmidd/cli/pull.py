@@ -27,9 +27,6 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Pull the version into ``--out`` and say how to load it."""
-    from ..app import quiet_mlflow
-
-    quiet_mlflow()
     from ..tracking import pull
 
     out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri,

@@ -23,9 +23,6 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Print the runs, newest first (or ``no runs``)."""
-    from ..app import quiet_mlflow
-
-    quiet_mlflow()
     from ..tracking import list_runs
 
     rows = list_runs(args.tracking_uri, args.n, args.experiment)

@@ -25,14 +25,13 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Run the search; print its trials, the best one, what it registered and the parent run."""
-    from ..app import quiet_mlflow, run_search
+    from ..app import run_search
     from ..config import load_search
     from ..search_report import summary_table, zero_arm_verdict
 
     cfg = load_search(args.space, args.set)
     with naming_file(args.space):  # the data-dependent rules, for every searched ipc, before anything starts
         check_search_data(cfg)
-    quiet_mlflow()
     with naming_file(args.space):  # a busy storage folder, an unreachable address name the space file too
         summary = run_search(cfg, args.tracking_uri, address=args.address, resume=args.resume,
                              progress=not args.json)

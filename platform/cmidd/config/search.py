@@ -13,7 +13,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ..names import CROSS_ARCH_MEAN
+from ..names import CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from ._fields import Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, EvalCfg, parse_job
@@ -171,7 +171,7 @@ def trial_job(cfg: SearchCfg, values: dict[str, Any], trial_id: str) -> DistillJ
 def tune_metrics(job: DistillJob) -> list[str]:
     """The metrics an intermediate evaluation of ``job`` reports to Tune (``EvalResult.metrics`` names)."""
     names = [m for a in job.eval.archs for m in (f"acc/{a}", f"acc_std/{a}")]
-    names += ["acc/cross_arch_mean", "acc_std/cross_arch_mean"]
+    names += [CROSS_ARCH_MEAN, CROSS_ARCH_STD]
     return names + (["acc/ensemble", "ece/ensemble"] if job.eval.ensemble else [])
 
 

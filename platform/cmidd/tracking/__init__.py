@@ -27,6 +27,7 @@ Example:
     >>> synset = load_set("digits", 10)  # the champion, checksums verified
 """
 
+from . import _quiet  # noqa: F401  (first: it quiets MLflow before mlflow is imported)
 from ._baselines import BASELINES, log_baseline
 from ._client import (
     CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
