@@ -27,7 +27,7 @@ Example:
     >>> synset = load_set("digits", 10)  # the champion, checksums verified
 """
 
-from . import _quiet  # noqa: F401  (first: it quiets MLflow before mlflow is imported)
+from ._quiet import quiet_mlflow  # first: importing it quiets MLflow before mlflow is imported
 from ._baselines import BASELINES, log_baseline
 from ._client import (
     CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
@@ -59,7 +59,7 @@ __all__ = [
     "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
     "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_baseline", "find_protocol",
     "find_trial_run", "finish_search", "git_sha",
-    "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified",
+    "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified", "quiet_mlflow",
     "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
     "register_distilled", "register_set", "rescore_versions", "resolve_registry_proxies", "resolve_uri",
