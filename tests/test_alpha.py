@@ -196,7 +196,7 @@ def test_cli_run_with_alpha_writes_lam_effective_and_cmi_ratio(tmp_path, capsys)
     from cmidd import cli
 
     job = Path(__file__).resolve().parents[1] / "jobs" / "distill_dmcmi_digits_ipc10.yaml"
-    sets = ["cmi.alpha=0.05", "cmi.lam=0", "method.iterations=2", "proxies.epochs=1", "cmi.calibrate_draws=2",
+    sets = ["cmi.alpha=0.05", "method.iterations=2", "proxies.epochs=1", "cmi.calibrate_draws=2",
             f"proxies.dir={tmp_path / 'proxies'}", "eval.archs=[ConvNetD2]", "eval.epochs_by_arch={}",
             "eval.epochs=2", "eval.num_eval=1", f"output.dir={tmp_path / 'job'}"]
     assert cli.main(["run", str(job), "--no-track", *(a for s in sets for a in ("--set", s))]) == 0
@@ -215,13 +215,24 @@ def test_cli_run_with_alpha_writes_lam_effective_and_cmi_ratio(tmp_path, capsys)
     assert run.cmi_ratio == metrics[RATIO_KEY]
 
 
+def test_a_set_weight_replaces_the_files_other_spelling():
+    from cmidd.config import load_job
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "distill_dmcmi_digits_ipc10.yaml"  # cmi: {lam: 10}
+    assert (load_job(job).cmi.lam, load_job(job).cmi.alpha) == (10, 0)
+    assert (load_job(job, ["cmi.alpha=0.05"]).cmi.lam, load_job(job, ["cmi.alpha=0.05"]).cmi.alpha) == (0, 0.05)
+    assert load_job(job, ["cmi.alpha=0"]).cmi.lam == 10  # alpha 0 is "no alpha": the file's lambda stays
+    study = Path(__file__).resolve().parents[1] / "jobs" / "study_cmi_digits_ipc10.yaml"  # cmi: {lam: 0, alpha: 0.05}
+    assert (load_job(study, ["cmi.lam=100"]).cmi.lam, load_job(study, ["cmi.lam=100"]).cmi.alpha) == (100, 0)
+
+
 def test_cli_both_weights_exit_2(tmp_path, capsys):
     from pathlib import Path
 
     from cmidd import cli
 
     job = Path(__file__).resolve().parents[1] / "jobs" / "distill_dmcmi_digits_ipc10.yaml"
-    assert cli.main(["run", str(job), "--no-track", "--set", "cmi.alpha=0.05",
+    assert cli.main(["run", str(job), "--no-track", "--set", "cmi.alpha=0.05", "--set", "cmi.lam=10",
                      "--set", f"output.dir={tmp_path / 'job'}"]) == 2
     err = capsys.readouterr().err
     assert "cmi.lam and cmi.alpha: at most one may be > 0" in err and "lam=10, alpha=0.05" in err

@@ -344,7 +344,8 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
 
     Args:
         path: the YAML file.
-        overrides: ``["cmi.lam=100", "ipc=1"]``.
+        overrides: ``["cmi.lam=100", "ipc=1"]``; one that sets ``cmi.alpha`` (or ``cmi.lam``) > 0 replaces the
+            file's ``cmi.lam`` (``cmi.alpha``): the two are spellings of one weight.
 
     Returns:
         A frozen ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob`` or ``EvaluateJob``.
@@ -353,4 +354,21 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
         ConfigError: one line naming the file, the field path, the rule and the value.
     """
     raw = apply_overrides(read_yaml(path), overrides or [], str(path))
-    return parse_job(raw, str(path))
+    return parse_job(_one_weight(raw, overrides or []), str(path))
+
+
+# cmi.lam and cmi.alpha are two spellings of one weight (at most one may be > 0): a --set of one of them to a value
+# > 0 replaces the file's other, so `--set cmi.alpha=0.05` works on a job file that sets cmi.lam.
+WEIGHT_SPELLINGS = {"lam": "alpha", "alpha": "lam"}
+
+
+def _one_weight(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    given = {o.partition("=")[0].strip() for o in overrides}
+    cmi = raw.get("cmi")
+    if not isinstance(cmi, dict):
+        return raw
+    for key, other in WEIGHT_SPELLINGS.items():
+        value = cmi.get(key)
+        if f"cmi.{key}" in given and f"cmi.{other}" not in given and isinstance(value, (int, float)) and value > 0:
+            return {**raw, "cmi": {**cmi, other: 0}}
+    return raw
