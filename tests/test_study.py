@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cmidd.study import StudyRun, arm_curves, table_md, verdict
+from cmidd.study import StudyRun, arm_curves, clauses, table_md, verdict
 
 
 def _run(alpha, seed, curve, lam=0.0, ratio=None):
@@ -56,3 +56,15 @@ def test_table_lists_seeds_effective_lambdas_ratios_and_pooled_std():
     assert lines[2] == "| 0 | 0 | 0 | - | 90.00 +- 1.00 (n=1) |"
     sd = 100 * math.sqrt(0.02**2 + 0.01**2)
     assert lines[3] == f"| 0.05 | 0,1 | 1.23e+03 / 1.2e+03 | 0.812 / 0.79 | 94.00 +- {sd:.2f} (n=2) |"
+
+
+def test_clauses_show_each_rule_with_its_numbers_and_when_the_zero_arm_is_as_fast():
+    zero = _run(0.0, 0, {500: (0.90, 0.05), 1000: (0.96, 0.05), 2000: (0.95, 0.05)})  # peaks before its end
+    fast = _run(0.05, 0, {500: (0.951, 0.05), 1000: (0.95, 0.05), 2000: (0.95, 0.05)})
+    arms = arm_curves([zero, fast])
+    assert verdict(arms, 2000)[0] is True  # the rule: alpha 0.05 reaches 95.00% at 500 <= 1000
+    gain, speed = clauses(arms, 2000)
+    assert gain == "gain clause: largest gain +5.10 pt (alpha 0.05, iteration 500) vs 2 x pooled std 10.00 pt: not met"
+    assert speed == ("speed clause: first checkpoint at or above the zero arm's final 95.00%: alpha 0 at 1000, "
+                     "alpha 0.05 at 500 (half the iterations: 1000)")
+    assert clauses(arm_curves([fast]), 2000) == []

@@ -125,6 +125,27 @@ def verdict(arms: dict[float, dict[int, Point]], iterations: int) -> tuple[bool 
                    f"iteration {iterations // 2}; best alpha {best:g} ends at {100 * b.mean:.2f}%")
 
 
+def clauses(arms: dict[float, dict[int, Point]], iterations: int) -> list[str]:
+    """Each clause of the rule with its numbers, to read beside the verdict (the verdict is the rule's, unchanged):
+    the largest gain of an alpha > 0 over the zero arm against 2 x the pooled std there, and the first checkpoint
+    at which each arm, the zero arm included, reaches the zero arm's final accuracy (if the zero arm itself does so
+    by half the iterations, the speed clause cannot tell a faster arm from seed noise)."""
+    if 0.0 not in arms or not arms[0.0] or not any(a > 0 for a in arms):
+        return []
+    zero = arms[0.0]
+    z_final = zero[max(zero)].mean
+    gaps = [(p.mean - zero[s].mean, a, s, math.sqrt((p.var + zero[s].var) / 2))
+            for a, c in arms.items() if a > 0 for s, p in c.items() if s in zero]
+    gap, a, s, pooled = max(gaps)
+    out = [f"gain clause: largest gain {100 * gap:+.2f} pt (alpha {a:g}, iteration {s}) vs 2 x pooled std "
+           f"{200 * pooled:.2f} pt: {'met' if gap > 2 * pooled else 'not met'}"]
+    first = {a: min((s for s, p in c.items() if p.mean >= z_final), default=None) for a, c in arms.items()}
+    reach = ", ".join(f"alpha {a:g} at {'never' if t is None else t}" for a, t in first.items())
+    out.append(f"speed clause: first checkpoint at or above the zero arm's final {100 * z_final:.2f}%: {reach} "
+               f"(half the iterations: {iterations // 2})")
+    return out
+
+
 def table_md(runs: list[StudyRun], arms: dict[float, dict[int, Point]]) -> str:
     """A Markdown table: one row per arm, accuracy (mean +- pooled std, n runs) at each checkpoint, the
     effective lambdas and CMI ratios of its runs."""
@@ -174,6 +195,7 @@ def report(root: Path, out: Path | None = None) -> dict[str, Any]:
     arms = arm_curves(runs)
     helps, line = verdict(arms, max(r.iterations for r in runs))
     table = table_md(runs, arms)
-    (out / "study.md").write_text(f"{table}\n\nVerdict: {line}\n")
+    detail = "".join(f"\n- {c}" for c in clauses(arms, max(r.iterations for r in runs)))
+    (out / "study.md").write_text(f"{table}\n\nVerdict (the rule as stated before the run): {line}\n{detail}\n")
     files = [out / "study.md", plot(arms, out / "study.png")]
     return {"helps": helps, "verdict": line, "table": table, "files": [str(f) for f in files]}
