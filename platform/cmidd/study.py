@@ -87,6 +87,11 @@ def arm_curves(runs: list[StudyRun]) -> dict[float, dict[int, Point]]:
     return arms
 
 
+def pooled_std(a: Point, b: Point) -> float:
+    """The pooled seed std of two arms at one checkpoint: ``sqrt((var_a + var_b) / 2)``."""
+    return math.sqrt((a.var + b.var) / 2)
+
+
 def verdict(arms: dict[float, dict[int, Point]], iterations: int) -> tuple[bool | None, str]:
     """The decision rule (module docstring) applied: (helps, one line with the numbers); None = cannot decide."""
     if 0.0 not in arms or not arms[0.0]:
@@ -101,7 +106,7 @@ def verdict(arms: dict[float, dict[int, Point]], iterations: int) -> tuple[bool 
     for a, curve in others.items():
         for s, p in curve.items():
             if s in zero:
-                pooled = math.sqrt((p.var + zero[s].var) / 2)
+                pooled = pooled_std(p, zero[s])
                 gap = p.mean - zero[s].mean
                 if gap > 2 * pooled:
                     wins.append((gap, a, s, pooled))
@@ -134,7 +139,7 @@ def clauses(arms: dict[float, dict[int, Point]], iterations: int) -> list[str]:
         return []
     zero = arms[0.0]
     z_final = zero[max(zero)].mean
-    gaps = [(p.mean - zero[s].mean, a, s, math.sqrt((p.var + zero[s].var) / 2))
+    gaps = [(p.mean - zero[s].mean, a, s, pooled_std(p, zero[s]))
             for a, c in arms.items() if a > 0 for s, p in c.items() if s in zero]
     gap, a, s, pooled = max(gaps)
     out = [f"gain clause: largest gain {100 * gap:+.2f} pt (alpha {a:g}, iteration {s}) vs 2 x pooled std "
@@ -193,9 +198,10 @@ def report(root: Path, out: Path | None = None) -> dict[str, Any]:
     if not runs:
         return {"helps": None, "verdict": f"cannot decide: no finished run under {root}", "table": "", "files": []}
     arms = arm_curves(runs)
-    helps, line = verdict(arms, max(r.iterations for r in runs))
+    iterations = max(r.iterations for r in runs)
+    helps, line = verdict(arms, iterations)
     table = table_md(runs, arms)
-    detail = "".join(f"\n- {c}" for c in clauses(arms, max(r.iterations for r in runs)))
+    detail = "".join(f"\n- {c}" for c in clauses(arms, iterations))
     (out / "study.md").write_text(f"{table}\n\nVerdict (the rule as stated before the run): {line}\n{detail}\n")
     files = [out / "study.md", plot(arms, out / "study.png")]
     return {"helps": helps, "verdict": line, "table": table, "files": [str(f) for f in files]}
