@@ -177,8 +177,8 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
         text += f"\n{CHANCE_MARK} " + "\n".join(summary["warnings"]) + "\n"
     if "best" in summary:
         best = summary["best"]
-        text += f"\nbest under this protocol: version {best['version']} ({best['params'].get('method.name')}" \
-                f"{'+cmi' if float(best['params'].get('cmi.lam', 0)) > 0 else ''}), {format_gain(best['baseline'])}"
+        text += f"\nbest under this protocol: version {best['version']} ({best['label']}), " \
+                f"{format_gain(best['baseline'])}"
         if best["ties"]:
             text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
         text += "\n"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import experts as expert_zoo
+from . import names
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
@@ -234,8 +235,8 @@ def cmi_metrics(x, y, data: Dataset, job: DistillJob, proxies) -> dict[str, floa
 
 
 def set_label(job: DistillJob) -> str:
-    """``dm`` or ``dm+cmi`` (the set's name in tables)."""
-    return job.method.name + ("+cmi" if job.cmi.on else "")
+    """``dm`` or ``dm+cmi`` (the set's name in tables: ``cmidd.names.set_label``, the one rule)."""
+    return names.set_label(job.method.name, job.cmi.lam, job.cmi.alpha)
 
 
 @RUNNERS.register("evaluate")

@@ -75,7 +75,7 @@ def format_best(best: dict, metric: str) -> str:
         f"{best['name']} version {best['version']}{alias}",
         f"  protocol  {proto['id']}{' (default)' if best.get('default_protocol') else ''}: {proto['summary']}",
         f"  run       {best['run_id']}",
-        f"  method    {p.get('method.name', best.get('method', '-'))}   lambda {fmt_lam(lam)}   proxy set {proxies}",
+        f"  method    {best.get('label', p.get('method.name', '-'))}   lambda {fmt_lam(lam)}   proxy set {proxies}",
         f"  {metric} = {m[metric]:.4f}{_std(m, metric, seeds)}",
         f"  {format_gain(best.get('baseline'))}",
     ]

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import ConfigError, UnknownNameError
+from ..names import set_label_of_params
 from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
 from ._client import CHAMPION, DEFAULT_METRIC
 
@@ -164,13 +165,9 @@ def describe(mv, run, aliases: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_label(params: dict[str, str], tags: dict[str, str]) -> str:
-    """``dm``, ``dm+cmi`` (lambda > 0), or the version's ``method`` tag (an ensemble's)."""
-    method = params.get("method.name") or tags.get("method", "-")
-    try:
-        lam = float(params.get("cmi.lam", "0"))
-    except ValueError:
-        lam = 0.0
-    return method + ("+cmi" if lam > 0 else "")
+    """``dm``, ``dm+cmi`` (weighed by cmi.lam or cmi.alpha), or the version's ``method`` tag (an ensemble's):
+    ``cmidd.names.set_label_of_params``, the rule the runner names sets by."""
+    return set_label_of_params(params, tags.get("method"))
 
 
 def _std(run, metric: str) -> float:
@@ -205,7 +202,7 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
         if value - item[0] <= band or math.isclose(value, item[0], abs_tol=1e-12):
             ties.append(short(item))
     summary = mv.tags.get(TAG_SUMMARY, "scored before protocols were recorded" if protocol == UNKNOWN else "-")
-    return {**out, "metric": metric, "value": value, "std": std,
+    return {**out, "label": set_label(run.data.params, mv.tags), "metric": metric, "value": value, "std": std,
             "protocol": {"id": protocol, "summary": summary},
             "default_protocol": model.tags.get(TAG_DEFAULT) == protocol,
             "runner_up": short(items[1]) if len(items) > 1 else None, "ties": ties,
