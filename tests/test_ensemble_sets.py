@@ -150,9 +150,10 @@ def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(sea
     assert json.loads(mv.tags["ensemble_of"]) == r.sources and mv.source == f"runs:/{r.run_id}/synthetic"
     run = client.get_run(r.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "ensemble"
+    from cmidd.data import load_dataset
     from cmidd.protocol import Protocol  # scored under the ensemble's eval block: its protocol, on run and version
 
-    assert mv.tags["protocol.id"] == run.data.tags["protocol.id"] == Protocol.of(EVAL, "digits", 0, 8).id
+    assert mv.tags["protocol.id"] == run.data.tags["protocol.id"] == Protocol.of(EVAL, load_dataset("digits")).id
     # the registered set is the two trials' sets, class by class, verified on the way back
     pulled = load_set("digits", 4, version=r.version["version"], uri=uri)
     by_id = {t.run_id: t.result.synset for t in trials}

@@ -52,7 +52,7 @@ def with_a(tmp_path, monkeypatch, template_db, digits):
     job = parse_job(tiny_distill(tmp_path / "a", name="set-a", method__init="noise", method__iterations=1,
                                  method__lr_img=1e-6, eval=dict(EVAL_A), output__checkpoint_every=0))
     a = T.tracked_run(job, uri, data=digits)
-    protocol = protocol_of_job(job, digits.im_size)
+    protocol = protocol_of_job(job, digits)
     base = random_real_set(digits, 2, 0)
     res = evaluate(*base.training_set(), digits, job.eval, 0)
     baseline_run = T.log_baseline("random-real", res.metrics(), protocol, 2, job.eval, 0, "baselines", uri, base)
@@ -73,14 +73,14 @@ def _search(root: Path, uri: str, **extra) -> dict:
     return run_search(load_search(root / "space.yaml"), uri, progress=False)
 
 
-def test_search_protocol_never_takes_the_champion_of_another(with_a, ray_local, tmp_path, capsys):
+def test_search_protocol_never_takes_the_champion_of_another(with_a, ray_local, tmp_path, capsys, digits):
     from cmidd.cli import main
 
     c, uri, pa = with_a["client"], with_a["uri"], with_a["protocol"]
     summary = _search(tmp_path, uri)
     (reg,) = summary["registered"]
     assert reg["rescored"] is False  # scored under the protocol it declares (the base job's eval block)
-    pb = Protocol.of(EvalCfg(**EVAL_B), "digits", 0, 8)
+    pb = Protocol.of(EvalCfg(**EVAL_B), digits)
     assert reg["protocol"] == pb.id != pa.id
 
     versions = {int(v.version): v for v in c.search_model_versions(f"name = '{MODEL}'")}
@@ -195,7 +195,7 @@ def test_cmidd_evaluate_rescores_every_set_under_a_named_protocol(with_a, tmp_pa
     job_b = parse_job(tiny_distill(tmp_path / "b", name="set-b", method__iterations=2, eval=dict(EVAL_B),
                                    output__checkpoint_every=0))
     b = T.tracked_run(job_b, uri, data=digits)
-    pb = protocol_of_job(job_b, digits.im_size)
+    pb = protocol_of_job(job_b, digits)
     assert int(c.get_registered_model(MODEL).aliases["champion"]) == 1  # B's set: champion of B only
 
     args = ["--dataset", "digits", "--ipc", "2", "--tracking-uri", uri]

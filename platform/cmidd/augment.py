@@ -41,7 +41,7 @@ from torch import Tensor
 from .errors import ConfigError, UnknownNameError
 
 # Probability of a horizontal flip, fixed at 0.5 as in DSA.
-_FLIP_PROB = 0.5
+FLIP_PROB = 0.5
 _MASK64 = (1 << 64) - 1
 DSA_MODES = ("single", "multi")
 
@@ -166,7 +166,7 @@ def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
 
 
 def _flip(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    flip = (draw.rand(1) < _FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
+    flip = (draw.rand(1) < FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 

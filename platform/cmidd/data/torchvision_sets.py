@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
-from ._registry import DATASETS, Dataset, normalize_, to_float_images
+from ._registry import DATASETS, ContentHash, Dataset, normalize_, to_float_images
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ _SPECS: dict[str, _Spec] = {
         (0.2861,), (0.3530,),
     ),
 }
+
+
+def normalization() -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """{set name: (mean, std)}: the constants each set is normalized with (an evaluation constant,
+    ``cmidd.protocol.evaluation_constants``)."""
+    return {k: (v.mean, v.std) for k, v in sorted(_SPECS.items())}
 
 
 def _one_line(text: str) -> str:
@@ -117,6 +123,8 @@ def _load(name: str, root: Path | None, im_size: int | None, download: bool, see
     test_ds = _open_split(name, spec, root, False, download)
     train_raw, train_y = _arrays(train_ds, spec.layout)
     test_raw, test_y = _arrays(test_ds, spec.layout)
+    hashed = (ContentHash().add("train_x", train_raw).add("train_y", train_y)
+              .add("test_x", test_raw).add("test_y", test_y))
     train_x = normalize_(to_float_images(train_raw, im_size), spec.mean, spec.std)
     test_x = normalize_(to_float_images(test_raw, im_size), spec.mean, spec.std)
     classes = getattr(train_ds, "classes", None)  # SVHN has none; its labels are the digits 0..9
@@ -134,6 +142,7 @@ def _load(name: str, root: Path | None, im_size: int | None, download: bool, see
         mean=spec.mean,
         std=spec.std,
         class_names=class_names,
+        content_digest=hashed.names(class_names).hexdigest(),
     )
 
 

@@ -81,8 +81,7 @@ def rescore_versions(dataset: str, ipc: int, protocol_id: str, versions: list[in
         with mlflow_errors():
             src_run = client.get_run(mv.run_id)
         root = src_run.data.params.get("data.root", "None")
-        data = data or load_dataset(dataset, root=None if root == "None" else root, im_size=protocol.im_size,
-                                    seed=protocol.split_seed)
+        data = data or protocol_data(protocol, None if root == "None" else root)
         out.append(_score_one(client, mv, src_run, protocol, data, seed, device))
     with mlflow_errors():
         if todo and find_baseline(client, dataset, ipc, protocol.id, DEFAULT_METRIC) is None:
@@ -92,6 +91,20 @@ def rescore_versions(dataset: str, ipc: int, protocol_id: str, versions: list[in
             log_baseline("random-real", res.metrics(), protocol, ipc, eval_cfg, seed, f"rescore-{name}",
                          synset=base, client=client)
     return out
+
+
+def protocol_data(protocol: Protocol, root: str | None):
+    """The data ``protocol`` scored on, loaded from ``root`` and checked against the protocol's content digest.
+
+    Raises:
+        ConfigError: the data at ``root`` are not the protocol's (another folder's images, another split).
+    """
+    data = load_dataset(protocol.dataset, root=root, im_size=protocol.im_size,
+                        seed=0 if protocol.split_seed is None else protocol.split_seed)
+    if data.digest != protocol.data:
+        raise ConfigError(f"data.root: the data of protocol {protocol.id} have content digest {protocol.data[:12]}, "
+                          f"but got {data.digest[:12]} from {root or 'the built-in set'}: not the data it scored on")
+    return data
 
 
 def _to_score(client, name: str, protocol_id: str, versions: list[int] | None) -> list:

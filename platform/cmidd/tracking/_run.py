@@ -113,7 +113,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
         skip, slot = _reopen(client, job, resume_run_id, fetch) if resume_run_id else (0, None)
     extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
-    protocol = protocol_of_job(job, data.im_size)  # the evaluation protocol its scores were made under
+    protocol = protocol_of_job(job, data)  # the evaluation protocol its scores were made under
     extra |= protocol.tags() if protocol is not None else {}
     if resume_run_id:
         spec = {"run_id": resume_run_id, "tags": extra}

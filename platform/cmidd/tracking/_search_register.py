@@ -53,7 +53,7 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
         source = f"runs:/{row['run_id']}/{SYNTHETIC}"
         with tempfile.TemporaryDirectory(prefix="cmidd-top-") as tmp:
             synset = load_verified(Path(client.download_artifacts(row["run_id"], SYNTHETIC, tmp)), source)
-        protocol = Protocol.of(cfg.registration_eval, job.data.name, job.data.split_seed, synset.meta["im_size"])
+        protocol = Protocol.of(cfg.registration_eval, _data(job, data_cache))  # names the data by its digest
         entry = {"name": name, "run_id": row["run_id"], "source": source, "protocol": protocol.id,
                  "rescored": False}
         have = [mv for mv in client.search_model_versions(f"name = '{name}'")
@@ -65,8 +65,8 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
             result = JobResult("distill", Path("."), metrics=dict(trial_run.data.metrics), synset=synset)
             entry["version"] = register_distilled(client, row["run_id"], job, result, source=source)["version"]
         else:
-            data = _data(job, data_cache)
-            entry["version"], entry["scored_by"] = _rescore(client, cfg, parent, job, synset, protocol, data, source)
+            entry["version"], entry["scored_by"] = _rescore(client, cfg, parent, job, synset, protocol,
+                                                            _data(job, data_cache), source)
             entry["rescored"] = True
         out.append(entry)
         names.add(name)
