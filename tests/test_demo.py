@@ -72,22 +72,34 @@ def test_demo_quick_end_to_end(tmp_path):
     by_set = {s: sum(r["acc_mean"] for r in singles if r["set"] == s) / len(ARCHS) for s in ("dm", "dm+cmi")}
     assert best["metrics"]["acc/cross_arch_mean"] == pytest.approx(max(by_set.values()), abs=1e-9)
 
-    # the answer names the demo's protocol and the gain over the random-real baseline logged under it
+    # the answer names the demo's protocol and the gain over the random-real draws logged under it, paired: each
+    # draw scored with the sets' eval seed; the sets' own init draw (seed 0) is the table's random-real row
     assert best["protocol"] == res["protocol"] and best["baseline"] is not None
     rr = sum(r["acc_mean"] for r in singles if r["set"] == "random-real") / len(ARCHS)
-    assert best["baseline"]["gain"] == pytest.approx(100 * (best["value"] - rr), abs=1e-6)
-    assert best["baseline"]["k_std"] is None  # 1 seed: no std, so no "k std"
+    b = best["baseline"]
+    assert b["over"] == "versions" and b["selected_from"] == 2 and b["n"] == 2  # dm and dm+cmi, not the max
+    champ = b["champion"]
+    assert champ["n"] == 3 and champ["own_draw"] and champ["eval_seed"] == 0
+    assert [d["draw"] for d in champ["draws"]] == [0, 1, 2]
+    assert champ["draws"][0]["gain"] == pytest.approx(100 * (best["value"] - rr), abs=1e-6)
+    assert champ["gain"] == pytest.approx(sum(d["gain"] for d in champ["draws"]) / 3)
+    assert b["gain"] == pytest.approx(sum(v["gain"] for v in b["versions"]) / 2)
+    assert {v["label"] for v in b["versions"]} == {"dm", "dm+cmi"}
     from cmidd.tracking import client_for
 
     c = client_for(uri)
-    base = c.get_run(best["baseline"]["run_id"])
-    # DM, DM+CMI and the baseline side by side: one experiment
+    base = c.get_run(champ["draws"][0]["run_id"])
+    # DM, DM+CMI and the baseline draws side by side: one experiment
     exp = c.get_experiment_by_name("demo-digits-ipc10")
     kinds = sorted((r.data.tags.get("kind"), r.data.tags.get("method", "-")) for r in c.search_runs([exp.experiment_id]))
-    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 3 and ("baseline", "-") in kinds
+    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 5 and kinds.count(("baseline", "-")) == 3
     assert base.data.tags["kind"] == "baseline" and base.data.tags["protocol.id"] == res["protocol"]["id"]
+    assert base.data.tags["baseline.draw"] == "0" == base.data.tags["baseline.eval_seed"]
     md = (out / "results.md").read_text()
-    assert "(1 seed: no std)" in md and "+-" not in md and "gain over random-real: " in md
+    table = md.split("\n\n")[1]
+    assert "(1 seed: no std)" in md and "+-" not in table and "gain over random-real: " in md
+    assert "is the best of 2: biased upward" in md and "gain over random-real per set" in md
+    assert f"is the mean over {', '.join(ARCHS)}" in md
     chance = {r["arch"] for r in singles if r["acc_mean"] < 1.5 / 10}
     assert set(res["at_chance"]) == chance and len(res["warnings"]) == len(chance)
     assert all(f"{a} scored at chance" in md for a in chance)

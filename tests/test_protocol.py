@@ -189,10 +189,18 @@ def test_table_prints_no_std_over_one_seed_and_marks_chance():
     assert "93.0 +-  1.0" in results_table(two, num_classes=10)
 
 
-def test_gain_line():
-    assert format_gain({"gain": 3.21, "k_std": 2.04}) == "gain over random-real: +3.2 pt (2.0 std)"
-    assert format_gain({"gain": -1.0, "k_std": None}) == "gain over random-real: -1.0 pt (1 seed: no std)"
-    assert "no baseline" in format_gain(None)
+def test_gain_line_says_what_the_gain_is():
+    one = {"gain": 3.21, "gain_std": 1.04, "n": 3, "eval_seed": 0, "own_draw": True}
+    line = format_gain({"over": "draws", "champion": one, **one})
+    assert line == ("gain over random-real: +3.2 +- 1.0 pt (mean +- std over 3 random-real draws, each scored with "
+                    "the set's eval seed 0, the set's own init draw among them)")
+    lone = {"gain": -1.0, "gain_std": None, "n": 1, "eval_seed": 4, "own_draw": False}
+    assert "-1.0 pt (1 random-real draw: no spread, each scored with the set's eval seed 4)" in \
+        format_gain({"over": "draws", "champion": lone, **lone})
+    many = format_gain({"over": "versions", "gain": 1.5, "gain_std": 0.5, "n": 2, "selected_from": 2, "champion": one})
+    assert many.startswith("gain over random-real: +1.5 +- 0.5 pt (mean +- std over 2 of the 2 versions")
+    assert "the champion's own +3.2 +- 1.0 pt" in many and "is the best of 2: biased upward" in many
+    assert "no random-real draw" in format_gain(None)
 
 
 def test_rescoring_refuses_data_that_are_not_the_protocols(tmp_path):

@@ -98,17 +98,18 @@ def test_search_protocol_never_takes_the_champion_of_another(with_a, ray_local, 
     best_a = T.best_set("digits", 2, uri=uri, protocol="default")
     assert best_a["version"] == 1 and best_a["protocol"] == {"id": pa.id, "summary": pa.summary}
     assert best_a["runner_up"] is None and best_a["ties"] == [] and best_a["aliases"][0] == "champion"
-    gain = best_a["baseline"]
-    assert gain["run_id"] == with_a["baseline_run"]
+    gain = best_a["baseline"]  # one version, one draw logged with its eval seed: no spread, said so
+    assert gain["over"] == "draws" and gain["n"] == 1 and gain["gain_std"] is None
+    assert [d["run_id"] for d in gain["champion"]["draws"]] == [with_a["baseline_run"]]
+    assert gain["champion"]["own_draw"] is False  # set A started from noise: no init draw to pair with
     assert gain["gain"] == pytest.approx(100 * (acc[1] - with_a["baseline"]["acc/cross_arch_mean"]))
-    want_std = (best_a["std"] ** 2 + with_a["baseline"]["acc_std/cross_arch_mean"] ** 2) ** 0.5
-    assert gain["gain_std"] == pytest.approx(100 * want_std)
 
-    # the search logged its own random-real baseline under B (1 seed each: no std, so no k)
+    # the search logged the random-real draws paired with its set under B: its own init draw and two more
     best_b = T.best_set("digits", 2, uri=uri, protocol=pb.id[:6])  # a unique prefix names it
-    assert best_b["version"] == int(vb.version) and best_b["baseline"] is not None
-    assert best_b["baseline"]["k_std"] is None and best_b["default_protocol"] is False
-    assert c.get_run(best_b["baseline"]["run_id"]).data.tags["kind"] == "baseline"
+    assert best_b["version"] == int(vb.version) and best_b["default_protocol"] is False
+    bb = best_b["baseline"]
+    assert bb["over"] == "draws" and bb["n"] == 3 and bb["gain_std"] is not None and bb["champion"]["own_draw"]
+    assert {c.get_run(d["run_id"]).data.tags["kind"] for d in bb["champion"]["draws"]} == {"baseline"}
 
     # the CLI: --json refuses across protocols (exit 2, one line); text answers per protocol; pull the champion
     args = ["--dataset", "digits", "--ipc", "2", "--tracking-uri", uri]
@@ -159,9 +160,10 @@ def test_search_rescores_its_top_under_the_declared_protocol(with_a, ray_local, 
     assert best["value"] == max(accs.values()) and best["protocol"]["id"] == pa.id
     assert best["runner_up"]["value"] == min(accs.values())
     assert int(c.get_registered_model(MODEL).aliases["champion"]) == best["version"]
-    # A's baseline was there: the search logged none of its own
+    # A's draw 0 was there: the search logged only the draws its set still lacked (1, 2; eval seed 0)
     baselines = c.search_runs([e.experiment_id for e in c.search_experiments()], "tags.kind = 'baseline'")
-    assert len(baselines) == 1
+    assert sorted(r.data.tags["baseline.draw"] for r in baselines) == ["0", "1", "2"]
+    assert {r.data.tags["baseline.eval_seed"] for r in baselines} == {"0"}
     got = SyntheticSet.load(T.pull("digits", 2, tmp_path / "p", version=reg["version"], uri=uri))
     assert got.sha256() == mv.tags["content_sha256"]
 
@@ -217,7 +219,9 @@ def test_cmidd_evaluate_rescores_every_set_under_a_named_protocol(with_a, tmp_pa
     assert best["version"] == max(accs, key=accs.get) and best["runner_up"]["version"] == min(accs, key=accs.get)
     assert int(c.get_registered_model(MODEL).aliases["champion"]) == best["version"]
     assert int(c.get_registered_model(MODEL).aliases[f"champion-{pb.id}"]) == 2
-    assert best["baseline"]["run_id"] == with_a["baseline_run"]  # A's baseline, not a second one
+    draws = best["baseline"]["champion"]["draws"]  # A's draw 0 reused, not scored again; draws 1, 2 added
+    assert [d["draw"] for d in draws] == [0, 1, 2] and draws[0]["run_id"] == with_a["baseline_run"]
+    assert best["baseline"]["over"] == "versions" and best["baseline"]["selected_from"] == 2
 
     assert main(["evaluate", "--protocol", pa.id, *args]) == 0  # nothing left to score: no new version
     assert "already has a version" in capsys.readouterr().out

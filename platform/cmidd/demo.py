@@ -23,10 +23,10 @@ from .curves import draw_comparison
 from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .cmi import measure_cmi
 from .device import resolve_device
-from .evaluate import evaluate
+from .gain import draw_seeds, random_real_draws
 from .protocol import protocol_of_job
 from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, results_table
-from .runner import load_job_data, proxies_dir, random_real_set
+from .runner import load_job_data, proxies_dir
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +139,19 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
         seconds[name] = time.perf_counter() - t
 
     t = time.perf_counter()
-    log.info("[4/4] evaluating the random-real baseline")
-    baseline = random_real_set(data, jobs["dm"].ipc, jobs["dm"].seed)
-    b_res = evaluate(baseline.images, baseline.labels, data, jobs["dm"].eval, jobs["dm"].seed,
-                     resolve_device(jobs["dm"].device))
+    job = jobs["dm"]  # dm and dm+cmi share seed, IPC and eval block: the same paired draws serve both
+    draws = draw_seeds(job.seed, own_draw=job.seed)
+    log.info("[4/4] evaluating the random-real baseline (draws %s; the table shows draw %d, the sets' own init)",
+             draws, job.seed)
+    scored = random_real_draws(data, job.ipc, job.eval, job.seed, draws, resolve_device(job.device))
+    _, baseline, b_res = scored[0]
     seconds["random-real"] = time.perf_counter() - t
-    if tracking_uri is not None:  # a run under the sets' protocol, so that `cmidd best` can say the gain over it
+    if tracking_uri is not None:  # runs under the sets' protocol, so that `cmidd best` can say the paired gain
         from .tracking import log_baseline
 
-        job = jobs["dm"]
-        log_baseline("random-real", b_res.metrics(), protocol_of_job(job, data), job.ipc, job.eval,
-                     job.seed, experiment, tracking_uri, baseline)
+        for d, synset, res in scored:
+            log_baseline("random-real", res.metrics(), protocol_of_job(job, data), job.ipc, job.eval,
+                         job.seed, experiment, tracking_uri, synset, draw=d)
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
@@ -175,10 +177,19 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
            f"protocol {summary['protocol']['id']}: {summary['protocol']['summary']}\n\n{table}\n"
     if summary["warnings"]:
         text += f"\n{CHANCE_MARK} " + "\n".join(summary["warnings"]) + "\n"
+    chance = sorted(summary["at_chance"])
+    text += (f"\nthe ranking (acc/cross_arch_mean, which picks the champion) is the mean over "
+             f"{', '.join(dm_job.eval.archs)}" + (f", {', '.join(chance)} at chance among them" if chance else "")
+             + "\n")
     if "best" in summary:
         best = summary["best"]
         text += f"\nbest under this protocol: version {best['version']} ({best['label']}), " \
                 f"{format_gain(best['baseline'])}"
+        if best["baseline"] is not None:
+            text += "\ngain over random-real per set (each over its paired draws): " + ", ".join(
+                f"{g['label']} (version {g['version']}) {g['gain']:+.1f}"
+                + (f" +- {g['gain_std']:.1f}" if g["gain_std"] is not None else "") + f" pt (n={g['n']})"
+                for g in best["baseline"]["versions"])
         if best["ties"]:
             text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
         text += "\n"

@@ -24,13 +24,36 @@ def chance_warning(arch: str, sets: list[str], num_classes: int) -> str:
             "sets; train it longer (eval.epochs_by_arch) or drop it")
 
 
+def _pm(gain: float, std: float | None) -> str:
+    return f"{gain:+.1f}" + (f" +- {std:.1f}" if std is not None else "")
+
+
+def format_draws(g: dict) -> str:
+    """``+x.x +- y.y pt over n random-real draws (...)``: one version's paired gain (``cmidd.gain.paired_gain``
+    with ``eval_seed``), saying what it is paired on and when it has no spread."""
+    n = g["n"]
+    what = (f"mean +- std over {n} random-real draws" if n > 1 else "1 random-real draw: no spread") + \
+        (" (fewer than 3)" if 1 < n < 3 else "")
+    own = ", the set's own init draw among them" if g.get("own_draw") else ""
+    return f"{_pm(g['gain'], g['gain_std'])} pt ({what}, each scored with the set's eval seed {g['eval_seed']}{own})"
+
+
 def format_gain(baseline: dict | None) -> str:
-    """``gain over random-real: +x.x pt (k std)`` from ``best``'s ``baseline`` entry, or why there is none."""
+    """The gain line of ``best``'s ``baseline`` entry (``tracking._ranking.gain_over_random_real``), saying what
+    it is: one version's gain over its paired draws, or, when the champion was picked from several versions, the
+    mean over all of them with the champion's own (selected: biased upward) beside it; or why there is none."""
     if baseline is None:
-        return "gain over random-real: - (no baseline run under this protocol)"
-    k = baseline.get("k_std")
-    spread = f"{k:.1f} std" if k is not None else "1 seed: no std"
-    return f"gain over random-real: {baseline['gain']:+.1f} pt ({spread})"
+        return "gain over random-real: - (no random-real draw under this protocol scored with the sets' eval seeds)"
+    if baseline["over"] == "draws":
+        return f"gain over random-real: {format_draws(baseline['champion'])}"
+    n, k = baseline["n"], baseline["selected_from"]
+    over = "1 version with paired draws: no spread" if n == 1 else f"mean +- std over {n} of the {k} versions"
+    line = (f"gain over random-real: {_pm(baseline['gain'], baseline['gain_std'])} pt ({over} under this protocol, "
+            "each paired with its own draws)")
+    c = baseline.get("champion")
+    if c is not None:
+        line += f"; the champion's own {format_draws(c)} is the best of {k}: biased upward"
+    return line
 
 
 def results_table(rows: list[dict], archs: list[str] | None = None, num_classes: int | None = None) -> str:

@@ -76,7 +76,8 @@ def format_best(best: dict, metric: str) -> str:
         f"  protocol  {proto['id']}{' (default)' if best.get('default_protocol') else ''}: {proto['summary']}",
         f"  run       {best['run_id']}",
         f"  method    {best.get('label', p.get('method.name', '-'))}   lambda {fmt_lam(lam)}   proxy set {proxies}",
-        f"  {metric} = {m[metric]:.4f}{_std(m, metric, seeds)}",
+        f"  {metric} = {m[metric]:.4f}{_std(m, metric, seeds)}"
+        + (f"  (mean over {', '.join(best['mean_over'])})" if best.get("mean_over") else ""),
         f"  {format_gain(best.get('baseline'))}",
     ]
     for k in sorted(k for k in m if k.startswith("acc/") and k != metric):

@@ -40,7 +40,7 @@ from ._proxies import (
     experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
     publish_proxies, resolve_registry_proxies, verify_proxy_folder,
 )
-from ._ranking import champion_alias, find_baseline, move_champion, set_default_protocol, version_protocol
+from ._ranking import baseline_table, champion_alias, move_champion, set_default_protocol, version_protocol
 from ._reports import list_runs, log_report
 from ._rescore import TAG_EVALUATES, find_protocol, rescore_versions
 from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
@@ -57,7 +57,7 @@ __all__ = [
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
     "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version",
     "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
-    "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_baseline", "find_protocol",
+    "baseline_table", "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_protocol",
     "find_trial_run", "finish_search", "git_sha",
     "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified", "quiet_mlflow",
     "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",

@@ -1,10 +1,11 @@
 """Baselines as runs: random-real (and the full-data ceiling) scored under a protocol, logged beside the sets.
 
-A baseline run has tags ``kind=baseline``, ``baseline=<name>``, ``dataset``, ``ipc`` and the ``protocol.*`` tags
-of the protocol that scored it, the eval block and seed as params, the ``acc/...`` metrics of
+A baseline run has tags ``kind=baseline``, ``baseline=<name>``, ``dataset``, ``ipc``, the ``protocol.*`` tags
+of the protocol that scored it and, for random-real, ``baseline.draw`` (the seed that drew the images) and
+``baseline.eval_seed`` (the evaluation seed: ``best`` pairs a set only with draws scored with its own), the eval block and seed as params, the ``acc/...`` metrics of
 ``EvalResult.metrics`` and, for random-real, the drawn images as ``synthetic/`` (verified after upload). It is
 not registered (a baseline must never become ``champion``); ``cmidd best`` links it by protocol, data set and
-IPC and prints the gain over it (``_ranking.baseline_gain``).
+IPC and prints the gain over the draws paired with the set (``_ranking.paired_baseline``, ``cmidd.gain``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ..errors import ConfigError
+from ..gain import draw_seeds, random_real_draws
 from ..protocol import Protocol
 from ..synthetic import SyntheticSet
+from ._ranking import TAG_DRAW, TAG_EVAL_SEED
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
 from ._sets import verify_remote_set
 from ._tags import flat_params, run_tags
@@ -27,7 +30,7 @@ BASELINES = ("random-real", "full")
 def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: int, eval_cfg, seed: int,
                  experiment: str, uri: str | None = None, synset: SyntheticSet | None = None,
                  parent_run_id: str | None = None, client: MlflowClient | None = None,
-                 extra_tags: dict[str, str] | None = None) -> str:
+                 extra_tags: dict[str, str] | None = None, draw: int | None = None) -> str:
     """Log one baseline's scores as a FINISHED run of kind ``baseline``; returns its run id.
 
     Args:
@@ -43,6 +46,7 @@ def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: 
         parent_run_id: a search's parent run.
         client: the store's client (instead of ``uri``).
         extra_tags: more run tags (the search's name).
+        draw: the seed that drew the random-real images (default ``seed``).
 
     Raises:
         ConfigError: an unknown baseline name.
@@ -50,7 +54,9 @@ def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: 
     if name not in BASELINES:
         raise ConfigError(f"baseline: must be one of {', '.join(BASELINES)}, but got {name!r}")
     client = client or client_for(resolve_uri(uri))
-    tags = run_tags("baseline", protocol.dataset, ipc=str(ipc), baseline=name, **protocol.tags(), **(extra_tags or {}))
+    draws = {TAG_DRAW: str(seed if draw is None else draw), TAG_EVAL_SEED: str(seed)} if name == "random-real" else {}
+    tags = run_tags("baseline", protocol.dataset, ipc=str(ipc), baseline=name, **protocol.tags(), **draws,
+                    **(extra_tags or {}))
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     params = {"baseline": name, "ipc": str(ipc), "seed": str(seed),
@@ -64,3 +70,19 @@ def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: 
                 client.log_artifacts(run.run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
             verify_remote_set(client, run.run_id, SYNTHETIC, synset.sha256())
     return run.run_id
+
+
+def log_random_real_draws(data, ipc: int, protocol: Protocol, eval_cfg, eval_seed: int, experiment: str,
+                          own_draw: int | None = None, device="cpu", skip: set[int] | None = None,
+                          **log_kw) -> list[str]:
+    """Score and log the random-real draws ``best`` pairs a set with (``cmidd.gain.draw_seeds``: ``own_draw``
+    first, >= 3 in all) with the evaluation seed ``eval_seed``, one baseline run each; draws in ``skip`` (already
+    logged) are left out. ``log_kw`` goes to ``log_baseline`` (uri or client, parent_run_id, extra_tags).
+
+    Returns:
+        the new runs' ids.
+    """
+    todo = [d for d in draw_seeds(eval_seed, own_draw) if d not in (skip or set())]
+    return [log_baseline("random-real", res.metrics(), protocol, ipc, eval_cfg, eval_seed, experiment, synset=synset,
+                         draw=d, **log_kw)
+            for d, synset, res in random_real_draws(data, ipc, eval_cfg, eval_seed, todo, device)]

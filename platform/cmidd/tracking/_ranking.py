@@ -24,12 +24,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import ConfigError, UnknownNameError
-from ..names import set_label_of_params
+from ..gain import paired_gain, spread
+from ..names import CROSS_ARCH_MEAN, set_label_of_params
 from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
 from ._client import CHAMPION, DEFAULT_METRIC
 
 TAG_DEFAULT = "protocol.default"  # registered-model tag: the protocol ``champion`` follows
 BASELINE = "random-real"
+TAG_DRAW, TAG_EVAL_SEED = "baseline.draw", "baseline.eval_seed"  # a random-real run's draw and evaluation seed
 
 
 def champion_alias(protocol_id: str) -> str:
@@ -182,9 +184,9 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
     with one seed, exact equality only).
 
     Returns:
-        ``describe(best)`` plus ``protocol`` {id, summary}, ``default_protocol`` (bool), ``runner_up`` (a short
-        entry or None), ``ties`` [short entries], ``baseline`` ({name, run_id, value, std, gain, gain_std,
-        k_std}, gains in accuracy points, or None).
+        ``describe(best)`` plus ``label`` (``dm``, ``dm+cmi``, ...), ``mean_over`` (the architectures in a mean
+        over architectures, else None), ``protocol`` {id, summary}, ``default_protocol`` (bool), ``runner_up`` (a
+        short entry or None), ``ties`` [short entries], ``baseline`` (``gain_over_random_real``, or None).
     """
     model = client.get_registered_model(name)
     value, mv, run = items[0]
@@ -202,52 +204,110 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
         if value - item[0] <= band or math.isclose(value, item[0], abs_tol=1e-12):
             ties.append(short(item))
     summary = mv.tags.get(TAG_SUMMARY, "scored before protocols were recorded" if protocol == UNKNOWN else "-")
+    archs = sorted(k.removeprefix("acc/") for k in run.data.metrics
+                   if k.startswith("acc/") and k not in (CROSS_ARCH_MEAN, "acc/ensemble"))
     return {**out, "label": set_label(run.data.params, mv.tags), "metric": metric, "value": value, "std": std,
+            "mean_over": archs if metric == CROSS_ARCH_MEAN else None,
             "protocol": {"id": protocol, "summary": summary},
             "default_protocol": model.tags.get(TAG_DEFAULT) == protocol,
             "runner_up": short(items[1]) if len(items) > 1 else None, "ties": ties,
-            "baseline": baseline_gain(client, dataset, ipc, protocol, metric, value, std)}
+            "baseline": gain_over_random_real(client, dataset, ipc, protocol, metric, items)}
 
 
-def find_baseline(client: MlflowClient, dataset: str, ipc: int, protocol: str,
-                  metric: str = DEFAULT_METRIC) -> tuple[Any, str] | None:
-    """The random-real baseline under ``protocol``: the newest finished run of kind ``baseline``, else the newest
-    run of that protocol that scored it beside its set (metric ``baseline/random-real/<metric>``).
+def _int(v: Any) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
 
-    Returns:
-        (run, the key of its metric), or None when no run of that protocol holds the baseline.
+
+def set_seeds(run) -> tuple[int | None, int | None]:
+    """(evaluation seed, own initialization draw) of the run that scored a set.
+
+    The evaluation seed is the param ``rescore.seed`` of a re-scoring run, else ``seed``. The own draw is
+    ``seed`` for a real-initialized distilled set without multi-formation (its images started as
+    ``random_real_set(data, ipc, seed)``), else None (noise init, IDC, ensembles, sets from folders).
+    """
+    p = run.data.params
+    seed = _int(p.get("seed"))
+    real = p.get("method.name") and p.get("method.init", "real") == "real" and p.get("method.factor", "1") == "1"
+    return _int(p.get("rescore.seed", p.get("seed"))), seed if real else None
+
+
+def baseline_table(client: MlflowClient, dataset: str, ipc: int, protocol: str,
+                   metric: str = DEFAULT_METRIC) -> dict[int, dict[int, tuple[float, str]]]:
+    """The random-real scores under ``protocol``: {evaluation seed: {draw seed: (value, run id)}}.
+
+    From finished runs of kind ``baseline`` (tags ``baseline.eval_seed`` and ``baseline.draw``; a run logged
+    before them: its param ``seed`` for both) and from runs that scored random-real beside their set (metric
+    ``baseline/random-real/<metric>``: draw and evaluation seed are the run's ``seed``); the newest run of each
+    (evaluation seed, draw). Empty for the ``unknown`` protocol.
     """
     if protocol == UNKNOWN:
-        return None
+        return {}
     exps = [e.experiment_id for e in client.search_experiments()]
     query = (f"tags.`{TAG_ID}` = '{protocol}' and tags.dataset = '{dataset}' and tags.ipc = '{ipc}' "
              "and attributes.status = 'FINISHED'")
-    runs = client.search_runs(exps, query, order_by=["attributes.start_time DESC"], max_results=200) if exps else []
-    for kind_first in (True, False):
-        for r in runs:
-            own = r.data.tags.get("kind") == "baseline" and r.data.tags.get("baseline") == BASELINE
-            key = metric if own else f"baseline/{BASELINE}/{metric}"
-            if own == kind_first and key in r.data.metrics:
-                return r, key
-    return None
+    runs = client.search_runs(exps, query, order_by=["attributes.start_time DESC"], max_results=1000) if exps else []
+    table: dict[int, dict[int, tuple[float, str]]] = {}
+    for r in runs:
+        own = r.data.tags.get("kind") == "baseline" and r.data.tags.get("baseline") == BASELINE
+        seed = _int(r.data.params.get("seed"))
+        if own and metric in r.data.metrics:
+            e, d = _int(r.data.tags.get(TAG_EVAL_SEED, seed)), _int(r.data.tags.get(TAG_DRAW, seed))
+            v = r.data.metrics[metric]
+        elif not own and f"baseline/{BASELINE}/{metric}" in r.data.metrics:
+            e = d = seed
+            v = r.data.metrics[f"baseline/{BASELINE}/{metric}"]
+        else:
+            continue
+        if e is not None and d is not None:
+            table.setdefault(e, {}).setdefault(d, (v, r.info.run_id))
+    return table
 
 
-def baseline_gain(client: MlflowClient, dataset: str, ipc: int, protocol: str, metric: str, value: float,
-                  std: float) -> dict[str, Any] | None:
-    """The gain of ``value`` (+- ``std``) over the random-real baseline under ``protocol`` (``find_baseline``).
+def paired_baseline(table: dict[int, dict[int, tuple[float, str]]], value: float, run) -> dict[str, Any] | None:
+    """The gain of a set (``value``, scored by ``run``) over the random-real draws of ``table`` scored with its
+    evaluation seed (``cmidd.gain.paired_gain``, plus ``eval_seed`` and each draw's ``run_id``); None without
+    such a draw."""
+    eval_seed, own = set_seeds(run)
+    draws = table.get(eval_seed, {}) if eval_seed is not None else {}
+    if not draws:
+        return None
+    g = paired_gain(value, {d: v for d, (v, _) in draws.items()}, own)
+    for row in g["draws"]:
+        row["run_id"] = draws[row["draw"]][1]
+    return {"eval_seed": eval_seed, **g}
+
+
+def gain_over_random_real(client: MlflowClient, dataset: str, ipc: int, protocol: str, metric: str,
+                          items: list[tuple[float, Any, Any]]) -> dict[str, Any] | None:
+    """The gain over random-real of the versions ``items`` (best first) under ``protocol``, in accuracy points.
+
+    Each version's gain is paired (``paired_baseline``: the random-real draws scored with its evaluation seeds,
+    its own initialization draw among them when logged) and has its spread over the draws. The champion is the
+    best of ``len(items)`` versions, so its own gain is selected, biased upward; with more than one version the
+    headline ``gain`` is the mean over all versions' gains (``over: versions``), not the champion's.
 
     Returns:
-        {name, run_id, value, std, gain, gain_std, k_std} (gain and gain_std in accuracy points; k_std None
-        when both stds are 0, i.e. one seed), or None when no run of that protocol holds the baseline.
+        {name, gain, gain_std, n, over ("draws": the champion's own, one version; "versions"), selected_from,
+        champion (its ``paired_baseline``, or None), versions [{version, label, gain, gain_std, n}]}, or None when no
+        version has a paired random-real draw.
     """
-    found = find_baseline(client, dataset, ipc, protocol, metric)
-    if found is None:
+    table = baseline_table(client, dataset, ipc, protocol, metric)
+    per = [(int(m.version), set_label(r.data.params, m.tags), paired_baseline(table, v, r)) for v, m, r in items]
+    champion = per[0][2]
+    scored = [(v, label, b) for v, label, b in per if b is not None]
+    if not scored:
         return None
-    run, key = found
-    b, b_std = run.data.metrics[key], float(run.data.metrics.get(key.replace("acc/", "acc_std/", 1), 0.0))
-    spread = math.hypot(std, b_std)
-    return {"name": BASELINE, "run_id": run.info.run_id, "value": b, "std": b_std, "gain": 100 * (value - b),
-            "gain_std": 100 * spread, "k_std": (value - b) / spread if spread > 0 else None}
+    versions = [{"version": v, "label": label, "gain": b["gain"], "gain_std": b["gain_std"], "n": b["n"]}
+                for v, label, b in scored]
+    if len(items) == 1:
+        head = {"gain": champion["gain"], "gain_std": champion["gain_std"], "n": champion["n"], "over": "draws"}
+    else:
+        s = spread([b["gain"] for _, _, b in scored])
+        head = {"gain": s["mean"], "gain_std": s["std"], "n": s["n"], "over": "versions"}
+    return {"name": BASELINE, **head, "selected_from": len(items), "champion": champion, "versions": versions}
 
 
 def require_versions(client: MlflowClient, name: str) -> None:

@@ -20,10 +20,9 @@ from ..device import resolve_device
 from ..errors import ConfigError, IntegrityError
 from ..evaluate import evaluate
 from ..protocol import TAG_ID, TAG_JSON, Protocol
-from ..runner import random_real_set
-from ._baselines import log_baseline
+from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
-from ._ranking import find_baseline, require_versions, version_protocol
+from ._ranking import baseline_table, require_versions, set_seeds, version_protocol
 from ._sets import download_source, load_verified, register_set, set_model_name
 from ._tags import flat_params, run_tags
 
@@ -76,20 +75,19 @@ def rescore_versions(dataset: str, ipc: int, protocol_id: str, versions: list[in
         if protocol.dataset != dataset:
             raise ConfigError(f"--protocol: {protocol.id} scores {protocol.dataset!r}, not {dataset!r}")
         todo = _to_score(client, name, protocol.id, versions)
-    out, data = [], None
+    out, data, own = [], None, None
     for mv in todo:
         with mlflow_errors():
             src_run = client.get_run(mv.run_id)
+        own = own if own is not None else set_seeds(src_run)[1]
         root = src_run.data.params.get("data.root", "None")
         data = data or protocol_data(protocol, None if root == "None" else root)
         out.append(_score_one(client, mv, src_run, protocol, data, seed, device))
     with mlflow_errors():
-        if todo and find_baseline(client, dataset, ipc, protocol.id, DEFAULT_METRIC) is None:
-            base = random_real_set(data, ipc, seed)
-            eval_cfg = protocol.eval_cfg()
-            res = evaluate(*base.training_set(), data, eval_cfg, seed, resolve_device(device))
-            log_baseline("random-real", res.metrics(), protocol, ipc, eval_cfg, seed, f"rescore-{name}",
-                         synset=base, client=client)
+        if todo:  # the random-real draws paired with the sets scored now (their evaluation seed), if missing
+            have = set(baseline_table(client, dataset, ipc, protocol.id, DEFAULT_METRIC).get(seed, {}))
+            log_random_real_draws(data, ipc, protocol, protocol.eval_cfg(), seed, f"rescore-{name}", own_draw=own,
+                                  device=resolve_device(device), skip=have, client=client)
     return out
 
 

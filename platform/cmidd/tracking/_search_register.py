@@ -31,10 +31,10 @@ from ..evaluate import evaluate
 from ..lam import LAM_KEY
 from ..names import TAG_SEARCH, TAG_SEARCH_PARENT
 from ..protocol import TAG_ID, Protocol
-from ..runner import JobResult, load_job_data, random_real_set
-from ._baselines import log_baseline
+from ..runner import JobResult, load_job_data
+from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, SYNTHETIC, log_metrics, metrics_at, mlflow_errors, open_run, set_tags
-from ._ranking import find_baseline, move_champion, version_protocol
+from ._ranking import baseline_table, move_champion, version_protocol
 from ._rescore import TAG_EVALUATES
 from ._sets import load_verified, register_distilled, set_model_name
 from ._tags import distill_tags, job_params, run_tags
@@ -70,14 +70,14 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
             entry["rescored"] = True
         out.append(entry)
         names.add(name)
-        need_baseline.setdefault((job.ipc, protocol.id), (job, protocol))
+        need_baseline.setdefault((job.ipc, protocol.id, job.seed), (job, protocol))
     for name in sorted(names):
         move_champion(client, name)  # per protocol: a search protocol never takes another protocol's champion
     for _, protocol in list(need_baseline.values())[:1]:  # the parent says which protocol it registered under
         set_tags(client, parent, {"register.protocol.id": protocol.id, "register.protocol.summary": protocol.summary})
-    for (ipc, _), (job, protocol) in need_baseline.items():
-        if find_baseline(client, job.data.name, ipc, protocol.id, DEFAULT_METRIC) is None:
-            _log_random_real(client, cfg, parent, job, protocol, _data(job, data_cache))
+    for (ipc, _, seed), (job, protocol) in need_baseline.items():  # the draws paired with the sets, if missing
+        have = set(baseline_table(client, job.data.name, ipc, protocol.id, DEFAULT_METRIC).get(seed, {}))
+        _log_random_real(client, cfg, parent, job, protocol, _data(job, data_cache), have)
     return out
 
 
@@ -108,11 +108,11 @@ def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, so
     return entry["version"], run.run_id
 
 
-def _log_random_real(client, cfg, parent: str, job, protocol: Protocol, data) -> str:
-    """Evaluate the random-real baseline at the job's IPC under the registration protocol; log it as a run
-    linked to ``parent`` (kind ``baseline``)."""
-    eval_cfg = cfg.registration_eval
-    synset = random_real_set(data, job.ipc, job.seed)
-    res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
-    return log_baseline("random-real", res.metrics(), protocol, job.ipc, eval_cfg, job.seed, cfg.name,
-                        synset=synset, client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_SEARCH_PARENT: parent})
+def _log_random_real(client, cfg, parent: str, job, protocol: Protocol, data, have: set[int]) -> list[str]:
+    """Evaluate the random-real draws paired with the job's sets (its evaluation seed, its own initialization
+    draw first: ``cmidd.gain.draw_seeds``) under the registration protocol, those not in ``have``; log each as a
+    run linked to ``parent`` (kind ``baseline``)."""
+    real = job.method.init == "real" and job.method.factor == 1
+    return log_random_real_draws(data, job.ipc, protocol, cfg.registration_eval, job.seed, cfg.name,
+                                 own_draw=job.seed if real else None, device=resolve_device(job.device), skip=have,
+                                 client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_SEARCH_PARENT: parent})
