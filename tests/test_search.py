@@ -360,7 +360,7 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert doc["verdict"] and len(doc["summary"]["trials"]) == 8
     # the registered sets' protocol and the gain over the random-real baseline the search logged under it
     answers = "\n".join(doc["answers"])
-    assert "under protocol " in answers and "gain over random-real: " in answers and "no baseline run" not in answers
+    assert "under protocol " in answers and "gain over random-real: " in answers and "no random-real draw" not in answers
 
     parents, after = child_runs(uri, "search-tiny")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
