@@ -179,19 +179,19 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
         text += f"\n{CHANCE_MARK} " + "\n".join(summary["warnings"]) + "\n"
     chance = sorted(summary["at_chance"])
     text += (f"\nthe ranking (acc/cross_arch_mean, which picks the champion) is the mean over "
-             f"{', '.join(dm_job.eval.archs)}" + (f", {', '.join(chance)} at chance among them" if chance else "")
+             f"{', '.join(dm_job.eval.archs)}" + (f"; at chance among them: {', '.join(chance)}" if chance else "")
              + "\n")
     if "best" in summary:
         best = summary["best"]
         text += f"\nbest under this protocol: version {best['version']} ({best['label']}), " \
                 f"{format_gain(best['baseline'])}"
+        if best["ties"]:
+            text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
         if best["baseline"] is not None:
             text += "\ngain over random-real per set (each over its paired draws): " + ", ".join(
                 f"{g['label']} (version {g['version']}) {g['gain']:+.1f}"
                 + (f" +- {g['gain_std']:.1f}" if g["gain_std"] is not None else "") + f" pt (n={g['n']})"
                 for g in best["baseline"]["versions"])
-        if best["ties"]:
-            text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
         text += "\n"
     text += f"\nCMI under the proxies: {cmi_line}\n"
     (out / "results.md").write_text(text)
