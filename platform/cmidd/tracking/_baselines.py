@@ -2,10 +2,10 @@
 
 A baseline run has tags ``kind=baseline``, ``baseline=<name>``, ``dataset``, ``ipc``, the ``protocol.*`` tags
 of the protocol that scored it and, for random-real, ``baseline.draw`` (the seed that drew the images) and
-``baseline.eval_seed`` (the evaluation seed: ``best`` pairs a set only with draws scored with its own), the eval block and seed as params, the ``acc/...`` metrics of
-``EvalResult.metrics`` and, for random-real, the drawn images as ``synthetic/`` (verified after upload). It is
-not registered (a baseline must never become ``champion``); ``cmidd best`` links it by protocol, data set and
-IPC and prints the gain over the draws paired with the set (``_ranking.paired_baseline``, ``cmidd.gain``).
+``baseline.eval_seed`` (the evaluation seed: ``best`` pairs a set only with draws scored with its own); the
+eval block and seed as params, the ``acc/...`` metrics of ``EvalResult.metrics`` and, for random-real, the
+drawn images as ``synthetic/`` (verified after upload). It is not registered (a baseline must never become
+``champion``); ``cmidd best`` links it by protocol, data set and IPC and prints the gain over the draws paired with the set (``_ranking.paired_baseline``, ``cmidd.gain``).
 """
 
 from __future__ import annotations
