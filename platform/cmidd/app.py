@@ -170,12 +170,14 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
     """
     from .ray import connect, disconnect
     from .ray.tune import check_storage, fit_search, save_parent, saved_parent, study_summary
-    from .tracking import client_for, finish_search, search_concurrency, search_parent
+    from .tracking import client_for, credentials_env, finish_search, search_concurrency, search_parent
 
     uri = tracking_uri(uri)
     check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
     client = client_for(uri)
-    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
+    # before the parent run exists (a bad address leaves nothing behind); the trials get the store's credentials
+    # through the job's runtime env (in memory, never in Tune's files), so a node needs none of its own
+    started = connect(address, env_vars=credentials_env())
     try:
         with search_parent(client, cfg, saved_parent(cfg) if resume else None) as parent:
             if not resume:

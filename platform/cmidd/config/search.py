@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -94,6 +94,8 @@ class TrialResources(Cfg):
 
     cpus: Float = Field(default=1.0, gt=0)
     gpus: Float = Field(default=0.0, ge=0)
+    # Ray custom resources (``ray start --resources '{"trainer": 4}'``): pins trials to the nodes that have them
+    custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Annotated[float, Field(gt=0)]] = {}
 
 
 class SearchCfg(Cfg):
