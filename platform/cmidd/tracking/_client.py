@@ -114,12 +114,18 @@ def client_for(uri: str) -> MlflowClient:
     A sqlite store is created once, under a file lock, by whichever process comes first: MLflow creates the
     tables of a fresh store when a client first touches it, and two processes doing so at once collide
     ("duplicate column name", a failed alembic migration). The others wait, then find the tables there.
+    An http(s) server is asked once per process whether it answers and takes the credentials (``check_server``).
     """
     if uri.startswith(("http://", "https://")):
         for name, value in HTTP_DEFAULTS.items():  # fail a call in seconds, not minutes: the hooks' outage
             os.environ.setdefault(name, value)  # budget decides how long to wait (the user's values win)
-    if not uri.startswith("sqlite:///") or uri in _READY:
+    if uri in _READY or not uri.startswith(("sqlite:///", "http://", "https://")):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        check_server(client, uri)
+        _READY.add(uri)
+        return client
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(db), mlflow_errors():
@@ -127,6 +133,28 @@ def client_for(uri: str) -> MlflowClient:
         client.search_registered_models(max_results=1)  # makes the registry's store, in the same file
     _READY.add(uri)
     return client
+
+
+_AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def check_server(client: MlflowClient, uri: str) -> None:
+    """One cheap call to an MLflow server, so that a wrong password or a server that is down is one line naming
+    the server before anything is written.
+
+    Raises:
+        ConfigError: the server refused the credentials (exit 2: bad input).
+        CmiddError: the server did not answer.
+    """
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        if e.error_code in _AUTH_ERRORS:
+            raise ConfigError(
+                f"--tracking-uri: the MLflow server {uri} refused the credentials ({e.error_code}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/security.md)") from None
+        first = (redact(e.message).strip().splitlines() or [""])[0][:300]
+        raise CmiddError(f"--tracking-uri: the MLflow server {uri} did not answer: {first}") from None
 
 
 @contextlib.contextmanager
