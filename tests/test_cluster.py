@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,9 +36,10 @@ NODE2 = "node2"  # the custom resource only the second node has
 T0 = time.monotonic()
 
 
-def _space(root: Path) -> Path:
+def _space(root: Path, shared: Path) -> Path:
     """The README's digits search (search_spaces/digits_dmcmi.yaml) at the tiniest sizes, trials pinned to node 2,
-    registered under another protocol than the trials' (so registration re-scores against the server)."""
+    registered under another protocol than the trials' (so registration re-scores against the server), Tune's
+    experiment in a declared shared storage given as a URI (``file://``; ``s3://`` goes the same pyarrow way)."""
     space = yaml.safe_load((ROOT / "search_spaces/digits_dmcmi.yaml").read_text())
     base = space["base"]
     base["ipc"] = 2
@@ -51,6 +54,7 @@ def _space(root: Path) -> Path:
     space["register_top_k"] = 2
     space["register_eval"] = {**base["eval"], "epochs": 3}
     space["storage"] = str(root / "storage")
+    space["tune_storage"] = f"file://{shared}"
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
@@ -75,6 +79,7 @@ def world(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.fail("make test-cluster needs root (unshare -m and mount for the second node's private /tmp)")
     root = tmp_path_factory.mktemp("cluster")
+    shared = Path(tempfile.mkdtemp(prefix="cmidd-cluster-shared-", dir="/var/tmp"))  # both nodes see /var/tmp
     ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     (ROOT / "runs").mkdir(exist_ok=True)
     hidden = (Path("/tmp"), ROOT / "runs")
@@ -86,8 +91,11 @@ def world(tmp_path_factory):
         env = {**os.environ, **ray_env, **server.client_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
         env.pop("MLFLOW_TRACKING_URI", None)
         print(f"\n[cluster] up in {time.monotonic() - T0:.0f} s: head + node 2 ({node2[0]}), server {server.url}")
-        yield SimpleNamespace(root=root, server=server, address=address, node2=node2[0], env=env, ray_env=ray_env,
-                              space=_space(root))
+        try:
+            yield SimpleNamespace(root=root, server=server, address=address, node2=node2[0], env=env,
+                                  ray_env=ray_env, shared=shared, space=_space(root, shared))
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _cmidd(w, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -127,6 +135,8 @@ def test_search_best_pull_evaluate_ensemble_on_two_nodes(world):
               f"{r.data.params.get('cmi.lam')}) ran on node {r.data.tags['cmidd.node_id']}")
         assert r.data.tags["cmidd.node_id"] == w.node2
         assert float(r.data.params["cmi.lam_effective"]) > 0  # CMI ran there: the driver's proxies reached it
+    results = list((w.shared / "search-digits-dmcmi").glob("*/result.json"))  # written by the trials on node 2
+    assert len(results) == 2 and all(r.stat().st_size > 0 for r in results), list(w.shared.rglob("*"))[:20]
     assert "re-scored and registered: distilled-digits-ipc2" in out.stdout  # registration under another protocol
     model = client.get_registered_model("distilled-digits-ipc2")
     versions = client.search_model_versions("name = 'distilled-digits-ipc2'")
@@ -195,7 +205,7 @@ def test_zz_secrets_stay_out_of_argv_logs_and_files(world):
     w = world
     assert w.server.password not in " ".join(w.server.argv)
     assert w.server.password not in w.server.log.read_text(errors="replace")
-    for path in (w.root / "storage").rglob("*"):  # Tune's files (tuner.pkl too) and cmidd's
+    for path in [*(w.root / "storage").rglob("*"), *w.shared.rglob("*")]:  # Tune's files (tuner.pkl too), cmidd's
         if path.is_file():
             assert w.server.password.encode() not in path.read_bytes(), path
     print(f"[cluster] wall time {time.monotonic() - T0:.0f} s")

@@ -50,3 +50,20 @@ def test_resume_refuses_a_storage_folder_without_cmidds_fingerprint(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "space.json" in err[0] and "refusing" in err[0], err
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_tune_storage_is_a_shared_folder_or_a_pyarrow_uri():
+    from pathlib import Path
+
+    from cmidd.config import load_search
+    from cmidd.errors import ConfigError
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "digits_dmcmi.yaml"
+    cfg = load_search(space)
+    assert cfg.tune_location == (str(cfg.storage_dir), "tune")
+    cfg = load_search(space, ["tune_storage=s3://bucket/searches/"])
+    assert cfg.tune_location == ("s3://bucket/searches", cfg.name)
+    assert load_search(space, ["tune_storage=/shared/tune"]).tune_location == ("/shared/tune", cfg.name)
+    for bad in ("relative/tune", "ftp://host/x", "s3://"):
+        with pytest.raises(ConfigError, match="tune_storage"):
+            load_search(space, [f"tune_storage={bad}"])

@@ -11,10 +11,12 @@ The lambda = 0 arm (``zero_arm: true`` on cmi.lam or cmi.alpha) is a categorical
 beside the log-scale lambda (alpha), with ``{"cmi_on": False}`` enqueued as the first point
 (``points_to_evaluate``; ``_space.optuna_space``).
 
-The storage folder (``SearchCfg.storage``) holds the Tune experiment (``tune/``), the search's fingerprint
-(``space.json``, checked on ``--resume``) and the id of its MLflow parent run (``parent_run_id``). ``--resume``
-restores the experiment (``Tuner.restore``, unfinished and errored trials continued). Restoring unpickles Tune's
-``tuner.pkl``: a storage folder is trusted input, and ``--resume`` refuses one without cmidd's ``space.json``.
+The storage folder (``SearchCfg.storage``) holds the Tune experiment (``tune/``; or ``tune_storage``: a folder
+every node sees or a pyarrow URI such as ``s3://bucket/path``, the experiment then ``<tune_storage>/<name>``), the
+search's fingerprint (``space.json``, checked on ``--resume``) and the id of its MLflow parent run
+(``parent_run_id``). ``--resume`` restores the experiment (``Tuner.restore``, unfinished and errored trials
+continued). Restoring unpickles Tune's ``tuner.pkl``: a storage folder is trusted input, and ``--resume`` refuses
+one without cmidd's ``space.json``.
 
 Example:
     >>> cfg = load_search("search_spaces/digits_dmcmi.yaml")
@@ -44,7 +46,7 @@ from ..runner import load_job_data, proxies_dir
 from ._space import optuna_space, study_summary
 
 __all__ = ["PARENT_FILE", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
-           "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
+           "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
            "saved_parent", "study_summary"]
 
 log = logging.getLogger(__name__)
@@ -136,13 +138,32 @@ def prepare_proxies(cfg: SearchCfg) -> ProxyBundle:
     return bundle
 
 
+def experiment_path(cfg: SearchCfg) -> str:
+    """Where the search's Tune experiment lives: ``<storage>/tune``, or ``<tune_storage>/<name>`` (a URI too)."""
+    storage_path, name = cfg.tune_location
+    return f"{storage_path}/{name}"
+
+
+def _experiment_exists(cfg: SearchCfg) -> bool:
+    if cfg.tune_storage is None:
+        return (cfg.storage_dir / TUNE_DIR).exists()
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path(cfg))
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tune_storage: cannot open {cfg.tune_storage!r}: {e}") from None
+
+
 def check_storage(cfg: SearchCfg, resume: bool) -> None:
     """A new search needs an unused storage folder; ``--resume`` needs one holding a search."""
     store = cfg.storage_dir
-    pfile, tune_dir = store / PARENT_FILE, store / TUNE_DIR
-    if resume and (not pfile.is_file() or not tune_dir.is_dir()):
-        raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or {TUNE_DIR}/)")
-    if not resume and (pfile.exists() or tune_dir.exists()):
+    pfile, tune_dir = store / PARENT_FILE, experiment_path(cfg)
+    exists = _experiment_exists(cfg)
+    if resume and (not pfile.is_file() or not exists):
+        raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or Tune experiment {tune_dir})")
+    if not resume and (pfile.exists() or exists):
         raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
                           "storage folder (or delete this one)")
     saved = store / SPACE_FILE
@@ -201,7 +222,8 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
         trial: what each trial runs (``Trial``).
         grid: None = the search: TPE samples ``cfg.params`` (``search.num_samples``) and ASHA stops the weak
             trials; else every point of this grid (e.g. ``{"cmi.lam": [0.0, 1.0, 10.0]}``), each to its end.
-        storage: the experiment's folder (None = ``cfg.storage_dir``).
+        storage: the experiment's parent folder (None = ``cfg.tune_location``: ``<storage>`` or
+            ``tune_storage``).
         progress: print Tune's live progress table.
         max_concurrent: trials at a time (None = ``search.max_concurrent_trials``; a sqlite store allows 1:
             ``tracking.search_concurrency``).
@@ -213,6 +235,7 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
     from ray import tune
 
     trainable = _trainable(cfg, trial, proxies)
+    storage_path, name = (str(storage), TUNE_DIR) if storage is not None else cfg.tune_location
     if grid is None:
         space, searcher, scheduler = _search_algs(cfg)
         param_space, samples = None, cfg.search.num_samples
@@ -228,7 +251,7 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(storage or cfg.storage_dir),
+            name=name, storage_path=storage_path,
             progress_reporter=_reporter(cfg, space, progress), verbose=1 if progress else 0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -269,7 +292,7 @@ def _restored_tuner(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None = 
     from ray import tune
 
     trainable = _trainable(cfg, trial, proxies)
-    path = str(cfg.storage_dir / TUNE_DIR)
+    path = experiment_path(cfg)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
     return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -281,7 +304,7 @@ def fit_tuner(tuner, progress: bool = False) -> None:
         tuner.fit()
 
 
-def read_trials(path: Path) -> list[dict[str, Any]]:
+def read_trials(path: Path | str) -> list[dict[str, Any]]:
     """Per Tune trial of the experiment stored in ``path``: id, status, config, last result, whether it
     finished (reported ``final``) or failed.
 
@@ -311,4 +334,4 @@ def fit_search(cfg: SearchCfg, trial: Trial, *, resume: bool = False, progress: 
              build_tuner(cfg, trial, max_concurrent=max_concurrent, progress=progress, proxies=proxies))
     t0 = time.perf_counter()
     fit_tuner(tuner, progress)
-    return read_trials(cfg.storage_dir / TUNE_DIR), time.perf_counter() - t0
+    return read_trials(experiment_path(cfg)), time.perf_counter() - t0
