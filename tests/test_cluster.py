@@ -160,8 +160,8 @@ def test_search_best_pull_evaluate_ensemble_on_two_nodes(world):
                 if v.tags.get("protocol.id") == trial_protocol]
     assert len(rescored) == 2 and all(v.source == f"runs:/{v.run_id}/synthetic" for v in rescored)
 
-    ens = _cmidd(w, "ensemble", "--from-search", parent, "--top", "2", "--mode", "concat",
-                 "--tracking-uri", w.server.url)
+    ens = _cmidd(w, "ensemble", "--from-search", parent, "--top", "2", "--mode", "concat", "--set", "eval.epochs=2",
+                 "--set", "eval.num_eval=1", "--set", "eval.archs=[ConvNetD2]", "--tracking-uri", w.server.url)
     assert ens.returncode == 0, ens.stdout[-2000:] + ens.stderr[-3000:]
     assert client.search_model_versions("name = 'distilled-digits-ipc4'")  # 2 sets of IPC 2, concatenated
     for o in (best, pulled, ev, ens):
@@ -205,7 +205,10 @@ def test_zz_secrets_stay_out_of_argv_logs_and_files(world):
     w = world
     assert w.server.password not in " ".join(w.server.argv)
     assert w.server.password not in w.server.log.read_text(errors="replace")
-    for path in [*(w.root / "storage").rglob("*"), *w.shared.rglob("*")]:  # Tune's files (tuner.pkl too), cmidd's
-        if path.is_file():
+    started = time.time() - (time.monotonic() - T0)
+    ray_logs = [p for p in Path("/tmp/ray").glob("session_*/logs/*") if p.is_file() and p.stat().st_mtime >= started]
+    assert ray_logs  # the head's logs (node 2's are in its own /tmp, gone with it)
+    for path in [*(w.root / "storage").rglob("*"), *w.shared.rglob("*"), *ray_logs]:  # Tune's files (tuner.pkl
+        if path.is_file():  # too), cmidd's, Ray's logs (the runtime env that carried the credentials)
             assert w.server.password.encode() not in path.read_bytes(), path
     print(f"[cluster] wall time {time.monotonic() - T0:.0f} s")
