@@ -58,8 +58,8 @@ def resume_command(args) -> str:
 
     parts = ["cmidd", "run", str(args.job), *[a for s in args.set for a in ("--set", s)], "--resume"]
     if args.tracking_uri:
-        parts += ["--tracking-uri", redact(args.tracking_uri)]
-    return shlex.join(parts)
+        parts += ["--tracking-uri", args.tracking_uri]
+    return redact(shlex.join(parts))
 
 
 @contextlib.contextmanager
