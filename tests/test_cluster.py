@@ -82,6 +82,8 @@ def world(tmp_path_factory):
     shared = Path(tempfile.mkdtemp(prefix="cmidd-cluster-shared-", dir="/var/tmp"))  # both nodes see /var/tmp
     ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     (ROOT / "runs").mkdir(exist_ok=True)
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(k, None)  # the nodes hold no MLflow credentials: the trials get them from the driver
     hidden = (Path("/tmp"), ROOT / "runs")
     with auth_server(root / "mlflow") as server, \
             cluster(root, (1, 1), env=ray_env, resources={1: {NODE2: 1}}, hide={1: hidden}) as address:
@@ -180,7 +182,7 @@ def test_a_wrong_password_is_one_line_and_writes_nothing(world):
     before = _store_counts(w)
     bad = {**w.env, "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
     for args in (("search", str(w.space), "--address", w.address, "--tracking-uri", w.server.url,
-                  "--set", f"storage={w.root / 'storage-bad'}"),
+                  "--set", f"storage={w.root / 'storage-bad'}", "--set", f"tune_storage=file://{w.shared / 'bad'}"),
                  ("evaluate", "--dataset", "digits", "--ipc", "2", "--protocol", "0", "--tracking-uri", w.server.url),
                  ("best", "--dataset", "digits", "--ipc", "2", "--tracking-uri", w.server.url)):
         out = _cmidd(w, *args, env=bad)

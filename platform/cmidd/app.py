@@ -175,17 +175,18 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
     uri = tracking_uri(uri)
     check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
     client = client_for(uri)
-    # before the parent run exists (a bad address leaves nothing behind); the trials get the store's credentials
-    # through the job's runtime env (in memory, never in Tune's files), so a node needs none of its own
-    started = connect(address, env_vars=credentials_env())
+    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
     try:
         with search_parent(client, cfg, saved_parent(cfg) if resume else None) as parent:
             if not resume:
                 save_parent(cfg, parent.run_id)
             parent.fail_status = "KILLED"  # a search that stops inside Tune can be resumed
             try:
+                # the store's credentials reach the trials through Ray's object store (not Tune's files, not Ray's
+                # logs: a runtime env's variables are logged), so a node needs none of its own
                 trials, wall = fit_search(cfg, SearchTrial(uri, cfg.name, parent.run_id), resume=resume,
-                                          progress=progress, max_concurrent=search_concurrency(cfg, uri))
+                                          progress=progress, max_concurrent=search_concurrency(cfg, uri),
+                                          env=credentials_env())
             finally:
                 if started:
                     disconnect()  # Ray's resources go back before the driver's MLflow work

@@ -51,7 +51,7 @@ def require(*modules: str) -> None:
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None,
-            include_dashboard: bool | None = None, env_vars: dict[str, str] | None = None) -> bool:
+            include_dashboard: bool | None = None) -> bool:
     """Connect this process to Ray.
 
     Args:
@@ -60,8 +60,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
             a new local Ray whatever ``$RAY_ADDRESS`` says.
         num_cpus: the CPUs of a new local Ray (None = the machine's); only with a new local Ray.
         include_dashboard: start Ray's dashboard with a new local Ray (None = Ray's default).
-        env_vars: environment variables every task and actor of this job gets, on any node (the job's
-            ``runtime_env``; e.g. the MLflow credentials a search's trials need: they never go into a file).
 
     Returns:
         True when this call started or joined Ray (the caller then shuts its connection down: ``disconnect``);
@@ -76,8 +74,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None,
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     options = {k: v for k, v in (("num_cpus", num_cpus), ("include_dashboard", include_dashboard)) if v is not None}
-    if env_vars:
-        options["runtime_env"] = {"env_vars": dict(env_vars)}
     try:
         ray.init(address=address, log_to_driver=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -94,12 +90,12 @@ def disconnect() -> None:
 
 
 @contextlib.contextmanager
-def connected(address: str | None = None, **options) -> Iterator[bool]:
+def connected(address: str | None = None, **options: int | bool | None) -> Iterator[bool]:
     """``connect`` for the ``with`` block, then ``disconnect`` if this call connected.
 
     Args:
         address: as ``connect``.
-        **options: ``connect``'s ``num_cpus``, ``include_dashboard`` and ``env_vars``.
+        **options: ``connect``'s ``num_cpus`` and ``include_dashboard``.
 
     Yields:
         Whether this block connected (False: Ray was already initialized and stays so).

@@ -80,15 +80,18 @@ ProxyBundle = dict[str, dict[str, bytes]]
 def make_trainable(cfg: SearchCfg, trial: Trial):
     """The Tune function trial: ``trial`` on the trial's distill job, its final metrics reported with ``final``.
 
-    ``proxies`` (a ``ProxyBundle``, shipped through Ray's object store by ``tune.with_parameters``) are written
-    to the same folders on the trial's node first, unless a verified copy is there: a trial on another node
-    needs no disk shared with the driver.
+    Two things travel to the trial through Ray's object store (``tune.with_parameters``: not in Tune's files,
+    not in Ray's logs), so that a trial on another node needs no disk shared with the driver and no secret of its
+    own: ``proxies`` (a ``ProxyBundle``), written to the same folders on the trial's node unless a verified copy is
+    there, and ``env`` (e.g. the MLflow store's credentials), set in the trial's own process first.
     """
 
-    def trainable(config: dict[str, Any], proxies: ProxyBundle | None = None) -> None:
+    def trainable(config: dict[str, Any], proxies: ProxyBundle | None = None,
+                  env: dict[str, str] | None = None) -> None:
         import ray
         from ray import tune
 
+        os.environ.update(env or {})  # this trial's own worker process (Tune does not reuse actors here)
         for folder, files in (proxies or {}).items():
             proxy_zoo.unpack(files, folder)
         trial_id = tune.get_context().get_trial_id()
@@ -164,8 +167,9 @@ def check_storage(cfg: SearchCfg, resume: bool) -> None:
     if resume and (not pfile.is_file() or not exists):
         raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or Tune experiment {tune_dir})")
     if not resume and (pfile.exists() or exists):
-        raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
-                          "storage folder (or delete this one)")
+        field, where = ("tune_storage", tune_dir) if exists and cfg.tune_storage else ("storage", store)
+        raise ConfigError(f"{field}: {where} already holds a search; pass --resume to continue it, or set another "
+                          f"{field} (or delete this one)")
     saved = store / SPACE_FILE
     if resume and not saved.is_file():  # Tune's restore unpickles tune/tuner.pkl: only a folder cmidd made
         raise ConfigError(f"--resume: {store} has no {SPACE_FILE} (the fingerprint cmidd writes when it creates a "
@@ -202,19 +206,21 @@ def save_parent(cfg: SearchCfg, parent: str) -> None:
     atomic_write(store / PARENT_FILE, parent.encode())
 
 
-def _trainable(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None):
-    """``make_trainable`` with the proxies in Ray's object store (``tune.with_parameters``) and its resources."""
+def _trainable(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None, env: dict[str, str] | None = None):
+    """``make_trainable`` with the proxies and ``env`` in Ray's object store (``tune.with_parameters``) and its
+    resources."""
     from ray import tune
 
     fn = make_trainable(cfg, trial)
-    if proxies:
-        fn = tune.with_parameters(fn, proxies=proxies)
+    shipped = {k: v for k, v in (("proxies", proxies), ("env", env)) if v}
+    if shipped:
+        fn = tune.with_parameters(fn, **shipped)
     return tune.with_resources(fn, _trial_resources(cfg))
 
 
 def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | None = None,
                 storage: Path | None = None, progress: bool = False, max_concurrent: int | None = None,
-                proxies: ProxyBundle | None = None):
+                proxies: ProxyBundle | None = None, env: dict[str, str] | None = None):
     """A new Tune experiment (``<storage>/tune``) of ``trial`` over ``cfg``'s space (``make_trainable``).
 
     Args:
@@ -228,13 +234,14 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
         max_concurrent: trials at a time (None = ``search.max_concurrent_trials``; a sqlite store allows 1:
             ``tracking.search_concurrency``).
         proxies: the pre-trained proxy sets every trial gets (``prepare_proxies``).
+        env: environment variables each trial sets in its process (the store's credentials: ``make_trainable``).
 
     Returns:
         A ``ray.tune.Tuner`` (``fit_tuner`` runs it).
     """
     from ray import tune
 
-    trainable = _trainable(cfg, trial, proxies)
+    trainable = _trainable(cfg, trial, proxies, env)
     storage_path, name = (str(storage), TUNE_DIR) if storage is not None else cfg.tune_location
     if grid is None:
         space, searcher, scheduler = _search_algs(cfg)
@@ -287,11 +294,12 @@ def _reporter(cfg: SearchCfg, space: dict[str, Any], progress: bool):
                             max_report_frequency=10, sort_by_metric=False)
 
 
-def _restored_tuner(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None = None):
+def _restored_tuner(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None = None,
+                    env: dict[str, str] | None = None):
     """The stored Tune experiment of ``cfg`` (``--resume``), unfinished and errored trials continued."""
     from ray import tune
 
-    trainable = _trainable(cfg, trial, proxies)
+    trainable = _trainable(cfg, trial, proxies, env)
     path = experiment_path(cfg)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
@@ -322,16 +330,17 @@ def read_trials(path: Path | str) -> list[dict[str, Any]]:
 
 
 def fit_search(cfg: SearchCfg, trial: Trial, *, resume: bool = False, progress: bool = False,
-               max_concurrent: int | None = None) -> tuple[list[dict[str, Any]], float]:
-    """Pre-train the proxies (shipped to the trials through Ray's object store), run (or on ``resume`` restore)
-    the search's Tune experiment.
+               max_concurrent: int | None = None,
+               env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Pre-train the proxies (shipped to the trials through Ray's object store, with ``env``: variables each trial
+    sets first, e.g. the store's credentials), run (or on ``resume`` restore) the search's Tune experiment.
 
     Returns:
         (``read_trials`` of the experiment, the wall seconds of ``Tuner.fit``).
     """
     proxies = prepare_proxies(cfg)
-    tuner = (_restored_tuner(cfg, trial, proxies) if resume else
-             build_tuner(cfg, trial, max_concurrent=max_concurrent, progress=progress, proxies=proxies))
+    tuner = (_restored_tuner(cfg, trial, proxies, env) if resume else
+             build_tuner(cfg, trial, max_concurrent=max_concurrent, progress=progress, proxies=proxies, env=env))
     t0 = time.perf_counter()
     fit_tuner(tuner, progress)
     return read_trials(experiment_path(cfg)), time.perf_counter() - t0

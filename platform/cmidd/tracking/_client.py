@@ -84,7 +84,8 @@ CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLO
 
 def credentials_env() -> dict[str, str]:
     """The MLflow client credentials this process holds (``CREDENTIAL_ENV`` that are set): what a Ray trial on
-    another node needs to reach the same server (``cmidd.app.run_search`` hands them to the trials)."""
+    another node needs to reach the same server (``cmidd.app.run_search`` ships them to the trials through Ray's
+    object store)."""
     return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
 
 
