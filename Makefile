@@ -36,7 +36,7 @@ test-fast: setup
 # only) and an mlflow server with basic auth: the README's digits search, best, pull, evaluate, ensemble
 # (tests/test_cluster.py). Prints its own wall time.
 test-cluster: setup
-	@start=$$(date +%s); CMIDD_TEST_CLUSTER=1 $(PY) -m pytest -q -s --timeout 900 tests/test_cluster.py; rc=$$?; \
+	@start=$$(date +%s); CMIDD_TEST_CLUSTER=1 $(PY) -m pytest -q -s --timeout 1200 tests/test_cluster.py; rc=$$?; \
 	  echo "make test-cluster: exit $$rc, wall time $$(( $$(date +%s) - start )) s"; exit $$rc
 
 lint: setup
