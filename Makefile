@@ -5,12 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 export RAY_USAGE_STATS_ENABLED := 0
-export RAY_AUTH_MODE := disabled
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-fast lint clean gpu-check gpu-check-cpu wheels seedbench gpu-run-dry
+.PHONY: setup demo demo-quick test test-fast test-cluster lint clean gpu-check gpu-check-cpu wheels seedbench gpu-run-dry
 
 setup: $(STAMP)
 
@@ -32,6 +31,13 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# A real 2-node Ray cluster (token auth on; the second node under `unshare -m` with its own /tmp and runs/: root
+# only) and an mlflow server with basic auth: the README's digits search, best, pull, evaluate, ensemble
+# (tests/test_cluster.py). Prints its own wall time.
+test-cluster: setup
+	@start=$$(date +%s); CMIDD_TEST_CLUSTER=1 $(PY) -m pytest -q -s --timeout 1200 tests/test_cluster.py; rc=$$?; \
+	  echo "make test-cluster: exit $$rc, wall time $$(( $$(date +%s) - start )) s"; exit $$rc
 
 lint: setup
 	$(PY) -m ruff check platform tests tools

@@ -340,17 +340,22 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
         _kill_group(server)
 
 
-def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_path):
+def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_path, monkeypatch):
     """MlflowHooks against a port nobody listens on: steps and checkpoints do not raise while the budget lasts
     (the points stay buffered, the checkpoint pending); ``flush`` gives up with TrackingOutage once it is spent."""
     import time
 
     from cmidd.errors import TrackingOutage
     from cmidd.synthetic import SyntheticSet
-    from cmidd.tracking import MlflowHooks, client_for
+    from mlflow import MlflowClient
 
-    url = f"http://127.0.0.1:{_free_port()}"
-    hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=3.0, retry_seconds=0.5,
+    from cmidd.tracking import MlflowHooks
+    from cmidd.tracking._client import HTTP_DEFAULTS
+
+    for name, value in HTTP_DEFAULTS.items():  # cmidd's bounds on one call (client_for sets them)
+        monkeypatch.setenv(name, value)
+    url = f"http://127.0.0.1:{_free_port()}"  # a plain client: client_for would refuse a server that is down
+    hooks = MlflowHooks(MlflowClient(tracking_uri=url), "0" * 32, flush_every=1, budget_s=3.0, retry_seconds=0.5,
                         where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
     ckpt = tmp_path / CKPT
     ckpt.write_bytes(b"x")

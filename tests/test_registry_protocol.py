@@ -146,10 +146,12 @@ def test_search_rescores_its_top_under_the_declared_protocol(with_a, ray_local, 
 
     mv = c.get_model_version(MODEL, str(reg["version"]))
     trial = summary["best"]["run_id"]
-    assert mv.source == f"runs:/{trial}/synthetic" and mv.run_id == reg["scored_by"] != trial
+    # the source lies inside the version's own run (what an MLflow server accepts), a copy of the trial's set
+    assert mv.source == f"runs:/{mv.run_id}/synthetic" and mv.run_id == reg["scored_by"] != trial
+    assert mv.tags["content_sha256"] == T.load_set("digits", 2, version=int(mv.version), uri=uri).sha256()
     scorer = c.get_run(mv.run_id)
     assert scorer.data.tags["kind"] == "evaluate" and scorer.data.tags[TAG_ID] == pa.id
-    assert scorer.data.tags["cmidd.evaluates"] == mv.source and scorer.info.status == "FINISHED"
+    assert scorer.data.tags["cmidd.evaluates"] == f"runs:/{trial}/synthetic" and scorer.info.status == "FINISHED"
     assert scorer.data.params["eval.num_eval"] == "2" and "acc_std/cross_arch_mean" in scorer.data.metrics
     assert "mlflow.parentRunId" not in scorer.data.tags  # the parent's children stay its trials
 
@@ -206,10 +208,10 @@ def test_cmidd_evaluate_rescores_every_set_under_a_named_protocol(with_a, tmp_pa
     out = capsys.readouterr().out
     assert "version 2 scored under" in out and "registered as version 3" in out and f"protocol  {pa.id}" in out
     v3 = c.get_model_version(MODEL, "3")
-    assert v3.source == f"runs:/{b.run_id}/synthetic" and v3.tags[TAG_ID] == pa.id
+    assert v3.source == f"runs:/{v3.run_id}/synthetic" and v3.run_id != b.run_id and v3.tags[TAG_ID] == pa.id
     assert v3.tags["content_sha256"] == b.result.synset.sha256() and v3.tags["method"] == "dm"
     scorer = c.get_run(v3.run_id)
-    assert scorer.data.tags["kind"] == "evaluate" and scorer.data.tags[T.TAG_EVALUATES] == v3.source
+    assert scorer.data.tags["kind"] == "evaluate" and scorer.data.tags[T.TAG_EVALUATES] == f"runs:/{b.run_id}/synthetic"
     assert scorer.data.params["eval.num_eval"] == "2" and scorer.data.params["method.iterations"] == "2"
 
     # under A, both sets now compete: one ranking there, the runner-up named

@@ -170,7 +170,7 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
     """
     from .ray import connect, disconnect
     from .ray.tune import check_storage, fit_search, save_parent, saved_parent, study_summary
-    from .tracking import client_for, finish_search, search_concurrency, search_parent
+    from .tracking import client_for, credentials_env, finish_search, search_concurrency, search_parent
 
     uri = tracking_uri(uri)
     check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
@@ -182,8 +182,11 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
                 save_parent(cfg, parent.run_id)
             parent.fail_status = "KILLED"  # a search that stops inside Tune can be resumed
             try:
+                # the store's credentials reach the trials through Ray's object store (not Tune's files, not Ray's
+                # logs: a runtime env's variables are logged), so a node needs none of its own
                 trials, wall = fit_search(cfg, SearchTrial(uri, cfg.name, parent.run_id), resume=resume,
-                                          progress=progress, max_concurrent=search_concurrency(cfg, uri))
+                                          progress=progress, max_concurrent=search_concurrency(cfg, uri),
+                                          env=credentials_env())
             finally:
                 if started:
                     disconnect()  # Ray's resources go back before the driver's MLflow work

@@ -146,3 +146,44 @@ def ensure(cfg: ProxiesCfg, data: Dataset, folder: Path, seed: int, device) -> l
         log.info("pre-training proxy set %s into %s", cfg.set, folder)
         save(folder, cfg, data, pretrain(cfg, data, seed, device))
     return load(folder, data, device)
+
+
+def pack(folder: str | Path) -> dict[str, bytes]:
+    """A verified proxy set's files as bytes (``manifest.json`` and every proxy it lists), to ship to a machine
+    that cannot read ``folder`` (a search's trials on other nodes: ``cmidd.ray.tune``).
+
+    Raises:
+        IntegrityError: a file is missing or altered.
+    """
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    verify_files(folder, manifest)
+    return {"manifest.json": (folder / "manifest.json").read_bytes(),
+            **{e["file"]: (folder / e["file"]).read_bytes() for e in manifest["proxies"]}}
+
+
+def unpack(files: dict[str, bytes], folder: str | Path) -> Path:
+    """Write a ``pack``ed proxy set to ``folder`` unless a verified copy is there: files into a temporary sibling,
+    checked against the manifest's sha256, then renamed into place.
+
+    Raises:
+        IntegrityError: the shipped files do not match their manifest.
+    """
+    folder = Path(folder)
+    manifest = json.loads(files["manifest.json"])
+    if (folder / "manifest.json").is_file():
+        try:
+            verify_files(folder, json.loads((folder / "manifest.json").read_text()))
+            return folder
+        except (IntegrityError, ValueError, KeyError):
+            pass
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    for name, blob in files.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise IntegrityError(f"{folder}: a shipped proxy file name leaves the folder: {name!r}")
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(blob)
+    verify_files(tmp, manifest, str(folder))
+    replace_dir(tmp, folder)
+    return folder

@@ -27,7 +27,7 @@ from ..config import SPACES_DIR, load_raw, load_search
 from ..names import CROSS_ARCH_MEAN
 from ..app import SearchTrial, run_search
 from ..ray import connected, require
-from ..ray.tune import TUNE_DIR, build_tuner, fit_tuner, read_trials
+from ..ray.tune import TUNE_DIR, build_tuner, experiment_path, fit_tuner, read_trials
 from ..tracking import client_for, ensure_experiment
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def _tpe_arm(cfg, uri: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     summary = run_search(cfg, uri, progress=False)
     wall = time.perf_counter() - t0
-    return _arm(timeline(read_trials(cfg.storage_dir / TUNE_DIR)), wall, len(summary["stopped"]))
+    return _arm(timeline(read_trials(experiment_path(cfg))), wall, len(summary["stopped"]))
 
 
 def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import warnings
 
 from .. import __version__
 from ..errors import CmiddError, ConfigError
+from ..redact import RedactingFilter, redact
 from . import bench, best, demo, ensemble, evaluate, ls, pull, run, runs, search, validate
 from ._args import AlreadyReported
 
@@ -77,12 +78,12 @@ def exit_code(error: BaseException) -> int | None:
 
 def _report(error: BaseException, as_json: bool = False) -> None:
     if as_json and not isinstance(error, AlreadyReported):  # the same exit code; the message as a JSON object
-        print(json.dumps({"error": "interrupted" if isinstance(error, KeyboardInterrupt) else str(error),
+        print(json.dumps({"error": "interrupted" if isinstance(error, KeyboardInterrupt) else redact(error),
                           "field": getattr(error, "field", None), "type": type(error).__name__}))
     elif isinstance(error, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
     elif not isinstance(error, AlreadyReported):
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(error)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="[cmidd] %(message)s", stream=sys.stderr
     )
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"[cmidd] warning: {msg}\n"
+    for handler in logging.getLogger().handlers:  # cmidd's and urllib3's lines: no credentials (MLflow never
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):  # sees them: ``resolve_uri``)
+            handler.addFilter(RedactingFilter())
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"[cmidd] warning: {redact(msg)}\n"
     try:
         args.fn(args)
     except (CmiddError, KeyboardInterrupt) as e:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..redact import redact
 from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
 
 # the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
@@ -42,7 +43,7 @@ def command(args) -> None:
         done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
                        resume=args.resume, resume_run_id=args.resume_run, data=data, resume_hint=resume_command(args))
     if done.run_id is not None:
-        print(f"mlflow run: {done.run_id} ({done.uri})")
+        print(f"mlflow run: {done.run_id} ({redact(done.uri)})")
         for v in done.versions:
             alias = f" [{v['alias']}]" if v["alias"] else ""
             same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""
@@ -51,13 +52,14 @@ def command(args) -> None:
 
 
 def resume_command(args) -> str:
-    """The ``cmidd run`` line that resumes this job (same file, ``--set`` and store), quoted for a shell."""
+    """The ``cmidd run`` line that resumes this job (same file, ``--set`` and store), quoted for a shell; a password
+    in the store's URI is shown as ``***`` (``redact``: give it again, or through ``MLFLOW_TRACKING_PASSWORD``)."""
     import shlex
 
     parts = ["cmidd", "run", str(args.job), *[a for s in args.set for a in ("--set", s)], "--resume"]
     if args.tracking_uri:
         parts += ["--tracking-uri", args.tracking_uri]
-    return shlex.join(parts)
+    return redact(shlex.join(parts))
 
 
 @contextlib.contextmanager

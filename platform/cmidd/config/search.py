@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -94,6 +94,8 @@ class TrialResources(Cfg):
 
     cpus: Float = Field(default=1.0, gt=0)
     gpus: Float = Field(default=0.0, ge=0)
+    # Ray custom resources (``ray start --resources '{"trainer": 4}'``): pins trials to the nodes that have them
+    custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Annotated[float, Field(gt=0)]] = {}
 
 
 class SearchCfg(Cfg):
@@ -114,12 +116,22 @@ class SearchCfg(Cfg):
     # block); a top trial scored under another protocol (a searched eval.* field) is re-evaluated first
     register_eval: EvalCfg | None = None
     storage: Folder | None = None  # Tune's storage + the parent run id; None = runs/search/<name>
+    # Tune's experiment somewhere else than <storage>/tune: a folder every node sees, or a URI of a filesystem pyarrow
+    # knows (file:///shared/path, s3://bucket/path, gs://..., hdfs://...); the experiment is <tune_storage>/<name>
+    tune_storage: str | None = Field(default=None, pattern=r"^(/|(file|s3|gs|gcs|hdfs|abfs|abfss)://)\S+$")
     source: Path | None = None
 
     @property
     def storage_dir(self) -> Path:
         """Where Tune keeps the experiment and the search keeps ``parent_run_id`` (absolute)."""
         return (self.storage or Path("runs/search") / self.name).absolute()
+
+    @property
+    def tune_location(self) -> tuple[str, str]:
+        """(Tune's ``storage_path``, the experiment's ``name``): ``(<storage>, "tune")`` unless ``tune_storage``."""
+        if self.tune_storage is None:
+            return str(self.storage_dir), "tune"
+        return self.tune_storage.rstrip("/"), self.name
 
     @property
     def registration_eval(self) -> EvalCfg:

@@ -11,9 +11,12 @@ The lambda = 0 arm (``zero_arm: true`` on cmi.lam or cmi.alpha) is a categorical
 beside the log-scale lambda (alpha), with ``{"cmi_on": False}`` enqueued as the first point
 (``points_to_evaluate``; ``_space.optuna_space``).
 
-The storage folder (``SearchCfg.storage``) holds the Tune experiment (``tune/``), the search's fingerprint
-(``space.json``, checked on ``--resume``) and the id of its MLflow parent run (``parent_run_id``). ``--resume``
-restores the experiment (``Tuner.restore``, unfinished and errored trials continued).
+The storage folder (``SearchCfg.storage``) holds the Tune experiment (``tune/``; or ``tune_storage``: a folder
+every node sees or a pyarrow URI such as ``s3://bucket/path``, the experiment then ``<tune_storage>/<name>``), the
+search's fingerprint (``space.json``, checked on ``--resume``) and the id of its MLflow parent run
+(``parent_run_id``). ``--resume`` restores the experiment (``Tuner.restore``, unfinished and errored trials
+continued). Restoring unpickles Tune's ``tuner.pkl``: a storage folder is trusted input, and ``--resume`` refuses
+one without cmidd's ``space.json``.
 
 Example:
     >>> cfg = load_search("search_spaces/digits_dmcmi.yaml")
@@ -42,8 +45,8 @@ from ..names import FINAL, TAG_NODE
 from ..runner import load_job_data, proxies_dir
 from ._space import optuna_space, study_summary
 
-__all__ = ["PARENT_FILE", "TUNE_DIR", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
-           "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
+__all__ = ["PARENT_FILE", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
+           "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
            "saved_parent", "study_summary"]
 
 log = logging.getLogger(__name__)
@@ -70,13 +73,27 @@ class TuneHooks(Hooks):
         tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
 
-def make_trainable(cfg: SearchCfg, trial: Trial):
-    """The Tune function trial: ``trial`` on the trial's distill job, its final metrics reported with ``final``."""
+ProxyBundle = dict[str, dict[str, bytes]]
+"""The proxy sets the driver pre-trained, for the trials: {the set's folder (absolute): ``proxies.pack`` of it}."""
 
-    def trainable(config: dict[str, Any]) -> None:
+
+def make_trainable(cfg: SearchCfg, trial: Trial):
+    """The Tune function trial: ``trial`` on the trial's distill job, its final metrics reported with ``final``.
+
+    Two things travel to the trial through Ray's object store (``tune.with_parameters``: not in Tune's files,
+    not in Ray's logs), so that a trial on another node needs no disk shared with the driver and no secret of its
+    own: ``proxies`` (a ``ProxyBundle``), written to the same folders on the trial's node unless a verified copy is
+    there, and ``env`` (e.g. the MLflow store's credentials), set in the trial's own process first.
+    """
+
+    def trainable(config: dict[str, Any], proxies: ProxyBundle | None = None,
+                  env: dict[str, str] | None = None) -> None:
         import ray
         from ray import tune
 
+        os.environ.update(env or {})  # this trial's own worker process (Tune does not reuse actors here)
+        for folder, files in (proxies or {}).items():
+            proxy_zoo.unpack(files, folder)
         trial_id = tune.get_context().get_trial_id()
         job = trial_job(cfg, config, trial_id)
         tags = {TAG_NODE: ray.get_runtime_context().get_node_id()}
@@ -93,18 +110,25 @@ def make_trainable(cfg: SearchCfg, trial: Trial):
 
 def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
     """The trial driver's resources: the YAML's, or a tenth of a CPU when Ray Train workers take the rest."""
+    custom = dict(cfg.resources.custom)  # Ray custom resources: the nodes a trial may run on
     if cfg.base.scaling.workers > 1 or "scaling.workers" in cfg.params:
-        return {"cpu": 0.1}
-    return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
+        return {"cpu": 0.1, **custom}
+    return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus, **custom}
 
 
-def prepare_proxies(cfg: SearchCfg) -> None:
-    """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it)."""
+def prepare_proxies(cfg: SearchCfg) -> ProxyBundle:
+    """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it).
+
+    Returns:
+        The sets' files (``ProxyBundle``), which ``make_trainable`` ships to every trial through Ray's object
+        store (empty with CMI off or ``proxies.from_registry``: each trial fetches those from the registry).
+    """
+    bundle: ProxyBundle = {}
     if not cfg.base.cmi.on and not any(w in cfg.params for w in ("cmi.lam", "cmi.alpha")):
-        return
+        return bundle
     sets = cfg.params["proxies.set"].choice if "proxies.set" in cfg.params else [cfg.base.proxies.set]
     if cfg.base.proxies.from_registry is not None:
-        return  # resolved from the registry inside each trial
+        return bundle  # resolved from the registry inside each trial
     data = None
     for name in sets:
         job = trial_job(cfg, {"proxies.set": name, "cmi.lam": 1.0, "cmi.alpha": 0.0}, "proxies")
@@ -113,21 +137,53 @@ def prepare_proxies(cfg: SearchCfg) -> None:
         if not (folder / "manifest.json").is_file():
             log.info("search: pre-training proxy set %s once for all trials", name)
             proxy_zoo.ensure(job.proxies, data, folder, job.seed, "cpu")
+        bundle[str(folder.absolute())] = proxy_zoo.pack(folder)
+    return bundle
+
+
+def experiment_path(cfg: SearchCfg) -> str:
+    """Where the search's Tune experiment lives: ``<storage>/tune``, or ``<tune_storage>/<name>`` (a URI too)."""
+    storage_path, name = cfg.tune_location
+    return f"{storage_path}/{name}"
+
+
+def _experiment_exists(cfg: SearchCfg) -> bool:
+    if cfg.tune_storage is None:
+        return (cfg.storage_dir / TUNE_DIR).exists()
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(experiment_path(cfg))
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tune_storage: cannot open {cfg.tune_storage!r}: {e}") from None
 
 
 def check_storage(cfg: SearchCfg, resume: bool) -> None:
     """A new search needs an unused storage folder; ``--resume`` needs one holding a search."""
     store = cfg.storage_dir
-    pfile, tune_dir = store / PARENT_FILE, store / TUNE_DIR
-    if resume and (not pfile.is_file() or not tune_dir.is_dir()):
-        raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or {TUNE_DIR}/)")
-    if not resume and (pfile.exists() or tune_dir.exists()):
-        raise ConfigError(f"storage: {store} already holds a search; pass --resume to continue it, or set another "
-                          "storage folder (or delete this one)")
+    pfile, tune_dir = store / PARENT_FILE, experiment_path(cfg)
+    exists = _experiment_exists(cfg)
+    if resume and (not pfile.is_file() or not exists):
+        raise ConfigError(f"--resume: no search to resume in {store} (no {PARENT_FILE} or Tune experiment {tune_dir})")
+    if not resume and (pfile.exists() or exists):
+        field, where = ("tune_storage", tune_dir) if exists and cfg.tune_storage else ("storage", store)
+        raise ConfigError(f"{field}: {where} already holds a search; pass --resume to continue it, or set another "
+                          f"{field} (or delete this one)")
     saved = store / SPACE_FILE
-    if resume and saved.is_file() and json.loads(saved.read_text()) != fingerprint(cfg):
+    if resume and not saved.is_file():  # Tune's restore unpickles tune/tuner.pkl: only a folder cmidd made
+        raise ConfigError(f"--resume: {store} has no {SPACE_FILE} (the fingerprint cmidd writes when it creates a "
+                          "search's storage): refusing to restore a Tune experiment cmidd did not create")
+    if resume and _read_json(saved) != fingerprint(cfg):
         raise ConfigError(f"--resume: the space or its base job differs from the search stored in {store} "
                           f"({saved}); resume with the same file and --set options")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def fingerprint(cfg: SearchCfg) -> dict[str, Any]:
@@ -146,12 +202,25 @@ def save_parent(cfg: SearchCfg, parent: str) -> None:
     """A new search's storage: its fingerprint and its parent run's id (written last, atomically)."""
     store = cfg.storage_dir
     store.mkdir(parents=True, exist_ok=True)
-    (store / SPACE_FILE).write_text(json.dumps(fingerprint(cfg), indent=1))
+    atomic_write(store / SPACE_FILE, json.dumps(fingerprint(cfg), indent=1).encode())
     atomic_write(store / PARENT_FILE, parent.encode())
 
 
+def _trainable(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None, env: dict[str, str] | None = None):
+    """``make_trainable`` with the proxies and ``env`` in Ray's object store (``tune.with_parameters``) and its
+    resources."""
+    from ray import tune
+
+    fn = make_trainable(cfg, trial)
+    shipped = {k: v for k, v in (("proxies", proxies), ("env", env)) if v}
+    if shipped:
+        fn = tune.with_parameters(fn, **shipped)
+    return tune.with_resources(fn, _trial_resources(cfg))
+
+
 def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | None = None,
-                storage: Path | None = None, progress: bool = False, max_concurrent: int | None = None):
+                storage: Path | None = None, progress: bool = False, max_concurrent: int | None = None,
+                proxies: ProxyBundle | None = None, env: dict[str, str] | None = None):
     """A new Tune experiment (``<storage>/tune``) of ``trial`` over ``cfg``'s space (``make_trainable``).
 
     Args:
@@ -159,17 +228,21 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
         trial: what each trial runs (``Trial``).
         grid: None = the search: TPE samples ``cfg.params`` (``search.num_samples``) and ASHA stops the weak
             trials; else every point of this grid (e.g. ``{"cmi.lam": [0.0, 1.0, 10.0]}``), each to its end.
-        storage: the experiment's folder (None = ``cfg.storage_dir``).
+        storage: the experiment's parent folder (None = ``cfg.tune_location``: ``<storage>`` or
+            ``tune_storage``).
         progress: print Tune's live progress table.
         max_concurrent: trials at a time (None = ``search.max_concurrent_trials``; a sqlite store allows 1:
             ``tracking.search_concurrency``).
+        proxies: the pre-trained proxy sets every trial gets (``prepare_proxies``).
+        env: environment variables each trial sets in its process (the store's credentials: ``make_trainable``).
 
     Returns:
         A ``ray.tune.Tuner`` (``fit_tuner`` runs it).
     """
     from ray import tune
 
-    trainable = tune.with_resources(make_trainable(cfg, trial), _trial_resources(cfg))
+    trainable = _trainable(cfg, trial, proxies, env)
+    storage_path, name = (str(storage), TUNE_DIR) if storage is not None else cfg.tune_location
     if grid is None:
         space, searcher, scheduler = _search_algs(cfg)
         param_space, samples = None, cfg.search.num_samples
@@ -185,7 +258,7 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(storage or cfg.storage_dir),
+            name=name, storage_path=storage_path,
             progress_reporter=_reporter(cfg, space, progress), verbose=1 if progress else 0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),
@@ -221,12 +294,13 @@ def _reporter(cfg: SearchCfg, space: dict[str, Any], progress: bool):
                             max_report_frequency=10, sort_by_metric=False)
 
 
-def _restored_tuner(cfg: SearchCfg, trial: Trial):
+def _restored_tuner(cfg: SearchCfg, trial: Trial, proxies: ProxyBundle | None = None,
+                    env: dict[str, str] | None = None):
     """The stored Tune experiment of ``cfg`` (``--resume``), unfinished and errored trials continued."""
     from ray import tune
 
-    trainable = tune.with_resources(make_trainable(cfg, trial), _trial_resources(cfg))
-    path = str(cfg.storage_dir / TUNE_DIR)
+    trainable = _trainable(cfg, trial, proxies, env)
+    path = experiment_path(cfg)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
     return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -238,7 +312,7 @@ def fit_tuner(tuner, progress: bool = False) -> None:
         tuner.fit()
 
 
-def read_trials(path: Path) -> list[dict[str, Any]]:
+def read_trials(path: Path | str) -> list[dict[str, Any]]:
     """Per Tune trial of the experiment stored in ``path``: id, status, config, last result, whether it
     finished (reported ``final``) or failed.
 
@@ -256,15 +330,17 @@ def read_trials(path: Path) -> list[dict[str, Any]]:
 
 
 def fit_search(cfg: SearchCfg, trial: Trial, *, resume: bool = False, progress: bool = False,
-               max_concurrent: int | None = None) -> tuple[list[dict[str, Any]], float]:
-    """Pre-train the proxies, run (or on ``resume`` restore) the search's Tune experiment.
+               max_concurrent: int | None = None,
+               env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Pre-train the proxies (shipped to the trials through Ray's object store, with ``env``: variables each trial
+    sets first, e.g. the store's credentials), run (or on ``resume`` restore) the search's Tune experiment.
 
     Returns:
         (``read_trials`` of the experiment, the wall seconds of ``Tuner.fit``).
     """
-    prepare_proxies(cfg)
-    tuner = _restored_tuner(cfg, trial) if resume else build_tuner(cfg, trial, max_concurrent=max_concurrent,
-                                                                    progress=progress)
+    proxies = prepare_proxies(cfg)
+    tuner = (_restored_tuner(cfg, trial, proxies, env) if resume else
+             build_tuner(cfg, trial, max_concurrent=max_concurrent, progress=progress, proxies=proxies, env=env))
     t0 = time.perf_counter()
     fit_tuner(tuner, progress)
-    return read_trials(cfg.storage_dir / TUNE_DIR), time.perf_counter() - t0
+    return read_trials(experiment_path(cfg)), time.perf_counter() - t0

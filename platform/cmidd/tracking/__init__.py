@@ -30,7 +30,7 @@ Example:
 from ._quiet import quiet_mlflow  # first: importing it quiets MLflow before mlflow is imported
 from ._baselines import BASELINES, log_baseline
 from ._client import (
-    CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, end_run,
+    CHAMPION, DEFAULT_METRIC, EXPERTS, PROXIES, SYNTHETIC, TAG_ERROR, RunSession, client_for, credentials_env, end_run,
     ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
     resolve_uri, set_tags,
 )
@@ -55,7 +55,7 @@ __all__ = [
     "BASELINES", "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
     "TAG_ERROR", "TAG_EVALUATES", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
     "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
-    "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version",
+    "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version", "credentials_env",
     "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
     "baseline_table", "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_protocol",
     "find_trial_run", "finish_search", "git_sha",

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from ..errors import CmiddError, ConfigError, UnknownNameError
 from ..names import CROSS_ARCH_MEAN
+from ..redact import redact, split_credentials
 
 try:
     from mlflow import MlflowClient
@@ -49,7 +50,10 @@ def resolve_uri(cli_uri: str | None = None) -> str:
     """The tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (cwd).
 
     A relative sqlite path is made absolute (workers may run elsewhere). The ``file:`` store is refused:
-    MLflow 3 keeps it in maintenance mode and it has no model registry.
+    MLflow 3 keeps it in maintenance mode and it has no model registry. Credentials in an http(s) URI
+    (``http://USER:PASSWORD@HOST:PORT``) are taken out of it into this process's ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` (MLflow's own variables): the URI returned holds none, so nothing that prints,
+    writes or ships it on (messages, ``mlflow_run.json``, run tags, Ray trials) can leak them.
 
     Raises:
         ConfigError: a file store, an in-memory sqlite database or an unknown scheme.
@@ -59,14 +63,30 @@ def resolve_uri(cli_uri: str | None = None) -> str:
     if scheme not in _STORE_SCHEMES:
         raise ConfigError(
             f"--tracking-uri: must be sqlite:///PATH.db or an mlflow server http(s)://HOST:PORT (the file "
-            f"store is not supported), but got {uri!r}"
+            f"store is not supported), but got {redact(uri)!r}"
         )
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
             raise ConfigError(f"--tracking-uri: an in-memory sqlite store keeps nothing; got {uri!r}")
         uri = f"sqlite:///{Path(path).absolute()}"
+    if scheme in ("http", "https"):
+        uri, user, password = split_credentials(uri)
+        for name, value in ((CREDENTIAL_ENV[0], user), (CREDENTIAL_ENV[1], password)):
+            if value is not None:
+                os.environ[name] = value
     return uri
+
+
+# MLflow's documented client credentials (basic auth: user + password; or a bearer token)
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def credentials_env() -> dict[str, str]:
+    """The MLflow client credentials this process holds (``CREDENTIAL_ENV`` that are set): what a Ray trial on
+    another node needs to reach the same server (``cmidd.app.run_search`` ships them to the trials through Ray's
+    object store)."""
+    return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
 
 
 # MLflow's own retries of one HTTP call (documented environment variables; defaults 7 retries, backoff factor 2,
@@ -95,12 +115,18 @@ def client_for(uri: str) -> MlflowClient:
     A sqlite store is created once, under a file lock, by whichever process comes first: MLflow creates the
     tables of a fresh store when a client first touches it, and two processes doing so at once collide
     ("duplicate column name", a failed alembic migration). The others wait, then find the tables there.
+    An http(s) server is asked once per process whether it answers and takes the credentials (``check_server``).
     """
     if uri.startswith(("http://", "https://")):
         for name, value in HTTP_DEFAULTS.items():  # fail a call in seconds, not minutes: the hooks' outage
             os.environ.setdefault(name, value)  # budget decides how long to wait (the user's values win)
-    if not uri.startswith("sqlite:///") or uri in _READY:
+    if uri in _READY or not uri.startswith(("sqlite:///", "http://", "https://")):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        check_server(client, uri)
+        _READY.add(uri)
+        return client
     db = Path(uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
     with store_lock(db), mlflow_errors():
@@ -110,6 +136,28 @@ def client_for(uri: str) -> MlflowClient:
     return client
 
 
+_AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def check_server(client: MlflowClient, uri: str) -> None:
+    """One cheap call to an MLflow server, so that a wrong password or a server that is down is one line naming
+    the server before anything is written.
+
+    Raises:
+        ConfigError: the server refused the credentials (exit 2: bad input).
+        CmiddError: the server did not answer.
+    """
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        if e.error_code in _AUTH_ERRORS:
+            raise ConfigError(
+                f"--tracking-uri: the MLflow server {uri} refused the credentials ({e.error_code}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (docs/security.md)") from None
+        first = (redact(e.message).strip().splitlines() or [""])[0][:300]
+        raise CmiddError(f"--tracking-uri: the MLflow server {uri} did not answer: {first}") from None
+
+
 @contextlib.contextmanager
 def mlflow_errors() -> Iterator[None]:
     """Turn MLflow's exceptions into ``CmiddError`` (a missing resource into ``UnknownNameError``)."""
@@ -117,7 +165,7 @@ def mlflow_errors() -> Iterator[None]:
         yield
     except MlflowException as e:
         cls = UnknownNameError if e.error_code == "RESOURCE_DOES_NOT_EXIST" else CmiddError
-        raise cls(f"mlflow: {e.message}") from e
+        raise cls(f"mlflow: {redact(e.message)}") from e
 
 
 def ensure_experiment(name: str, uri: str | None = None, client: MlflowClient | None = None) -> str:

@@ -4,8 +4,9 @@
 run and version carries), and for every registered set of ``distilled-<dataset>-ipc<k>`` that has no version
 under that protocol yet (by content sha256): downloads and verifies the set, evaluates it under the protocol
 in a new run (kind ``evaluate``, experiment ``rescore-<model>``, tags ``protocol.*`` and
-``cmidd.evaluates=<source>``, the source run's params with the ``eval.*`` ones replaced), and registers it from
-that run with the original files as source. The champions move as always (per protocol), and a random-real
+``cmidd.evaluates=<source>``, the source run's params with the ``eval.*`` ones replaced), copies the verified set
+into that run and registers it from there (an MLflow server accepts a ``runs:/`` source only inside the run the
+version names: ``upload_set``). The champions move as always (per protocol), and a random-real
 baseline is logged under the protocol if none exists, so ``cmidd best --protocol ID`` can state the gain.
 """
 
@@ -23,7 +24,7 @@ from ..protocol import TAG_ID, TAG_JSON, Protocol
 from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
 from ._ranking import baseline_table, require_versions, set_seeds, version_protocol
-from ._sets import download_source, load_verified, register_set, set_model_name
+from ._sets import download_source, load_verified, register_set, set_model_name, upload_set
 from ._tags import flat_params, run_tags
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ def _score_one(client, mv, src_run, protocol: Protocol, data, seed: int, device:
         metrics = res.metrics()
         with mlflow_errors():
             log_metrics(client, run.run_id, metrics_at(0, metrics))
+            upload_set(client, run.run_id, synset)  # the version's source must be inside the run that scored it
             entry = register_set(client, run.run_id, synset, metrics,
-                                 f"version {mv.version} re-scored under protocol {protocol.id}", made, run.versions,
-                                 source=mv.source)
+                                 f"version {mv.version} re-scored under protocol {protocol.id}", made, run.versions)
     return {"from_version": int(mv.version), "version": entry["version"], "run_id": run.run_id,
             "value": metrics[DEFAULT_METRIC]}

@@ -9,9 +9,11 @@ job's ``eval`` block). For each of the top-k finished trials:
   that run;
 * else it is re-evaluated under the registration protocol in a new run (kind ``evaluate``, in the search's
   experiment, tags ``protocol.*``, ``cmidd.evaluates=<source>`` and ``cmidd.search.parent=<parent run>``; not
-  an MLflow child: the parent's children are its trials), and registered from that run with the trial's
-  verified files as source (no second copy);
-* a version that already exists for that source and protocol is kept (a resumed search does not duplicate).
+  an MLflow child: the parent's children are its trials), and registered from that run, with a copy of the
+  trial's verified files logged in that run as source (an MLflow server accepts a ``runs:/`` source only inside
+  the run the version names);
+* a version that already exists for that set (content sha256) and protocol is kept (a resumed search does not
+  duplicate).
 
 Then the champions move (``move_champion``: per protocol) and, when no random-real baseline exists
 under the registration protocol for a registered IPC, one is evaluated and logged (kind ``baseline``), so that
@@ -36,7 +38,7 @@ from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, SYNTHETIC, log_metrics, metrics_at, mlflow_errors, open_run, set_tags
 from ._ranking import baseline_table, move_champion, version_protocol
 from ._rescore import TAG_EVALUATES
-from ._sets import load_verified, register_distilled, set_model_name
+from ._sets import load_verified, register_distilled, set_model_name, upload_set
 from ._tags import distill_tags, job_params, run_tags
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,9 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
         protocol = Protocol.of(cfg.registration_eval, _data(job, data_cache))  # names the data by its digest
         entry = {"name": name, "run_id": row["run_id"], "source": source, "protocol": protocol.id,
                  "rescored": False}
-        have = [mv for mv in client.search_model_versions(f"name = '{name}'")
-                if mv.source == source and version_protocol(mv) == protocol.id]
+        have = [mv for mv in client.search_model_versions(f"name = '{name}'")  # by content: a re-scored version's
+                if mv.tags.get("content_sha256") == synset.sha256()  # source is its scoring run's own copy
+                and version_protocol(mv) == protocol.id]
         trial_run = client.get_run(row["run_id"])
         if have:
             entry["version"] = int(have[0].version)
@@ -91,7 +94,8 @@ def _data(job, cache: dict[str, Any]):
 
 def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, source: str) -> tuple[int, str]:
     """Evaluate ``synset`` under the registration protocol in a run linked to ``parent``, then register it from
-    that run (its metrics rank the version; ``source`` holds the files). Returns (version, the run's id)."""
+    that run (its metrics rank the version; it holds a copy of the files, ``source`` is tagged ``cmidd.evaluates``).
+    Returns (version, the run's id)."""
     eval_cfg = cfg.registration_eval
     scored = job.model_copy(update={"eval": eval_cfg})  # the params say the protocol the metrics come from
     used = {LAM_KEY: float(synset.meta.get("lam", 0.0))}  # the effective lambda the trial's loop used
@@ -104,7 +108,8 @@ def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, so
         with mlflow_errors():
             log_metrics(client, run.run_id, metrics_at(0, metrics))
             result = JobResult("distill", Path("."), metrics=metrics, synset=synset)
-            entry = register_distilled(client, run.run_id, job, result, run.versions, source=source)
+            upload_set(client, run.run_id, synset)  # a server accepts a source only inside the version's run
+            entry = register_distilled(client, run.run_id, job, result, run.versions)
     return entry["version"], run.run_id
 
 

@@ -62,6 +62,20 @@ def verify_remote_set(client: MlflowClient, run_id: str, path: str, content_sha2
             raise IntegrityError(f"runs:/{run_id}/{path}: grid.png is missing")
 
 
+def upload_set(client: MlflowClient, run_id: str, synset: SyntheticSet) -> str:
+    """Log ``synset`` as the run's ``synthetic/`` artifact and verify it by download; returns its ``runs:/`` URI.
+
+    A run that scores a set made elsewhere (a re-score, a search's registration) registers it from its own copy:
+    an MLflow server accepts a version's ``runs:/`` source only inside the run the version names
+    (``create_model_version``'s run_id), and that run's metrics are the ones that rank the version.
+    """
+    with tempfile.TemporaryDirectory(prefix="cmidd-upload-") as tmp:
+        synset.save(Path(tmp) / SYNTHETIC)
+        client.log_artifacts(run_id, str(Path(tmp) / SYNTHETIC), SYNTHETIC)
+    verify_remote_set(client, run_id, SYNTHETIC, synset.sha256())
+    return f"runs:/{run_id}/{SYNTHETIC}"
+
+
 def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metrics: dict[str, Any],
                  description: str, extra_tags: dict[str, str] | None = None,
                  created: list[dict[str, Any]] | None = None, source: str | None = None) -> dict[str, Any]:
@@ -82,8 +96,8 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
         description: the version's description.
         extra_tags: what made the set (a job's method, lambda and proxy set; an ensemble's sources and mode).
         created: the new version is appended here as soon as it exists (for clean-up on a later failure).
-        source: where the files are (default ``runs:/<run_id>/synthetic``; a re-evaluation points at the
-            verified files of the run that distilled the set instead of copying them).
+        source: where the files are (default ``runs:/<run_id>/synthetic``); an MLflow server accepts only a
+            source inside ``run_id`` (a re-evaluation first copies the set into its run: ``upload_set``).
 
     Returns:
         {"name", "version", "alias"}: alias is ``champion`` or ``champion-<protocol id>`` if this version
