@@ -1,11 +1,13 @@
 """The CMI study (issue 26): run its arms and report the verdict by the rule stated in the job file.
 
     python tools/cmi_study.py run --out runs/study-cmi-digits [--set method.iterations=20 ...] [--parallel 2]
+    python tools/cmi_study.py run --job jobs/study_cmi_digits_noise_ipc10.yaml --out runs/study-cmi-noise \
+        --alphas 0,0.05 --seeds 0,1,2
     python tools/cmi_study.py report runs/study-cmi-digits [--out docs/results/cmi_study_digits]
 
 ``run``: pre-trains the proxy set once, then ``cmidd run JOB`` per arm, ``--parallel`` at a time (one torch thread
 each): alpha in ``--alphas`` with seed 0, then (unless ``--no-repeat``) the zero arm and the best alpha (by final
-accuracy) with seed 1.
+accuracy) with seed 1; with ``--seeds 0,1,2`` every alpha with each seed instead (no second wave).
 An arm whose folder already holds ``result.json`` is skipped, so an interrupted study continues. ``--set``
 overrides go to every arm (a smoke run: ``--set method.iterations=4 --set eval.every=2 ...``). Without
 ``--tracking-uri`` the arms run ``--no-track``. Then ``report``: ``study.md`` (table + verdict) and ``study.png``.
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--parallel", type=int, default=2)
     r.add_argument("--no-repeat", action="store_true",
                    help="skip the second-seed wave (the zero arm and the best alpha again); e.g. a proxy-set variant")
+    r.add_argument("--seeds", default=None,
+                   help="run every alpha with each of these seeds (e.g. 0,1,2), seed by seed; no second-seed wave")
     r.add_argument("--tracking-uri", default=None)
     rep = sub.add_parser("report")
     rep.add_argument("root", type=Path)
@@ -91,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         alphas = [float(a) for a in args.alphas.split(",")]
         _pretrain(args.job, out, args.set)
-        _run_arms(args.job, out, [(a, 0) for a in alphas], args.set, args.parallel, args.tracking_uri)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [0]
+        _run_arms(args.job, out, [(a, s) for s in seeds for a in alphas], args.set, args.parallel, args.tracking_uri)
         seed0 = [r for r in load_runs(out) if r.seed == 0 and r.alpha > 0]
-        if seed0 and not args.no_repeat:
+        if seed0 and not args.no_repeat and not args.seeds:
             best = max(seed0, key=lambda r: r.curve[max(r.curve)][0]).alpha
             _run_arms(args.job, out, [(0.0, 1), (best, 1)], args.set, args.parallel, args.tracking_uri)
         root, dest = out, out
