@@ -4,6 +4,7 @@
     python tools/cmi_study.py run --job jobs/study_cmi_digits_noise_ipc10.yaml --out runs/study-cmi-noise \
         --alphas 0,0.05 --seeds 0,1,2
     python tools/cmi_study.py report runs/study-cmi-digits [--out docs/results/cmi_study_digits]
+    python tools/cmi_study.py reverdict docs/results/cmi_study_digits/README.md   # the rule on a published table
 
 ``run``: pre-trains the proxy set once, then ``cmidd run JOB`` per arm, ``--parallel`` at a time (one torch thread
 each): alpha in ``--alphas`` with seed 0, then (unless ``--no-repeat``) the zero arm and the best alpha (by final
@@ -11,6 +12,8 @@ accuracy) with seed 1; with ``--seeds 0,1,2`` every alpha with each seed instead
 An arm whose folder already holds ``result.json`` is skipped, so an interrupted study continues. ``--set``
 overrides go to every arm (a smoke run: ``--set method.iterations=4 --set eval.every=2 ...``). Without
 ``--tracking-uri`` the arms run ``--no-track``. Then ``report``: ``study.md`` (table + verdict) and ``study.png``.
+``reverdict``: the verdict and each clause, from the per-run table of a published study (rows
+``| alpha A, seed K | acc @ step ... |`` in %, the header naming the steps ``@ 500``; the runs themselves are gone).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from cmidd.study import load_runs, report  # noqa: E402
+from cmidd.study import StudyRun, clauses, load_runs, report, verdict  # noqa: E402
 
 JOB = ROOT / "jobs" / "study_cmi_digits_ipc10.yaml"
 
@@ -72,6 +75,22 @@ def _run_arms(job_path: Path, out: Path, arms: list[tuple[float, int]], sets: li
                     raise SystemExit(f"arm {folder.name} failed; see {out / (folder.name + '.log')}")
 
 
+def runs_from_table(text: str) -> list[StudyRun]:
+    """The per-run table of a study's README (see the module docstring) as runs (eval-seed std unknown: 0)."""
+    import re
+
+    runs, steps = [], []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == "run":
+            steps = [int(m.group(1)) for c in cells[1:] if (m := re.fullmatch(r"@ (\d+)", c))]
+        m = re.fullmatch(r"alpha ([\d.]+), seed (\d+)", cells[0]) if cells else None
+        if m and steps:
+            curve = {s: (float(v) / 100, 0.0) for s, v in zip(steps, cells[1:1 + len(steps)])}
+            runs.append(StudyRun(Path("table"), float(m.group(1)), int(m.group(2)), 0.0, max(steps), curve, None))
+    return sorted(runs, key=lambda r: (r.alpha, r.seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -89,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report")
     rep.add_argument("root", type=Path)
     rep.add_argument("--out", type=Path, default=None)
+    rv = sub.add_parser("reverdict")
+    rv.add_argument("table", type=Path)
     args = p.parse_args(argv)
+    if args.cmd == "reverdict":
+        runs = runs_from_table(args.table.read_text())
+        iterations = max(r.iterations for r in runs)
+        print(f"{len(runs)} runs; verdict: {verdict(runs, iterations)[1]}")
+        print("\n".join(f"- {c}" for c in clauses(runs, iterations)))
+        return 0
     if args.cmd == "run":
         out = args.out.absolute()
         out.mkdir(parents=True, exist_ok=True)
