@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cmidd.study import (POWER, SE_FACTOR, StudyRun, arm_curves, clauses, critical, detectable, gain_test, paired,
-                         t_quantile, table_md, verdict)
+from cmidd.study import (POWER, SE_FACTOR, StudyRun, arm_curves, calib_md, clauses, critical, detectable, gain_test,
+                         paired, precondition, t_quantile, table_md, verdict)
 from cmidd.study_sim import DESIGNS, Noise, false_help_rate, null_runs
 
 
@@ -155,3 +155,20 @@ def test_table_lists_seeds_effective_lambdas_ratios_and_pooled_std():
     assert lines[2] == "| 0 | 0 | 0 | - | 90.00 +- 1.00 (n=1) |"
     sd = 100 * math.sqrt(0.02**2 + 0.01**2)
     assert lines[3] == f"| 0.05 | 0,1 | 1.23e+03 / 1.2e+03 | 0.812 / 0.79 | 94.00 +- {sd:.2f} (n=2) |"
+
+
+def test_precondition_and_alpha_along_the_run_in_the_report(tmp_path):
+    cal = ({"step": 0, "g_dd": 10.0, "g_cmi": 0.004, "lam": 125.0, "alpha_realised": 0.05},
+           {"step": 25, "g_dd": 1.0, "g_cmi": 0.002, "lam": 120.0, "alpha_realised": 0.24},
+           {"step": 975, "g_dd": 0.1, "g_cmi": 0.001, "lam": 10.0, "alpha_realised": 0.1})
+    runs = [_run(0.0, 0, {1000: (0.9, 0.0)}, ratio=1.3), _run(0.0, 1, {1000: (0.9, 0.0)}, ratio=1.0),
+            StudyRun(Path("a"), 0.05, 0, 125.0, 1000, {1000: (0.9, 0.0)}, 0.8, cal)]
+    assert precondition(runs, 1.1) == (True, "precondition (zero arm's cmi_ratio > 1.1): met, mean 1.150 "
+                                             "(1.300 / 1.000)")
+    assert precondition(runs, 1.2)[0] is False and precondition(runs[2:], 1.1)[0] is None
+    lines = calib_md(runs).splitlines()
+    assert lines[0] == ("| run | alpha_real @ 0 | alpha_real @ 25 | alpha_real @ 100 | alpha_real @ 250 | "
+                        "alpha_real @ 500 | alpha_real @ 975 | g_DD first -> last | g_CMI first -> last | "
+                        "lambda first -> last |")
+    assert lines[2] == "| alpha 0.05, seed 0 | 0.05 | 0.24 | 0.24 | 0.24 | 0.24 | 0.1 | 10 -> 0.1 | 0.004 -> 0.001 | 125 -> 10 |"
+    assert calib_md(runs[:2]) == ""

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report")
     rep.add_argument("root", type=Path)
     rep.add_argument("--out", type=Path, default=None)
+    for q in (r, rep):
+        q.add_argument("--precondition", type=float, default=None,
+                       help="the zero arm's cmi_ratio must exceed this, else CMI had nothing to fix (e.g. 1.1)")
     rv = sub.add_parser("reverdict")
     rv.add_argument("table", type=Path)
     args = p.parse_args(argv)
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         root, dest = out, out
     else:
         root, dest = args.root, args.out
-    res = report(root, dest)
+    res = report(root, dest, args.precondition)
     print(res["table"])
     print(f"Verdict: {res['verdict']}")
     print("files: " + ", ".join(res["files"]))

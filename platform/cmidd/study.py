@@ -45,6 +45,7 @@ class StudyRun:
     iterations: int
     curve: dict[int, tuple[float, float]]  # step -> (mean, std) over eval seeds; the last step from result.json
     cmi_ratio: float | None
+    calib: tuple[dict[str, float], ...] = ()  # history.json "calib": CMI's measured pull along the run
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ def load_runs(root: Path, metric: str = METRIC) -> list[StudyRun]:
         m = res["metrics"]
         curve[last] = (float(m[metric]), float(m.get(std_key, 0.0)))
         out.append(StudyRun(folder, float(cfg["cmi"]["alpha"]), int(cfg["seed"]), float(m.get(LAM_KEY, 0.0)),
-                            int(cfg["method"]["iterations"]), dict(sorted(curve.items())), m.get(RATIO_KEY)))
+                            int(cfg["method"]["iterations"]), dict(sorted(curve.items())), m.get(RATIO_KEY),
+                            tuple(hist.get("calib", ()))))
     return sorted(out, key=lambda r: (r.alpha, r.seed))
 
 
@@ -320,6 +322,43 @@ def table_md(runs: list[StudyRun], arms: dict[float, dict[int, Point]]) -> str:
     return "\n".join(lines)
 
 
+def calib_md(runs: list[StudyRun], steps: tuple[int, ...] = (0, 25, 100, 250, 500)) -> str:
+    """alpha along the run: per run with measurements (``cmi.measure_every``), the realised alpha
+    ``lam * g_CMI / g_DD`` at the measurement at or just before each of ``steps`` and at the last, with g_DD,
+    g_CMI and lambda at the first and last ("" when no run measured)."""
+    have = [r for r in runs if r.calib]
+    if not have:
+        return ""
+    last = max(int(c["step"]) for r in have for c in r.calib)
+    cols = sorted({*(s for s in steps if s < last), last})
+    head = ["run", *(f"alpha_real @ {s}" for s in cols), "g_DD first -> last", "g_CMI first -> last",
+            "lambda first -> last"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in have:
+        cal = sorted(r.calib, key=lambda c: c["step"])
+        at = [max((c for c in cal if c["step"] <= s), key=lambda c: c["step"], default=None) for s in cols]
+        first, end = cal[0], cal[-1]
+        lines.append("| " + " | ".join([f"alpha {r.alpha:g}, seed {r.seed}",
+                                        *("-" if c is None else f"{c['alpha_realised']:.3g}" for c in at),
+                                        f"{first['g_dd']:.3g} -> {end['g_dd']:.3g}",
+                                        f"{first['g_cmi']:.3g} -> {end['g_cmi']:.3g}",
+                                        f"{first['lam']:.3g} -> {end['lam']:.3g}"]) + " |")
+    return "\n".join(lines)
+
+
+def precondition(runs: list[StudyRun], min_ratio: float) -> tuple[bool | None, str]:
+    """Whether CMI had something to fix: the zero arm's mean cmi_ratio over its runs > ``min_ratio`` (None: not
+    measured)."""
+    ratios = [r.cmi_ratio for r in runs if r.alpha == 0 and r.cmi_ratio is not None]
+    if not ratios:
+        return None, f"precondition (zero arm's cmi_ratio > {min_ratio:g}): not measured"
+    mean = sum(ratios) / len(ratios)
+    each = " / ".join(f"{x:.3f}" for x in ratios)
+    met = mean > min_ratio
+    return met, (f"precondition (zero arm's cmi_ratio > {min_ratio:g}): {'met' if met else 'NOT met'}, mean "
+                 f"{mean:.3f} ({each})")
+
+
 def plot(arms: dict[float, dict[int, Point]], path: Path, metric: str = METRIC) -> Path:
     """accuracy vs iteration, one line per arm, mean +- pooled std as error bars."""
     import matplotlib
@@ -341,9 +380,11 @@ def plot(arms: dict[float, dict[int, Point]], path: Path, metric: str = METRIC) 
     return path
 
 
-def report(root: Path, out: Path | None = None) -> dict[str, Any]:
-    """Load the runs under ``root``; write ``study.md`` (table + verdict) and ``study.png`` into ``out`` (default
-    ``root``). Returns {"helps", "verdict", "table", "files"}."""
+def report(root: Path, out: Path | None = None, min_ratio: float | None = None) -> dict[str, Any]:
+    """Load the runs under ``root``; write ``study.md`` (table + verdict, alpha along the run when measured) and
+    ``study.png`` into ``out`` (default ``root``). With ``min_ratio``, the precondition first: when the zero arm's
+    cmi_ratio is not above it, the verdict is that CMI had nothing to fix (the accuracies are not a test of CMI).
+    Returns {"helps", "verdict", "table", "files"}."""
     out = Path(out or root)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(Path(root))
@@ -352,8 +393,17 @@ def report(root: Path, out: Path | None = None) -> dict[str, Any]:
     arms = arm_curves(runs)
     iterations = max(r.iterations for r in runs)
     helps, line = verdict(runs, iterations)
+    pre = ""
+    if min_ratio is not None:
+        met, pre = precondition(runs, min_ratio)
+        if met is False:
+            helps, line = None, f"CMI had nothing to fix ({pre}); by the rule the accuracies would say: {line}"
+        pre = f"{pre}\n\n"
     table = table_md(runs, arms)
     detail = "".join(f"\n- {c}" for c in clauses(runs, iterations))
-    (out / "study.md").write_text(f"{table}\n\nVerdict (the rule of 2026-12-06, docs/cmi.md): {line}\n{detail}\n")
+    calib = calib_md(runs)
+    calib = f"\nalpha along the run (realised alpha = lam * g_CMI / g_DD, history.json calib):\n\n{calib}\n" if calib else ""
+    (out / "study.md").write_text(f"{table}\n\n{pre}Verdict (the rule of 2026-12-06, docs/cmi.md): {line}\n{detail}\n"
+                                  f"{calib}")
     files = [out / "study.md", plot(arms, out / "study.png")]
     return {"helps": helps, "verdict": line, "table": table, "files": [str(f) for f in files]}
