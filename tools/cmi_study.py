@@ -5,6 +5,7 @@
         --alphas 0,0.05 --seeds 0,1,2
     python tools/cmi_study.py report runs/study-cmi-digits [--out docs/results/cmi_study_digits]
     python tools/cmi_study.py reverdict docs/results/cmi_study_digits/README.md   # the rule on a published table
+    python tools/cmi_study.py progress runs/study-cmi-noise --steps 100,250,500,1000   # unfinished arms, from logs
 
 ``run``: pre-trains the proxy set once, then ``cmidd run JOB`` per arm, ``--parallel`` at a time (one torch thread
 each): alpha in ``--alphas`` with seed 0, then (unless ``--no-repeat``) the zero arm and the best alpha (by final
@@ -91,6 +92,28 @@ def runs_from_table(text: str) -> list[StudyRun]:
     return sorted(runs, key=lambda r: (r.alpha, r.seed))
 
 
+def progress(roots: list[Path], steps: list[int]) -> str:
+    """Per arm log (``alpha<a>-s<k>.log`` under each root), finished or not: the last iteration logged, the
+    accuracy (mean of the eval seeds logged, %) at each evaluation so far (in order: ``steps``) and the realised
+    alpha at each measurement logged (first, at 100, 250, 500 and the last)."""
+    import re
+
+    rows = ["| run | iteration | " + " | ".join(f"@ {s}" for s in steps) + " | realised alpha (iteration: value) |",
+            "|---|---|" + "---|" * len(steps) + "---|"]
+    for log in sorted(f for root in roots for f in Path(root).glob("alpha*-s*.log")):
+        text = log.read_text()
+        its = re.findall(r"it (\d+)/(\d+) ", text)
+        accs = [sum(map(float, a.split())) / len(a.split())
+                for a in re.findall(r"eval \S+, \d+ seeds trained by [^:\n]*: acc ([\d. ]+)", text)]
+        cal = [(int(i), float(r)) for i, r in re.findall(r"cmi at iteration (\d+): .* realised alpha ([\d.e+-]+)", text)]
+        pick = [c for c in cal if c[0] in (0, 100, 250, 500)] + cal[-1:]
+        cells = [log.stem, its[-1][0] if its else "0", *(f"{100 * a:.2f}" for a in accs[:len(steps)]),
+                 *(["-"] * (len(steps) - min(len(accs), len(steps)))),
+                 ", ".join(f"{i}: {r:.3g}" for i, r in dict(pick).items()) or "-"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -113,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="the zero arm's cmi_ratio must exceed this, else CMI had nothing to fix (e.g. 1.1)")
     rv = sub.add_parser("reverdict")
     rv.add_argument("table", type=Path)
+    pg = sub.add_parser("progress")
+    pg.add_argument("roots", type=Path, nargs="+")
+    pg.add_argument("--steps", default="100,250,500,1000")
     args = p.parse_args(argv)
+    if args.cmd == "progress":
+        print(progress(args.roots, [int(s) for s in args.steps.split(",")]))
+        return 0
     if args.cmd == "reverdict":
         runs = runs_from_table(args.table.read_text())
         iterations = max(r.iterations for r in runs)
