@@ -100,7 +100,7 @@ def progress(roots: list[Path], steps: list[int]) -> str:
 
     rows = ["| run | iteration | " + " | ".join(f"@ {s}" for s in steps) + " | realised alpha (iteration: value) |",
             "|---|---|" + "---|" * len(steps) + "---|"]
-    for log in sorted(f for root in roots for f in Path(root).glob("alpha*-s*.log")):
+    for log in sorted(f for root in roots for f in Path(root).glob("alpha*-s*.log") if f.is_file()):
         text = log.read_text()
         its = re.findall(r"it (\d+)/(\d+) ", text)
         accs = [sum(map(float, a.split())) / len(a.split())
