@@ -92,6 +92,30 @@ def runs_from_table(text: str) -> list[StudyRun]:
     return sorted(runs, key=lambda r: (r.alpha, r.seed))
 
 
+def runs_from_logs(roots: list[Path], steps: list[int], iterations: int) -> list[StudyRun]:
+    """Each arm's evaluations so far, from its log (``progress``), as runs (eval-seed std from the logged
+    accuracies; cmi_ratio from result.json when the run has finished): an interim verdict of a study cut short."""
+    import json
+    import math
+    import re
+
+    out = []
+    for log in sorted(f for root in roots for f in Path(root).glob("alpha*-s*.log") if f.is_file()):
+        m = re.fullmatch(r"alpha([\d.]+)-s(\d+)", log.stem)
+        accs = [[float(a) for a in g.split()]
+                for g in re.findall(r"eval \S+, \d+ seeds trained by [^:\n]*: acc ([\d. ]+)", log.read_text())]
+        curve = {}
+        for step, a in zip(steps, accs):
+            mean = sum(a) / len(a)
+            curve[step] = (mean, math.sqrt(sum((x - mean) ** 2 for x in a) / len(a)))
+        res = log.with_suffix("") / "result.json"
+        ratio = json.loads(res.read_text())["metrics"].get("cmi_ratio") if res.is_file() else None
+        if m and curve:
+            out.append(StudyRun(log.with_suffix(""), float(m.group(1)), int(m.group(2)), 0.0, iterations, curve,
+                                ratio))
+    return sorted(out, key=lambda r: (r.alpha, r.seed))
+
+
 def progress(roots: list[Path], steps: list[int]) -> str:
     """Per arm log (``alpha<a>-s<k>.log`` under each root), finished or not: the last iteration logged, the
     accuracy (mean of the eval seeds logged, %) at each evaluation so far (in order: ``steps``) and the realised
@@ -141,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--steps", default="100,250,500,1000")
     args = p.parse_args(argv)
     if args.cmd == "progress":
-        print(progress(args.roots, [int(s) for s in args.steps.split(",")]))
+        steps = [int(s) for s in args.steps.split(",")]
+        print(progress(args.roots, steps))
+        runs = runs_from_logs(args.roots, steps, max(steps))
+        if runs:
+            print(f"\nInterim verdict on the checkpoints reached so far, paired where both arms have them (the rule of 2026-12-06): "
+                  f"{verdict(runs, max(steps))[1]}")
+            print("\n".join(f"- {c}" for c in clauses(runs, max(steps))))
         return 0
     if args.cmd == "reverdict":
         runs = runs_from_table(args.table.read_text())
