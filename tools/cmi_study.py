@@ -116,6 +116,29 @@ def runs_from_logs(roots: list[Path], steps: list[int], iterations: int) -> list
     return sorted(out, key=lambda r: (r.alpha, r.seed))
 
 
+def calib_from_logs(roots: list[Path], every: int = 100) -> str:
+    """alpha along the run, from the alpha arms' logs: at iteration 0 and every ``every`` iterations, g_DD,
+    g_CMI, lambda and the realised alpha (lambda * g_CMI / g_DD), and lambda_0 * g_CMI / g_DD: the alpha the
+    initial lambda alone would have given at those images (without recalibration; the images themselves are the
+    recalibrated run's, so this is an estimate)."""
+    import re
+
+    pat = (r"cmi at iteration (\d+): g_DD ([\d.e+-]+), g_CMI ([\d.e+-]+), lambda ([\d.e+-]+) -> realised alpha "
+           r"([\d.e+-]+)")
+    rows = ["| run | iteration | g_DD | g_CMI | lambda | realised alpha | lambda_0 x g_CMI / g_DD |",
+            "|---|---|---|---|---|---|---|"]
+    for log in sorted(f for root in roots for f in Path(root).glob("alpha*-s*.log") if f.is_file()):
+        found = [tuple(map(float, m)) for m in re.findall(pat, log.read_text())]
+        if not found:
+            continue
+        lam0 = found[0][3]
+        for it, dd, cm, lam, real in found:
+            if int(it) % every == 0 or (it, dd, cm, lam, real) == found[-1]:
+                rows.append(f"| {log.stem} | {int(it)} | {dd:.3g} | {cm:.3g} | {lam:.3g} | {real:.3g} | "
+                            f"{lam0 * cm / dd:.3g} |")
+    return "\n".join(rows)
+
+
 def progress(roots: list[Path], steps: list[int]) -> str:
     """Per arm log (``alpha<a>-s<k>.log`` under each root), finished or not: the last iteration logged, the
     accuracy (mean of the eval seeds logged, %) at each evaluation so far (in order: ``steps``) and the realised
@@ -167,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "progress":
         steps = [int(s) for s in args.steps.split(",")]
         print(progress(args.roots, steps))
+        print("\n" + calib_from_logs(args.roots))
         runs = runs_from_logs(args.roots, steps, max(steps))
         if runs:
             print(f"\nInterim verdict on the checkpoints reached so far, paired where both arms have them (the rule of 2026-12-06): "
