@@ -172,3 +172,45 @@ def test_precondition_and_alpha_along_the_run_in_the_report(tmp_path):
                         "lambda first -> last |")
     assert lines[2] == "| alpha 0.05, seed 0 | 0.05 | 0.24 | 0.24 | 0.24 | 0.24 | 0.1 | 10 -> 0.1 | 0.004 -> 0.001 | 125 -> 10 |"
     assert calib_md(runs[:2]) == ""
+
+
+def _tool():
+    import importlib
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        return importlib.import_module("cmi_study"), root
+    finally:
+        sys.path.remove(str(root / "tools"))
+
+
+def test_reverdict_reads_the_published_per_run_table():
+    """tools/cmi_study.py reverdict: the README's per-run table gives the runs above, and so the same verdict."""
+    tool, root = _tool()
+    runs = tool.runs_from_table((root / "docs/results/cmi_study_digits/README.md").read_text())
+    assert {(r.alpha, r.seed): tuple(round(100 * r.curve[s][0], 2) for s in (500, 1000, 1500, 2000))
+            for r in runs} == DIGITS_2026_12_05
+    assert verdict(runs, 2000)[1].startswith("CMI does not help: no effect >= 6.06 pt detectable")
+
+
+def test_progress_reads_unfinished_arms_from_their_logs(tmp_path):
+    """tools/cmi_study.py progress: evaluations so far (mean of the logged eval seeds) and the realised alpha."""
+    tool, _ = _tool()
+    (tmp_path / "alpha0-s0.log").write_text(
+        "[cmidd] it 100/1000 loss_dd 1.0 (0.5 s/it), elapsed 1s, left ~1s\n"
+        "[cmidd] eval ConvNetD2, 3 seeds trained by loop (eval.batched=auto on cpu): acc 0.9000 0.9100 0.9200\n"
+        "[cmidd] it 250/1000 loss_dd 1.0 (0.5 s/it), elapsed 1s, left ~1s\n")
+    (tmp_path / "alpha0.05-s0.log").write_text(
+        "[cmidd] cmi at iteration 0: g_DD 10, g_CMI 0.002, lambda 250 -> realised alpha 0.05\n"
+        "[cmidd] it 100/1000 loss_dd 1.0 (0.5 s/it), elapsed 1s, left ~1s\n"
+        "[cmidd] eval ConvNetD2, 3 seeds trained by loop (eval.batched=auto on cpu): acc 0.9300 0.9300 0.9300\n"
+        "[cmidd] cmi at iteration 100: g_DD 0.5, g_CMI 0.0002, lambda 200 -> realised alpha 0.08 (recalibrated)\n")
+    table = tool.progress([tmp_path], [100, 250, 500, 1000]).splitlines()
+    assert table[2] == "| alpha0-s0 | 250 | 91.00 | - | - | - | - |"
+    assert table[3] == "| alpha0.05-s0 | 100 | 93.00 | - | - | - | 0: 0.05, 100: 0.08 |"
+    runs = tool.runs_from_logs([tmp_path], [100, 250, 500, 1000], 1000)
+    assert [(r.alpha, r.curve[100][0]) for r in runs] == [(0.0, pytest.approx(0.91)), (0.05, pytest.approx(0.93))]
+    calib = tool.calib_from_logs([tmp_path]).splitlines()
+    assert calib[3] == "| alpha0.05-s0 | 100 | 0.5 | 0.0002 | 200 | 0.08 | 0.1 |"  # 250 x 0.0002 / 0.5
