@@ -354,7 +354,7 @@ def test_the_loops_initial_real_set_is_the_random_real_baseline(digits):
 
 
 def test_recalibrate_every_rules(tmp_path):
-    with pytest.raises(ConfigError, match=r"cmi.recalibrate_every > 0 needs cmi.alpha > 0.*alpha=0"):
+    with pytest.raises(ConfigError, match=r"cmi.recalibrate_every > 0 needs cmi.alpha > 0.*lam=5, alpha=0"):
         parse_job(tiny_distill(tmp_path, cmi__lam=5.0, cmi__recalibrate_every=2), "job.yaml")
     with pytest.raises(ConfigError, match=r"recalibrate_every is implemented for method dm on one worker.*'gm'"):
         parse_job(tiny_distill(tmp_path, method__name="gm", cmi__alpha=0.1, cmi__recalibrate_every=2), "job.yaml")
@@ -403,3 +403,58 @@ def test_ipc1_reports_lambda_zero_because_cmi_vanishes(tmp_path, digits):
         with pytest.warns(UserWarning, match=r"ipc=1: .*cmi.lam \(alpha\) has no effect"):
             synset, _ = distill(job, digits, [proxy])
         assert synset.meta["lam"] == 0.0
+
+
+# -- alpha along the run (cmi.measure_every) -------------------------------------------------------------------
+
+
+def test_measurement_records_the_brute_force_norms_and_changes_nothing(tmp_path, digits):
+    """measure_every 2 over 3 iterations: measurements at 0 and 2, each the image-gradient norms by hand at the
+    images before that iteration's update (iteration it's net, the recalibration stream's batch), the realised
+    alpha lam * g_CMI / g_DD; the set is bit-identical to an unmeasured run (the measurement draws from its own
+    generator), and the step metrics carry the same numbers."""
+    from cmidd.distill import MEASURED, RECAL_STREAM
+
+    proxy = _proxy("ConvNetD1", width=16)
+    base = {"ipc": 3, "method__iterations": 3, "cmi__alpha": 0.3, "cmi__calibrate_draws": 1}
+    job = parse_job(tiny_distill(tmp_path, **base, cmi__measure_every=2))
+    lam = effective_lambda(job, digits, [proxy])
+    hooks = stop_at(99)
+    measured, hist = distill(job, digits, [proxy], hooks=hooks)
+    plain, _ = distill(parse_job(tiny_distill(tmp_path, **base)), digits, [proxy])
+    assert measured.sha256() == plain.sha256()
+    assert [c["step"] for c in hist.calib] == [0, 2]
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    for c in hist.calib:
+        if c["step"] == 0:
+            x0, y = pool.random_init(job.ipc, torch.Generator().manual_seed(job.seed))
+        else:
+            two, _ = distill(parse_job(tiny_distill(tmp_path, ipc=3, method__iterations=2, cmi__lam=lam)), digits,
+                             [proxy])
+            x0, y = two.images, two.labels
+        m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
+        m.begin_iteration(iteration_generator(job.seed, c["step"]))
+        gen = iteration_generator(job.seed, RECAL_STREAM + c["step"])
+        x = x0.clone().requires_grad_(True)
+        g_dd = float(torch.autograd.grad(m.loss(x, y, gen), x)[0].norm())
+        x = x0.clone().requires_grad_(True)
+        g_cmi = float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), y, 10), x)[0].norm())
+        assert (c["g_dd"], c["g_cmi"]) == pytest.approx((g_dd, g_cmi), rel=1e-5)
+        assert c["lam"] == pytest.approx(lam) and c["alpha_realised"] == pytest.approx(lam * g_cmi / g_dd, rel=1e-5)
+        assert [hooks.seen[c["step"]][k] for k in MEASURED] == pytest.approx([c["g_dd"], c["g_cmi"],
+                                                                             c["alpha_realised"]])
+    assert hist.calib[0]["alpha_realised"] != pytest.approx(hist.calib[1]["alpha_realised"], rel=1e-3)
+    assert not any(MEASURED[0] in m for i, m in enumerate(hooks.seen) if i not in (0, 2))
+
+
+def test_measure_and_recalibrate_are_no_ops_with_cmi_off_and_eval_at_adds_checkpoints(tmp_path, digits):
+    """A study's zero arm shares its job file: recalibrate_every / measure_every with lam = alpha = 0 run plain DM
+    (nothing measured, no lambda curve); eval.at evaluates at those iterations beside eval.every."""
+    job = parse_job(tiny_distill(tmp_path, method__iterations=5, cmi__recalibrate_every=2, cmi__measure_every=2,
+                                 eval__every=2, eval__at=[3]))
+    hooks = stop_at(99)
+    _, hist = distill(job, digits)
+    assert hist.calib == [] and not any(LAM_KEY in m for m in hooks.seen)
+    assert [e["step"] for e in hist.evals] == [2, 3, 4]
+    with pytest.raises(ConfigError, match=r"cmi.measure_every is implemented on one worker only"):
+        parse_job(tiny_distill(tmp_path, cmi__alpha=0.1, cmi__measure_every=2, scaling={"workers": 2}))

@@ -250,3 +250,44 @@ def test_experts_job_is_tracked_and_registered(tmp_path, digits):
     assert {a.path for a in client.list_artifacts(run.run_id, "experts")} >= {"experts/manifest.json",
                                                                               "experts/expert_000.pt"}
     assert len(load(tmp_path / "experts", job.net, digits)) == 2
+
+
+def test_idc_alpha_is_calibrated_on_the_class_steps_pull_brute_force(tmp_path, digits):
+    """alpha for IDC: lambda = alpha * g_DD / g_CMI with both norms those of the class steps (the root of the summed
+    squared norms of class c's DD-term and class c's own-CMI image gradients, drawn in class order), by hand at the
+    initial stored images (multi-formation factor 2). The whole-set CMI's gradient is 1/C of the class steps', so the
+    whole-set calibration (the code before 2026-12-06) gave a lambda about C = 10 times larger."""
+    from cmidd.cmi import cmi_emp, proxy_log_probs
+    from cmidd.data import RealPool
+    from cmidd.distill import effective_lambda, iteration_generator
+    from cmidd.formation import decode, init_stored
+    from cmidd.methods import MethodContext, build_method
+
+    torch.manual_seed(0)
+    proxy = create_net("ConvNetD1", 1, 10, 8, width=8).eval().requires_grad_(False)
+    job = parse_job(tiny_distill(tmp_path, method__name="idc", method__factor=2, method__outer_loop=1,
+                                 method__inner_loop=1, method__iterations=1, cmi__alpha=0.2, cmi__calibrate_draws=2))
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    stored, labels = init_stored(pool, job.ipc, 2, torch.Generator().manual_seed(job.seed))
+    m = build_method(MethodContext(job.method, job.net, pool, 1, 10, 8, torch.device("cpu")))
+    by_class, whole = [], []
+    for draw in range(2):
+        gen = iteration_generator(job.seed, draw)
+        m.begin_iteration(gen)
+        dd2 = cmi2 = 0.0
+        for c in range(10):
+            s = stored.clone().requires_grad_(True)
+            x, y = decode(s, labels, 2)
+            dd2 += float(torch.autograd.grad(m.loss(x, y, gen, [c]), s)[0].norm()) ** 2
+            torch.randperm(1, generator=gen)  # the random aggregator's draw of its (only) proxy
+            s = stored.clone().requires_grad_(True)
+            x, y = decode(s, labels, 2)
+            cmi2 += float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x[y == c]), y[y == c], 10), s)[0]
+                          .norm()) ** 2
+        by_class.append((dd2**0.5, cmi2**0.5))
+        s = stored.clone().requires_grad_(True)
+        x, y = decode(s, labels, 2)
+        whole.append(float(torch.autograd.grad(cmi_emp(proxy_log_probs(proxy, x), y, 10), s)[0].norm()))
+    g_dd, g_cmi = (sum(v[i] for v in by_class) / 2 for i in (0, 1))
+    assert effective_lambda(job, digits, [proxy]) == pytest.approx(0.2 * g_dd / g_cmi, rel=1e-5)
+    assert g_cmi == pytest.approx(10 * sum(whole) / 2, rel=1e-5)  # class c's own CMI: C x its share of the whole's

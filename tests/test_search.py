@@ -194,21 +194,28 @@ def test_study_summary_and_plots_degenerate_cases(tmp_path):
 
 
 @pytest.mark.parametrize("z_acc, z_std, c_std, verdict", [
-    (0.90, 0.01, 0.01, "beats lambda = 0 by more than the seed spread"),
-    (0.90, 0.03, 0.01, "is within the seed spread"),
-    (0.96, 0.01, 0.01, "is worse than lambda = 0 by more than the seed spread"),
+    # 3 eval seeds: SE = sqrt(z_std^2 / 2 + c_std^2 / 2); best of 2 lambda > 0 trials: t(1 - 0.025 / 2, 4 df) = 3.50
+    (0.90, 0.005, 0.005, ", so lambda > 0 beats lambda = 0 (>= 0.5 pt and > 3.50 x SE 0.0050"),
+    (0.90, 0.01, 0.01, ": no effect >= 0.0434 detectable (>= 0.5 pt and > 3.50 x SE 0.0100"),  # +3 pt < 3.5 pt
+    (0.90, 0.03, 0.01, ": no effect >= 0.0969 detectable (>= 0.5 pt and > 3.50 x SE 0.0224"),
+    (0.96, 0.005, 0.005, ", so lambda > 0 is worse than lambda = 0 (>= 0.5 pt and > 3.50 x SE 0.0050"),
+    (0.925, 0.0001, 0.0001, ": no effect >= 0.0050 detectable"),  # +0.5 pt - 1e-12: under the 0.5 pt floor
 ])
 def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc, z_std, c_std, verdict):
     from cmidd.search_report import summary_table, zero_arm_verdict
 
     cfg = load_search(write(tmp_path, space(tmp_path)))
-
+    three = {"eval.num_eval": 3}
     rows = [{**_row("z", "finished", z_acc, 5.0, on=False), "std": z_std},
-            {**_row("c", "finished", 0.93, 700.0), "std": c_std},
+            {**_row("c", "finished", 0.93 - (1e-12 if z_acc == 0.925 else 0), 700.0), "std": c_std},
             {**_row("w", "finished", 0.80, 9000.0), "std": 0.0},
             {**_row("s", "stopped", 0.99, 100.0), "std": 0.0}]  # stopped: not a finished arm
+    rows = [{**r, "params": {**r["params"], **three}} for r in rows]
     line = zero_arm_verdict({"trials": rows}, cfg)
-    assert f"lambda > 0 {verdict}" in line and "(700)" in line and f"{0.93 - z_acc:+.4f}" in line
+    assert verdict in line and "(700)" in line and f"{0.93 - z_acc:+.4f}" in line
+    assert "eval seeds only (one distillation per trial); best of 2 lambda > 0 trials, Bonferroni" in line
+    one = [{**r, "params": {**r["params"], "eval.num_eval": 1}} for r in rows]
+    assert zero_arm_verdict({"trials": one}, cfg).endswith(": cannot weigh it: one eval seed per trial, so no spread")
     assert zero_arm_verdict({"trials": rows[1:]}, cfg) == (  # no lambda = 0 trial: it says why
         "zero arm: cannot decide: no lambda = 0 trial finished (none ran: the space has no zero_arm and the base "
         "job's CMI is on)")

@@ -53,6 +53,9 @@ class History:
     cmi: list[float] = field(default_factory=list)  # NaN where CMI was not computed
     loss_total: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)  # each with its "step"
+    # CMI's pull along the run (cmi.measure_every / recalibrate_every): {"step", "g_dd", "g_cmi", "lam",
+    # "alpha_realised"} measured at the images before iteration "step"'s update, "lam" the weight that update used
+    calib: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
     def append(self, step: int, m: dict[str, float]) -> None:
@@ -149,11 +152,11 @@ def distill(
         # -- one iteration: the method draws its net / batches, then steps_per_iteration image updates ------
         gen = iteration_generator(job.seed, it)
         run.method.begin_iteration(gen)
-        _maybe_recalibrate(run, it)
+        measured = _maybe_recalibrate(run, it)
         steps = [_image_step(run, it, gen) for _ in range(run.method.steps_per_iteration)]
         # -- record, report, evaluate, checkpoint ---------------------------------------------------------
-        step, metrics = it + 1, _mean_metrics(steps)
-        if job.cmi.recalibrate_every:
+        step, metrics = it + 1, _mean_metrics(steps) | measured
+        if job.cmi.recalibrate_every and run.reg is not None:
             metrics[LAM_KEY] = run.lam  # its curve (MLflow); the final value is the result's
         run.history.append(step, metrics)
         run.hooks.on_step(step, metrics)
@@ -214,7 +217,14 @@ def gradient_norms(job: DistillJob, data: Dataset, proxies: list[nn.Module], dra
 
 
 def _norms_here(run: _Run, gen: torch.Generator) -> tuple[float, float]:
-    """Image-gradient norms of the DD loss (the method's current net) and of the CMI at the current images."""
+    """Image-gradient norms of the DD loss (the method's current net) and of the CMI at the current images, as
+    the loop's image steps apply them: one step on both terms (``_norms_whole``), or, for a class-by-class method
+    (IDC), one step per class on class c's DD term and class c's own CMI (``_norms_by_class``)."""
+    return (_norms_by_class if run.method.class_by_class else _norms_whole)(run, gen)
+
+
+def _norms_whole(run: _Run, gen: torch.Generator) -> tuple[float, float]:
+    """Norms of the gradients of the whole DD loss and of the whole set's CMI (the mean KL over all images)."""
     x, y = decode(run.syn, run.labels, run.job.method.factor)
     (grad,) = torch.autograd.grad(run.method.loss(x, y, gen), run.syn)
     g_dd = float(grad.norm())
@@ -222,21 +232,55 @@ def _norms_here(run: _Run, gen: torch.Generator) -> tuple[float, float]:
     return g_dd, float(grad.norm())
 
 
+def _norms_by_class(run: _Run, gen: torch.Generator) -> tuple[float, float]:
+    """The root of the summed squared norms, over the classes in order, of the gradients of class c's DD term
+    and of class c's CMI alone (its mean KL to its own centroid), each drawn from ``gen`` as the loop's class
+    steps draw them, at the same images.
+
+    Class c's CMI is C times its share of the whole set's (a mean over its ipc images instead of over all C x ipc),
+    so a lambda balanced on the whole-set norms (``_norms_whole``) pulled each class step about C times harder
+    than alpha says (measured on digits in docs/cmi.md); balanced on these, alpha means the same for IDC as for
+    DM."""
+    x, y = decode(run.syn, run.labels, run.job.method.factor)
+    dd2 = cmi2 = 0.0
+    for c in range(run.data.num_classes):
+        (grad,) = torch.autograd.grad(run.method.loss(x, y, gen, [c]), run.syn)
+        dd2 += float(grad.norm()) ** 2
+        (grad,) = torch.autograd.grad(run.reg(x[y == c], y[y == c], gen, groups=1), run.syn)
+        cmi2 += float(grad.norm()) ** 2
+    return math.sqrt(dd2), math.sqrt(cmi2)
+
+
 RECAL_STREAM = 1 << 40  # recalibration draws come from iteration_generator(seed, RECAL_STREAM + it): the step's own
 #                         generator is left untouched
 
 
-def _maybe_recalibrate(run: _Run, it: int) -> None:
+MEASURED = ("cmi.g_dd", "cmi.g_cmi", "cmi.alpha_realised")  # the step metrics of a measurement (History.calib)
+
+
+def _maybe_recalibrate(run: _Run, it: int) -> dict[str, float]:
     """Every ``cmi.recalibrate_every`` iterations (not at 0, where the start's calibration holds): measure
     ``g_DD / g_CMI`` at the current images with this iteration's net and a batch and proxy of its own generator,
     then ``lam <- ema * lam + (1 - ema) * alpha * ratio``. A pure function of (seed, it, images, lam): the
-    checkpoint's lam makes resume exact."""
+    checkpoint's lam makes resume exact.
+
+    Every ``cmi.measure_every`` iterations (from 0) the same measurement, without changing lam. Each measurement
+    (either kind, one per iteration at most) is appended to ``History.calib`` with the realised alpha
+    ``lam * g_CMI / g_DD`` (lam: the weight this iteration's update uses) and returned as step metrics
+    (``MEASURED``); {} when nothing was measured."""
     cfg = run.job.cmi
-    if not cfg.recalibrate_every or it == 0 or it % cfg.recalibrate_every or run.reg is None or run.lam == 0:
-        return
+    recal = bool(cfg.recalibrate_every) and it > 0 and it % cfg.recalibrate_every == 0
+    measure = bool(cfg.measure_every) and it % cfg.measure_every == 0
+    if not (recal or measure) or run.reg is None or run.lam == 0:
+        return {}
     g_dd, g_cmi = _norms_here(run, iteration_generator(run.job.seed, RECAL_STREAM + it))
-    if g_cmi > 0:
+    if recal and g_cmi > 0:
         run.lam = cfg.recalibrate_ema * run.lam + (1 - cfg.recalibrate_ema) * cfg.alpha * g_dd / g_cmi
+    realised = run.lam * g_cmi / g_dd if g_dd > 0 else math.inf
+    run.history.calib.append({"step": it, "g_dd": g_dd, "g_cmi": g_cmi, "lam": run.lam, "alpha_realised": realised})
+    log.info("cmi at iteration %d: g_DD %.4g, g_CMI %.4g, lambda %.4g -> realised alpha %.4g%s", it, g_dd, g_cmi,
+             run.lam, realised, " (recalibrated)" if recal else "")
+    return dict(zip(MEASURED, (g_dd, g_cmi, realised)))
 
 
 def _setup(job: DistillJob, data: Dataset, proxies: list[nn.Module] | None, hooks: Hooks, workdir: Path | None,
@@ -356,7 +400,8 @@ def _evaluate_and_checkpoint(run: _Run, step: int, t0: float) -> None:
     """An intermediate evaluation every ``eval.every`` steps (main worker), a checkpoint every ``checkpoint_every``."""
     job, main = run.job, run.shard is None or run.shard.main
     syn, labels = run.syn, run.labels
-    if main and job.eval.every and step % job.eval.every == 0 and step < job.method.iterations:
+    due = (job.eval.every and step % job.eval.every == 0) or step in job.eval.at
+    if main and due and step < job.method.iterations:
         res = evaluate(*decode(syn.detach(), labels, job.method.factor), run.data, job.eval, job.seed, run.device)
         metrics = res.metrics() | ({LAM_KEY: run.lam} if job.cmi.on else {})  # a stopped trial's lambda, too
         run.hooks.on_eval(step, metrics)

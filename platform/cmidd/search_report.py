@@ -14,6 +14,7 @@ from typing import Any
 from .config import ZERO_ARM, SearchCfg
 from .lam import fmt_lam, lam_of
 from .names import CROSS_ARCH_MEAN
+from .study import MIN_GAIN, critical
 
 
 def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
@@ -129,8 +130,13 @@ def summary_table(summary: dict[str, Any], metric: str, cfg: SearchCfg | None = 
 
 def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
     """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
-    is within their seed spreads added (``std``); when an arm has no finished trial, the line says so and why
-    (none ran, or they were stopped early by ASHA / failed / pending)."""
+    shows no detectable effect, by the rule of ``cmidd.study`` (2026-12-06) as far as a search allows: the gap must
+    be >= 0.5 pt (an ``acc/`` metric) and > c standard errors, the SE from the two trials' eval-seed spreads
+    (``std``, a population std over ``eval.num_eval`` seeds), c the t quantile at one-sided 2.5% over the number of
+    lambda > 0 trials the best was picked from (Bonferroni: the best of N is biased upward), 2(k - 1) degrees of
+    freedom. One distillation per trial: the distillation seed's spread is not in the SE, so the line says so.
+    When an arm has no finished trial, the line says so and why (none ran, or they were stopped early by ASHA /
+    failed / pending)."""
     rows = summary["trials"]
     arm = {id(r): row_lam(cfg, r) == 0 for r in rows}
     done = [r for r in rows if r["state"] == "finished" and r["metric"] is not None]
@@ -144,11 +150,24 @@ def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
             for name, is_zero in missing)
     sign = 1.0 if cfg.search.mode == "max" else -1.0
     z, c = (max(a, key=lambda r: sign * r["metric"]) for a in (zero, cmi))
-    gap, spread = c["metric"] - z["metric"], (z.get("std") or 0.0) + (c.get("std") or 0.0)
-    verdict = ("beats lambda = 0 by more than" if sign * gap > spread else "is worse than lambda = 0 by more than"
-               if sign * gap < -spread else "is within")
-    return (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({fmt_lam(row_lam(cfg, c))}) "
-            f"{_pm(c)}: {gap:+.4f}, so lambda > 0 {verdict} the seed spread ({spread:.4f}, the two std added)")
+    gap = c["metric"] - z["metric"]
+    head = (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({fmt_lam(row_lam(cfg, c))}) "
+            f"{_pm(c)}: {gap:+.4f}")
+    k = {int(r["params"].get("eval.num_eval", cfg.base.eval.num_eval)) for r in (z, c)}
+    if min(k) < 2:
+        return f"{head}: cannot weigh it: one eval seed per trial, so no spread"
+    se = math.sqrt(sum((r.get("std") or 0.0) ** 2 / (int(r["params"].get("eval.num_eval", min(k))) - 1)
+                       for r in (z, c)))
+    floor = MIN_GAIN if cfg.search.metric.startswith("acc/") else 0.0
+    crit = critical(2 * min(k) - 1, len(cmi))  # 2(k - 1) degrees of freedom
+    how = (f"{'>= 0.5 pt and ' if floor else ''}> {crit:.2f} x SE {se:.4f}, eval seeds only (one distillation per "
+           f"trial); best of {len(cmi)} lambda > 0 trial{'s' if len(cmi) != 1 else ''}, Bonferroni")
+    if sign * gap >= floor and sign * gap > crit * se:
+        return f"{head}, so lambda > 0 beats lambda = 0 ({how})"
+    if -sign * gap >= floor and -sign * gap > crit * se:
+        return f"{head}, so lambda > 0 is worse than lambda = 0 ({how})"
+    x = max(floor, (crit + 0.84) * se)  # found with ~80% probability (SE taken as known)
+    return f"{head}: no effect >= {x:.4f} detectable ({how})"
 
 
 def _why(arm: list[dict[str, Any]], zero: bool) -> str:

@@ -94,6 +94,11 @@ class CMICfg(Cfg):
     # and smoothed: lam <- ema * lam + (1 - ema) * alpha * ratio (L_DD falls ~200x over a long run)
     recalibrate_every: Int = Field(default=0, ge=0)
     recalibrate_ema: Float = Field(default=0.9, ge=0, lt=1)
+    # every k iterations (0 = never; from iteration 0) g_DD and g_CMI are measured at the current images (one draw,
+    # as a recalibration does; a recalibration's own measurement is recorded without a second one) and recorded
+    # with the realised alpha = lam * g_CMI / g_DD (History.calib, metrics cmi.g_dd / cmi.g_cmi /
+    # cmi.alpha_realised). Both are no-ops while CMI is off (a study's zero arm shares its job file).
+    measure_every: Int = Field(default=0, ge=0)
     space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
     temperature: Float = Field(default=1.0, gt=0)
     agg: AggName = "random"  # random (paper) | mean over k sampled | max over k sampled
@@ -109,9 +114,10 @@ class CMICfg(Cfg):
         if self.lam > 0 and self.alpha > 0:
             raise ValueError(f"cmi.lam and cmi.alpha: at most one may be > 0 (alpha = scale-free lambda), but got "
                              f"lam={self.lam:g}, alpha={self.alpha:g}; set the other to 0")
-        if self.recalibrate_every and not self.alpha > 0:
-            raise ValueError(f"cmi.recalibrate_every > 0 needs cmi.alpha > 0 (a fixed cmi.lam is never recalibrated), "
-                             f"but got recalibrate_every={self.recalibrate_every}, alpha={self.alpha:g}")
+        if self.recalibrate_every and self.lam > 0:
+            raise ValueError(f"cmi.recalibrate_every > 0 needs cmi.alpha > 0 (a fixed cmi.lam is never recalibrated; "
+                             f"with CMI off it is a no-op), but got recalibrate_every={self.recalibrate_every}, "
+                             f"lam={self.lam:g}, alpha={self.alpha:g}")
         return self
 
     @property
@@ -164,6 +170,7 @@ class EvalCfg(Cfg):
     dsa_strategy: DsaStrategy = DSA_DEFAULT
     dsa_mode: DsaMode = "single"
     every: Int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
+    at: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=list)  # and at these iterations (beside every)
     baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
     ensemble: Bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
     ece_bins: Int = Field(default=15, ge=1)  # equal-width confidence bins of ece/ensemble
@@ -251,6 +258,9 @@ class DistillJob(_JobBase):
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
             )
+        if self.cmi.measure_every and self.scaling.workers > 1:
+            raise ValueError(f"cmi.measure_every is implemented on one worker only, but got "
+                             f"scaling.workers={self.scaling.workers}")
         if self.cmi.recalibrate_every and (m.name != "dm" or self.scaling.workers > 1):
             raise ValueError(f"cmi.recalibrate_every is implemented for method dm on one worker only, but got "
                              f"method.name={m.name!r}, scaling.workers={self.scaling.workers}")
