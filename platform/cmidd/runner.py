@@ -30,6 +30,7 @@ from .ensemble import check_combinable, combine_sets
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY
+from .outdir import owned
 from .registry import Registry
 from .synthetic import SyntheticSet
 
@@ -91,9 +92,12 @@ def check_job_data(job, data: Dataset) -> None:
         ensemble_sources(job, data)
 
 
-def check_resume_point(job, resume: bool) -> None:
+def check_resume_point(job, resume: bool) -> int | None:
     """With ``resume``, the job's checkpoint (if any) must be intact and of this config: checked before any
     other work (proxies, experts, an MLflow run), so a damaged one costs nothing and overwrites nothing.
+
+    Returns:
+        The step the job resumes from (the local checkpoint's), or None without one.
 
     Raises:
         IntegrityError: the checkpoint is damaged (one line naming the file).
@@ -101,7 +105,8 @@ def check_resume_point(job, resume: bool) -> None:
     """
     ckpt = job.output.dir / CHECKPOINT
     if resume and job.kind == "distill" and ckpt.is_file():
-        load_checkpoint(ckpt, job)
+        return int(load_checkpoint(ckpt, job)["step"])
+    return None
 
 
 def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None,
@@ -118,11 +123,15 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
 
     Returns:
         JobResult, also written to ``<output.dir>/result.json``.
+
+    Raises:
+        ConfigError: ``output.dir`` holds files cmidd did not write, or another job holds it (``cmidd.outdir``).
     """
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)
-    result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
-    (result.outdir / "result.json").write_text(json.dumps(strict(result.to_json()), indent=2, default=str))
+    with owned(job.output.dir):  # one job per folder, and only a folder of cmidd's (cmidd.outdir)
+        result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
+        (result.outdir / "result.json").write_text(json.dumps(strict(result.to_json()), indent=2, default=str))
     return result
 
 
