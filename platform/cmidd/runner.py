@@ -30,6 +30,7 @@ from .ensemble import check_combinable, combine_sets
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY
+from .memory import check_memory
 from .outdir import owned
 from .registry import Registry
 from .synthetic import SyntheticSet
@@ -78,16 +79,18 @@ def check_ipc(ipc: int, data: Dataset) -> None:
 
 def check_job_data(job, data: Dataset) -> None:
     """The machine- and data-dependent rules of a job (a CUDA device exists if asked for; IPC <= the smallest
-    class where a set of that IPC is drawn).
+    class where a set of that IPC is drawn; a distill job's estimated memory within the limit: ``cmidd.memory``).
 
     ``run_job`` checks them before anything is written; ``cmidd.tracking`` before a run is created.
 
     Raises:
         ConfigError: naming the field, the rule and the value (DataError for the data's rules).
     """
-    resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
+    device = resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
     if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
+    if job.kind == "distill":  # ipc x channels x size and net.width: refused before anything is allocated
+        check_memory(job, data.num_classes, data.channels, data.im_size, device.type)
     if job.kind == "ensemble":
         ensemble_sources(job, data)
 

@@ -98,6 +98,30 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
     return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
 
 
+def check_trial_resources(cfg: SearchCfg) -> None:
+    """One trial must fit the connected Ray cluster (its driver, and its Ray Train workers if any): Tune would
+    otherwise wait forever for resources that never come. Called before the search's parent run exists.
+
+    Raises:
+        ConfigError: naming the field (``resources.gpus``, ``resources.cpus``, ``base.scaling...``), what one
+            trial asks for and what the cluster has.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    driver = _trial_resources(cfg)
+    s = cfg.base.scaling
+    workers = s.workers if s.workers > 1 else 0
+    needs = {"cpus": (driver.get("cpu", 0.0) + workers * s.cpus_per_worker, cpus),
+             "gpus": (driver.get("gpu", 0.0) + (workers if s.use_gpu else 0), gpus)}
+    for what, (need, has) in needs.items():
+        if need > has + 1e-9:
+            field = f"resources.{what}" if not workers else f"base.scaling ({what})"
+            raise ConfigError(f"{field}: one trial needs {need:g} {what.upper()[:-1]}s, but the Ray cluster has "
+                              f"{has:g}; the search would wait forever: ask for fewer or run on a cluster that has them")
+
+
 def prepare_proxies(cfg: SearchCfg) -> None:
     """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it)."""
     if not cfg.base.cmi.on and not any(w in cfg.params for w in ("cmi.lam", "cmi.alpha")):
