@@ -98,17 +98,34 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
     return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus}
 
 
-def check_trial_resources(cfg: SearchCfg) -> None:
-    """One trial must fit the connected Ray cluster (its driver, and its Ray Train workers if any): Tune would
-    otherwise wait forever for resources that never come. Called before the search's parent run exists.
+def local_resources(address: str | None) -> dict[str, float] | None:
+    """The CPUs and GPUs of the new local Ray that ``connect(address)`` would start (known without starting it:
+    this machine's), or None when it would join a running Ray (then ask that cluster)."""
+    import ray
+
+    if ray.is_initialized() or address not in (None, "local") or (address is None and os.environ.get("RAY_ADDRESS")):
+        return None
+    import torch
+
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
+
+
+def check_trial_resources(cfg: SearchCfg, have: dict[str, float] | None = None) -> None:
+    """One trial must fit the Ray cluster (its driver, and its Ray Train workers if any): Tune would otherwise
+    wait forever for resources that never come. Called before the search's parent run exists.
+
+    Args:
+        cfg: the search.
+        have: the cluster's resources (``local_resources``); None = the connected cluster's.
 
     Raises:
         ConfigError: naming the field (``resources.gpus``, ``resources.cpus``, ``base.scaling...``), what one
             trial asks for and what the cluster has.
     """
-    import ray
+    if have is None:
+        import ray
 
-    have = ray.cluster_resources()
+        have = ray.cluster_resources()
     cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
     driver = _trial_resources(cfg)
     s = cfg.base.scaling
