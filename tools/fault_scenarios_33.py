@@ -150,7 +150,7 @@ def server_scenario(name: str, sig: int, budget: int = 20) -> None:
 
         local_step = torch.load(W / name / "checkpoint.pt", weights_only=True)["step"]
         hint = lines[-1].split("run: ", 1)[1].split()
-        rc, s2, err2, _ = cmidd(*hint[2:], env=env)
+        rc, s2, err2, _ = cmidd(*hint[1:], env=env)
         with sqlite3.connect(root / "server.db") as con:
             tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)).fetchall())
             status = con.execute("select status from runs where run_uuid=?", (run_id,)).fetchone()[0]
