@@ -44,7 +44,8 @@ def _claim(folder: Path, field: str) -> bool:
     """Create ``folder`` (or check it is ours) and mark it; True when this call created it."""
     if not is_ours(folder):
         raise ConfigError(f"{field}: {folder} holds files cmidd did not write (it carries no {MARKER}); cmidd "
-                          f"writes only into a folder it created: choose a new or empty folder")
+                          f"writes only into a folder it created: choose a new or empty folder (one an earlier "
+                          f"cmidd wrote: add the file {MARKER} to it)")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER
