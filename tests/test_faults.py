@@ -628,3 +628,36 @@ def test_hung_tracking_server_is_bounded_by_the_budget_then_resumed(tmp_path):
         except ProcessLookupError:
             pass
         _kill_group(server)
+
+
+def test_hooks_bound_a_hung_store_by_the_budget(tmp_path, monkeypatch):
+    """A store that accepts connections and never answers (a listening socket nobody reads: a stopped server):
+    MLflow calls time out (1 s per request, one retry), the outage counts from the start of the first hung call,
+    no call is started that could end past the budget, and ``flush`` gives up within the budget plus one step."""
+    import socket
+    import time
+
+    from cmidd.errors import TrackingOutage
+    from cmidd.tracking import MlflowHooks, client_for
+    from cmidd.tracking._bounds import call_bound_s
+
+    for name, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert call_bound_s() == 2.0
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel accepts connections; nobody ever reads or answers
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=5.0, retry_seconds=0.5,
+                            where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
+        t0 = time.monotonic()
+        step = 0
+        with pytest.raises(TrackingOutage, match=r"unreachable for [5-7] s \(budget 5 s"):
+            while True:  # the loop goes on (each step ~10 ms) until the budget is spent
+                step += 1
+                hooks.on_step(step, {"loss_dd": 1.0, "loss_total": 1.0})
+                time.sleep(0.01)
+        took = time.monotonic() - t0
+    assert 5.0 <= took < 5.0 + 2.0, took  # the budget, not (retries + 1) x timeouts x tries
+    assert step > 50  # the loop kept stepping between tries
