@@ -155,7 +155,8 @@ class EvalCfg(Cfg):
     archs: list[NetName] = Field(default_factory=lambda: ["ConvNet"], min_length=1)
     num_eval: Int = Field(default=3, ge=1, le=10_000)  # seeds per architecture
     epochs: Int = Field(default=300, ge=1, le=MAX_COUNT)
-    epochs_by_arch: dict[str, Annotated[Int, Field(ge=1, le=MAX_COUNT)]] = Field(default_factory=dict)  # per-arch override
+    # per-arch override
+    epochs_by_arch: dict[str, Annotated[Int, Field(ge=1, le=MAX_COUNT)]] = Field(default_factory=dict)
     lr: Float = Field(default=0.01, gt=0, le=100)
     lr_decay: Float = Field(default=0.1, gt=0, le=1)  # factor applied once, at half the epochs
     momentum: Float = Field(default=0.9, ge=0, lt=1)
@@ -212,7 +213,7 @@ class ScalingCfg(Cfg):
     workers: Int = Field(default=1, ge=1, le=1024)
     use_gpu: Bool = False
     cpus_per_worker: Float = Field(default=1.0, gt=0, le=1024)
-    max_failures: Int = Field(default=2, ge=0, le=1000)  # worker-group restarts (from the last checkpoint) before failing
+    max_failures: Int = Field(default=2, ge=0, le=1000)  # worker-group restarts (from the last checkpoint)
 
 
 class _JobBase(Cfg):
@@ -298,7 +299,8 @@ class EnsembleJob(_JobBase):
     (``cmidd ensemble`` fetches them from a search's top trials or from registered versions)."""
 
     kind: Literal["ensemble"] = "ensemble"
-    sets: list[UserPath] = Field(min_length=2, max_length=1000)  # folders with images.pt, labels.pt, manifest.json (verified)
+    # folders with images.pt, labels.pt, manifest.json (verified)
+    sets: list[UserPath] = Field(min_length=2, max_length=1000)
     sources: list[str] = []  # what each set is (runs:/<id>, <model>/<version>) for its meta and tags; default: sets
     mode: Literal["concat", "per-class-best"] = "concat"  # = cmidd.ensemble.SET_MODES
     eval: EvalCfg = EvalCfg()

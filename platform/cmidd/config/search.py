@@ -81,7 +81,8 @@ class SearchRunCfg(Cfg):
     """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget."""
 
     num_samples: Int = Field(default=8, ge=1, le=100_000)
-    max_concurrent_trials: Int = Field(default=1, ge=1, le=10_000)  # with a sqlite store the search forces 1 (see search.py)
+    # with a sqlite store the search forces 1 (see search.py)
+    max_concurrent_trials: Int = Field(default=1, ge=1, le=10_000)
     seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     metric: str = Field(default=CROSS_ARCH_MEAN, min_length=1)
     mode: Literal["max", "min"] = "max"

@@ -136,7 +136,8 @@ def check_trial_resources(cfg: SearchCfg, have: dict[str, float] | None = None) 
         if need > has + 1e-9:
             field = f"resources.{what}" if not workers else f"base.scaling ({what})"
             raise ConfigError(f"{field}: one trial needs {need:g} {what.upper()[:-1]}s, but the Ray cluster has "
-                              f"{has:g}; the search would wait forever: ask for fewer or run on a cluster that has them")
+                              f"{has:g}; the search would wait forever: ask for fewer or run on a cluster that "
+                              "has them")
 
 
 def prepare_proxies(cfg: SearchCfg) -> None:
