@@ -242,7 +242,8 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     Default: the version ``champion`` points at (the default protocol's champion); ``protocol`` (an id, a
     unique prefix, or ``default``) picks the champion of that protocol instead.
 
-    ``out`` must be empty, missing, or hold a previously pulled set (then it is replaced atomically).
+    ``out`` must be empty, missing, or hold a previously pulled set and nothing else (then it is replaced
+    atomically): a folder holding any file a pull did not write is refused, so nothing of the user's is deleted.
     A ``registry.json`` beside the set records where it came from.
 
     Returns:
@@ -251,7 +252,7 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     Raises:
         IntegrityError: a file is missing or does not match its sha256 (``out`` is left untouched).
         UnknownNameError: no such model, version or alias.
-        ConfigError: ``out`` holds something else; more than one of ``version``, ``alias``, ``protocol``.
+        ConfigError: ``out`` holds a file a pull did not write; more than one of ``version``, ``alias``, ``protocol``.
     """
     out = Path(out).expanduser()
     foreign = _not_pulled(out)
