@@ -639,12 +639,13 @@ def test_hooks_bound_a_hung_store_by_the_budget(tmp_path, monkeypatch):
 
     from cmidd.errors import TrackingOutage
     from cmidd.tracking import MlflowHooks, client_for
-    from cmidd.tracking._bounds import call_bound_s
+    from cmidd.tracking._bounds import call_bound_s, store_call_bound_s
 
     for name, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}.items():
         monkeypatch.setenv(name, value)
-    assert call_bound_s() == 2.0
+    assert call_bound_s() == 2.0 and store_call_bound_s("http://h:1") == 2.0
+    assert store_call_bound_s("sqlite:///m.db") == 0.0  # a local store's failed call is retried within the budget
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(16)  # the kernel accepts connections; nobody ever reads or answers

@@ -61,3 +61,9 @@ def call_bound_s() -> float:
     factor, jitter = num(BACKOFF_ENV, 2), num(JITTER_ENV, 1.0)
     sleeps = sum(factor * 2 ** (n - 1) for n in range(2, retries + 1)) + jitter * retries
     return (retries + 1) * timeout + sleeps
+
+
+def store_call_bound_s(uri: str) -> float:
+    """``call_bound_s()`` for an MLflow server (http, https); 0 for a local store (sqlite: no network to hang on,
+    so a failed call is retried whatever the HTTP variables say)."""
+    return call_bound_s() if uri.startswith(("http://", "https://")) else 0.0

@@ -57,12 +57,14 @@ class MlflowHooks(Hooks):
         flush_seconds: longest time a point waits in the buffer.
         skip_through: last step MLflow already has.
         slot: the checkpoint slot the run's tag currently names (the next upload goes to the other).
+        call_bound: the longest one MLflow call can take (``_bounds.store_call_bound_s``; None: the HTTP
+            variables' bound); no call is started during an outage with less of the budget left.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, inner: Hooks | None = None, flush_every: int = 50,
                  flush_seconds: float = 10.0, skip_through: int = 0, slot: str | None = None,
                  budget_s: float | None = None, retry_seconds: float = 5.0, where: str = "the MLflow store",
-                 resume_hint: str = "cmidd run JOB --resume"):
+                 resume_hint: str = "cmidd run JOB --resume", call_bound: float | None = None):
         self.client, self.run_id, self.inner = client, run_id, inner or Hooks()
         self.flush_every, self.flush_seconds, self.skip_through = flush_every, flush_seconds, skip_through
         self.slot = slot
@@ -75,6 +77,7 @@ class MlflowHooks(Hooks):
         self._down_since: float | None = None  # when the current outage began (None: the store answers)
         self._next_try = 0.0
         self._last_error: Exception | None = None
+        self.call_bound = call_bound_s() if call_bound is None else call_bound  # the longest one call can take
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.first_step is None:
@@ -123,7 +126,7 @@ class MlflowHooks(Hooks):
         """
         if self._down_since is not None:
             self._give_up_if_spent(None)
-            if (not force and time.monotonic() < self._next_try) or self._budget_left() < call_bound_s():
+            if (not force and time.monotonic() < self._next_try) or self._budget_left() < self.call_bound:
                 return False  # not yet; or a call now could end past the budget: wait for it to run out
         started = time.monotonic()
         try:

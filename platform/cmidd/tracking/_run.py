@@ -42,6 +42,7 @@ from ..outdir import owned
 from ..protocol import protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, check_resume_point, load_job_data, run_job
 from ..synthetic import content_sha256
+from ._bounds import store_call_bound_s
 from ._client import (SYNTHETIC, TAG_ERROR, client_for, end_run, log_metrics, log_params, metrics_at, mlflow_errors,
                       open_run, resolve_uri, set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -138,6 +139,7 @@ def _tracked(job, uri: str, resume_run_id: str | None, resume: bool, hooks: Hook
             with mlflow_errors():
                 log_data_input(client, run.run_id, job, data)
         hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot,
+                               call_bound=store_call_bound_s(uri),
                                where=f"MLflow store {uri}",
                                resume_hint=resume_hint or f"cmidd run JOB.yaml --resume --tracking-uri {uri}")
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data, loop=loop)
