@@ -341,7 +341,7 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
         _kill_group(server)
 
 
-def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_path):
+def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_path, monkeypatch):
     """MlflowHooks against a port nobody listens on: steps and checkpoints do not raise while the budget lasts
     (the points stay buffered, the checkpoint pending); ``flush`` gives up with TrackingOutage once it is spent."""
     import time
@@ -350,6 +350,8 @@ def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_
     from cmidd.synthetic import SyntheticSet
     from cmidd.tracking import MlflowHooks, client_for
 
+    for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER"):  # client_for sets them for this
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}", raising=False)  # process: gone again after the test
     url = f"http://127.0.0.1:{_free_port()}"
     hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=3.0, retry_seconds=0.5,
                         where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
@@ -584,8 +586,9 @@ def test_hung_tracking_server_is_bounded_by_the_budget_then_resumed(tmp_path):
         raw = tiny_distill(tmp_path, method__iterations=6000)
         raw["output"]["checkpoint_every"] = 50
         job = write_job(tmp_path, raw)
-        env = {**os.environ, "PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1",
-               "CMIDD_OUTAGE_BUDGET_S": str(budget)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}  # derived from the
+        env.update({"PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1",  # budget in the job's process (an
+                    "CMIDD_OUTAGE_BUDGET_S": str(budget)})  # in-process client_for of another test sets them here)
         env.pop("MLFLOW_TRACKING_URI", None)
         proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
