@@ -2,8 +2,9 @@
 exit code 2, nothing written (no output folder, no proxies, no ``mlflow.db``: so no MLflow run either).
 
 Each case runs the real ``cmidd`` entry point (``cmidd.cli.main``) in a fresh working folder, tracked on a sqlite
-store in that folder, and compares the folder before and after. ``CASES`` is the table the issue asked for (the
-39 malformed inputs of issue 28 and more); ``test_count`` keeps it from shrinking.
+store in that folder, and compares the folder before and after. ``CASES`` is the table the issues asked for (the
+39 malformed inputs of issue 28 and more: 82; issue 33's 67: YAML shape, declared ranges, paths, a user's or a busy
+output folder, memory, resources); ``test_count`` keeps it from shrinking.
 """
 
 from __future__ import annotations
