@@ -70,7 +70,7 @@ def test_set_override_and_run_writes_results(tmp_path, capsys):
 
 
 def test_runtime_failure_exit_1(tmp_path, capsys):
-    raw = tiny_distill(tmp_path, method__lr_img=1e30, method__iterations=20)
+    raw = tiny_distill(tmp_path, method__lr_img=1e6, method__iterations=20, net__norm="none")  # the largest lr_img
     assert main(["-q", "run", "--no-track", str(write_job(tmp_path, raw))]) == 1
     err = capsys.readouterr().err
     assert "loss became" in err

@@ -109,3 +109,82 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_job(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_job(tmp_path / "nope.yaml")
+
+
+def _models(model, seen=None):
+    """``model`` and every config model nested in its fields."""
+    import typing
+
+    from pydantic import BaseModel
+
+    seen = seen if seen is not None else {}
+    if model in seen:
+        return seen
+    seen[model] = None
+    for info in model.model_fields.values():
+        for arg in (info.annotation, *typing.get_args(info.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                _models(arg, seen)
+    return seen
+
+
+def test_every_number_has_a_declared_range():
+    """Issue 33: each int and float field of every job and search model has an upper bound (le/lt), so that a seed
+    of 2**70 or an lr of 1e308 is refused at load; and each bound is enforced."""
+    import typing
+
+    import annotated_types
+
+    from cmidd.config import JOB_MODELS, SearchCfg
+
+    models = {}
+    for m in (*JOB_MODELS.values(), SearchCfg):
+        models.update(_models(m))
+    unbounded, checked = [], 0
+    for model in models:
+        for name, info in model.model_fields.items():
+            kinds = {a for a in (info.annotation, *typing.get_args(info.annotation)) if a in (int, float)}
+            if not kinds:
+                continue
+            checked += 1
+            if not any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in info.metadata):
+                unbounded.append(f"{model.__name__}.{name}")
+    assert checked >= 60 and not unbounded, (checked, unbounded)
+
+
+def test_paths_are_expanded_and_checked(tmp_path, monkeypatch):
+    """``~`` is the home folder (not a folder named ``~``); empty, root and over-long paths are refused."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    raw = {"kind": "distill", "output": {"dir": "~/runs/x"}, "proxies": {"dir": "~/p"}, "data": {"root": "~/d"}}
+    job = parse_job(raw)
+    assert job.output.dir == tmp_path / "runs" / "x" and job.proxies.dir == tmp_path / "p"
+    assert job.data.root == tmp_path / "d"
+    for bad, needle in (("", "empty"), ("/", "filesystem root"), ("/tmp/../..", "filesystem root"),
+                        ("x" * 5000, "at most 1024 characters"), ("a/" + "b" * 256, "at most 255 bytes")):
+        with pytest.raises(ConfigError, match=f"output.dir: .*{needle}"):
+            parse_job({"kind": "distill", "output": {"dir": bad}}, "job.yaml")
+
+
+def test_yaml_shape_limits_accept_the_shipped_files_and_refuse_bombs(tmp_path):
+    """Every shipped job and space stays well inside the shape limits; an alias bomb and 10,000-deep nesting are
+    refused in well under a second (they hung or raised RecursionError before)."""
+    import time
+
+    from cmidd.config._load import MAX_DEPTH, MAX_VALUES, _check_shape
+
+    REPO = Path(__file__).resolve().parents[1]
+    for path in [*sorted((REPO / "jobs").glob("*.yaml")), *sorted((REPO / "search_spaces").glob("*.yaml"))]:
+        _check_shape(path.read_text(), str(path))  # raises if not
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=f"at most {MAX_VALUES:,} values"):
+        _check_shape(bomb, "bomb.yaml")
+    with pytest.raises(ConfigError, match=f"at most {MAX_DEPTH} mappings"):
+        _check_shape("x: " + "[" * 10000 + "]" * 10000, "deep.yaml")
+    assert time.perf_counter() - t0 < 5
+    # the expanded count is exact: 4 aliases of a 3-value list = 1 + 4 * 4 nodes, below the limit; a bomb just over
+    _check_shape("a: &a [1, 2, 3]\nb: [*a, *a, *a, *a]\n", "ok.yaml")
+    over = "a: &a [" + ", ".join(["1"] * 999) + "]\nb: [" + ", ".join(["*a"] * 100) + "]\n"
+    with pytest.raises(ConfigError, match="alias bomb"):
+        _check_shape(over, "over.yaml")

@@ -323,6 +323,7 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: ") and url in last and "--resume" in last and "unreachable" in last, err
         assert "Traceback" not in err, err
+        assert "Retrying" not in err and sum(x.startswith("error:") for x in err.splitlines()) == 1, err  # issue 33
         ckpt = tmp_path / "job" / CKPT
         assert read_checkpoint(ckpt)["step"] >= 50  # the local output is intact
         run_id = json.loads((tmp_path / "job" / "mlflow_run.json").read_text())["run_id"]
@@ -350,10 +351,10 @@ def test_hooks_keep_the_loop_going_through_an_outage_then_give_up_in_budget(tmp_
     from mlflow import MlflowClient
 
     from cmidd.tracking import MlflowHooks
-    from cmidd.tracking._client import HTTP_DEFAULTS
+    from cmidd.tracking._bounds import http_defaults
 
-    for name, value in HTTP_DEFAULTS.items():  # cmidd's bounds on one call (client_for sets them)
-        monkeypatch.setenv(name, value)
+    for name, value in http_defaults(3.0).items():  # cmidd's per-call bounds for this budget, as client_for sets
+        monkeypatch.setenv(name, value)  # them (a plain client would retry for minutes); gone after the test
     url = f"http://127.0.0.1:{_free_port()}"  # a plain client: client_for would refuse a server that is down
     hooks = MlflowHooks(MlflowClient(tracking_uri=url), "0" * 32, flush_every=1, budget_s=3.0, retry_seconds=0.5,
                         where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
@@ -460,3 +461,210 @@ def test_search_driver_sigkill_then_resume(tmp_path):
     trial_ids = [c.data.tags[TAG_TRIAL] for c in after]
     assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial: none duplicated, none lost
     assert all(c.info.status in ("FINISHED", "KILLED") for c in after)  # none left RUNNING
+
+
+# -- issue 33: output folders, a hung server ---------------------------------------------------------------------
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.slow
+def test_two_jobs_on_one_output_folder(tmp_path):
+    """Two ``cmidd run`` with the same ``output.dir``: the second exits 2 at once with one line naming the folder
+    and creates no MLflow run; the first finishes, its ``mlflow_run.json`` and run intact."""
+    import time
+
+    raw = tiny_distill(tmp_path, method__iterations=2000)
+    raw["output"]["checkpoint_every"] = 500
+    job = write_job(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    env = {**os.environ, "PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", uri],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = tmp_path / "job" / "mlflow_run.json"
+    deadline = time.monotonic() + 300
+    while not record.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    mine = json.loads(record.read_text())["run_id"]
+    second = cli("run", str(job), "--tracking-uri", uri, cwd=tmp_path)
+    still_running = first.poll() is None
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2, second.stderr
+    assert len(err) == 1 and "output.dir" in err[0] and str(tmp_path / "job") in err[0] and "in use" in err[0], err
+    assert still_running  # refused while the first job held the folder, not after it ended
+    assert [r for r, _ in runs_in(db)] == [mine]  # the second job created no run
+    _, ferr = first.communicate(timeout=600)
+    assert first.returncode == 0, ferr[-2000:]
+    assert json.loads(record.read_text())["run_id"] == mine and runs_in(db) == [(mine, "FINISHED")]
+    again = cli("run", str(job), "--tracking-uri", uri, "--set", "method.iterations=4", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # released when the first ended: the folder is cmidd's again
+
+
+@pytest.mark.slow
+def test_a_users_folder_is_never_written(tmp_path):
+    """``output.dir`` naming a folder of the user's (results of their own, a file under synthetic/): exit 2, one
+    line naming the folder, every file byte for byte as it was, no store created. Then ``cmidd pull --out``: into
+    a new folder it works and may be repeated (it replaces its own pull), but a folder holding a manifest.json and
+    a file of the user's is refused and left as it was."""
+    mine = tmp_path / "mine"
+    (mine / "synthetic").mkdir(parents=True)
+    (mine / "result.json").write_text('{"mine": true}')
+    (mine / "history.json").write_text("[1, 2, 3]")
+    (mine / "synthetic" / "notes.txt").write_text("my notes\n")
+    before = _tree_bytes(mine)
+    raw = tiny_distill(tmp_path, method__iterations=2)
+    raw["output"]["dir"] = str(mine)
+    job = write_job(tmp_path, raw)
+    db = tmp_path / "mlflow.db"
+    res = cli("run", str(job), "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1, res.stderr
+    assert str(mine) in err[0] and "did not write" in err[0] and str(job) in err[0], err
+    assert _tree_bytes(mine) == before and not db.exists()
+
+    raw["output"]["dir"] = str(tmp_path / "job")
+    write_job(tmp_path, raw)
+    assert cli("run", str(job), "--tracking-uri", f"sqlite:///{db}", cwd=tmp_path).returncode == 0
+    pull = ["pull", "--dataset", "digits", "--ipc", "2", "--tracking-uri", f"sqlite:///{db}", "--out"]
+    for _ in range(2):  # a new folder, then the same folder again (the pull's own files are replaced)
+        ok = cli(*pull, str(tmp_path / "pulled"), cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+    (mine / "manifest.json").write_text("{}")
+    before = _tree_bytes(mine)
+    res = cli(*pull, str(mine), cwd=tmp_path)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "--out" in err[0] and "did not write" in err[0], res.stderr
+    assert _tree_bytes(mine) == before
+    (tmp_path / "pulled" / "mine.txt").write_text("added by the user\n")  # a pulled folder the user added to
+    before = _tree_bytes(tmp_path / "pulled")
+    res = cli(*pull, str(tmp_path / "pulled"), cwd=tmp_path)
+    assert res.returncode == 2 and "mine.txt" in res.stderr, res.stderr
+    assert _tree_bytes(tmp_path / "pulled") == before
+
+
+@pytest.mark.slow
+def test_tilde_output_dir_is_the_home_folder(tmp_path):
+    """``output.dir: ~/runs/job`` writes under $HOME, not into a folder literally named ``~``."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    raw = tiny_distill(tmp_path, method__iterations=2)
+    raw["output"]["dir"] = "~/runs/job"
+    job = write_job(tmp_path, raw)
+    env = {**os.environ, "PYTHONPATH": str(PLATFORM), "HOME": str(home)}
+    res = subprocess.run([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--no-track"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (home / "runs" / "job" / "result.json").is_file() and not (work / "~").exists()
+
+
+def _server_tags(root: Path, run_id: str) -> dict[str, str]:
+    with sqlite3.connect(root / "server.db") as con:
+        return dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)).fetchall())
+
+
+@pytest.mark.slow
+def test_hung_tracking_server_is_bounded_by_the_budget_then_resumed(tmp_path):
+    """The mlflow server is SIGSTOPped mid-run (it hangs: connections are accepted, never answered). The job gives
+    up within the budget (10 s) plus the time to its next MLflow call, with one ``error:`` line and no urllib3
+    retry chatter; with the server resumed, the printed command finishes the same run, and its
+    ``cmidd.resumed_from_step`` tag is the local checkpoint's step (newer than the server's)."""
+    import signal
+    import time
+
+    from cmidd.checkpoint import read_checkpoint
+
+    root = tmp_path / "server"
+    root.mkdir()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _start_server(root, port)
+    budget = 10
+    try:
+        raw = tiny_distill(tmp_path, method__iterations=6000)
+        raw["output"]["checkpoint_every"] = 50
+        job = write_job(tmp_path, raw)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}  # derived from the
+        env.update({"PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1",  # budget in the job's process (an
+                    "CMIDD_OUTAGE_BUDGET_S": str(budget)})  # in-process client_for of another test sets them here)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:  # wait for the first uploaded checkpoint
+            with sqlite3.connect(root / "server.db") as con:
+                if con.execute("select 1 from tags where key='cmidd.checkpoint.step'").fetchall():
+                    break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        os.killpg(server.pid, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        _, err = proc.communicate(timeout=300)
+        waited = time.monotonic() - t_stop
+        run_id = json.loads((tmp_path / "job" / "mlflow_run.json").read_text())["run_id"]
+        server_step = int(_server_tags(root, run_id)["cmidd.checkpoint.step"])
+        lines = err.strip().splitlines()
+        assert proc.returncode == 1, err[-3000:]
+        # the next MLflow call comes within flush_seconds (10 s) of the stop; then the budget; then one step
+        assert waited < budget + 10 + 10, (waited, err[-3000:])
+        assert lines[-1].startswith("error: ") and "unreachable" in lines[-1] and url in lines[-1], err
+        assert sum(line.startswith("error:") for line in lines) == 1, err
+        assert not any("Retrying" in line or "urllib3" in line or "Traceback" in line for line in lines), err
+        local_step = read_checkpoint(tmp_path / "job" / CKPT)["step"]
+        assert local_step > server_step, (local_step, server_step)  # checkpoints went on while the server hung
+
+        os.killpg(server.pid, signal.SIGCONT)
+        hint = lines[-1].split("run: ", 1)[1]
+        res = cli(*shlex.split(hint)[1:], cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-2000:]
+        tags = _server_tags(root, run_id)
+        assert tags["cmidd.resumed_from_step"] == str(local_step), (tags["cmidd.resumed_from_step"], local_step)
+        with sqlite3.connect(root / "server.db") as con:
+            runs = con.execute("select run_uuid, status from runs").fetchall()
+            versions = con.execute("select run_id from model_versions").fetchall()
+        assert runs == [(run_id, "FINISHED")] and versions == [(run_id,)]
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        _kill_group(server)
+
+
+def test_hooks_bound_a_hung_store_by_the_budget(tmp_path, monkeypatch):
+    """A store that accepts connections and never answers (a listening socket nobody reads: a stopped server):
+    MLflow calls time out (1 s per request, one retry), the outage counts from the start of the first hung call,
+    no call is started that could end past the budget, and ``flush`` gives up within the budget plus one step."""
+    import socket
+    import time
+
+    from cmidd.errors import TrackingOutage
+    from cmidd.tracking import MlflowHooks, client_for
+    from cmidd.tracking._bounds import call_bound_s, store_call_bound_s
+
+    for name, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert call_bound_s() == 2.0 and store_call_bound_s("http://h:1") == 2.0
+    assert store_call_bound_s("sqlite:///m.db") == 0.0  # a local store's failed call is retried within the budget
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # the kernel accepts connections; nobody ever reads or answers
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=5.0, retry_seconds=0.5,
+                            where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
+        t0 = time.monotonic()
+        step = 0
+        with pytest.raises(TrackingOutage, match=r"unreachable for [5-7] s \(budget 5 s"):
+            while True:  # the loop goes on (each step ~10 ms) until the budget is spent
+                step += 1
+                hooks.on_step(step, {"loss_dd": 1.0, "loss_total": 1.0})
+                time.sleep(0.01)
+        took = time.monotonic() - t0
+    assert 5.0 <= took < 5.0 + 2.0, took  # the budget, not (retries + 1) x timeouts x tries
+    assert step > 50  # the loop kept stepping between tries

@@ -303,7 +303,8 @@ def test_cli_best_pull_runs(logged, tmp_path, capsys):
 
 
 def test_failed_job_ends_failed_with_no_version(store, tmp_path, digits):
-    raw = tiny_distill(tmp_path, method__lr_img=1e30, method__iterations=20, output__checkpoint_every=1)
+    raw = tiny_distill(tmp_path, method__lr_img=1e6, net__norm="none", method__iterations=20,
+                       output__checkpoint_every=1)
     with pytest.raises(DivergenceError):
         T.tracked_run(parse_job(raw), data=digits)
     c = T.client_for(store)

@@ -169,14 +169,20 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         CmiddError: MLflow failures; every trial failed.
     """
     from .ray import connect, disconnect
-    from .ray.tune import check_storage, fit_search, save_parent, saved_parent, study_summary
+    from .ray.tune import (check_storage, check_trial_resources, fit_search, local_resources, save_parent,
+                           saved_parent, study_summary)
     from .tracking import client_for, credentials_env, finish_search, search_concurrency, search_parent
 
     uri = tracking_uri(uri)
     check_storage(cfg, resume)  # before the store is touched: a bad storage folder leaves nothing behind
-    client = client_for(uri)
-    started = connect(address)  # before the parent run exists: a bad address leaves nothing behind
+    local = local_resources(address)  # a trial the cluster cannot place (1 GPU, none there) would wait forever:
+    if local is not None:  # refused before a local Ray starts (this machine's resources) ...
+        check_trial_resources(cfg, local)
+    started = connect(address)  # before the store is touched: a bad address leaves nothing behind
     try:
+        if local is None:  # ... or, on a running cluster, before the store is touched
+            check_trial_resources(cfg)
+        client = client_for(uri)
         with search_parent(client, cfg, saved_parent(cfg) if resume else None) as parent:
             if not resume:
                 save_parent(cfg, parent.run_id)

@@ -31,6 +31,8 @@ from .ensemble import check_combinable, combine_sets
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY
+from .memory import check_memory
+from .outdir import owned
 from .registry import Registry
 from .synthetic import SyntheticSet
 
@@ -78,23 +80,28 @@ def check_ipc(ipc: int, data: Dataset) -> None:
 
 def check_job_data(job, data: Dataset) -> None:
     """The machine- and data-dependent rules of a job (a CUDA device exists if asked for; IPC <= the smallest
-    class where a set of that IPC is drawn).
+    class where a set of that IPC is drawn; a distill job's estimated memory within the limit: ``cmidd.memory``).
 
     ``run_job`` checks them before anything is written; ``cmidd.tracking`` before a run is created.
 
     Raises:
         ConfigError: naming the field, the rule and the value (DataError for the data's rules).
     """
-    resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
+    device = resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
     if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
+    if job.kind == "distill":  # ipc x channels x size and net.width: refused before anything is allocated
+        check_memory(job, data.num_classes, data.channels, data.im_size, device.type)
     if job.kind == "ensemble":
         ensemble_sources(job, data)
 
 
-def check_resume_point(job, resume: bool) -> None:
+def check_resume_point(job, resume: bool) -> int | None:
     """With ``resume``, the job's checkpoint (if any) must be intact and of this config: checked before any
     other work (proxies, experts, an MLflow run), so a damaged one costs nothing and overwrites nothing.
+
+    Returns:
+        The step the job resumes from (the local checkpoint's), or None without one.
 
     Raises:
         IntegrityError: the checkpoint is damaged (one line naming the file).
@@ -102,7 +109,8 @@ def check_resume_point(job, resume: bool) -> None:
     """
     ckpt = job.output.dir / CHECKPOINT
     if resume and job.kind == "distill" and ckpt.is_file():
-        load_checkpoint(ckpt, job)
+        return int(load_checkpoint(ckpt, job)["step"])
+    return None
 
 
 def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset | None = None,
@@ -119,11 +127,15 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
 
     Returns:
         JobResult, also written to ``<output.dir>/result.json``.
+
+    Raises:
+        ConfigError: ``output.dir`` holds files cmidd did not write, or another job holds it (``cmidd.outdir``).
     """
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)
-    result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
-    (result.outdir / "result.json").write_text(json.dumps(strict(result.to_json()), indent=2, default=str))
+    with owned(job.output.dir):  # one job per folder, and only a folder of cmidd's (cmidd.outdir)
+        result = RUNNERS.get(job.kind)(job, data, hooks or Hooks(), resume, loop)
+        (result.outdir / "result.json").write_text(json.dumps(strict(result.to_json()), indent=2, default=str))
     return result
 
 

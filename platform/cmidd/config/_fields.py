@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Strict
 
 from ..errors import ConfigError, UnknownNameError
 
@@ -23,6 +23,14 @@ DsaMode = Literal["single", "multi"]  # single: one op group per call (reference
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
 Bool = Annotated[bool, Strict()]
+
+# Every number of a config has a declared range (tests/test_config.py checks that each Int/Float field has an upper
+# bound): a seed of 2**70 or an lr_img of 1e308 is refused at load, not as a traceback deep in torch.
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it
+MAX_COUNT = 10**7  # iterations, epochs, steps between events
+MAX_BATCH = 10**6  # images per batch, per class
+MAX_LR = 1e6  # image learning rates (MTT uses up to 1e4); net learning rates are bounded lower, per field
+MAX_WIDTH = 4096  # net.width: channels of a ConvNet layer (default 128)
 
 
 class Cfg(BaseModel):
@@ -64,6 +72,30 @@ AggName = Annotated[str, _registered("cmi-aggs")]
 DsaStrategy = Annotated[str, AfterValidator(_strategy)]
 
 
+# A path longer than this (or with a part longer than NAME_MAX) is refused at validation: the OS would refuse it
+# later, after the job started (ENAMETOOLONG as a traceback).
+MAX_PATH_CHARS, MAX_PART_CHARS = 1024, 255
+
+
+def _user_path(value: object) -> object:
+    """A path as the user wrote it, ``~`` expanded; empty text, a filesystem root and over-long paths refused."""
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        if not text.strip():
+            raise ValueError("must be a path, but it is empty (it would mean the working folder)")
+        if len(text) > MAX_PATH_CHARS:
+            raise ValueError(f"must be at most {MAX_PATH_CHARS} characters, but has {len(text)}")
+        long = next((p for p in Path(text).parts if len(p.encode()) > MAX_PART_CHARS), None)
+        if long is not None:
+            raise ValueError(f"each part must be at most {MAX_PART_CHARS} bytes, but {long[:40]!r}... has "
+                             f"{len(long.encode())}")
+        path = Path(text).expanduser()
+        if path.resolve() == Path(path.resolve().anchor):
+            raise ValueError("must not be a filesystem root")
+        return path
+    return value
+
+
 def _folder(value: Path) -> Path:
     """A path that is (or will be made) a folder: neither it nor a parent may be an existing file."""
     for p in (value, *value.parents):
@@ -73,4 +105,5 @@ def _folder(value: Path) -> Path:
     return value
 
 
-Folder = Annotated[Path, AfterValidator(_folder)]  # output.dir, proxies.dir, experts.dir, a search's storage
+UserPath = Annotated[Path, BeforeValidator(_user_path)]  # data.root, synset, sets: ~ expanded, checked
+Folder = Annotated[Path, BeforeValidator(_user_path), AfterValidator(_folder)]  # output.dir, proxies.dir, ...

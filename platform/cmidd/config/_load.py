@@ -19,7 +19,9 @@ def format_error(source: str, err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        tail = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        shown = repr(got)
+        shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
+        tail = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {shown})"
         if e["type"] == "extra_forbidden":
             msg, tail = "unknown field", ""
         lines.append(f"{source}: {loc or '<root>'}: {msg}{tail}")
@@ -47,6 +49,56 @@ def _duplicate_key(node: yaml.Node, path: str = "") -> tuple[str, int] | None:
     return None
 
 
+# The shape of any valid job or search space is small: its deepest field (a search's
+# ``params.<field>.<distribution>: [lo, hi]`` or ``base.eval.epochs_by_arch.<arch>``) is 4 collections deep, and a
+# file of a few hundred values. Anything far beyond is refused before PyYAML builds it: a 10,000-deep nesting
+# (PyYAML's composer recurses: a RecursionError) or an alias bomb (a few lines that expand to 10**9 values).
+MAX_DEPTH = 8  # nested mappings/lists
+MAX_VALUES = 100_000  # values and collections once every alias is expanded
+MAX_BYTES = 1 << 20  # the file itself
+
+
+def _check_shape(text: str, where: str) -> None:
+    """Refuse YAML nested deeper than ``MAX_DEPTH`` or expanding (aliases included) to more than ``MAX_VALUES``
+    nodes, from PyYAML's event stream (no recursion, no expansion: linear in the text).
+
+    Raises:
+        ConfigError: naming ``where``, the rule and what was found.
+        yaml.YAMLError: the text is not YAML (the caller words it).
+    """
+    sizes: dict[str, int] = {}  # anchor -> its node's expanded size
+    stack: list[list] = []  # open collections: [anchor, size so far]
+    total = 0
+
+    def add(n: int) -> None:  # a finished node of expanded size n, counted into its parent (or the document)
+        nonlocal total
+        if stack:
+            stack[-1][1] += n
+        else:
+            total += n
+        if (stack[-1][1] if stack else total) > MAX_VALUES:
+            raise ConfigError(f"{where}: must expand to at most {MAX_VALUES:,} values, but its aliases (*name) "
+                              f"expand to more (an alias bomb?)")
+
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([ev.anchor, 1])
+            if len(stack) > MAX_DEPTH:
+                raise ConfigError(f"{where}: must nest at most {MAX_DEPTH} mappings/lists deep (the schema's deepest "
+                                  f"field is 4), but line {ev.start_mark.line + 1} is deeper")
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+            add(n)
+        elif isinstance(ev, yaml.ScalarEvent):
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+            add(1)
+        elif isinstance(ev, yaml.AliasEvent):
+            add(sizes.get(ev.anchor, 1))
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where (line:column)."""
     mark = getattr(e, "problem_mark", None)
@@ -71,7 +123,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: <file>: must be UTF-8 YAML text, but byte {e.object[e.start]:#04x} at offset "
                           f"{e.start} is not (a binary file?)") from None
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{path}: <file>: must be at most {MAX_BYTES // 1024} KiB of YAML, but has "
+                          f"{len(text) // 1024} KiB")
     try:
+        _check_shape(text, f"{path}: <file>")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         dup = _duplicate_key(node) if node is not None else None
         if dup:
@@ -134,7 +190,10 @@ def parse_value(text: str, where: str) -> Any:
     """
     if not text.strip():
         return None
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{where}: must be at most {MAX_BYTES // 1024} KiB, but has {len(text) // 1024} KiB")
     try:
+        _check_shape(text, where)
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: must be a YAML value, but {text!r} is not: {_yaml_problem(e)}") from None

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ._fields import (DSA_DEFAULT, AggName, Bool, Cfg, DatasetName, Device, DsaMode, DsaStrategy, Float, Folder,
-                      Int, MethodName, NetName, ProxySetName)
+from ._fields import (DSA_DEFAULT, MAX_BATCH, MAX_COUNT, MAX_LR, MAX_SEED, MAX_WIDTH, AggName, Bool, Cfg,
+                      DatasetName, Device, DsaMode, DsaStrategy, Float, Folder, Int, MethodName, NetName, ProxySetName,
+                      UserPath)
 from ._load import apply_overrides, format_error, read_yaml
 
 
@@ -26,17 +27,17 @@ class DataCfg(Cfg):
     """Which data set, where it lives, and at which resolution."""
 
     name: DatasetName = "digits"
-    root: Path | None = None  # folder of a torchvision-format or imagefolder set; digits need none
+    root: UserPath | None = None  # folder of a torchvision-format or imagefolder set; digits need none
     im_size: Int | None = Field(default=None, ge=4, le=512)  # None = native size
     download: Bool = False  # never download unless asked
-    split_seed: Int = Field(default=0, ge=0)  # digits' seeded train/test split
+    split_seed: Int = Field(default=0, ge=0, le=MAX_SEED)  # digits' seeded train/test split
 
 
 class NetCfg(Cfg):
     """A network by registered name plus optional ConvNet-family overrides (None = the variant's default)."""
 
     name: NetName = "ConvNet"
-    width: Int | None = Field(default=None, ge=1)
+    width: Int | None = Field(default=None, ge=1, le=MAX_WIDTH)
     depth: Int | None = Field(default=None, ge=1, le=8)
     norm: Literal["instance", "batch", "layer", "group", "none"] | None = None
     act: Literal["relu", "sigmoid", "leakyrelu", "swish"] | None = None
@@ -51,28 +52,28 @@ class MethodCfg(Cfg):
     """The DD method and its image optimizer. ``gm``-only fields are ignored by ``dm``."""
 
     name: MethodName = "dm"
-    iterations: Int = Field(default=300, ge=1)
-    lr_img: Float = Field(default=1.0, gt=0)
+    iterations: Int = Field(default=300, ge=1, le=MAX_COUNT)
+    lr_img: Float = Field(default=1.0, gt=0, le=MAX_LR)
     momentum: Float = Field(default=0.5, ge=0, lt=1)
-    batch_real: Int = Field(default=256, ge=1)  # real images per class per iteration
+    batch_real: Int = Field(default=256, ge=1, le=MAX_BATCH)  # real images per class per iteration
     init: Literal["real", "noise"] = "real"
     dsa: Bool = True
     dsa_strategy: DsaStrategy = DSA_DEFAULT
     dsa_mode: DsaMode = "single"
     # gradient matching (DC / DSA): outer steps per fresh net, inner net-training steps, net lr
-    outer_loop: Int = Field(default=10, ge=1)
-    inner_loop: Int = Field(default=50, ge=0)
-    lr_net: Float = Field(default=0.01, gt=0)
-    batch_train: Int = Field(default=256, ge=1)
+    outer_loop: Int = Field(default=10, ge=1, le=MAX_COUNT)
+    inner_loop: Int = Field(default=50, ge=0, le=MAX_COUNT)
+    lr_net: Float = Field(default=0.01, gt=0, le=100)
+    batch_train: Int = Field(default=256, ge=1, le=MAX_BATCH)
     # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
     factor: Int = Field(default=1, ge=1, le=4)
     # trajectory matching (MTT): student steps on the set, expert epochs to match, start-epoch range, lrs
-    syn_steps: Int = Field(default=10, ge=1)
-    expert_epochs: Int = Field(default=2, ge=1)
-    max_start_epoch: Int = Field(default=2, ge=0)
-    lr_teacher: Float = Field(default=0.01, gt=0)  # the student's initial (learnable) step size
-    lr_lr: Float = Field(default=1e-5, gt=0)  # the learning rate of that step size
-    batch_syn: Int | None = Field(default=None, ge=1)  # synthetic images per student step (None = all)
+    syn_steps: Int = Field(default=10, ge=1, le=10_000)
+    expert_epochs: Int = Field(default=2, ge=1, le=MAX_COUNT)
+    max_start_epoch: Int = Field(default=2, ge=0, le=MAX_COUNT)
+    lr_teacher: Float = Field(default=0.01, gt=0, le=100)  # the student's initial (learnable) step size
+    lr_lr: Float = Field(default=1e-5, gt=0, le=100)  # the learning rate of that step size
+    batch_syn: Int | None = Field(default=None, ge=1, le=MAX_BATCH)  # synthetic images per student step (None = all)
     # the DD net's forward/backward (real and synthetic sides) under bfloat16 autocast, embeddings cast back to
     # float32 before the loss; the images and their optimizer stay float32. Opt-in; DM only (README: speed).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -87,24 +88,24 @@ class CMICfg(Cfg):
     ``alpha`` times as hard as the DD term. At most one of ``lam``, ``alpha`` may be > 0; both 0 turn CMI off.
     """
 
-    lam: Float = Field(default=0.0, ge=0)
-    alpha: Float = Field(default=0.0, ge=0)  # lam = alpha * g_DD / g_CMI at initialization (0 = use lam)
-    calibrate_draws: Int = Field(default=8, ge=1)  # draws averaged for alpha's gradient norms (seeded)
+    lam: Float = Field(default=0.0, ge=0, le=1e9)
+    alpha: Float = Field(default=0.0, ge=0, le=1e6)  # lam = alpha * g_DD / g_CMI at initialization (0 = use lam)
+    calibrate_draws: Int = Field(default=8, ge=1, le=10_000)  # draws averaged for alpha's gradient norms (seeded)
     # every k iterations (0 = never) alpha's ratio g_DD / g_CMI is measured again at the current images (one draw)
     # and smoothed: lam <- ema * lam + (1 - ema) * alpha * ratio (L_DD falls ~200x over a long run)
-    recalibrate_every: Int = Field(default=0, ge=0)
+    recalibrate_every: Int = Field(default=0, ge=0, le=MAX_COUNT)
     recalibrate_ema: Float = Field(default=0.9, ge=0, lt=1)
     # every k iterations (0 = never; from iteration 0) g_DD and g_CMI are measured at the current images (one draw,
     # as a recalibration does; a recalibration's own measurement is recorded without a second one) and recorded
     # with the realised alpha = lam * g_CMI / g_DD (History.calib, metrics cmi.g_dd / cmi.g_cmi /
     # cmi.alpha_realised). Both are no-ops while CMI is off (a study's zero arm shares its job file).
-    measure_every: Int = Field(default=0, ge=0)
+    measure_every: Int = Field(default=0, ge=0, le=MAX_COUNT)
     space: Literal["features", "logits"] = "features"  # softmax over penultimate features (paper code)
-    temperature: Float = Field(default=1.0, gt=0)
+    temperature: Float = Field(default=1.0, gt=0, le=1e6)
     agg: AggName = "random"  # random (paper) | mean over k sampled | max over k sampled
-    k: Int = Field(default=1, ge=1)  # proxies sampled per application for mean / max
-    every: Int = Field(default=1, ge=1)  # apply every k-th image update
-    subsample: Int | None = Field(default=None, ge=2)  # images per class the CMI sees (None = all)
+    k: Int = Field(default=1, ge=1, le=10_000)  # proxies sampled per application for mean / max
+    every: Int = Field(default=1, ge=1, le=MAX_COUNT)  # apply every k-th image update
+    subsample: Int | None = Field(default=None, ge=2, le=MAX_BATCH)  # images per class the CMI sees (None = all)
     # the proxy's forward/backward in bfloat16 autocast (opt-in: about 1.8x faster for a ResNet18 proxy on a
     # CPU with AVX512-BF16; the softmax and the CMI stay float32). README: speed and its measured accuracy.
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -137,12 +138,12 @@ class ProxiesCfg(Cfg):
     set: ProxySetName = "convnet-x4"
     dir: Folder | None = None
     from_registry: str | None = Field(default=None, min_length=1)
-    epochs: Int | None = Field(default=None, ge=1)  # overrides the set's pre-training epochs
+    epochs: Int | None = Field(default=None, ge=1, le=MAX_COUNT)  # overrides the set's pre-training epochs
     pretrain_if_missing: Bool = True
-    lr: Float = Field(default=0.01, gt=0)  # paper: SGD lr 0.01, momentum 0.9, wd 1e-3, batch 256, no aug.
+    lr: Float = Field(default=0.01, gt=0, le=100)  # paper: SGD lr 0.01, momentum 0.9, wd 1e-3, batch 256, no aug.
     momentum: Float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: Float = Field(default=1e-3, ge=0)
-    batch: Int = Field(default=256, ge=1)
+    weight_decay: Float = Field(default=1e-3, ge=0, le=1)
+    batch: Int = Field(default=256, ge=1, le=MAX_BATCH)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ProxiesCfg":
@@ -158,22 +159,24 @@ class EvalCfg(Cfg):
     """The DD evaluation protocol: fresh nets trained on the set (DSA on), tested on the real test split."""
 
     archs: list[NetName] = Field(default_factory=lambda: ["ConvNet"], min_length=1)
-    num_eval: Int = Field(default=3, ge=1)  # seeds per architecture
-    epochs: Int = Field(default=300, ge=1)
-    epochs_by_arch: dict[str, Annotated[Int, Field(ge=1)]] = Field(default_factory=dict)  # per-arch override
-    lr: Float = Field(default=0.01, gt=0)
+    num_eval: Int = Field(default=3, ge=1, le=10_000)  # seeds per architecture
+    epochs: Int = Field(default=300, ge=1, le=MAX_COUNT)
+    # per-arch override
+    epochs_by_arch: dict[str, Annotated[Int, Field(ge=1, le=MAX_COUNT)]] = Field(default_factory=dict)
+    lr: Float = Field(default=0.01, gt=0, le=100)
     lr_decay: Float = Field(default=0.1, gt=0, le=1)  # factor applied once, at half the epochs
     momentum: Float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: Float = Field(default=5e-4, ge=0)
-    batch: Int = Field(default=256, ge=1)
+    weight_decay: Float = Field(default=5e-4, ge=0, le=1)
+    batch: Int = Field(default=256, ge=1, le=MAX_BATCH)
     dsa: Bool = True
     dsa_strategy: DsaStrategy = DSA_DEFAULT
     dsa_mode: DsaMode = "single"
-    every: Int = Field(default=0, ge=0)  # also evaluate during distillation every k iterations (0 = end)
-    at: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=list)  # and at these iterations (beside every)
+    every: Int = Field(default=0, ge=0, le=MAX_COUNT)  # also evaluate during distillation every k iterations (0 = end)
+    at: list[Annotated[Int, Field(ge=1, le=MAX_COUNT)]] = Field(default_factory=list, max_length=1000)  # and at these
+    # iterations (beside every)
     baselines: list[Literal["random-real", "full"]] = Field(default_factory=list)
     ensemble: Bool = True  # also score the averaged-softmax ensemble of all archs x seeds (acc/ece/ensemble)
-    ece_bins: Int = Field(default=15, ge=1)  # equal-width confidence bins of ece/ensemble
+    ece_bins: Int = Field(default=15, ge=1, le=10_000)  # equal-width confidence bins of ece/ensemble
     # how the seeds of one arch train: "vmap" together (torch.func; BatchNorm nets still loop), "loop" one after
     # another, "auto" = vmap on CUDA, loop on CPU (where vmap measured ~0.5x the loop's speed: cmidd bench)
     batched: Literal["auto", "vmap", "loop"] = "auto"
@@ -193,11 +196,11 @@ class EvalCfg(Cfg):
 class ExpertsCfg(Cfg):
     """MTT's expert trajectories: ``num`` nets of the job's ``net`` trained ``epochs`` on the real data."""
 
-    num: Int = Field(default=2, ge=1)
-    epochs: Int = Field(default=6, ge=1)
-    lr: Float = Field(default=0.01, gt=0)
+    num: Int = Field(default=2, ge=1, le=10_000)
+    epochs: Int = Field(default=6, ge=1, le=MAX_COUNT)
+    lr: Float = Field(default=0.01, gt=0, le=100)
     momentum: Float = Field(default=0.0, ge=0, lt=1)
-    batch: Int = Field(default=256, ge=1)
+    batch: Int = Field(default=256, ge=1, le=MAX_BATCH)
     dsa: Bool = False
     dsa_strategy: DsaStrategy = DSA_DEFAULT
     dsa_mode: DsaMode = "single"
@@ -209,21 +212,21 @@ class OutputCfg(Cfg):
     """Where the job writes. Nothing is written before the whole job validated and its data loaded."""
 
     dir: Folder = Path("runs/job")
-    checkpoint_every: Int = Field(default=100, ge=0)  # 0 = no checkpoints
+    checkpoint_every: Int = Field(default=100, ge=0, le=MAX_COUNT)  # 0 = no checkpoints
 
 
 class ScalingCfg(Cfg):
     """How many Ray Train workers run one distillation (1 = the plain single-process loop)."""
 
-    workers: Int = Field(default=1, ge=1)
+    workers: Int = Field(default=1, ge=1, le=1024)
     use_gpu: Bool = False
-    cpus_per_worker: Float = Field(default=1.0, gt=0)
-    max_failures: Int = Field(default=2, ge=0)  # worker-group restarts (from the last checkpoint) before failing
+    cpus_per_worker: Float = Field(default=1.0, gt=0, le=1024)
+    max_failures: Int = Field(default=2, ge=0, le=1000)  # worker-group restarts (from the last checkpoint)
 
 
 class _JobBase(Cfg):
     name: str = Field(default="job", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
-    seed: Int = Field(default=0, ge=0)
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     device: Device = "cpu"
     data: DataCfg = DataCfg()
     output: OutputCfg = OutputCfg()
@@ -233,7 +236,7 @@ class DistillJob(_JobBase):
     """Distil ``ipc`` synthetic images per class with ``method`` (+ ``lam * CMI``), then evaluate."""
 
     kind: Literal["distill"] = "distill"
-    ipc: Int = Field(default=10, ge=1)
+    ipc: Int = Field(default=10, ge=1, le=MAX_BATCH)
     net: NetCfg = NetCfg()  # the DD network (DM embedder / GM matching net)
     method: MethodCfg = MethodCfg()
     cmi: CMICfg = CMICfg()
@@ -291,8 +294,8 @@ class EvaluateJob(_JobBase):
     """Evaluate a saved synthetic set (``synset``) and/or baselines with the DD protocol."""
 
     kind: Literal["evaluate"] = "evaluate"
-    synset: Path | None = None  # folder with images.pt, labels.pt, manifest.json
-    ipc: Int = Field(default=10, ge=1)  # for the random-real baseline
+    synset: UserPath | None = None  # folder with images.pt, labels.pt, manifest.json
+    ipc: Int = Field(default=10, ge=1, le=MAX_BATCH)  # for the random-real baseline
     eval: EvalCfg = EvalCfg()
 
     @model_validator(mode="after")
@@ -307,7 +310,8 @@ class EnsembleJob(_JobBase):
     (``cmidd ensemble`` fetches them from a search's top trials or from registered versions)."""
 
     kind: Literal["ensemble"] = "ensemble"
-    sets: list[Path] = Field(min_length=2)  # folders with images.pt, labels.pt, manifest.json (verified)
+    # folders with images.pt, labels.pt, manifest.json (verified)
+    sets: list[UserPath] = Field(min_length=2, max_length=1000)
     sources: list[str] = []  # what each set is (runs:/<id>, <model>/<version>) for its meta and tags; default: sets
     mode: Literal["concat", "per-class-best"] = "concat"  # = cmidd.ensemble.SET_MODES
     eval: EvalCfg = EvalCfg()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import ConfigError
 from ..names import CROSS_ARCH_MEAN, CROSS_ARCH_STD
-from ._fields import Bool, Cfg, Float, Folder, Int
+from ._fields import MAX_COUNT, MAX_SEED, Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, EvalCfg, parse_job
 
@@ -72,30 +72,32 @@ class ParamSpec(Cfg):
 class AshaCfg(Cfg):
     """Asynchronous successive halving on the eval metric, in distillation iterations (the ``step`` reported)."""
 
-    grace_period: Int = Field(default=1, ge=1)  # iterations before a trial can be stopped
-    reduction_factor: Float = Field(default=2.0, gt=1)  # keep the top 1/reduction_factor at each rung
-    max_t: Int | None = Field(default=None, ge=1)  # None = the base job's method.iterations
+    grace_period: Int = Field(default=1, ge=1, le=MAX_COUNT)  # iterations before a trial can be stopped
+    reduction_factor: Float = Field(default=2.0, gt=1, le=1000)  # keep the top 1/reduction_factor at each rung
+    max_t: Int | None = Field(default=None, ge=1, le=MAX_COUNT)  # None = the base job's method.iterations
 
 
 class SearchRunCfg(Cfg):
     """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget."""
 
-    num_samples: Int = Field(default=8, ge=1)
-    max_concurrent_trials: Int = Field(default=1, ge=1)  # with a sqlite store the search forces 1 (see search.py)
-    seed: Int = Field(default=0, ge=0)
+    num_samples: Int = Field(default=8, ge=1, le=100_000)
+    # with a sqlite store the search forces 1 (see search.py)
+    max_concurrent_trials: Int = Field(default=1, ge=1, le=10_000)
+    seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     metric: str = Field(default=CROSS_ARCH_MEAN, min_length=1)
     mode: Literal["max", "min"] = "max"
     asha: AshaCfg | None = AshaCfg()  # null = no early stopping
-    time_budget_s: Float | None = Field(default=None, gt=0)
+    time_budget_s: Float | None = Field(default=None, gt=0, le=1e8)
 
 
 class TrialResources(Cfg):
     """Resources of one trial's driver (a trial with scaling.workers > 1 puts its workers beside it)."""
 
-    cpus: Float = Field(default=1.0, gt=0)
-    gpus: Float = Field(default=0.0, ge=0)
+    cpus: Float = Field(default=1.0, gt=0, le=1024)
+    gpus: Float = Field(default=0.0, ge=0, le=64)
     # Ray custom resources (``ray start --resources '{"trainer": 4}'``): pins trials to the nodes that have them
-    custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], Annotated[float, Field(gt=0)]] = {}
+    custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)],
+                 Annotated[float, Field(gt=0, le=1e6)]] = Field(default_factory=dict, max_length=64)
 
 
 class SearchCfg(Cfg):
@@ -111,7 +113,7 @@ class SearchCfg(Cfg):
     params: dict[str, ParamSpec] = Field(min_length=1)
     search: SearchRunCfg = SearchRunCfg()
     resources: TrialResources = TrialResources()
-    register_top_k: Int = Field(default=3, ge=0)
+    register_top_k: Int = Field(default=3, ge=0, le=1000)
     # the evaluation protocol the top-k are scored under before they are registered (None: the base job's eval
     # block); a top trial scored under another protocol (a searched eval.* field) is re-evaluated first
     register_eval: EvalCfg | None = None

@@ -116,6 +116,52 @@ def _trial_resources(cfg: SearchCfg) -> dict[str, float]:
     return {"cpu": cfg.resources.cpus, "gpu": cfg.resources.gpus, **custom}
 
 
+def local_resources(address: str | None) -> dict[str, float] | None:
+    """The CPUs and GPUs of the new local Ray that ``connect(address)`` would start (known without starting it:
+    this machine's), or None when it would join a running Ray (then ask that cluster)."""
+    import ray
+
+    if ray.is_initialized() or address not in (None, "local") or (address is None and os.environ.get("RAY_ADDRESS")):
+        return None
+    import torch
+
+    return {"CPU": float(len(os.sched_getaffinity(0))), "GPU": float(torch.cuda.device_count())}
+
+
+def check_trial_resources(cfg: SearchCfg, have: dict[str, float] | None = None) -> None:
+    """One trial must fit the Ray cluster (its driver, and its Ray Train workers if any): Tune would otherwise
+    wait forever for resources that never come. Called before the search's parent run exists.
+
+    Args:
+        cfg: the search.
+        have: the cluster's resources (``local_resources``); None = the connected cluster's.
+
+    Raises:
+        ConfigError: naming the field (``resources.gpus``, ``resources.cpus``, ``base.scaling...``), what one
+            trial asks for and what the cluster has.
+    """
+    if have is None:
+        import ray
+
+        have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    driver = _trial_resources(cfg)
+    s = cfg.base.scaling
+    workers = s.workers if s.workers > 1 else 0
+    needs = {"cpus": (driver.get("cpu", 0.0) + workers * s.cpus_per_worker, cpus),
+             "gpus": (driver.get("gpu", 0.0) + (workers if s.use_gpu else 0), gpus)}
+    for what, (need, has) in needs.items():
+        if need > has + 1e-9:
+            field = f"resources.{what}" if not workers else f"base.scaling ({what})"
+            raise ConfigError(f"{field}: one trial needs {need:g} {what.upper()[:-1]}s, but the Ray cluster has "
+                              f"{has:g}; the search would wait forever: ask for fewer or run on a cluster that "
+                              "has them")
+    for name, need in cfg.resources.custom.items():  # a custom resource no node has: Tune would wait forever too
+        if need > have.get(name, 0.0) + 1e-9:
+            raise ConfigError(f"resources.custom.{name}: one trial needs {need:g}, but the Ray cluster has "
+                              f"{have.get(name, 0.0):g}; start a node with `ray start --resources` that has it")
+
+
 def prepare_proxies(cfg: SearchCfg) -> ProxyBundle:
     """Pre-train every proxy set a trial may use, once, in the driver (concurrent trials would race on it).
 

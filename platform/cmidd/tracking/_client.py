@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from ..errors import CmiddError, ConfigError, UnknownNameError
 from ..names import CROSS_ARCH_MEAN
 from ..redact import redact, split_credentials
+from ._bounds import bound_http_calls
 
 try:
     from mlflow import MlflowClient
@@ -89,10 +90,6 @@ def credentials_env() -> dict[str, str]:
     return {k: os.environ[k] for k in CREDENTIAL_ENV if os.environ.get(k)}
 
 
-# MLflow's own retries of one HTTP call (documented environment variables; defaults 7 retries, backoff factor 2,
-# 120 s timeout: one call to a dead server blocked for minutes). Only set when the user has not.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 _READY: set[str] = set()  # sqlite stores this process has seen created (their tables exist)
 
 
@@ -118,8 +115,7 @@ def client_for(uri: str) -> MlflowClient:
     An http(s) server is asked once per process whether it answers and takes the credentials (``check_server``).
     """
     if uri.startswith(("http://", "https://")):
-        for name, value in HTTP_DEFAULTS.items():  # fail a call in seconds, not minutes: the hooks' outage
-            os.environ.setdefault(name, value)  # budget decides how long to wait (the user's values win)
+        bound_http_calls()  # one call ends in seconds, not minutes: the outage budget decides how long to wait
     if uri in _READY or not uri.startswith(("sqlite:///", "http://", "https://")):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     if not uri.startswith("sqlite:///"):
@@ -250,7 +246,11 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
     that a scheduler stopped, possibly after the search's driver already marked that run KILLED: so both
     orders end KILLED), else FAILED.
     """
+    from ..errors import TrackingOutage
+
     status = status or ("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
+    if isinstance(error, TrackingOutage):  # the store is down by definition (each call would wait out its timeout):
+        return  # the run stays RUNNING, and the resume command the error line names ends it
     try:
         for v in versions:
             if not v.get("existing"):  # a version an earlier run made for the same set stays
@@ -258,11 +258,8 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
         set_tags(client, run_id, {TAG_ERROR: f"{type(error).__name__}: {error}"[:5000]})
         end_run(client, run_id, status)
     except Exception as e:  # the original error matters more than this one
-        from ..errors import TrackingOutage
-
-        # after an outage the store is down by definition: the error line says how to resume (which ends the run)
-        (log.info if isinstance(error, TrackingOutage) else log.warning)(
-            "could not mark run %s %s: %s", run_id, status, str(e).strip().splitlines()[0] if str(e).strip() else e)
+        log.warning("could not mark run %s %s: %s", run_id, status,
+                    str(e).strip().splitlines()[0] if str(e).strip() else e)
 
 
 @dataclass

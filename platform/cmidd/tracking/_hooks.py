@@ -4,12 +4,15 @@ A tracking outage is bounded: a failed MLflow call from the loop does not stop t
 buffered and the last checkpoint stays local (marked pending); both are retried every ``retry_seconds`` and
 before the job publishes. When the store stays unreachable longer than the budget (``CMIDD_OUTAGE_BUDGET_S``,
 default 60 s) the job ends with ``TrackingOutage``: one line naming the store and the command that resumes it.
+
+The budget is wall-clock, a hung server included: the outage counts from the start of the first call that failed
+(a call to a stopped server waits out its timeouts first), and no call is started that could end past the budget
+(``call_bound_s``: MLflow's per-request timeout and retries, which ``_bounds`` derives from the budget).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -23,30 +26,18 @@ from ..distill import CHECKPOINT, Hooks
 from ..errors import TrackingOutage
 from ..files import sha256_file
 from ..synthetic import SyntheticSet
+from ._bounds import OUTAGE_ENV, call_bound_s, outage_budget
 from ._client import SYNTHETIC, log_metrics, metrics_at, set_tags
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SLOTS = ("checkpoints/0", "checkpoints/1")
-OUTAGE_ENV, OUTAGE_DEFAULT_S = "CMIDD_OUTAGE_BUDGET_S", 60.0
 # errors the store answers with: retrying them is pointless (anything else, e.g. INTERNAL_ERROR from a refused
 # connection or TEMPORARILY_UNAVAILABLE, counts as an outage)
 _NOT_AN_OUTAGE = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                   "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_ALREADY_EXISTS"}
 
 
-def outage_budget() -> float:
-    """Seconds the loop keeps going while MLflow is unreachable (``$CMIDD_OUTAGE_BUDGET_S``, default 60)."""
-    text = os.environ.get(OUTAGE_ENV, "")
-    try:
-        value = float(text) if text.strip() else OUTAGE_DEFAULT_S
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{OUTAGE_ENV}: must be a finite number of seconds >= 0, but got {text!r}")
-    return value
 TAG_SLOT, TAG_STEP, TAG_SHA = "cmidd.checkpoint.slot", "cmidd.checkpoint.step", "cmidd.checkpoint.sha256"
 
 
@@ -66,12 +57,14 @@ class MlflowHooks(Hooks):
         flush_seconds: longest time a point waits in the buffer.
         skip_through: last step MLflow already has.
         slot: the checkpoint slot the run's tag currently names (the next upload goes to the other).
+        call_bound: the longest one MLflow call can take (``_bounds.store_call_bound_s``; None: the HTTP
+            variables' bound); no call is started during an outage with less of the budget left.
     """
 
     def __init__(self, client: MlflowClient, run_id: str, inner: Hooks | None = None, flush_every: int = 50,
                  flush_seconds: float = 10.0, skip_through: int = 0, slot: str | None = None,
                  budget_s: float | None = None, retry_seconds: float = 5.0, where: str = "the MLflow store",
-                 resume_hint: str = "cmidd run JOB --resume"):
+                 resume_hint: str = "cmidd run JOB --resume", call_bound: float | None = None):
         self.client, self.run_id, self.inner = client, run_id, inner or Hooks()
         self.flush_every, self.flush_seconds, self.skip_through = flush_every, flush_seconds, skip_through
         self.slot = slot
@@ -83,6 +76,8 @@ class MlflowHooks(Hooks):
         self._pending: tuple[int, Path, SyntheticSet] | None = None  # a checkpoint not uploaded yet
         self._down_since: float | None = None  # when the current outage began (None: the store answers)
         self._next_try = 0.0
+        self._last_error: Exception | None = None
+        self.call_bound = call_bound_s() if call_bound is None else call_bound  # the longest one call can take
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if self.first_step is None:
@@ -129,8 +124,11 @@ class MlflowHooks(Hooks):
         Raises:
             TrackingOutage: the store has been unreachable for longer than the budget.
         """
-        if self._down_since is not None and not force and time.monotonic() < self._next_try:
-            return False
+        if self._down_since is not None:
+            self._give_up_if_spent(None)
+            if (not force and time.monotonic() < self._next_try) or self._budget_left() < self.call_bound:
+                return False  # not yet; or a call now could end past the budget: wait for it to run out
+        started = time.monotonic()
         try:
             if self._buf:
                 log_metrics(self.client, self.run_id, self._buf)
@@ -142,10 +140,10 @@ class MlflowHooks(Hooks):
         except MlflowException as e:
             if e.error_code in _NOT_AN_OUTAGE:  # the store answered: a real error, not worth waiting for
                 raise
-            self._outage(e)
+            self._outage(e, started)
             return False
         except (OSError, ConnectionError) as e:  # a refused connection, a timeout, a full disk
-            self._outage(e)
+            self._outage(e, started)
             return False
         if self._down_since is not None:
             log.warning("%s answers again after %.0f s; the buffered metrics and checkpoint are sent", self.where,
@@ -156,18 +154,25 @@ class MlflowHooks(Hooks):
     def _budget_left(self) -> float:
         return self.budget_s - (time.monotonic() - self._down_since) if self._down_since is not None else 0.0
 
-    def _outage(self, error: Exception) -> None:
+    def _outage(self, error: Exception, started: float) -> None:
         now = time.monotonic()
         if self._down_since is None:
-            self._down_since = now
+            self._down_since = started  # the time a hung call spent waiting counts
             log.warning("%s is unreachable (%s); distillation goes on, checkpoints stay local; retrying for up to "
                         "%.0f s (%s)", self.where, _first_line(error), self.budget_s, OUTAGE_ENV)
+        self._last_error = error
         self._next_try = now + self.retry_seconds
-        if now - self._down_since >= self.budget_s:
+        self._give_up_if_spent(error)
+
+    def _give_up_if_spent(self, error: Exception | None) -> None:
+        if self._down_since is None:
+            return
+        down = time.monotonic() - self._down_since
+        if down >= self.budget_s:
             raise TrackingOutage(
-                f"{self.where} unreachable for {now - self._down_since:.0f} s (budget {self.budget_s:.0f} s, "
-                f"{OUTAGE_ENV}): {_first_line(error)}; the local output is intact; once the store is back, run: "
-                f"{self.resume_hint}") from None
+                f"{self.where} unreachable for {down:.0f} s (budget {self.budget_s:.0f} s, "
+                f"{OUTAGE_ENV}): {_first_line(error or self._last_error)}; the local output is intact; once the store "
+                f"is back, run: {self.resume_hint}") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -38,9 +38,11 @@ from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
 from ..files import atomic_write, sha256_file
 from ..lam import LAM_KEY
+from ..outdir import owned
 from ..protocol import protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, check_resume_point, load_job_data, run_job
 from ..synthetic import content_sha256
+from ._bounds import store_call_bound_s
 from ._client import (SYNTHETIC, TAG_ERROR, client_for, end_run, log_metrics, log_params, metrics_at, mlflow_errors,
                       open_run, resolve_uri, set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -98,8 +100,15 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
     uri = resolve_uri(uri)
     data = data if data is not None else load_job_data(job)
     check_job_data(job, data)  # bad input fails before the store is touched: nothing written
-    if not resume_run_id:
-        check_resume_point(job, resume)  # a damaged local checkpoint fails before a run exists
+    local_step = None if resume_run_id else check_resume_point(job, resume)  # a damaged one fails before a run
+    with owned(job.output.dir):  # before the store is touched: a second job on this folder creates no run
+        return _tracked(job, uri, resume_run_id, resume, hooks, data, experiment, parent_run_id, register, tags,
+                        loop, resume_hint, local_step)
+
+
+def _tracked(job, uri: str, resume_run_id: str | None, resume: bool, hooks: Hooks | None, data, experiment: str | None,
+             parent_run_id: str | None, register: bool, tags: dict[str, str] | None, loop: Loop,
+             resume_hint: str | None, local_step: int | None) -> TrackedRun:
     client = client_for(uri)
     with mlflow_errors():
         fetch = True
@@ -111,7 +120,8 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
         elif recorded is not None:  # a fresh start: the old run could never end otherwise
             _supersede(client, recorded)
         local = resolve_registry_proxies(job, data, uri, client)  # params and tags keep the job as given
-        skip, slot = _reopen(client, job, resume_run_id, fetch) if resume_run_id else (0, None)
+        skip, slot = _reopen(client, job, resume_run_id, fetch, None if fetch else local_step) if resume_run_id \
+            else (0, None)
     extra = dict(tags or {}) | ({"proxies.local_dir": str(local.proxies.dir)} if local is not job else {})
     protocol = protocol_of_job(job, data)  # the evaluation protocol its scores were made under
     extra |= protocol.tags() if protocol is not None else {}
@@ -129,6 +139,7 @@ def tracked_run(job, uri: str | None = None, resume_run_id: str | None = None, r
             with mlflow_errors():
                 log_data_input(client, run.run_id, job, data)
         hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot,
+                               call_bound=store_call_bound_s(uri),
                                where=f"MLflow store {uri}",
                                resume_hint=resume_hint or f"cmidd run JOB.yaml --resume --tracking-uri {uri}")
         result = run_job(local, hooks_ml, resume=bool(resume_run_id) or resume, data=data, loop=loop)
@@ -181,9 +192,11 @@ def _supersede(client: MlflowClient, run_id: str) -> None:
         log.info("run %s of an earlier, interrupted start of this job marked KILLED", run_id)
 
 
-def _reopen(client: MlflowClient, job, run_id: str, fetch: bool = True) -> tuple[int, str | None]:
+def _reopen(client: MlflowClient, job, run_id: str, fetch: bool = True,
+            local_step: int | None = None) -> tuple[int, str | None]:
     """Check that ``run_id`` can be resumed by ``job``, fetch its checkpoint (unless ``fetch`` is False: the
-    verified local one is at least as recent), set it RUNNING again.
+    verified local one, at ``local_step``, is at least as recent), set it RUNNING again and tag the step it
+    resumes from (``cmidd.resumed_from_step``: the local checkpoint's step, or the fetched one's).
 
     Returns:
         (the last step MLflow already has, the checkpoint slot the run's tag names).
@@ -209,7 +222,8 @@ def _reopen(client: MlflowClient, job, run_id: str, fetch: bool = True) -> tuple
         log.info("resuming run %s from its checkpoint at step %s", run_id, run.data.tags.get(TAG_STEP))
     logged = [m.step for m in client.get_metric_history(run_id, "loss_dd")]
     client.update_run(run_id, status="RUNNING")
-    set_tags(client, run_id, {"cmidd.resumed_from_step": run.data.tags.get(TAG_STEP, "0")})
+    step = str(local_step) if local_step is not None else run.data.tags.get(TAG_STEP, "0")
+    set_tags(client, run_id, {"cmidd.resumed_from_step": step})
     return max(logged, default=0), slot
 
 

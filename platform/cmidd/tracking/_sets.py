@@ -22,7 +22,8 @@ from mlflow.exceptions import MlflowException
 from ..errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
 from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
 from ..runner import JobResult
-from ..synthetic import MANIFEST, SyntheticSet
+from ..outdir import MARKER
+from ..synthetic import GRID, MANIFEST, TENSOR_FILES, SyntheticSet
 from ..files import replace_dir
 from ._client import CHAMPION, DEFAULT_METRIC, SYNTHETIC, client_for, ensure_model, mlflow_errors, resolve_uri
 from ._ranking import (
@@ -255,7 +256,8 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     Default: the version ``champion`` points at (the default protocol's champion); ``protocol`` (an id, a
     unique prefix, or ``default``) picks the champion of that protocol instead.
 
-    ``out`` must be empty, missing, or hold a previously pulled set (then it is replaced atomically).
+    ``out`` must be empty, missing, or hold a previously pulled set and nothing else (then it is replaced
+    atomically): a folder holding any file a pull did not write is refused, so nothing of the user's is deleted.
     A ``registry.json`` beside the set records where it came from.
 
     Returns:
@@ -264,11 +266,13 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
     Raises:
         IntegrityError: a file is missing or does not match its sha256 (``out`` is left untouched).
         UnknownNameError: no such model, version or alias.
-        ConfigError: ``out`` holds something else; more than one of ``version``, ``alias``, ``protocol``.
+        ConfigError: ``out`` holds a file a pull did not write; more than one of ``version``, ``alias``, ``protocol``.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ConfigError(f"--out: {out} exists and is not a pulled set; choose an empty or new folder")
+    out = Path(out).expanduser()
+    foreign = _not_pulled(out)
+    if foreign:
+        raise ConfigError(f"--out: {out} holds {foreign!r}, which cmidd pull did not write; nothing is replaced: "
+                          f"choose an empty or new folder")
     with mlflow_errors():
         client = client_for(resolve_uri(uri))
         name = set_model_name(dataset, ipc)
@@ -281,11 +285,29 @@ def pull(dataset: str, ipc: int, out: str | Path, version: int | None = None, al
             record = {"name": name, "version": int(mv.version), "run_id": mv.run_id, "source": mv.source,
                       "protocol": {"id": version_protocol(mv), "summary": (mv.tags or {}).get(TAG_SUMMARY, "-")},
                       "tracking_uri": resolve_uri(uri), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            (got / "registry.json").write_text(json.dumps(record, indent=2))
+            (got / PULL_RECORD).write_text(json.dumps(record, indent=2))
+            (got / MARKER).write_text("A set pulled by cmidd pull; a later pull into this folder replaces it.\n")
             replace_dir(got, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+PULL_RECORD = "registry.json"
+PULLED = {*TENSOR_FILES, MANIFEST, GRID, PULL_RECORD, MARKER}  # every file a pull writes
+
+
+def _not_pulled(out: Path) -> str | None:
+    """The first entry of ``out`` that a pull did not write (None: ``out`` is new, empty or a pulled set that a
+    new pull may replace: it holds ``registry.json`` and nothing but a pull's files)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return str(out)
+    names = sorted(p.name for p in out.iterdir())
+    if names and PULL_RECORD not in names:
+        return names[0]
+    return next((n for n in names if n not in PULLED or not (out / n).is_file()), None)
 
 
 def _check_pulled(folder: Path, mv) -> None:
