@@ -643,9 +643,10 @@ def test_hooks_bound_a_hung_store_by_the_budget(tmp_path, monkeypatch):
     import socket
     import time
 
-    from cmidd.errors import TrackingOutage
+    from cmidd.errors import CmiddError, TrackingOutage
     from cmidd.tracking import MlflowHooks, client_for
     from cmidd.tracking._bounds import call_bound_s, store_call_bound_s
+    from mlflow import MlflowClient
 
     for name, value in {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}.items():
@@ -656,8 +657,13 @@ def test_hooks_bound_a_hung_store_by_the_budget(tmp_path, monkeypatch):
         hung.bind(("127.0.0.1", 0))
         hung.listen(16)  # the kernel accepts connections; nobody ever reads or answers
         url = f"http://127.0.0.1:{hung.getsockname()[1]}"
-        hooks = MlflowHooks(client_for(url), "0" * 32, flush_every=1, budget_s=5.0, retry_seconds=0.5,
-                            where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
+        t0 = time.monotonic()
+        with pytest.raises(CmiddError, match="did not answer"):  # a job that starts against it stops at once,
+            client_for(url)  # one line, within one call's bound
+        assert time.monotonic() - t0 < call_bound_s() + 2.0
+        # a server that hangs once the job runs: the loop's hooks hold a client made while it still answered
+        hooks = MlflowHooks(MlflowClient(tracking_uri=url, registry_uri=url), "0" * 32, flush_every=1, budget_s=5.0,
+                            retry_seconds=0.5, where=f"MLflow store {url}", resume_hint="cmidd run job.yaml --resume")
         t0 = time.monotonic()
         step = 0
         with pytest.raises(TrackingOutage, match=r"unreachable for [5-7] s \(budget 5 s"):
