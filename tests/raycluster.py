@@ -44,13 +44,31 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **(extra or {})}
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # the code and its .venv: every node runs them
+STASH = Path("/mnt")  # where the namespace keeps the checkout while a tmpfs covers the folder it lies in
+
+
+def _isolation(hide: tuple[Path, ...], keep: Path) -> str:
+    """Shell steps (run in a fresh mount namespace) that put an empty tmpfs over each folder of ``hide``, in order,
+    while ``keep`` (the checkout: the node's code and venv) stays visible even where it lies under one of them (a
+    clone under /tmp): it is bound aside first, then bound back into the new tmpfs."""
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    covering = [p for p in hide if keep != p and keep.is_relative_to(p)]
+    steps = [f"mount -t tmpfs tmpfs {q(STASH)}", f"mkdir {q(STASH / 'keep')}",
+             f"mount --bind {q(keep)} {q(STASH / 'keep')}"] if covering else []
+    for p in hide:
+        steps += [f"mkdir -p {q(p)}", f"mount -t tmpfs tmpfs {q(p)}"]
+        if p in covering:
+            steps += [f"mkdir -p {q(keep)}", f"mount --bind {q(STASH / 'keep')} {q(keep)}"]
+    return " && ".join(steps)
+
+
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None,
            hide: tuple[Path, ...] = ()) -> subprocess.Popen:
     cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args, *_ports()]
     if hide:  # its own mount namespace: an empty tmpfs over each hidden folder, then ray start in it
-        mounts = " && ".join(f"mkdir -p {shlex.quote(str(p))} && mount -t tmpfs tmpfs {shlex.quote(str(p))}"
-                             for p in hide)
-        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(cmd)}"]
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               f"{_isolation(hide, CHECKOUT)} && exec {shlex.join(cmd)}"]
     with open(log, "ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(env), start_new_session=True)
 
