@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from raycluster import free_port
+from raycluster import free_port, stop_group
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -42,20 +41,6 @@ class Server:
 
     def stop(self) -> None:
         stop_group(self.proc)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:

@@ -73,7 +73,8 @@ def _start(args: list[str], log: Path, env: dict[str, str] | None = None,
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(env), start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group, SIGKILL if it lingers."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
@@ -139,4 +140,4 @@ def cluster(tmp_path: Path, cpus_per_node: tuple[int, ...] = (1, 1), timeout: fl
         yield address
     finally:
         for p in reversed(procs):
-            _stop(p)
+            stop_group(p)

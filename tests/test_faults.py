@@ -285,6 +285,30 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def _run_to_first_checkpoint(tmp_path: Path, root: Path, url: str, iterations: int, budget: float):
+    """Start a tracked `cmidd run` against the server at ``url`` (its store ``root/server.db``) with the outage
+    budget ``budget`` and return (job file, env, process) once its first checkpoint is uploaded. MLflow's HTTP
+    variables are left out of its environment: the job derives them from its own budget."""
+    import time
+
+    raw = tiny_distill(tmp_path, method__iterations=iterations)
+    raw["output"]["checkpoint_every"] = 50
+    job = write_job(tmp_path, raw)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env.update({"PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1", "CMIDD_OUTAGE_BUDGET_S": str(budget)})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for the first uploaded checkpoint
+        with sqlite3.connect(root / "server.db") as con:
+            if con.execute("select 1 from tags where key='cmidd.checkpoint.step'").fetchall():
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    return job, env, proc
+
+
 @pytest.mark.slow
 def test_tracking_outage_is_bounded_then_resumed(tmp_path):
     """The mlflow server dies mid-run: the job keeps distilling, gives up after the outage budget with one line
@@ -300,20 +324,7 @@ def test_tracking_outage_is_bounded_then_resumed(tmp_path):
     url = f"http://127.0.0.1:{port}"
     server = _start_server(root, port)
     try:
-        raw = tiny_distill(tmp_path, method__iterations=3000)
-        raw["output"]["checkpoint_every"] = 50
-        job = write_job(tmp_path, raw)
-        env = {**os.environ, "PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1", "CMIDD_OUTAGE_BUDGET_S": "8"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:  # wait for the first uploaded checkpoint
-            with sqlite3.connect(root / "server.db") as con:
-                if con.execute("select 1 from tags where key='cmidd.checkpoint.step'").fetchall():
-                    break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        job, env, proc = _run_to_first_checkpoint(tmp_path, root, url, iterations=3000, budget=8)
         _kill_group(server)
         t_kill = time.monotonic()
         _, err = proc.communicate(timeout=300)
@@ -586,22 +597,7 @@ def test_hung_tracking_server_is_bounded_by_the_budget_then_resumed(tmp_path):
     server = _start_server(root, port)
     budget = 10
     try:
-        raw = tiny_distill(tmp_path, method__iterations=6000)
-        raw["output"]["checkpoint_every"] = 50
-        job = write_job(tmp_path, raw)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}  # derived from the
-        env.update({"PYTHONPATH": str(PLATFORM), "PYTHONUNBUFFERED": "1",  # budget in the job's process (an
-                    "CMIDD_OUTAGE_BUDGET_S": str(budget)})  # in-process client_for of another test sets them here)
-        env.pop("MLFLOW_TRACKING_URI", None)
-        proc = subprocess.Popen([sys.executable, "-m", "cmidd.cli", "-q", "run", str(job), "--tracking-uri", url],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:  # wait for the first uploaded checkpoint
-            with sqlite3.connect(root / "server.db") as con:
-                if con.execute("select 1 from tags where key='cmidd.checkpoint.step'").fetchall():
-                    break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        job, env, proc = _run_to_first_checkpoint(tmp_path, root, url, iterations=6000, budget=budget)
         os.killpg(server.pid, signal.SIGSTOP)
         t_stop = time.monotonic()
         _, err = proc.communicate(timeout=300)
