@@ -99,7 +99,7 @@ def stop_at(n: int):
 
 
 def brute_norms(job, digits, proxy, draws: int) -> tuple[float, float]:
-    """Both image-gradient norms by hand (the reference of ``cmidd.distill.gradient_norms``): draw m = iteration
+    """Both image-gradient norms by hand (the reference of ``cmidd.lam.gradient_norms``): draw m = iteration
     m's net and batches, the initial real images."""
     import torch
 

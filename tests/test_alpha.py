@@ -345,7 +345,7 @@ def test_the_loops_initial_real_set_is_the_random_real_baseline(digits):
     from cmidd.formation import init_stored
 
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
-    x0, y0 = init_stored(pool, 4, 1, torch.Generator().manual_seed(3))  # as distill._setup draws it (seed 3)
+    x0, y0 = init_stored(pool, 4, 1, torch.Generator().manual_seed(3))  # as distill_state.setup_run draws it (seed 3)
     x, y = baseline_set("random-real", digits, 4, 3)
     assert torch.equal(x0, x) and torch.equal(y0, y)
 
@@ -366,7 +366,7 @@ def test_recalibration_is_the_ema_of_the_brute_force_ratio_and_resumes_exactly(t
     """3 iterations, recalibrated before iteration 2 (0-based): lam = ema * lam0 + (1 - ema) * alpha * ratio, the
     ratio computed by hand at the images after 2 steps (= those of a plain lam0 run), with iteration 2's net and
     the recalibration stream's batch."""
-    from cmidd.distill import RECAL_STREAM
+    from cmidd.lam import RECAL_STREAM
 
     proxy = _proxy("ConvNetD1", width=16)
     over = {"ipc": 3, "method__iterations": 3, "cmi__alpha": 0.3, "cmi__calibrate_draws": 1,
@@ -413,7 +413,7 @@ def test_measurement_records_the_brute_force_norms_and_changes_nothing(tmp_path,
     images before that iteration's update (iteration it's net, the recalibration stream's batch), the realised
     alpha lam * g_CMI / g_DD; the set is bit-identical to an unmeasured run (the measurement draws from its own
     generator), and the step metrics carry the same numbers."""
-    from cmidd.distill import MEASURED, RECAL_STREAM
+    from cmidd.lam import MEASURED, RECAL_STREAM
 
     proxy = _proxy("ConvNetD1", width=16)
     base = {"ipc": 3, "method__iterations": 3, "cmi__alpha": 0.3, "cmi__calibrate_draws": 1}

@@ -1,4 +1,4 @@
-"""The name of a set (``dm`` / ``dm+cmi``) is one rule (``cmidd.names.set_label``): the runner's tables and the
+"""The name of a set (``dm`` / ``dm+cmi``) is one rule (``cmidd.lam.set_label``): the runner's tables and the
 registry's answers (``cmidd best``: champion and runner-up) agree, for a set weighed by cmi.alpha too.
 
 Issue 34: ``best``'s runner-up line read only ``cmi.lam`` and called an alpha-weighted set ``dm`` while the
@@ -13,8 +13,7 @@ pytest.importorskip("mlflow")
 
 from cmidd import tracking as T  # noqa: E402
 from cmidd.config import parse_job  # noqa: E402
-from cmidd.names import set_label, set_label_of_params  # noqa: E402
-from cmidd.runner import set_label as job_label  # noqa: E402
+from cmidd.lam import set_label, set_label_of_job as job_label, set_label_of_params  # noqa: E402
 
 from conftest import tiny_distill  # noqa: E402
 

@@ -88,7 +88,7 @@ def test_idc_with_cmi_sees_decoded_images(tmp_path, digits):
             seen.append((x.shape[0], groups, sorted(set(y.tolist()))))
             return self.inner(x, y, gen, groups)
 
-    import cmidd.distill as d
+    import cmidd.distill_state as d  # setup_run builds the regularizer
 
     orig = d.build_cmi
     d.build_cmi = lambda *a: Spy(orig(*a))

@@ -8,7 +8,7 @@ import torch
 from cmidd.config import parse_job
 from cmidd.data import RealPool
 from cmidd.config import MethodCfg, NetCfg
-from cmidd.distill import gradient_norms
+from cmidd.lam import gradient_norms
 from cmidd.errors import ConfigError
 from cmidd.methods import MethodContext, build_method
 from cmidd.nets import create_net

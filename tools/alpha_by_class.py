@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT / "platform"))
 
 from cmidd import proxies as proxy_zoo  # noqa: E402
 from cmidd.config import load_job  # noqa: E402
-from cmidd.distill import _norms_by_class, _norms_whole, _setup, iteration_generator  # noqa: E402
+from cmidd.distill_state import iteration_generator, setup_run  # noqa: E402
+from cmidd.lam import norms_by_class, norms_whole  # noqa: E402
 from cmidd.hooks import Hooks  # noqa: E402
 from cmidd.runner import load_job_data, proxies_dir  # noqa: E402
 
@@ -34,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     data = load_job_data(job)
     nets = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, job.device)
     unit = job.model_copy(update={"cmi": job.cmi.model_copy(update={"lam": 1.0, "alpha": 0.0})})
-    run = _setup(unit, data, nets, Hooks(), None, None, None, 1.0)
+    run = setup_run(unit, data, nets, Hooks(), None, None, None, 1.0)
     sums = {"whole": [0.0, 0.0], "by class": [0.0, 0.0]}
     draws = job.cmi.calibrate_draws
     for m in range(draws):
-        for name, fn in (("whole", _norms_whole), ("by class", _norms_by_class)):
+        for name, fn in (("whole", norms_whole), ("by class", norms_by_class)):
             gen = iteration_generator(job.seed, m)
             run.method.begin_iteration(gen)
             dd, cm = fn(run, gen)

@@ -280,7 +280,8 @@ def step_cmi(sz: Sizes, work: Path, until: float, args: argparse.Namespace) -> N
     from cmidd import proxies as proxy_zoo
     from cmidd.bench.reproduce import eval_cfg, plan_named, variant_job
     from cmidd.config import parse_job
-    from cmidd.distill import distill, gradient_norms
+    from cmidd.distill import distill
+    from cmidd.lam import gradient_norms
     from cmidd.hooks import StepClock
     from cmidd.cmi import measure_cmi
     from cmidd.evaluate import evaluate

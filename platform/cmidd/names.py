@@ -30,34 +30,4 @@ TAG_SEARCH_PARENT = "cmidd.search.parent"  # a re-scoring/baseline run of a sear
 FINAL = "final"  # key of a trial's last report (after the full evaluation); a trial without it was stopped
 
 
-# The name of a set in tables, answers and plots: the one rule, used by the runner (from a job) and by the
-# registry's answers (from a run's flat params), so the two never disagree.
-CMI_SUFFIX = "+cmi"
-
-
-def _weight(v: object) -> float:
-    """A CMI weight from a config value or an MLflow param string (absent, empty or not a number: 0)."""
-    try:
-        return float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def set_label(method: str, lam: object = 0.0, alpha: object = 0.0, cmi_on: object = True) -> str:
-    """``<method>`` or ``<method>+cmi``: ``+cmi`` when CMI weighed the set, by ``cmi.lam`` or by ``cmi.alpha``
-    (a search trial of the lambda = 0 arm, ``cmi_on`` false, weighed nothing).
-
-    Example:
-        >>> set_label("dm", lam=0, alpha=0.05), set_label("dm", lam="10"), set_label("dm", alpha=0.05, cmi_on="False")
-        ('dm+cmi', 'dm+cmi', 'dm')
-    """
-    on = cmi_on if isinstance(cmi_on, bool) else str(cmi_on).lower() != "false"
-    return method + (CMI_SUFFIX if on and (_weight(lam) > 0 or _weight(alpha) > 0) else "")
-
-
-def set_label_of_params(params: dict[str, str], method: str | None = None) -> str:
-    """``set_label`` of a run from its flat params (``method.name``, ``cmi.lam``, ``cmi.alpha``, ``cmi_on``);
-    ``method`` (a version's ``method`` tag: an ensemble's) when the run has no ``method.name``; ``-`` without
-    either."""
-    name = params.get("method.name") or method or "-"
-    return set_label(name, params.get("cmi.lam"), params.get("cmi.alpha"), params.get("cmi_on", True))
+# The name of a set (dm / dm+cmi) is a rule of the CMI weight: cmidd.lam.set_label.

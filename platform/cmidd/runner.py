@@ -19,18 +19,17 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import experts as expert_zoo
-from . import names
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
 from .cmi import measure_cmi
 from .device import resolve_device
 from .checkpoint import CHECKPOINT, load_checkpoint
-from .distill import History, Hooks, distill, effective_lambda
+from .distill import History, Hooks, distill
 from .ensemble import check_combinable, combine_sets
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
-from .lam import LAM_KEY, RATIO_KEY
+from .lam import LAM_KEY, RATIO_KEY, effective_lambda, set_label_of_job
 from .memory import check_memory
 from .outdir import owned
 from .registry import Registry
@@ -206,13 +205,14 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
     t0 = time.perf_counter()
     res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
     metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
-    rows = res.rows(set_label(job))
+    rows = res.rows(set_label_of_job(job))
     _evaluate_baselines(job, data, device, rows, metrics)
     metrics[LAM_KEY] = float(synset.meta["lam"])  # what the loop used (a checkpoint's on resume)
     meter = proxies or _trained_proxies(job, data, device)  # CMI off: measured when its proxies are at hand
     if meter:
         metrics.update(cmi_metrics(*synset.training_set(), data, job, meter))
-    draw_curves(history, res.metrics(), outdir / CURVES, f"{job.name}: {set_label(job)}, IPC {job.ipc}, {data.name}")
+    title = f"{job.name}: {set_label_of_job(job)}, IPC {job.ipc}, {data.name}"
+    draw_curves(history, res.metrics(), outdir / CURVES, title)
     return JobResult("distill", outdir, metrics=metrics, rows=rows, synset=synset, history=history)
 
 
@@ -244,11 +244,6 @@ def cmi_metrics(x, y, data: Dataset, job: DistillJob, proxies) -> dict[str, floa
     if out["cmi_random_real"] > 0:
         out[RATIO_KEY] = out["cmi_final"] / out["cmi_random_real"]
     return out
-
-
-def set_label(job: DistillJob) -> str:
-    """``dm`` or ``dm+cmi`` (the set's name in tables: ``cmidd.names.set_label``, the one rule)."""
-    return names.set_label(job.method.name, job.cmi.lam, job.cmi.alpha)
 
 
 @RUNNERS.register("evaluate")

@@ -26,6 +26,7 @@ from ..device import resolve_device
 from ..errors import DivergenceError
 from ..evaluate import ENSEMBLE, evaluate
 from ..runner import load_job_data, proxies_dir, random_real_set
+from ..lam import CMI_SUFFIX
 from ._common import GM_LOOPS
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def run_quality(out: Path, ipcs: list[int], variants: list[str], seeds: int, arc
     base, pre = _base_jobs(out, seeds, archs, epochs, big_epochs, lam, proxy_set, proxy_epochs)
     first = parse_job(base, "bench:quality")
     data = load_job_data(first)
-    if any("+cmi" in v for v in variants):
+    if any(CMI_SUFFIX in v for v in variants):
         execute(parse_job(pre, "bench:proxies"), data=data)
     proxies = proxy_zoo.load(proxies_dir(first, data), data, resolve_device("cpu")) if _has_proxies(first, data) \
         else None

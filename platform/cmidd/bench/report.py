@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..lam import CMI_SUFFIX
+
 
 def _pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
@@ -103,7 +105,7 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
     if q and q.get("rows"):
         written.append(_accuracy_plot(q, out / "accuracy_vs_ipc.png"))
         curves = q.get("curves", {})
-        key = next((k for k in reversed(list(curves)) if "+cmi" in k), next(iter(curves), None))
+        key = next((k for k in reversed(list(curves)) if CMI_SUFFIX in k), next(iter(curves), None))
         if key:
             written.append(_curves_plot(key, curves[key], out / "curves.png"))
     rows = [row for row in r.get("reproduce", {}).get("rows", []) if row.get("curve")]

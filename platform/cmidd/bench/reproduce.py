@@ -30,6 +30,7 @@ from ..device import resolve_device
 from ..errors import DivergenceError
 from ..evaluate import evaluate
 from ..runner import load_job_data, random_real_set
+from ..lam import CMI_SUFFIX
 from ._common import GM_LOOPS
 
 if TYPE_CHECKING:
@@ -90,12 +91,12 @@ class ReproducePlan:
     def iterations_of(self, method: str) -> int:
         return dict(self.iterations)[method]
 
-    def lam_of(self, method: str) -> float:
+    def planned_lam(self, method: str) -> float:
         return dict(self.lams).get(method, self.lam)
 
     def why_not(self, ipc: int, variant: str) -> str | None:
         """Why (``ipc``, ``variant``) has no run under this plan, or None if it runs."""
-        if "+cmi" in variant and ipc == 1:
+        if CMI_SUFFIX in variant and ipc == 1:
             return "CMI is 0 at IPC 1 (= the method)"
         return next((why for i, v, why in self.not_run if (i, v) == (ipc, variant)), None)
 
@@ -136,7 +137,7 @@ def variant_job(plan: ReproducePlan, variant: str, ipc: int, out: Path, device: 
         "name": f"reproduce-{variant.replace('+', '-')}-ipc{ipc}", "seed": plan.seed, "device": device, "ipc": ipc,
         "data.name": plan.data, "method.name": method, "method.iterations": plan.iterations_of(base),
         **{f"method.{k}": v for k, v in method_fields.items()},
-        "cmi.lam": plan.lam_of(base) if cmi else 0.0,
+        "cmi.lam": plan.planned_lam(base) if cmi else 0.0,
         "proxies.set": plan.proxy_set, "proxies.epochs": plan.proxy_epochs, "proxies.dir": str(out / "proxies"),
         "eval.num_eval": plan.seeds, "eval.epochs": plan.eval_epochs,
         "eval.every": _every(plan.iterations_of(base), plan.curve),

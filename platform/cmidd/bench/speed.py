@@ -30,6 +30,7 @@ from ..chunks import apply_chunked, embed_nograd
 from ..methods.dm import dm_loss
 from ..nets import create_net
 from ..training import seeded_net
+from ..lam import CMI_SUFFIX
 from ._common import random_dataset, stats
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Setting:
             opts.append(f"every{self.cmi_every}")
         if self.cmi_precision == "bf16":
             opts.append("bf16")
-        cmi = ("+cmi" + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
+        cmi = (CMI_SUFFIX + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
         dd = "(bf16)" if self.dd_precision == "bf16" else ""
         return f"{self.method}{dd}{cmi}/ipc{self.ipc}/{self.images}"
 

@@ -84,7 +84,7 @@ class CMICfg(Cfg):
 
     Its weight is ``lam`` (absolute) or ``alpha`` (scale-free): with ``alpha > 0`` the loop sets, at the start,
     ``lam = alpha * g_DD / g_CMI`` from the image-gradient norms of both terms averaged over ``calibrate_draws``
-    draws of the DD net, batches and proxy (``cmidd.distill.gradient_norms``), so CMI pulls the images
+    draws of the DD net, batches and proxy (``cmidd.lam.gradient_norms``), so CMI pulls the images
     ``alpha`` times as hard as the DD term. At most one of ``lam``, ``alpha`` may be > 0; both 0 turn CMI off.
     """
 

@@ -36,7 +36,8 @@ from torch import nn
 from ..config import DistillJob
 from ..data import Dataset
 from ..checkpoint import CHECKPOINT, load_checkpoint
-from ..distill import History, Hooks, distill, effective_lambda
+from ..distill import History, Hooks, distill
+from ..lam import effective_lambda
 from ..shard import Shard
 from ..errors import CmiddError, ConfigError
 from ..synthetic import SyntheticSet

@@ -25,7 +25,8 @@ from mlflow.exceptions import MlflowException
 
 from ..errors import ConfigError, UnknownNameError
 from ..gain import paired_gain, spread
-from ..names import CROSS_ARCH_MEAN, set_label_of_params
+from ..lam import set_label_of_params
+from ..names import CROSS_ARCH_MEAN
 from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
 from ._client import CHAMPION, DEFAULT_METRIC
 
@@ -166,12 +167,6 @@ def describe(mv, run, aliases: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def set_label(params: dict[str, str], tags: dict[str, str]) -> str:
-    """``dm``, ``dm+cmi`` (weighed by cmi.lam or cmi.alpha), or the version's ``method`` tag (an ensemble's):
-    ``cmidd.names.set_label_of_params``, the rule the runner names sets by."""
-    return set_label_of_params(params, tags.get("method"))
-
-
 def _std(run, metric: str) -> float:
     return float(run.data.metrics.get(metric.replace("acc/", "acc_std/", 1), 0.0))
 
@@ -196,7 +191,7 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
     def short(item) -> dict[str, Any]:
         v, m, r = item
         return {"version": int(m.version), "run_id": m.run_id, "value": v, "std": _std(r, metric),
-                "gap": value - v, "method": set_label(r.data.params, m.tags)}
+                "gap": value - v, "method": set_label_of_params(r.data.params, m.tags.get("method"))}
 
     ties = []
     for item in items[1:]:
@@ -206,7 +201,8 @@ def answer(client: MlflowClient, name: str, protocol: str, items: list[tuple[flo
     summary = mv.tags.get(TAG_SUMMARY, "scored before protocols were recorded" if protocol == UNKNOWN else "-")
     archs = sorted(k.removeprefix("acc/") for k in run.data.metrics
                    if k.startswith("acc/") and k not in (CROSS_ARCH_MEAN, "acc/ensemble"))
-    return {**out, "label": set_label(run.data.params, mv.tags), "metric": metric, "value": value, "std": std,
+    label = set_label_of_params(run.data.params, mv.tags.get("method"))
+    return {**out, "label": label, "metric": metric, "value": value, "std": std,
             "mean_over": archs if metric == CROSS_ARCH_MEAN else None,
             "protocol": {"id": protocol, "summary": summary},
             "default_protocol": model.tags.get(TAG_DEFAULT) == protocol,
@@ -295,7 +291,8 @@ def gain_over_random_real(client: MlflowClient, dataset: str, ipc: int, protocol
         version has a paired random-real draw.
     """
     table = baseline_table(client, dataset, ipc, protocol, metric)
-    per = [(int(m.version), set_label(r.data.params, m.tags), paired_baseline(table, v, r)) for v, m, r in items]
+    per = [(int(m.version), set_label_of_params(r.data.params, m.tags.get("method")), paired_baseline(table, v, r))
+           for v, m, r in items]
     champion = per[0][2]
     scored = [(v, label, b) for v, label, b in per if b is not None]
     if not scored:
