@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from cmidd.config import JOB_KINDS, DistillJob, apply_overrides, load_job, parse_job
+from cmidd.config import JOB_KINDS, JOBS_DIR, DistillJob, apply_overrides, load_job, parse_job
 from cmidd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,13 +20,15 @@ def write(tmp_path, raw) -> Path:
     return p
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "jobs").glob("*.yaml"), *JOBS_DIR.glob("*.yaml")]),
+                         ids=lambda p: p.name)
 def test_every_job_file_validates(path):
     job = load_job(path)
     assert job.kind in JOB_KINDS
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*sorted((ROOT / "search_spaces").glob("*.yaml")), JOBS_DIR / "bench" / "search.yaml"],
+                         ids=lambda p: p.name)
 def test_every_search_space_file_validates(path):
     """Globbed (torchtune's test_configs): a new space file is checked without being listed here."""
     from cmidd.config import load_search
@@ -173,7 +175,8 @@ def test_yaml_shape_limits_accept_the_shipped_files_and_refuse_bombs(tmp_path):
     from cmidd.config._load import MAX_DEPTH, MAX_VALUES, _check_shape
 
     REPO = Path(__file__).resolve().parents[1]
-    for path in [*sorted((REPO / "jobs").glob("*.yaml")), *sorted((REPO / "search_spaces").glob("*.yaml"))]:
+    for path in [*sorted((REPO / "jobs").glob("*.yaml")), *sorted((REPO / "search_spaces").glob("*.yaml")),
+                 *sorted(JOBS_DIR.rglob("*.yaml"))]:
         _check_shape(path.read_text(), str(path))  # raises if not
     bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cmidd.config import load_job, parse_job
+from cmidd.config import JOBS_DIR, load_job, parse_job
 from cmidd.demo import ARCHS, demo_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,14 +18,15 @@ FILES = {"pretrain": "demo_pretrain_proxies_digits", "dm": "demo_distill_dm_digi
 
 @pytest.mark.parametrize("key", list(FILES))
 def test_the_demo_runs_its_job_files(key, tmp_path):
-    """The demo reads jobs/demo_*.yaml (outputs moved under its --out): a change to a file is a change to the demo."""
-    from_file = load_job(ROOT / "jobs" / f"{FILES[key]}.yaml")
+    """The demo reads cmidd/jobs/demo_*.yaml (outputs moved under its --out): a change to a file is a change to the
+    demo."""
+    from_file = load_job(JOBS_DIR / f"{FILES[key]}.yaml")
     demo = parse_job(demo_jobs(Path("runs/demo"))[key])
     assert demo == from_file  # the files' own output folders are runs/demo/...
     edited = tmp_path / "jobs"
     edited.mkdir()
     for name in FILES.values():
-        text = (ROOT / "jobs" / f"{name}.yaml").read_text()
+        text = (JOBS_DIR / f"{name}.yaml").read_text()
         (edited / f"{name}.yaml").write_text(text.replace("seed: 0", "seed: 7"))
     moved = parse_job(demo_jobs(tmp_path / "out", jobs_dir=edited)[key])
     assert moved.seed == 7 and moved.output.dir == tmp_path / "out" / from_file.output.dir.name

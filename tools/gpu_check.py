@@ -84,7 +84,7 @@ def sizes(device: torch.device) -> dict[str, Any]:
 
 
 def job_for(method: str, cmi: bool, ipc: int, images: str, iterations: int, device: torch.device):
-    """The speed suite's job of this setting (jobs/bench/speed.yaml); at toy size 32 real images per class."""
+    """The speed suite's job of this setting (cmidd/jobs/bench/speed.yaml); at toy size 32 real images per class."""
     raw = set_path(speed_job(Setting(method, cmi, ipc, images), iterations, device.type), "name", "gpu-check")
     if images != "cifar32":
         raw = set_path(raw, "method.batch_real", 32)

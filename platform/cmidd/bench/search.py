@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from ..config import SPACES_DIR, load_raw, load_search
+from ..config import JOBS_DIR, load_raw, load_search
 from ..names import CROSS_ARCH_MEAN
 from ..app import SearchTrial, run_search
 from ..ray import connected, require
@@ -40,7 +40,7 @@ METRIC = CROSS_ARCH_MEAN
 
 def _space(folder: Path, ipc: int, iterations: int, eval_every: int, eval_epochs: int, lam_range: tuple[float, float],
            num_samples: int, grace: int, seed: int) -> Path:
-    mapping = load_raw(SPACES_DIR / "bench_search.yaml", {
+    mapping = load_raw(JOBS_DIR / "bench" / "search.yaml", {
         "base.seed": seed, "base.ipc": ipc, "base.method.iterations": iterations, "base.eval.epochs": eval_epochs,
         "base.eval.every": eval_every, "base.output.dir": str(folder / "runs" / "trial"),
         "search.num_samples": num_samples, "search.seed": seed, "search.asha.grace_period": grace,

@@ -12,7 +12,7 @@ Example:
 """
 
 from ._fields import DSA_DEFAULT, Device
-from ._load import JOBS_DIR, SPACES_DIR, apply_overrides, flatten, format_error, load_raw, read_yaml, set_path
+from ._load import JOBS_DIR, apply_overrides, flatten, format_error, load_raw, read_yaml, set_path
 from .job import (JOB_KINDS, JOB_MODELS, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
                   ExpertsJob, Job, MethodCfg, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg,
                   load_job, parse_job)
@@ -20,7 +20,7 @@ from .search import (ZERO_ARM, AshaCfg, ParamSpec, SearchCfg, SearchRunCfg, Tria
                      trial_job, trial_job_raw)
 
 __all__ = [
-    "DSA_DEFAULT", "Device", "JOBS_DIR", "SPACES_DIR", "load_raw", "apply_overrides", "flatten", "format_error", "read_yaml", "set_path",
+    "DSA_DEFAULT", "Device", "JOBS_DIR", "load_raw", "apply_overrides", "flatten", "format_error", "read_yaml", "set_path",
     "JOB_KINDS", "JOB_MODELS", "CMICfg", "DataCfg", "DistillJob", "EnsembleJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
     "ExpertsJob", "Job", "MethodCfg", "NetCfg", "OutputCfg", "PretrainProxiesJob", "ProxiesCfg", "ScalingCfg",
     "load_job", "parse_job",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-# The checkout's folders of job files and search spaces (an editable install's home; a user passes paths instead).
-REPO = Path(__file__).resolve().parents[3]
-JOBS_DIR = REPO / "jobs"
-SPACES_DIR = REPO / "search_spaces"
+# The job files the commands read themselves (``cmidd demo``: demo_*.yaml; ``cmidd bench``: bench/*.yaml) ship
+# inside the package as package data (pyproject.toml), found through importlib.resources: the same files from a
+# checkout, an editable install or a wheel. The checkout's jobs/ and search_spaces/ hold the examples a user passes
+# by path. A pathlib.Path: cmidd is installed as files (a wheel unpacked), never imported from a zip.
+JOBS_DIR = Path(str(resources.files("cmidd") / "jobs"))
 
 
 def load_raw(path: str | Path, fields: dict[str, Any] | None = None) -> dict[str, Any]:
