@@ -57,7 +57,8 @@ def ray_local():
 # loop: those using the fixtures below, every test of the modules below, and the tests named below (each measured
 # at > 3 s on 2 cores). Their own @pytest.mark.slow marks stay valid too.
 SLOW_FIXTURES = {"ray_local", "mlflow_server", "_server_proc", "template_db", "proxies4"}
-SLOW_MODULES = {"test_search", "test_distributed", "test_gpu_run", "test_bench_ray"}
+SLOW_MODULES = {"test_search", "test_search_pareto", "test_package_data", "test_distributed", "test_gpu_run",
+                "test_bench_ray"}
 SLOW_TESTS = {
     "test_demo_quick_end_to_end", "test_two_concurrent_jobs_on_one_sqlite_store_both_finish",
     "test_sigkill_leaves_no_version_and_resume_run_continues_from_mlflow", "test_gpu_check_dry_run",

@@ -1,6 +1,7 @@
 """The main job: digits -> pretrain proxies -> distil DM and DM+CMI -> cross-architecture evaluation.
 
-The demo's jobs are the YAML files ``cmidd/jobs/demo_*.yaml`` (package data), read by ``demo_jobs`` (``--quick``: toy-size overrides).
+The demo's jobs are the YAML files ``cmidd/jobs/demo_*.yaml`` (package data), read by ``demo_jobs``
+(``--quick``: toy-size overrides).
 It writes under ``out``: one folder per job, ``results.json`` and ``results.md``, and returns the table.
 
 ``results.json``::

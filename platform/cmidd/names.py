@@ -27,6 +27,11 @@ TAG_NODE = "cmidd.node_id"  # the Ray node the trial ran on
 TAG_STOPPED = "cmidd.search.stopped"  # a trial ASHA stopped (its run ends KILLED, never registered)
 TAG_SEARCH_PARENT = "cmidd.search.parent"  # a re-scoring/baseline run of a search (not mlflow.parentRunId:
 #                                             the parent's children are its trials)
+# The costs a multi-objective search may minimize beside accuracy (search.objectives): every Tune report of a trial
+# carries them, the final one with the runner's distillation seconds.
+IPC = "ipc"  # the trial's images per class
+DISTILL_SECONDS = "time/distill_s"  # wall seconds of the distillation (intermediate reports: so far)
+COSTS = (IPC, DISTILL_SECONDS)
 FINAL = "final"  # key of a trial's last report (after the full evaluation); a trial without it was stopped
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from . import experts as expert_zoo
+from . import names
 from . import proxies as proxy_zoo
 from .curves import draw_curves, strict
 from .data import Dataset, load_dataset
@@ -204,7 +205,7 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
 
     t0 = time.perf_counter()
     res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
-    metrics = {**res.metrics(), "time/distill_s": t_distill, "time/eval_s": time.perf_counter() - t0}
+    metrics = {**res.metrics(), names.DISTILL_SECONDS: t_distill, "time/eval_s": time.perf_counter() - t0}
     rows = res.rows(set_label_of_job(job))
     _evaluate_baselines(job, data, device, rows, metrics)
     metrics[LAM_KEY] = float(synset.meta["lam"])  # what the loop used (a checkpoint's on resume)

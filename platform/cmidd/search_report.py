@@ -14,6 +14,7 @@ from typing import Any
 from .config import ZERO_ARM, SearchCfg
 from .lam import fmt_lam, lam_of
 from .names import CROSS_ARCH_MEAN
+from .pareto import pareto_front
 from .study import MIN_GAIN, critical
 
 
@@ -191,3 +192,73 @@ def _pm(r: dict[str, Any]) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# -- a multi-objective search (search.objectives): its Pareto front ---------------------------------------------
+
+
+def objective_values(cfg: SearchCfg, last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's last report -> ({objective metric: value}, {metric: seed std}); the std of an ``acc/`` objective
+    is its ``acc_std/`` (the spread over the evaluation seeds), None for the others."""
+    vals = {o.metric: last.get(o.metric) for o in cfg.search.targets}
+    stds = {m: last.get(m.replace("acc/", "acc_std/", 1)) if m.startswith("acc/") else None for m in vals}
+    return vals, stds
+
+
+def pareto_rows(cfg: SearchCfg, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished trials on the Pareto front of ``search.objectives`` (``cmidd.pareto``), best first on the first
+    objective; a trial missing an objective's value takes no part."""
+    targets = cfg.search.targets
+    done = [r for r in rows if r["state"] == "finished"
+            and all((r.get("objectives") or {}).get(o.metric) is not None for o in targets)]
+    modes = [o.mode for o in targets]
+    front = [done[i] for i in pareto_front([[r["objectives"][o.metric] for o in targets] for r in done], modes)]
+    sign = 1.0 if targets[0].mode == "max" else -1.0
+    return sorted(front, key=lambda r: (-sign * r["objectives"][targets[0].metric], r["trial_id"]))
+
+
+def pareto_table(cfg: SearchCfg, front: list[dict[str, Any]]) -> str:
+    """The front as a table: one line per trial, each objective (``+- seed std`` where reported), the effective
+    lambda and the searched values."""
+    targets = [o.metric for o in cfg.search.targets]
+    keys = sorted({k for r in front for k in r["params"] if k not in RAW_LAMBDA})
+    head = ["trial", *(f"{m} ({o.mode})" for m, o in zip(targets, cfg.search.targets)), "lambda", *keys]
+    lines = [head]
+    for r in front:
+        cells = []
+        for m in targets:
+            sd = (r.get("objective_std") or {}).get(m)
+            cells.append(_fmt(r["objectives"][m]) + ("" if sd is None else f" +- {sd:.4f}"))
+        lines.append([r["trial_id"], *cells, fmt_lam(row_lam(cfg, r)), *(_fmt(r["params"].get(k)) for k in keys)])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def pareto_plot(cfg: SearchCfg, rows: list[dict[str, Any]], front: list[dict[str, Any]], folder: Path) -> list[str]:
+    """pareto.png: every finished trial on the first two objectives, the front joined and marked, each point's
+    seed std as an error bar where reported."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (ya, yo), (xa, xo) = [(o.metric, o.mode) for o in cfg.search.targets[:2]]
+    done = [r for r in rows if r["state"] == "finished" and r.get("objectives")
+            and None not in (r["objectives"].get(ya), r["objectives"].get(xa))]
+    if not done:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for pts, style, label in ((done, dict(fmt="o", color="0.7"), "trial"),
+                              (sorted(front, key=lambda r: r["objectives"][xa]), dict(fmt="-o", color="C0"),
+                               "Pareto front")):
+        ax.errorbar([r["objectives"][xa] for r in pts], [r["objectives"][ya] for r in pts],
+                    yerr=[(r.get("objective_std") or {}).get(ya) or 0.0 for r in pts],
+                    xerr=[(r.get("objective_std") or {}).get(xa) or 0.0 for r in pts], capsize=3, label=label,
+                    **style)
+    ax.set_xlabel(f"{xa} ({xo})")
+    ax.set_ylabel(f"{ya} ({yo}, mean +- seed std)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(folder / "pareto.png", dpi=100)
+    plt.close(fig)
+    return ["pareto.png"]

@@ -6,13 +6,14 @@ import argparse
 import json
 
 from ..report import format_gain
-from ._args import DEFAULT_METRIC, URI_HELP, add_dataset_ipc, add_tracking_uri
+from ._args import DEFAULT_METRIC, URI_HELP, add_dataset_ipc, add_tracking_uri, positive_int
 
 EXAMPLES = """examples:
   cmidd best --dataset digits --ipc 10                                  # one answer per protocol
   cmidd best --dataset digits --ipc 10 --protocol default --json        # the protocol champion follows
   cmidd best --dataset digits --ipc 10 --protocol 3f0c1a9b2e --metric acc/ConvNetD2
   cmidd best --dataset digits --ipc 10 --protocol 3f0c1a9b2e --make-default
+  cmidd best --pareto digits-pareto --max-ipc 5                         # a multi-objective search's front
   cmidd pull --dataset digits --ipc 10 --out sets/digits-ipc10          # the champion
   cmidd pull --dataset digits --ipc 10 --protocol 3f0c1a9b2e --out sets/p   # that protocol's champion
   cmidd pull --dataset digits --ipc 10 --version 3 --out sets/v3
@@ -24,7 +25,14 @@ def add_parser(sub) -> None:
     """Add ``best`` to ``cmidd``'s subparsers."""
     b = sub.add_parser("best", help="the best registered distilled set of a data set and IPC, per protocol",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataset_ipc(b)
+    add_dataset_ipc(b, required=False)
+    b.add_argument("--pareto", default=None, metavar="SEARCH",
+                   help="answer from the Pareto front of the multi-objective search SEARCH (search.objectives) "
+                        "instead of the registry: the best set within --max-ipc / --max-seconds")
+    b.add_argument("--max-ipc", type=positive_int, default=None, metavar="K",
+                   help="with --pareto: at most K images per class")
+    b.add_argument("--max-seconds", type=float, default=None, metavar="N",
+                   help="with --pareto: at most N seconds of distillation (time/distill_s)")
     b.add_argument("--metric", default=DEFAULT_METRIC,
                    help=f"rank by this run metric, higher is better ({DEFAULT_METRIC})")
     b.add_argument("--protocol", default=None, metavar="ID|default",
@@ -42,6 +50,10 @@ def command(args) -> None:
     from ..errors import ConfigError
     from ..tracking import best_per_protocol, best_set, client_for, resolve_uri, set_default_protocol, set_model_name
 
+    if args.pareto is not None or args.max_ipc is not None or args.max_seconds is not None:
+        return pareto_command(args)
+    if args.dataset is None or args.ipc is None:
+        raise ConfigError("--dataset and --ipc: both are required (unless --pareto SEARCH)")
     if args.make_default:
         if args.protocol is None:
             raise ConfigError("--make-default: needs --protocol ID (the protocol 'champion' should follow)")
@@ -57,6 +69,32 @@ def command(args) -> None:
         print(f"{answers[0]['name']}: versions scored under {len(answers)} evaluation protocols, never ranked "
               "together; one answer per protocol (--protocol ID for one)\n")
     print("\n\n".join(format_best(a, args.metric) for a in answers))
+
+
+def pareto_command(args) -> None:
+    """``--pareto SEARCH``: the front's best set within the budget (``tracking.pareto_best``)."""
+    from ..errors import ConfigError
+    from ..lam import fmt_lam
+    from ..names import DISTILL_SECONDS, IPC
+    from ..tracking import pareto_best
+
+    if args.pareto is None:
+        raise ConfigError("--max-ipc / --max-seconds: a budget needs --pareto SEARCH (a multi-objective search)")
+    if args.max_seconds is not None and not 0 < args.max_seconds <= 1e9:
+        raise ConfigError(f"--max-seconds: 0 < N <= 1e9 must hold, but got {args.max_seconds:g}")
+    limits = {k: float(v) for k, v in ((IPC, args.max_ipc), (DISTILL_SECONDS, args.max_seconds)) if v is not None}
+    best = pareto_best(args.pareto, limits, args.tracking_uri)
+    if args.json:
+        print(json.dumps(best, default=str))
+        return
+    budget = ", ".join(f"{k} <= {v:g}" for k, v in limits.items()) or "no budget"
+    print(f"{args.pareto}: the best of {best['within']} front trial(s) within {budget} (front: {best['front_size']})")
+    for o in best["objectives_spec"]:
+        sd = (best.get("objective_std") or {}).get(o["metric"])
+        print(f"  {o['metric']:<24} {best['objectives'][o['metric']]:.4g}{'' if sd is None else f' +- {sd:.4f}'}"
+              f"  ({o['mode']})")
+    print(f"  trial     {best['trial_id']}   lambda {fmt_lam(best.get('lam_effective'))}")
+    print(f"  run       {best['run_id']}")
 
 
 def format_best(best: dict, metric: str) -> str:

@@ -27,7 +27,7 @@ def command(args) -> None:
     """Run the search; print its trials, the best one, what it registered and the parent run."""
     from ..app import run_search
     from ..config import load_search
-    from ..search_report import summary_table, zero_arm_verdict
+    from ..search_report import pareto_rows, pareto_table, summary_table, zero_arm_verdict
 
     cfg = load_search(args.space, args.set)
     with naming_file(args.space):  # the data-dependent rules, for every searched ipc, before anything starts
@@ -42,6 +42,9 @@ def command(args) -> None:
                           "answers": registered_answers(summary["registered"], args.tracking_uri)}, default=str))
         return
     print(summary_table(summary, cfg.search.metric, cfg))
+    if cfg.search.multi:
+        print(f"Pareto front ({len(summary['pareto'])} of {len(summary['trials'])} trials):")
+        print(pareto_table(cfg, pareto_rows(cfg, summary["trials"])))
     print(zero_arm_verdict(summary, cfg))  # always: the verdict, or why it cannot decide
     best = summary["best"]
     print(f"best: trial {best['trial_id']} ({cfg.search.metric} {best['metric']:.4f}), run {best['run_id']}")

@@ -16,7 +16,7 @@ from ._load import JOBS_DIR, apply_overrides, flatten, format_error, load_raw, r
 from .job import (JOB_KINDS, JOB_MODELS, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
                   ExpertsJob, Job, MethodCfg, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg,
                   load_job, parse_job)
-from .search import (ZERO_ARM, AshaCfg, ParamSpec, SearchCfg, SearchRunCfg, TrialResources, load_search,
+from .search import (ZERO_ARM, AshaCfg, Objective, ParamSpec, SearchCfg, SearchRunCfg, TrialResources, load_search,
                      trial_job, trial_job_raw)
 
 __all__ = [
@@ -24,6 +24,6 @@ __all__ = [
     "JOB_KINDS", "JOB_MODELS", "CMICfg", "DataCfg", "DistillJob", "EnsembleJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
     "ExpertsJob", "Job", "MethodCfg", "NetCfg", "OutputCfg", "PretrainProxiesJob", "ProxiesCfg", "ScalingCfg",
     "load_job", "parse_job",
-    "ZERO_ARM", "AshaCfg", "ParamSpec", "SearchCfg", "SearchRunCfg", "TrialResources", "load_search",
+    "ZERO_ARM", "AshaCfg", "Objective", "ParamSpec", "SearchCfg", "SearchRunCfg", "TrialResources", "load_search",
     "trial_job", "trial_job_raw",
 ]

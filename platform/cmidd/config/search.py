@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ..names import CROSS_ARCH_MEAN, CROSS_ARCH_STD
+from ..names import COSTS, CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from ._fields import MAX_COUNT, MAX_SEED, Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
 from .job import DistillJob, EvalCfg, parse_job
@@ -77,8 +77,22 @@ class AshaCfg(Cfg):
     max_t: Int | None = Field(default=None, ge=1, le=MAX_COUNT)  # None = the base job's method.iterations
 
 
+class Objective(Cfg):
+    """One objective of a multi-objective search: a metric the trials report and its direction."""
+
+    metric: str = Field(min_length=1)
+    mode: Literal["max", "min"]
+
+
 class SearchRunCfg(Cfg):
-    """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget."""
+    """How many trials, how many at once, the seed of TPE, what to optimize, early stopping, time budget.
+
+    What to optimize is either one ``metric`` + ``mode`` or a list of ``objectives`` (2 to 4, e.g. accuracy to
+    maximize and ``ipc`` or ``time/distill_s`` to minimize): then Optuna's multi-objective TPE samples, the search
+    reports the Pareto front, and the first objective stands in for ``metric`` / ``mode`` (the best trial, the
+    registered top-k, the tables). A multi-objective search stops no trial early (``asha: null``): ASHA ranks on
+    one metric and would stop the cheap trials the front needs.
+    """
 
     num_samples: Int = Field(default=8, ge=1, le=100_000)
     # with a sqlite store the search forces 1 (see search.py)
@@ -86,8 +100,47 @@ class SearchRunCfg(Cfg):
     seed: Int = Field(default=0, ge=0, le=MAX_SEED)
     metric: str = Field(default=CROSS_ARCH_MEAN, min_length=1)
     mode: Literal["max", "min"] = "max"
+    objectives: list[Objective] | None = Field(default=None, min_length=2, max_length=4)
     asha: AshaCfg | None = AshaCfg()  # null = no early stopping
     time_budget_s: Float | None = Field(default=None, gt=0, le=1e8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: Any) -> Any:
+        """``objectives`` or ``metric`` + ``mode``, not both; with objectives, the first one is metric + mode."""
+        if not isinstance(data, dict) or data.get("objectives") is None:
+            return data
+        both = [k for k in ("metric", "mode") if k in data]
+        if both:
+            raise ValueError(f"give either metric + mode (one objective) or objectives (a list), not both, but "
+                             f"got objectives and {' and '.join(both)}")
+        first = data["objectives"][0] if isinstance(data["objectives"], list) and data["objectives"] else None
+        if isinstance(first, dict) and "metric" in first and "mode" in first:
+            return {**data, "metric": first["metric"], "mode": first["mode"]}
+        return data
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "SearchRunCfg":
+        if self.objectives is None:
+            return self
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: each metric must be given once, but got {names}")
+        if self.asha is not None:
+            raise ValueError("asha: a multi-objective search (objectives) stops no trial early, so asha: null must "
+                             "be set (ASHA ranks on one metric and would stop the cheap trials the front needs)")
+        return self
+
+    @property
+    def multi(self) -> bool:
+        """Whether the search has several objectives (a Pareto front)."""
+        return self.objectives is not None
+
+    @property
+    def targets(self) -> list[Objective]:
+        """The objectives: the list, or the one ``metric`` + ``mode``."""
+        return list(self.objectives) if self.objectives is not None else [Objective(metric=self.metric,
+                                                                                    mode=self.mode)]
 
 
 class TrialResources(Cfg):
@@ -209,6 +262,10 @@ def _check_tune_settings(cfg: SearchCfg, path: Path) -> None:
     if not searched_archs and a is not None and cfg.search.metric not in known:
         raise ConfigError(f"{path}: search.metric: must be a metric the trials' evaluations report "
                           f"({', '.join(known)}), but got {cfg.search.metric!r}")
+    for i, o in enumerate(cfg.search.objectives or []):  # every Tune report must carry every objective
+        if not searched_archs and o.metric not in known + list(COSTS):
+            raise ConfigError(f"{path}: search.objectives.{i}.metric: must be a metric every report of a trial "
+                              f"carries ({', '.join(known + list(COSTS))}), but got {o.metric!r}")
 
 
 def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchCfg:

@@ -38,6 +38,20 @@ def optuna_space(cfg: SearchCfg) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return space, points
 
 
+def optuna_searcher(cfg: SearchCfg) -> tuple[dict[str, Any], Any]:
+    """(the Optuna space, Ray Tune's ``OptunaSearch`` over it): TPE seeded by ``search.seed``; with
+    ``search.objectives`` Optuna's multi-objective TPE, given the metrics and modes as lists."""
+    from optuna.samplers import TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space, points = optuna_space(cfg)
+    targets = cfg.search.targets
+    metric = [o.metric for o in targets] if cfg.search.multi else cfg.search.metric  # on searcher and scheduler:
+    mode = [o.mode for o in targets] if cfg.search.multi else cfg.search.mode  # Tune's concurrency limiter does
+    return space, OptunaSearch(space=space, points_to_evaluate=points or None,  # not pass TuneConfig's on
+                               sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode)
+
+
 def _start_value(cfg: SearchCfg, key: str, dist) -> Any:
     """The base job's value of ``key`` if ``dist`` holds it, else the distribution's middle (geometric if log)."""
     node: Any = cfg.base_raw
@@ -63,24 +77,30 @@ def _inside(dist, value: Any) -> bool:
 
 def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
     """An Optuna study rebuilt from the finished trials: ``optuna_study.csv`` and parameter importances
-    (``optuna_importances.json`` and .png, when at least two finished trials differ). Returns the files written."""
+    (``optuna_importances.json`` and .png, when at least two finished trials differ; of the first objective in a
+    multi-objective search). Returns the files written."""
     import optuna
 
     space, _ = optuna_space(cfg)
-    study = optuna.create_study(direction="maximize" if cfg.search.mode == "max" else "minimize")
+    targets = cfg.search.targets
+    study = optuna.create_study(directions=["maximize" if o.mode == "max" else "minimize" for o in targets])
     for r in rows:
-        if r["state"] != "finished" or r["metric"] is None:
+        vals = [r["metric"]] if not cfg.search.multi else [(r.get("objectives") or {}).get(o.metric) for o in targets]
+        if r["state"] != "finished" or any(v is None for v in vals):
             continue
         values = {k: v for k, v in r["params"].items() if k in space}
         study.add_trial(optuna.trial.create_trial(
-            params=values, distributions={k: space[k] for k in values}, value=float(r["metric"]),
+            params=values, distributions={k: space[k] for k in values}, values=[float(v) for v in vals],
             user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)}))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
-    values = {t.value for t in study.trials}
-    if len(study.trials) >= 2 and len(values) > 1:
+    first = {t.values[0] for t in study.trials}
+    if len(study.trials) >= 2 and len(first) > 1:
         try:
-            imp = optuna.importance.get_param_importances(study)
+            # several objectives: the first one's; the evaluator ranks for low target values, so a max one negated
+            sign = 1.0 if targets[0].mode == "min" else -1.0
+            target = (lambda t: sign * t.values[0]) if cfg.search.multi else None
+            imp = optuna.importance.get_param_importances(study, target=target)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
             files += importance_plot(imp, folder)

@@ -41,9 +41,9 @@ from ..config import DistillJob, SearchCfg, trial_job
 from ..distill import Hooks
 from ..errors import ConfigError
 from ..files import atomic_write
-from ..names import FINAL, TAG_NODE
+from ..names import DISTILL_SECONDS, FINAL, IPC, TAG_NODE
 from ..runner import load_job_data, proxies_dir
-from ._space import optuna_space, study_summary
+from ._space import optuna_searcher, optuna_space, study_summary
 
 __all__ = ["PARENT_FILE", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
            "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
@@ -65,12 +65,18 @@ it to the trial's actor)."""
 
 
 class TuneHooks(Hooks):
-    """Reports each intermediate evaluation to Tune (``step`` = distillation iteration, ASHA's time axis)."""
+    """Reports each intermediate evaluation to Tune (``step`` = distillation iteration, ASHA's time axis), with the
+    costs a multi-objective search may minimize (``names.COSTS``: the IPC, the seconds so far): Tune wants every
+    objective in every report."""
+
+    def __init__(self, ipc: int = 0) -> None:
+        self.ipc, self.t0 = ipc, time.perf_counter()
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         from ray import tune
 
-        tune.report({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
+        costs = {IPC: float(self.ipc), DISTILL_SECONDS: time.perf_counter() - self.t0}
+        tune.report({**costs, **{k: float(v) for k, v in metrics.items()}, "step": int(step)})
 
 
 ProxyBundle = dict[str, dict[str, bytes]]
@@ -97,9 +103,10 @@ def make_trainable(cfg: SearchCfg, trial: Trial):
         trial_id = tune.get_context().get_trial_id()
         job = trial_job(cfg, config, trial_id)
         tags = {TAG_NODE: ray.get_runtime_context().get_node_id()}
-        metrics, run_id = trial(job, trial_id, tags, TuneHooks())
+        metrics, run_id = trial(job, trial_id, tags, TuneHooks(job.ipc))
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        tune.report({**scalars, "step": job.method.iterations, FINAL: True, "mlflow_run_id": run_id})
+        tune.report({IPC: float(job.ipc), **scalars, "step": job.method.iterations, FINAL: True,
+                     "mlflow_run_id": run_id})
 
     return trainable
 
@@ -313,19 +320,14 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
 
 def _search_algs(cfg: SearchCfg) -> tuple[dict[str, Any], Any, Any]:
     """(the Optuna space, the TPE searcher, the ASHA scheduler or None) of the search ``cfg``."""
-    from optuna.samplers import TPESampler
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    space, points = optuna_space(cfg)
-    metric, mode = cfg.search.metric, cfg.search.mode  # on searcher and scheduler: Tune's concurrency limiter
-    searcher = OptunaSearch(space=space, points_to_evaluate=points or None,  # does not pass TuneConfig's on
-                            sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode)
+    space, searcher = optuna_searcher(cfg)
     a = cfg.search.asha
     # max_t + 1: ASHA stops a trial whose step reaches max_t, which would kill it before its final evaluation
     scheduler = None if a is None else ASHAScheduler(
-        time_attr="step", metric=metric, mode=mode, max_t=cfg.max_t + 1, grace_period=a.grace_period,
-        reduction_factor=a.reduction_factor)
+        time_attr="step", metric=cfg.search.metric, mode=cfg.search.mode, max_t=cfg.max_t + 1,
+        grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     return space, searcher, scheduler
 
 

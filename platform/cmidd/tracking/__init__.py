@@ -44,7 +44,8 @@ from ._ranking import baseline_table, champion_alias, move_champion, set_default
 from ._reports import list_runs, log_report
 from ._rescore import TAG_EVALUATES, find_protocol, rescore_versions
 from ._run import PUBLISHERS, Publisher, TrackedRun, tracked_run
-from ._search import find_trial_run, finish_search, run_trial, search_concurrency, search_parent
+from ._search import (PARETO_FILE, find_trial_run, finish_search, pareto_best, run_trial, search_concurrency,
+                      search_parent)
 from ._sets import (
     best_per_protocol, best_set, load_set, load_verified, pull, register_distilled, register_set, set_model_name,
     verify_remote_set,
@@ -58,7 +59,7 @@ __all__ = [
     "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version", "credentials_env",
     "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
     "baseline_table", "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_protocol",
-    "find_trial_run", "finish_search", "git_sha",
+    "PARETO_FILE", "find_trial_run", "finish_search", "git_sha", "pareto_best",
     "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified", "quiet_mlflow",
     "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",

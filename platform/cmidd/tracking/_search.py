@@ -35,10 +35,11 @@ from ..config import SearchCfg
 from ..errors import CmiddError, ConfigError
 from ..lam import LAM_KEY, fmt_lam
 from ..names import TAG_SEARCH, TAG_STOPPED, TAG_TRIAL
-from ..search_report import RAW_LAMBDA, arch_rows, plots, row_lam, trial_lam
+from ..pareto import best_within
+from ..search_report import RAW_LAMBDA, arch_rows, objective_values, pareto_plot, pareto_rows, plots, row_lam, trial_lam
 from ._client import (
     RunSession, client_for, end_run, ensure_experiment, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
-    set_tags,
+    resolve_uri, set_tags,
 )
 from ._run import tracked_run
 from ._search_register import register_top
@@ -46,6 +47,7 @@ from ._tags import run_tags
 
 log = logging.getLogger(__name__)
 
+PARETO_FILE = "pareto.json"  # a multi-objective search's front, on its parent run
 StudyFiles = Callable[[list[dict[str, Any]], Path], list[str]]  # (rows, folder) -> the files it wrote there
 
 
@@ -165,6 +167,8 @@ def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, An
                 "params": dict(t["config"]),
                 "lam_effective": trial_lam(cfg, t["config"], t["last"]),  # what it ran (0 for the zero arm)
             })
+            if cfg.search.multi:  # every objective's value and seed spread (search.objectives)
+                rows[-1]["objectives"], rows[-1]["objective_std"] = objective_values(cfg, t["last"])
         known = {t["trial_id"] for t in trials}
         for trial_id, run in runs.items():  # a driver killed hard may leave runs of trials Tune never saved
             if trial_id not in known and run.info.status == "RUNNING" and not interrupted:
@@ -182,6 +186,8 @@ def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, An
         registered = register_top(client, cfg, done[:cfg.register_top_k], parent)
         summary = {"parent_run_id": parent, "experiment": cfg.name, "trials": rows, "best": done[0],
                    "registered": registered, "stopped": stopped, "wall_s": wall}
+        if cfg.search.multi:
+            summary["pareto"] = [r["trial_id"] for r in pareto_rows(cfg, rows)]
         _log_parent(client, cfg, parent, summary, study_files)
     return summary
 
@@ -199,16 +205,25 @@ def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any], st
     counts = {"trials/finished": sum(r["state"] == "finished" for r in rows), "trials/stopped": len(summary["stopped"]),
               "trials/failed": sum(r["state"] == "error" for r in rows), f"best/{cfg.search.metric}": best["metric"],
               "time/search_s": summary["wall_s"]}
+    if "pareto" in summary:
+        counts["pareto/size"] = len(summary["pareto"])
     log_metrics(client, parent, metrics_at(0, counts))
     with tempfile.TemporaryDirectory(prefix="cmidd-search-") as tmp:
         folder = Path(tmp)
         (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
         files = ["trials.json"]
+        if "pareto" in summary:  # the front's rows and the objectives (cmidd best --pareto reads them)
+            front = [r for r in rows if r["trial_id"] in summary["pareto"]]
+            doc = {"objectives": [o.model_dump() for o in cfg.search.targets], "front": front}
+            (folder / PARETO_FILE).write_text(json.dumps(doc, indent=2, default=str))
+            files.append(PARETO_FILE)
         if study_files is not None:
             files += study_files(rows, folder)
         try:
             files += plots(cfg, rows, folder)
             files += comparison(client, cfg, summary, folder)
+            if "pareto" in summary:
+                files += pareto_plot(cfg, rows, pareto_rows(cfg, rows), folder)
         except Exception as e:  # plots are a convenience: never fail a finished search on them
             log.warning("search plots skipped: %s", e)
         for name in files:
@@ -238,3 +253,53 @@ def comparison(client, cfg: SearchCfg, summary: dict[str, Any], folder: Path, to
     return ["comparison.png"]
 
 
+
+
+def pareto_best(search: str, limits: dict[str, float], uri: str | None = None) -> dict[str, Any]:
+    """``cmidd best --pareto``: the best set of a multi-objective search under a budget, from its front.
+
+    Args:
+        search: the search's name (its MLflow experiment); its newest finished parent run answers.
+        limits: objective metric -> budget (``{"ipc": 10}``: at most 10 images per class; a ``max`` objective's
+            value must reach it instead). Each must be one of the search's objectives.
+
+    Returns:
+        The front row within the budget best on the first objective (``trial_id``, ``run_id``, ``objectives``,
+        ``objective_std``, ``params``, ``lam_effective``) plus ``objectives_spec``, ``front_size``, ``within``
+        (front trials within the budget) and ``parent_run_id``.
+
+    Raises:
+        ConfigError: no such search, a search without objectives, a limit on a metric it did not optimize, or no
+            front trial within the budget.
+    """
+    client = client_for(resolve_uri(uri))
+    with mlflow_errors():
+        exp = client.get_experiment_by_name(search)
+        runs = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string="tags.kind = 'search' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise ConfigError(f"--pareto: no finished search named {search!r} in this tracking store")
+        parent = runs[0].info.run_id
+        names = {a.path for a in client.list_artifacts(parent)}
+        if PARETO_FILE not in names:
+            raise ConfigError(f"--pareto: search {search!r} has one objective (no search.objectives), so no front")
+        with tempfile.TemporaryDirectory(prefix="cmidd-pareto-") as tmp:
+            doc = json.loads(Path(client.download_artifacts(parent, PARETO_FILE, tmp)).read_text())
+    spec, front = doc["objectives"], doc["front"]
+    index = {o["metric"]: i for i, o in enumerate(spec)}
+    for metric in limits:
+        if metric not in index:
+            raise ConfigError(f"--pareto: search {search!r} did not optimize {metric} (its objectives: "
+                              f"{', '.join(index)}), so its front cannot answer a budget on it")
+    points = [[r["objectives"][o["metric"]] for o in spec] for r in front]
+    modes = [o["mode"] for o in spec]
+    i = best_within(points, modes, {index[m]: v for m, v in limits.items()})
+    if i is None:
+        budget = ", ".join(f"{m} {'<=' if modes[index[m]] == 'min' else '>='} {v:g}" for m, v in limits.items())
+        raise ConfigError(f"--pareto: no trial on the front of {search!r} within {budget} (the front: "
+                          + "; ".join(", ".join(f"{m} {p:g}" for m, p in zip(index, pt)) for pt in points) + ")")
+    within = sum(all(p[index[m]] <= v if modes[index[m]] == "min" else p[index[m]] >= v for m, v in limits.items())
+                 for p in points)
+    return {**front[i], "objectives_spec": spec, "front_size": len(front), "within": within,
+            "parent_run_id": parent}
