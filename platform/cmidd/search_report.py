@@ -221,17 +221,22 @@ def pareto_table(cfg: SearchCfg, front: list[dict[str, Any]]) -> str:
     """The front as a table: one line per trial, each objective (``+- seed std`` where reported), the effective
     lambda and the searched values."""
     targets = [o.metric for o in cfg.search.targets]
-    keys = sorted({k for r in front for k in r["params"] if k not in RAW_LAMBDA})
+    keys = sorted({k for r in front for k in r["params"] if k not in RAW_LAMBDA and k not in targets})
     head = ["trial", *(f"{m} ({o.mode})" for m, o in zip(targets, cfg.search.targets)), "lambda", *keys]
     lines = [head]
     for r in front:
-        cells = []
-        for m in targets:
-            sd = (r.get("objective_std") or {}).get(m)
-            cells.append(_fmt(r["objectives"][m]) + ("" if sd is None else f" +- {sd:.4f}"))
+        cells = [fmt_objective(m, r["objectives"][m], (r.get("objective_std") or {}).get(m)) for m in targets]
         lines.append([r["trial_id"], *cells, fmt_lam(row_lam(cfg, r)), *(_fmt(r["params"].get(k)) for k in keys)])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def fmt_objective(metric: str, value: float, std: float | None = None) -> str:
+    """An objective's value for tables: an accuracy (or any value with a seed std) to 4 decimals ``+- std``, a cost
+    such as ``ipc`` or seconds to 4 significant digits."""
+    if std is None and not metric.startswith("acc/"):
+        return _fmt(float(value))
+    return f"{value:.4f}" + ("" if std is None else f" +- {std:.4f}")
 
 
 def pareto_plot(cfg: SearchCfg, rows: list[dict[str, Any]], front: list[dict[str, Any]], folder: Path) -> list[str]:
@@ -250,13 +255,13 @@ def pareto_plot(cfg: SearchCfg, rows: list[dict[str, Any]], front: list[dict[str
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for pts, style, label in ((done, dict(fmt="o", color="0.7"), "trial"),
                               (sorted(front, key=lambda r: r["objectives"][xa]), dict(fmt="-o", color="C0"),
-                               "Pareto front")):
+                               "Pareto front (mean +- seed std)")):
         ax.errorbar([r["objectives"][xa] for r in pts], [r["objectives"][ya] for r in pts],
                     yerr=[(r.get("objective_std") or {}).get(ya) or 0.0 for r in pts],
                     xerr=[(r.get("objective_std") or {}).get(xa) or 0.0 for r in pts], capsize=3, label=label,
                     **style)
     ax.set_xlabel(f"{xa} ({xo})")
-    ax.set_ylabel(f"{ya} ({yo}, mean +- seed std)")
+    ax.set_ylabel(f"{ya} ({yo})")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(folder / "pareto.png", dpi=100)

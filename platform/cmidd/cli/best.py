@@ -76,6 +76,7 @@ def pareto_command(args) -> None:
     from ..errors import ConfigError
     from ..lam import fmt_lam
     from ..names import DISTILL_SECONDS, IPC
+    from ..search_report import fmt_objective
     from ..tracking import pareto_best
 
     if args.pareto is None:
@@ -90,9 +91,8 @@ def pareto_command(args) -> None:
     budget = ", ".join(f"{k} <= {v:g}" for k, v in limits.items()) or "no budget"
     print(f"{args.pareto}: the best of {best['within']} front trial(s) within {budget} (front: {best['front_size']})")
     for o in best["objectives_spec"]:
-        sd = (best.get("objective_std") or {}).get(o["metric"])
-        print(f"  {o['metric']:<24} {best['objectives'][o['metric']]:.4g}{'' if sd is None else f' +- {sd:.4f}'}"
-              f"  ({o['mode']})")
+        value = fmt_objective(o["metric"], best["objectives"][o["metric"]], best["objective_std"].get(o["metric"]))
+        print(f"  {o['metric']:<24} {value}  ({o['mode']})")
     print(f"  trial     {best['trial_id']}   lambda {fmt_lam(best.get('lam_effective'))}")
     print(f"  run       {best['run_id']}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,9 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
             # several objectives: the first one's; the evaluator ranks for low target values, so a max one negated
             sign = 1.0 if targets[0].mode == "min" else -1.0
             target = (lambda t: sign * t.values[0]) if cfg.search.multi else None
-            imp = optuna.importance.get_param_importances(study, target=target)
+            with warnings.catch_warnings():  # the target's sign is set above on purpose: its warning says nothing
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+                imp = optuna.importance.get_param_importances(study, target=target)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
             files += importance_plot(imp, folder)
