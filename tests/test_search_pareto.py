@@ -105,3 +105,16 @@ def test_tiny_pareto_search_front_equals_brute_force(tmp_path, template_db, ray_
     capsys.readouterr()
     assert cli.main(["best", "--pareto", "pareto-tiny", "--max-seconds", "5", "--tracking-uri", uri]) == 2
     assert "did not optimize time/distill_s (its objectives: acc/cross_arch_mean, ipc)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, line", [
+    ([], "error: --dataset and --ipc: both are required (unless --pareto SEARCH)"),
+    (["--max-ipc", "5"], "error: --max-ipc / --max-seconds: a budget needs --pareto SEARCH (a multi-objective search)"),
+    (["--pareto", "s", "--max-seconds", "0"], "error: --max-seconds: 0 < N <= 1e9 must hold, but got 0"),
+])
+def test_best_bad_input_is_one_line_exit_2(tmp_path, capsys, args, line):
+    from cmidd import cli
+
+    assert cli.main(["best", *args, "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "none.db").exists()  # nothing written
