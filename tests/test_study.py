@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cmidd.study import (POWER, SE_FACTOR, StudyRun, arm_curves, calib_md, clauses, critical, detectable, gain_test,
-                         paired, precondition, t_quantile, table_md, verdict)
+from cmidd.paired_test import POWER, SE_FACTOR, critical, detectable, gain_test, t_quantile
+from cmidd.study import StudyRun, arm_curves, calib_md, clauses, paired, precondition, table_md, verdict
 from cmidd.study_sim import DESIGNS, Noise, false_help_rate, null_runs
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
-from cmidd import study  # noqa: E402
+from cmidd import paired_test, study  # noqa: E402
 from cmidd.study_sim import DESIGNS, Noise, false_help_rate  # noqa: E402
 
 
@@ -35,13 +35,14 @@ def _old_verdict(path: Path):
 
 
 def _flat(rule, design, noise, repeats: int, seed: int) -> float:
-    """The rate with ``study.critical`` replaced by a flat 2 standard errors (put back afterwards)."""
-    kept = study.critical
-    study.critical = lambda n, tests=1: study.SE_FACTOR
+    """The rate with ``paired_test.critical`` (what the gain test calls) replaced by a flat 2 standard errors (put
+    back afterwards)."""
+    kept = paired_test.critical
+    paired_test.critical = lambda n, tests=1: paired_test.SE_FACTOR
     try:
         return false_help_rate(rule, design, noise, repeats, seed)
     finally:
-        study.critical = kept
+        paired_test.critical = kept
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from .config import ZERO_ARM, SearchCfg
 from .lam import fmt_lam, lam_of
 from .names import CROSS_ARCH_MEAN
 from .pareto import pareto_front
-from .study import MIN_GAIN, critical
+from .paired_test import MIN_GAIN, critical
 
 
 def plots(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from .lam import LAM_KEY, RATIO_KEY, fmt_lam
 from .names import CROSS_ARCH_MEAN as METRIC
+from .paired_test import MIN_GAIN, POWER, critical, detectable, gain_test
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,6 @@ def arm_curves(runs: list[StudyRun]) -> dict[float, dict[int, Point]]:
     return arms
 
 
-MIN_GAIN = 0.005  # 0.5 pt: the smallest mean paired gain that counts (accuracies are fractions)
-SE_FACTOR = 2.0  # ... and it must exceed this many standard errors of the paired mean, at least (``critical``)
-LEVEL = 0.025  # one-sided false-"helps" level of the whole verdict, split over its tests (Bonferroni)
-POWER = 0.8  # the detectable effect: the true gain the rule finds with this probability (``detectable``)
-
-
 @dataclass(frozen=True)
 class Paired:
     """An alpha arm against the zero arm at one checkpoint, paired by distillation seed: the differences
@@ -140,48 +134,6 @@ class Paired:
         return f"{100 * self.mean:+.2f} pt (seeds {','.join(map(str, self.seeds))}: {each}; SE {se})"
 
 
-def t_quantile(q: float, df: int) -> float:
-    """The ``q`` quantile (q > 0.5) of Student's t with ``df`` degrees of freedom: closed form for 1 and 2, else
-    bisection on the CDF (Simpson's rule on the density, 4000 panels; tested against scipy to 1e-6)."""
-    if df == 1:
-        return math.tan(math.pi * (q - 0.5))
-    if df == 2:
-        return (2 * q - 1) / math.sqrt(2 * q * (1 - q))
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-
-    def cdf(t: float, panels: int = 4000) -> float:
-        h = t / panels
-        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(panels + 1)]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < q:
-        lo, hi = hi, 2 * hi
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
-    return (lo + hi) / 2
-
-
-@functools.lru_cache(maxsize=None)
-def critical(n: int, tests: int = 1) -> float:
-    """How many standard errors a paired mean of ``n`` seeds must exceed when the verdict looks at ``tests``
-    tests: Student's t quantile at one-sided ``LEVEL / tests`` with n - 1 degrees of freedom (Bonferroni), and
-    never fewer than SE_FACTOR (2). With 2 SE flat (issue 34's first wording) the null simulation said "helps"
-    14-38% of the time at 2-4x the digits study's spread (``tools/study_null_sim.py``)."""
-    return max(SE_FACTOR, t_quantile(1 - LEVEL / tests, n - 1))
-
-
-def gain_test(diffs: tuple[float, ...] | list[float], tests: int = 1) -> bool:
-    """Whether paired differences pass the gain test (``Paired.gain``)."""
-    n = len(diffs)
-    if n < 2:
-        return False
-    m = sum(diffs) / n
-    se = math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1) / n)
-    return m >= MIN_GAIN and all(d > 0 for d in diffs) and m > critical(n, tests) * se
-
-
 def paired(runs: list[StudyRun]) -> list[Paired]:
     """Every (alpha > 0, checkpoint) with the zero arm's runs of the same seeds at that checkpoint."""
     zero = {r.seed: r for r in runs if r.alpha == 0}
@@ -193,30 +145,6 @@ def paired(runs: list[StudyRun]) -> list[Paired]:
             if seeds:
                 out.append(Paired(a, s, seeds, tuple(mine[k].curve[s][0] - zero[k].curve[s][0] for k in seeds)))
     return out
-
-
-def detectable(sd: float, n: int, tests: int = 1, power: float = POWER, draws: int = 4000, seed: int = 0) -> float:
-    """The smallest true mean gain (a fraction) the gain test passes with probability ``power`` when ``n`` paired
-    differences are normal with std ``sd``: seeded Monte Carlo, bisected on the gain (the pass rate rises with
-    it). inf below 2 seeds (the test needs a standard error)."""
-    import random
-
-    if n < 2:
-        return math.inf
-    if sd <= 0:
-        return MIN_GAIN
-
-    def rate(delta: float) -> float:
-        rng = random.Random(seed)  # common random numbers: the rate is monotone in delta
-        return sum(gain_test([rng.gauss(delta, sd) for _ in range(n)], tests) for _ in range(draws)) / draws
-
-    lo, hi = MIN_GAIN, MIN_GAIN + 20 * sd
-    if rate(lo) >= power:
-        return lo
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if rate(mid) >= power else (mid, hi)
-    return hi
 
 
 def spread(tests: list[Paired]) -> tuple[float, int] | None:
