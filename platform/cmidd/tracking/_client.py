@@ -95,15 +95,12 @@ _READY: set[str] = set()  # sqlite stores this process has seen created (their t
 
 @contextlib.contextmanager
 def store_lock(db: Path) -> Iterator[None]:
-    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``fcntl.flock``: released if the holder dies)."""
-    import fcntl
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``filelock``: an OS lock, released if the holder
+    dies)."""
+    from filelock import FileLock
 
-    with open(db.with_name(db.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def client_for(uri: str) -> MlflowClient:
