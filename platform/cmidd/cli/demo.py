@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..names import CROSS_ARCH_MEAN
+from ..redact import redact
 from ._args import add_json, add_no_track, add_out, add_tracking_uri, json_stdout
 
 
@@ -39,6 +40,9 @@ def command(args) -> None:
     print(summary["table"])
     print(f"results: {Path(args.out) / 'results.json'}")
     if uri is not None:
+        from ..tracking import run_ui_hint
+
+        print(redact(run_ui_hint(uri, summary["parent_run_id"])))
         best = summary["best"]
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --protocol {best['protocol']['id']} "
               f"--tracking-uri {uri}")

@@ -60,6 +60,10 @@ def command(args) -> None:
         print(f"{how}: {v['name']} version {v['version']} (run {v['run_id']}) under protocol {v.get('protocol', '-')}")
     print("\n".join(registered_answers(summary["registered"], args.tracking_uri)))
     print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+    from ..redact import redact
+    from ..tracking import resolve_uri, run_ui_hint
+
+    print(redact(run_ui_hint(resolve_uri(args.tracking_uri), summary["parent_run_id"])))
 
 
 def registered_answers(registered: list[dict], uri: str | None) -> list[str]:
