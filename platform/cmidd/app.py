@@ -166,7 +166,7 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
     Returns:
         {"parent_run_id", "experiment", "trials": [{"trial_id", "run_id", "state", "step", "metric", "std",
         "params", "lam_effective"}], "best": {...}, "registered": [{"name", "version", "run_id", ...}],
-        "stopped": [ids], "wall_s"}.
+        "stopped": [ids], "wall_s", "optuna_study": {"name", "storage"}}.
 
     Raises:
         ConfigError: bad storage / resume state / address (before anything is written).
@@ -174,8 +174,8 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         CmiddError: MLflow failures; every trial failed.
     """
     from .ray import connect, disconnect
-    from .ray.tune import (check_storage, check_trial_resources, fit_search, local_resources, save_parent,
-                           saved_parent, study_summary)
+    from .ray.tune import (STUDY_DB, check_storage, check_trial_resources, fit_search, local_resources, save_parent,
+                           saved_parent, study_storage, study_summary)
     from .tracking import client_for, credentials_env, finish_search, search_concurrency, search_parent
 
     uri = tracking_uri(uri)
@@ -205,6 +205,8 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
             parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
             summary = finish_search(client, cfg, parent.run_id, trials, wall, partial(study_summary, cfg))
             tag_search_gains(client, summary["registered"], uri)
+            if (cfg.storage_dir / STUDY_DB).is_file():  # the TPE sampler's study: optuna-dashboard <storage>
+                summary["optuna_study"] = {"name": cfg.name, "storage": study_storage(cfg)}
     finally:
         if started:
             disconnect()

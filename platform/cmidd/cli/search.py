@@ -64,6 +64,8 @@ def command(args) -> None:
     from ..tracking import resolve_uri, run_ui_hint
 
     print(redact(run_ui_hint(resolve_uri(args.tracking_uri), summary["parent_run_id"])))
+    if "optuna_study" in summary:
+        print(f"optuna study {summary['optuna_study']['name']}: optuna-dashboard {summary['optuna_study']['storage']}")
 
 
 def registered_answers(registered: list[dict], uri: str | None) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import ZERO_ARM, SearchCfg
 from ..lam import LAM_KEY
-from ..search_report import importance_plot, row_lam
+from ..search_report import row_lam
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def _inside(dist, value: Any) -> bool:
 
 
 def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv`` and parameter importances
-    (``optuna_importances.json`` and .png, when at least two finished trials differ). Returns the files written."""
+    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv``, Optuna's optimization history plot
+    (``optuna_history.png``, from one finished trial) and parameter importances (``optuna_importances.json`` and
+    Optuna's plot of them, .png, when at least two finished trials differ). Returns the files written."""
     import optuna
 
     space, _ = optuna_space(cfg)
@@ -77,13 +78,37 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
             user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)}))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
+    if study.trials:
+        files += _optuna_plot("plot_optimization_history", study, folder / "optuna_history.png")
     values = {t.value for t in study.trials}
     if len(study.trials) >= 2 and len(values) > 1:
         try:
             imp = optuna.importance.get_param_importances(study)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
-            files += importance_plot(imp, folder)
+            files += _optuna_plot("plot_param_importances", study, folder / "optuna_importances.png")
         except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
             log.info("optuna importances skipped: %s", e)
     return files
+
+
+def _optuna_plot(name: str, study, path: Path) -> list[str]:
+    """Optuna's own matplotlib plot ``optuna.visualization.matplotlib.<name>`` of ``study`` into ``path``."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks its matplotlib backend experimental
+        ax = getattr(ovm, name)(study)
+    fig = ax.figure
+    fig.set_size_inches(6.4, 3.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path.name]

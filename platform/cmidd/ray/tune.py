@@ -45,14 +45,21 @@ from ..names import FINAL, TAG_NODE
 from ..runner import load_job_data, proxies_dir
 from ._space import optuna_space, study_summary
 
-__all__ = ["PARENT_FILE", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
-           "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
+__all__ = ["PARENT_FILE", "STUDY_DB", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage",
+           "fit_search", "study_storage", "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
            "saved_parent", "study_summary"]
 
 log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
 PARENT_FILE = "parent_run_id"
+STUDY_DB = "optuna.db"  # the Optuna study of the search's TPE sampler (``optuna-dashboard sqlite:///<storage>/optuna.db``)
+
+
+def study_storage(cfg: SearchCfg) -> str:
+    """The RDB storage URL of the search's Optuna study: a sqlite file in its storage folder (the study is named
+    ``cfg.name``)."""
+    return f"sqlite:///{(cfg.storage_dir / STUDY_DB).absolute()}"
 SPACE_FILE = "space.json"  # the search's fingerprint, checked on --resume
 
 Trial = Callable[[DistillJob, str, dict[str, str], Hooks], tuple[dict[str, float], str]]
@@ -314,13 +321,18 @@ def build_tuner(cfg: SearchCfg, trial: Trial, *, grid: dict[str, list[Any]] | No
 def _search_algs(cfg: SearchCfg) -> tuple[dict[str, Any], Any, Any]:
     """(the Optuna space, the TPE searcher, the ASHA scheduler or None) of the search ``cfg``."""
     from optuna.samplers import TPESampler
+    from optuna.storages import RDBStorage
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     space, points = optuna_space(cfg)
     metric, mode = cfg.search.metric, cfg.search.mode  # on searcher and scheduler: Tune's concurrency limiter
+    cfg.storage_dir.mkdir(parents=True, exist_ok=True)
+    # the study in an RDB storage (not in memory), so that optuna-dashboard opens it; Tune pickles the searcher with
+    # its study into the experiment, and --resume reconnects to the same file
     searcher = OptunaSearch(space=space, points_to_evaluate=points or None,  # does not pass TuneConfig's on
-                            sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode)
+                            sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode,
+                            storage=RDBStorage(study_storage(cfg)), study_name=cfg.name)
     a = cfg.search.asha
     # max_t + 1: ASHA stops a trial whose step reaches max_t, which would kill it before its final evaluation
     scheduler = None if a is None else ASHAScheduler(
