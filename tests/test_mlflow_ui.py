@@ -62,3 +62,7 @@ def test_key_numbers_sort_first_and_versions_carry_their_gain(tmp_path, digits):
     assert mv.tags[TAG_GAIN] == gain_text(tagged[0]) and mv.tags[TAG_GAIN].endswith(f"pt (n={tagged[0]['n']})")
     assert client.get_run(done.run_id).data.metrics[KEY_GAIN] == pytest.approx(tagged[0]["gain"])
     assert tag_gains(client, {**answer, "baseline": None}) == []  # no draws logged: nothing to tag
+    # short tags: accuracies and the protocol's id and summary; spreads, ECE and the protocol's JSON stay on the run
+    assert not [k for k in mv.tags if k.startswith(("acc_std/", "ece/")) or k == "protocol.json"]
+    assert "protocol.json" in run.data.tags and mv.tags["protocol.id"] == run.data.tags["protocol.id"]
+    assert mv.tags["acc/cross_arch_mean"] == f"{m[CROSS_ARCH_MEAN]:.6g}"
