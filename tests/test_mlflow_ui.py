@@ -61,6 +61,10 @@ def test_key_numbers_sort_first_and_versions_carry_their_gain(tmp_path, digits):
     mv = client.get_model_version(answer["name"], str(answer["version"]))
     assert mv.tags[TAG_GAIN] == gain_text(tagged[0]) and mv.tags[TAG_GAIN].endswith(f"pt (n={tagged[0]['n']})")
     assert client.get_run(done.run_id).data.metrics[KEY_GAIN] == pytest.approx(tagged[0]["gain"])
+    assert mv.description.endswith(f"; gain over random-real {gain_text(tagged[0])}")
+    tag_gains(client, answer)  # tagged again (a later search): the description keeps one gain, the latest
+    again = client.get_model_version(answer["name"], str(answer["version"])).description
+    assert again == mv.description and again.count("gain over random-real") == 1
     assert tag_gains(client, {**answer, "baseline": None}) == []  # no draws logged: nothing to tag
     # short tags: accuracies and the protocol's id and summary; spreads, ECE and the protocol's JSON stay on the run
     assert not [k for k in mv.tags if k.startswith(("acc_std/", "ece/")) or k == "protocol.json"]

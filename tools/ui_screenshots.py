@@ -6,7 +6,8 @@
 Steps: ``cmidd demo --quick`` and a 4-trial ``cmidd search`` into one sqlite MLflow store under ``--work``;
 ``mlflow server`` on 127.0.0.1 against it and ``optuna-dashboard`` on the search's study (if installed); Chromium
 (``--headless --no-sandbox``, a new empty profile per shot, no network beyond 127.0.0.1) shoots the experiment
-page, the runs' metric charts, the demo's parent run (its comparison figure), a registry version and the study;
+page, the best set's run (its key numbers first), the demo's parent run (its comparison figure), a registry
+version and the study;
 the PNGs are cut to the page (the MLflow Assistant panel on the right left out), reduced to 256 colours and
 written to ``--out``. Needs ``chromium`` (``apt-get install -y chromium``) and Pillow (matplotlib's dependency).
 """
@@ -128,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         parent = client.get_run(demo["parent_run_id"])
         exp = parent.info.experiment_id
         version = demo["best"]["version"]
-        wide, crop = (1700, 820), 360  # the Assistant panel: ~360 px on the right
-        shoot(f"{base}/#/experiments/{exp}?{VIEW}", args.out / "mlflow-experiment.png", wide, crop)
-        shoot(f"{base}/#/experiments/{exp}?{VIEW}&compareRunsMode=CHART", args.out / "mlflow-charts.png", wide, crop)
+        wide, crop = (1700, 820), 440  # the Assistant panel: ~430 px on the right
+        shoot(f"{base}/#/experiments/{exp}?{VIEW}", args.out / "mlflow-experiment.png", (1700, 420), crop)
+        shoot(f"{base}/#/experiments/{exp}/runs/{demo['best']['run_id']}?{VIEW}", args.out / "mlflow-run.png",
+              (1700, 1300), crop)
         shoot(f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts/comparison.png?{VIEW}",
               args.out / "mlflow-demo-run.png", wide, crop)
         shoot(f"{base}/#/models/distilled-digits-ipc10/versions/{version}", args.out / "mlflow-version.png",

@@ -31,6 +31,7 @@ KEY = "_key/"
 KEY_LAMBDA, KEY_RATIO, KEY_ACC, KEY_GAIN = (f"{KEY}{k}" for k in ("lambda", "cmi_ratio", "cross_arch_acc",
                                                                  "gain_over_random_pt"))
 TAG_GAIN = "gain_over_random"  # on registry versions: "+3.2 +- 0.8 pt (n=3)"
+GAIN_NOTE = "gain over random-real "  # the same, at the end of the version's description
 PARENT = "mlflow.parentRunId"
 
 
@@ -86,7 +87,8 @@ def gain_text(g: dict[str, Any]) -> str:
 
 def tag_gains(client: MlflowClient, answer: dict[str, Any]) -> list[dict[str, Any]]:
     """Put each version's gain over random-real (a ``best_set`` answer's ``baseline.versions``, paired draws)
-    on the version (tag ``gain_over_random``) and on the run that scored it (metric ``_key/gain_over_random_pt``).
+    on the version (tag ``gain_over_random``, and the end of its description, replaced when tagged again) and on
+    the run that scored it (metric ``_key/gain_over_random_pt``).
 
     Returns:
         the entries tagged (none when no random-real draw was logged under the answer's protocol).
@@ -97,6 +99,11 @@ def tag_gains(client: MlflowClient, answer: dict[str, Any]) -> list[dict[str, An
         for g in base.get("versions") or []:
             mv = client.get_model_version(answer["name"], str(g["version"]))
             client.set_model_version_tag(answer["name"], str(g["version"]), TAG_GAIN, gain_text(g))
+            # and in the description, which the version's page shows first (its tags table shows the first few)
+            head = (mv.description or "").split(GAIN_NOTE)[0].rstrip("; ")
+            client.update_model_version(answer["name"], str(g["version"]),
+                                        description=f"{head}; {GAIN_NOTE}{gain_text(g)}" if head else
+                                        f"{GAIN_NOTE}{gain_text(g)}")
             if mv.run_id:
                 log_metrics(client, mv.run_id, metrics_at(0, {KEY_GAIN: float(g["gain"])}))
             done.append(g)
