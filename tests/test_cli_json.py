@@ -65,3 +65,52 @@ def test_validate_json(capsys, tmp_path):
     assert code == 2 and [f["ok"] for f in doc["files"]] == [True, True, False]
     assert doc["files"][0]["kind"] == "distill" and doc["files"][1]["kind"] == "search"
     assert "ipc" in doc["files"][2]["error"]
+
+
+def _all_actions():
+    import argparse
+
+    from cmidd.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+
+
+def test_every_argument_has_help_and_run_search_show_examples():
+    import argparse
+
+    missing = [(name, a.option_strings or a.dest) for name, sub in _all_actions() for a in sub._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+    epilogs = {name: sub.epilog or "" for name, sub in _all_actions()}
+    assert "examples:" in epilogs["run"] and "cmidd run jobs/" in epilogs["run"]
+    assert "examples:" in epilogs["search"] and "cmidd search search_spaces/" in epilogs["search"]
+    assert all("--json" in {o for a in sub._actions for o in a.option_strings}
+               for name, sub in _all_actions() if name in ("run", "evaluate", "demo"))
+
+
+def test_run_json_is_one_document_and_errors_are_json(capsys, tmp_path):
+    import yaml
+
+    from conftest import tiny_distill
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_distill(tmp_path, method__iterations=2)))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    code, doc = _json(capsys, ["run", str(job), "--json", "--tracking-uri", uri])  # logging on: still one document
+    assert code == 0 and len(doc["run_id"]) == 32 and doc["tracking_uri"] == uri
+    assert doc["result"]["kind"] == "distill" and 0.0 <= doc["result"]["metrics"]["acc/ConvNetD1"] <= 1.0
+    assert [v["name"] for v in doc["versions"]] == ["distilled-digits-ipc2"] and len(doc["result"]["sha256"]) == 64
+    code, doc = _json(capsys, ["-q", "run", str(job), "--json", "--set", "ipc=500", "--no-track"])
+    assert code == 2 and "ipc" in doc["error"] and doc["type"] == "DataError"
+
+
+def test_evaluate_and_demo_errors_are_json(capsys, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    code, doc = _json(capsys, ["-q", "evaluate", "--dataset", "digits", "--ipc", "2", "--protocol", "0",
+                               "--tracking-uri", uri, "--json"])
+    assert code in (1, 2) and "distilled-digits-ipc2" in doc["error"]
+    code, doc = _json(capsys, ["-q", "demo", "--json", "--tracking-uri", "file:///tmp/x", "--out", str(tmp_path)])
+    assert code == 2 and "file store is not supported" in doc["error"]

@@ -40,13 +40,16 @@ def test_quick_demo_overrides_sizes_only(tmp_path):
     assert quick["pretrain"].proxies.set == "convnet-x1" and quick["dm"].proxies == quick["pretrain"].proxies
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, capsys):
     from cmidd.cli import main
 
     out = tmp_path / "demo"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert main(["-q", "demo", "--quick", "--out", str(out), "--tracking-uri", uri]) == 0
+    assert main(["-q", "demo", "--quick", "--out", str(out), "--tracking-uri", uri, "--json"]) == 0
     res = json.loads((out / "results.json").read_text())
+    from cmidd.curves import strict
+
+    assert json.loads(capsys.readouterr().out) == strict(res)  # --json: results.json's mapping, one document
     assert res["dataset"] == "digits" and res["ipc"] == 10
     sets = {"random-real", "dm", "dm+cmi"}
     singles = [r for r in res["rows"] if r["arch"] != "ensemble"]
@@ -92,8 +95,22 @@ def test_demo_quick_end_to_end(tmp_path):
     base = c.get_run(champ["draws"][0]["run_id"])
     # DM, DM+CMI and the baseline draws side by side: one experiment
     exp = c.get_experiment_by_name("demo-digits-ipc10")
-    kinds = sorted((r.data.tags.get("kind"), r.data.tags.get("method", "-")) for r in c.search_runs([exp.experiment_id]))
-    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 5 and kinds.count(("baseline", "-")) == 3
+    runs = c.search_runs([exp.experiment_id])
+    kinds = sorted((r.data.tags.get("kind"), r.data.tags.get("method", "-")) for r in runs)
+    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 6 and kinds.count(("baseline", "-")) == 3
+    # one parent run (kind demo) holds DM, DM+CMI and the three random-real draws, and the comparison figure
+    parent = c.get_run(res["parent_run_id"])
+    assert parent.data.tags["kind"] == "demo" and parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags.get("method", r.data.tags["kind"]) for r in children) == ["baseline"] * 3 + ["dm"] * 2
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.png", "results.md", "results.json"}
+    assert parent.data.metrics["_key/cross_arch_acc"] == pytest.approx(best["value"])
+    assert parent.data.tags["gain_over_random"].endswith(f"pt (n={b['n']})")
+    # every version carries its paired gain over random-real as a tag, and its run as a metric that sorts first
+    for g in b["versions"]:
+        mv = c.get_model_version("distilled-digits-ipc10", str(g["version"]))
+        assert mv.tags["gain_over_random"].startswith(f"{g['gain']:+.1f}")
+        assert c.get_run(mv.run_id).data.metrics["_key/gain_over_random_pt"] == pytest.approx(g["gain"])
     assert base.data.tags["kind"] == "baseline" and base.data.tags["protocol.id"] == res["protocol"]["id"]
     assert base.data.tags["baseline.draw"] == "0" == base.data.tags["baseline.eval_seed"]
     md = (out / "results.md").read_text()

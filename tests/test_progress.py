@@ -1,50 +1,104 @@
-"""Progress lines: the time-left estimate, the rate limit, and the training callbacks that feed them."""
+"""Progress bars (tqdm): when they show, what they show (ETA, notes), that they stay off stdout, and the training
+callbacks that feed them."""
 
+import io
+import json
 import logging
 
+import pytest
 import torch
+import yaml
 
+from cmidd import progress
 from cmidd.ensemble import train_seeds
 from cmidd.evaluate import step_seconds
 from cmidd.nets import create_net
-from cmidd.progress import Progress, format_seconds
+from cmidd.progress import BarSafeHandler, Progress, shown
 from cmidd.training import train_classifier
 
 
-class FakeClock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
 
 
-def test_format_seconds():
-    assert [format_seconds(s) for s in (0, 4.4, 59.6, 75.3, 3599, 3725)] == ["0s", "4s", "1m00s", "1m15s",
-                                                                           "59m59s", "1h02m"]
+@pytest.fixture
+def setting():
+    yield progress.show
+    progress.show(None)
 
 
-def test_left_is_linear_in_units_and_none_before_any():
-    clock = FakeClock()
-    p = Progress("x", total=300, clock=clock)
-    assert p.left(0) is None
-    clock.t += 30.0  # 30 s for 100 of 300 units -> 60 s left
-    assert abs(p.left(100) - 60.0) < 1e-9
-    assert p.left(300) == 0.0
-    assert "100/300" in p.line(100) and "elapsed 30s" in p.line(100) and "left ~1m00s" in p.line(100)
+def test_shown_on_a_terminal_unless_told(setting):
+    setting(None)
+    assert shown(Tty()) and not shown(io.StringIO())
+    setting(True)
+    assert shown(io.StringIO())
+    setting(False)
+    assert not shown(Tty())
 
 
-def test_rate_limit_and_last_line(caplog):
-    clock = FakeClock()
-    p = Progress("distill", total=10, every_s=5.0, clock=clock, logger=logging.getLogger("t"))
-    logged = []
-    with caplog.at_level(logging.INFO, logger="t"):
+def test_a_bar_shows_counts_percent_note_and_time_left(setting):
+    setting(None)
+    out = Tty()
+    with Progress("distill dm", total=10, file=out) as p:
         for i in range(1, 11):
-            clock.t += 1.0
-            logged.append(p.update(i))
-    # every 5 s: at t0+5 and t0+10 (which is also the last unit); nothing in between
-    assert logged == [False] * 4 + [True] + [False] * 4 + [True]
-    assert len(caplog.records) == 2 and "10/10" in caplog.records[-1].getMessage()
+            p.update(i, note=f"loss_dd {i / 10:.1f}")
+    text = out.getvalue()
+    last = text.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("distill dm: 100%|") and "10/10" in last and "loss_dd 1.0" in last
+    assert "[00:00<00:00, loss_dd 1.0]" in last  # elapsed < time left, then the note
+
+
+def test_cost_units_show_percent_and_resume_starts_at_initial(setting):
+    setting(True)
+    out = io.StringIO()  # not a terminal, but asked for
+    p = Progress("eval 4 models", total=8.0, counts=False, file=out)
+    p.update(2.0, note="model 1/4")
+    p.close()
+    assert "eval 4 models:  25%|" in out.getvalue() and "/8" not in out.getvalue()
+    out = io.StringIO()
+    Progress("distill dm", total=20, initial=5, file=out).close()
+    assert "5/20" in out.getvalue()
+
+
+def test_off_writes_nothing(setting):
+    setting(None)
+    out = io.StringIO()
+    p = Progress("x", total=3, file=out)
+    p.update(3)
+    p.close()
+    assert not p.active and out.getvalue() == ""
+
+
+def test_log_lines_pass_through_the_bar_safe_handler():
+    out = io.StringIO()
+    handler = BarSafeHandler(out)
+    handler.setFormatter(logging.Formatter("[cmidd] %(message)s"))
+    logger = logging.getLogger("test_progress.handler")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.warning("proxy %s: test acc %.2f", "ConvNetD1", 0.5)
+    assert out.getvalue() == "[cmidd] proxy ConvNetD1: test acc 0.50\n"
+
+
+def test_cli_progress_goes_to_stderr_and_json_stays_one_document(capsys, tmp_path, setting):
+    """``--progress`` with ``--json``: the bars of proxy pre-training, distillation and evaluation on stderr, one JSON
+    document on stdout."""
+    from conftest import tiny_distill
+
+    from cmidd.cli import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_distill(tmp_path, method__iterations=3, cmi__lam=1.0)))
+    assert main(["-q", "--progress", "run", str(job), "--no-track", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["result"]["kind"] == "distill"
+    err = captured.err
+    for phase in ("pre-train 1 proxies: 100%", "distill dm: 100%", "eval 1 models: 100%"):
+        assert phase in err
+    assert main(["-q", "run", str(job), "--no-track", "--json", "--set", "output.dir=" + str(tmp_path / "j2")]) == 0
+    captured = capsys.readouterr()
+    assert "%|" not in captured.err  # -q, and stderr is no terminal: no bar
 
 
 def _data():

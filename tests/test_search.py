@@ -181,11 +181,14 @@ def test_study_summary_and_plots_degenerate_cases(tmp_path):
     cfg = load_search(write(tmp_path, space(tmp_path)))
     assert study_summary(cfg, [], tmp_path) == ["optuna_study.csv"]  # no finished trial
     same = [_row("a", "finished", 0.5, 10.0), _row("b", "finished", 0.5, 20.0), _row("c", "stopped", 0.1, 3.0)]
-    assert study_summary(cfg, same, tmp_path) == ["optuna_study.csv"]  # one distinct value: no importances
+    # one distinct value: no importances (Optuna's history plot only)
+    assert study_summary(cfg, same, tmp_path) == ["optuna_study.csv", "optuna_history.png"]
     rows = [_row("a", "finished", 0.5, 10.0, lr=0.1), _row("b", "finished", 0.7, 50.0, on=False, lr=2.0),
             _row("c", "finished", 0.6, 2.0, lr=5.0), _row("d", "stopped", 0.1, 3.0)]
     files = study_summary(cfg, rows, tmp_path)
-    assert files == ["optuna_study.csv", "optuna_importances.json", "optuna_importances.png"]
+    assert files == ["optuna_study.csv", "optuna_history.png", "optuna_importances.json", "optuna_importances.png"]
+    for png in ("optuna_history.png", "optuna_importances.png"):  # Optuna's own plots (its matplotlib backend)
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     imp = json.loads((tmp_path / "optuna_importances.json").read_text())
     assert set(imp) <= {"cmi.lam", ZERO_ARM, "method.lr_img"} and sum(imp.values()) == pytest.approx(1.0)
     assert plots(cfg, rows, tmp_path) == ["accuracy_vs_lambda.png", "accuracy_vs_ipc.png"]
@@ -291,6 +294,18 @@ def test_search_asha_mlflow_registry_best(tmp_path, template_db, ray_local, caps
     assert {"space.yaml", "base_job.json", "trials.json", "optuna_study.csv", "accuracy_vs_lambda.png",
             "accuracy_vs_ipc.png", "comparison.png"} <= arts  # comparison: the best trials x archs vs random-real
 
+    # the TPE sampler's study lives in an RDB storage in the search's folder (optuna-dashboard opens it)
+    import optuna
+
+    from cmidd.ray.tune import study_storage
+
+    assert summary["optuna_study"] == {"name": cfg.name, "storage": study_storage(cfg)}
+    assert study_storage(cfg) == f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
+    study = optuna.load_study(study_name=cfg.name, storage=study_storage(cfg))
+    assert len(study.trials) == 6 and any(t.params.get(ZERO_ARM) is False for t in study.trials)
+    told = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]  # stopped ones too
+    assert all(any(v == pytest.approx(rows[t]["metric"]) for v in told) for t in finished)
+
     versions = client.search_model_versions("name = 'distilled-digits-ipc2'")
     top2 = sorted(finished, key=lambda t: -rows[t]["metric"])[:2]
     assert sorted(v.run_id for v in versions) == sorted(by_trial[t].info.run_id for t in top2)
@@ -379,6 +394,13 @@ def test_interrupt_and_resume(tmp_path, template_db):
     assert finished_before <= {c.info.run_id for c in after if c.info.status == "FINISHED"}
     versions = client_for(uri).search_model_versions("name = 'distilled-digits-ipc2'")
     assert len(versions) == 2 and len({v.run_id for v in versions}) == 2
+    assert all(v.tags["gain_over_random"].endswith("pt (n=3)") for v in versions)  # paired with the 3 draws
+    # the Optuna study survived the interrupt in its sqlite file: one Optuna trial per Tune trial
+    import optuna
+
+    study = optuna.load_study(study_name=doc["summary"]["optuna_study"]["name"],
+                              storage=doc["summary"]["optuna_study"]["storage"])
+    assert len(study.trials) >= 8 and sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 2
 
 
 # -- a two-node cluster ------------------------------------------------------------------------------------

@@ -22,13 +22,14 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .distill import distill
-from .errors import ConfigError
+from .errors import CmiddError, ConfigError
 from .ray import pick_loop, run_job
 from .synthetic import SetDataset, SyntheticSet
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from .data import Dataset
     from .distill import Hooks
     from .runner import JobResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def needs_ray(job) -> bool:
 def execute(job, *, track: bool = False, uri: str | None = None, address: str | None = None,
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
             data: Dataset | None = None, experiment: str | None = None,
-            resume_hint: str | None = None) -> Execution:
+            resume_hint: str | None = None, parent_run_id: str | None = None) -> Execution:
     """Run a validated job of any kind with the right loop, in an MLflow run when ``track``.
 
     Args:
@@ -111,6 +114,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         experiment: the MLflow experiment when tracked (default: the job's name); the demo puts its sets and
             their baseline in one, side by side.
         resume_hint: the command that resumes this job (named when a tracking outage ends it).
+        parent_run_id: when tracked, the run this job's run is nested under (the demo's parent run).
 
     Returns:
         Execution.
@@ -128,7 +132,8 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
     from .tracking import tracked_run
 
     done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                       loop=pick_loop(job), experiment=experiment, resume_hint=resume_hint)
+                       loop=pick_loop(job), experiment=experiment, resume_hint=resume_hint,
+                       parent_run_id=parent_run_id)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))
 
 
@@ -161,7 +166,7 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
     Returns:
         {"parent_run_id", "experiment", "trials": [{"trial_id", "run_id", "state", "step", "metric", "std",
         "params", "lam_effective"}], "best": {...}, "registered": [{"name", "version", "run_id", ...}],
-        "stopped": [ids], "wall_s"}.
+        "stopped": [ids], "wall_s", "optuna_study": {"name", "storage"}}.
 
     Raises:
         ConfigError: bad storage / resume state / address (before anything is written).
@@ -169,8 +174,8 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
         CmiddError: MLflow failures; every trial failed.
     """
     from .ray import connect, disconnect
-    from .ray.tune import (check_storage, check_trial_resources, fit_search, local_resources, save_parent,
-                           saved_parent, study_summary)
+    from .ray.tune import (STUDY_DB, check_storage, check_trial_resources, fit_search, local_resources, save_parent,
+                           saved_parent, study_storage, study_summary)
     from .tracking import client_for, credentials_env, finish_search, search_concurrency, search_parent
 
     uri = tracking_uri(uri)
@@ -199,7 +204,23 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
                     started = False
             parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
             summary = finish_search(client, cfg, parent.run_id, trials, wall, partial(study_summary, cfg))
+            tag_search_gains(client, summary["registered"], uri)
+            if (cfg.storage_dir / STUDY_DB).is_file():  # the TPE sampler's study: optuna-dashboard <storage>
+                summary["optuna_study"] = {"name": cfg.name, "storage": study_storage(cfg)}
     finally:
         if started:
             disconnect()
     return summary
+
+
+def tag_search_gains(client, registered: list[dict[str, Any]], uri: str) -> None:
+    """The gain over random-real (paired draws) on every version of each model and protocol a search registered
+    into (tag ``gain_over_random``), once the search's random-real draws are logged."""
+    from .tracking import best_set, tag_gains
+
+    for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
+        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
+        try:
+            tag_gains(client, best_set(dataset, int(ipc), uri=uri, protocol=pid))
+        except CmiddError as e:  # a finished search stays finished: the tag is a convenience of the UI
+            log.warning("gain_over_random not tagged on %s: %s", name, e)

@@ -105,7 +105,11 @@ def draw_comparison(rows: list[dict[str, Any]], path: str | Path, title: str = "
     if finite:
         ax.set_ylim(max(0.0, min(finite) - 10), min(100.0, max(finite) + 5))
     ax.set_xticks(range(len(archs)), archs)
-    ax.set(ylabel="test accuracy % (mean +- seed std)", title=title or "sets x architectures")
+    import textwrap
+
+    # wrapped to the figure's width (about 9 characters an inch at the title's size): a long title is never clipped
+    ax.set(ylabel="test accuracy % (mean +- seed std)",
+           title=textwrap.fill(title or "sets x architectures", max(20, int(fig.get_figwidth() * 9))))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = Path(path)

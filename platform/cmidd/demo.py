@@ -12,9 +12,11 @@ It writes under ``out``: one folder per job, ``results.json`` and ``results.md``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,40 +92,85 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     out = Path(out)
     jobs = {k: parse_job(v, f"demo:{k}") for k, v in demo_jobs(out, quick).items()}
     data = load_job_data(jobs["dm"])
-    sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri)
-    cmi = _cmi_of_sets(jobs, data, sets)
-    protocol = protocol_of_job(jobs["dm"], data)
-    chance = at_chance(rows, data.num_classes)
-    summary = {
-        "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
-        "lam": jobs["dm+cmi"].cmi.lam, "rows": rows, "cmi": cmi, "sha256": {k: s.sha256() for k, s in sets.items()},
-        "seconds": seconds, "protocol": {"id": protocol.id, "summary": protocol.summary},
-        "num_classes": data.num_classes, "at_chance": chance,
-        "warnings": [chance_warning(a, s, data.num_classes) for a, s in chance.items()],
-    }
-    for line in summary["warnings"]:
-        log.warning("%s", line.removeprefix("warning: "))
-    if tracking_uri is not None:
-        from .tracking import best_set
+    with _parent_run(tracking_uri, data, jobs["dm"].ipc) as parent:
+        sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri, parent)
+        cmi = _cmi_of_sets(jobs, data, sets)
+        protocol = protocol_of_job(jobs["dm"], data)
+        chance = at_chance(rows, data.num_classes)
+        summary = {
+            "dataset": data.name, "ipc": jobs["dm"].ipc, "im_size": data.im_size, "quick": quick,
+            "lam": jobs["dm+cmi"].cmi.lam, "rows": rows, "cmi": cmi,
+            "sha256": {k: s.sha256() for k, s in sets.items()}, "seconds": seconds,
+            "protocol": {"id": protocol.id, "summary": protocol.summary},
+            "num_classes": data.num_classes, "at_chance": chance,
+            "warnings": [chance_warning(a, s, data.num_classes) for a, s in chance.items()],
+        }
+        for line in summary["warnings"]:
+            log.warning("%s", line.removeprefix("warning: "))
+        if tracking_uri is not None:
+            from .tracking import best_set
 
-        summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri, protocol=protocol.id)
-    summary["table"] = _write_results(out, summary, jobs["dm"])
-    draw_comparison(rows, out / "comparison.png", f"{data.name}, IPC {jobs['dm'].ipc}: random-real vs DM vs DM+CMI "
-                    f"({jobs['dm'].eval.num_eval} seeds)")
+            summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri, protocol=protocol.id)
+            summary["parent_run_id"] = parent
+        summary["table"] = _write_results(out, summary, jobs["dm"])
+        draw_comparison(rows, out / "comparison.png", f"{data.name}, IPC {jobs['dm'].ipc}: random-real vs DM vs "
+                        f"DM+CMI ({jobs['dm'].eval.num_eval} seeds)")
+        if parent is not None:
+            _log_parent(tracking_uri, parent, out, summary)
     return summary
 
 
-def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
-    """Steps 1-4: proxies, DM, DM+CMI (each a job, tracked when ``tracking_uri``), then random-real.
+@contextlib.contextmanager
+def _parent_run(tracking_uri: str | None, data, ipc: int) -> Iterator[str | None]:
+    """The demo's parent run in its experiment (None untracked): DM, DM+CMI and the random-real draws nest under
+    it; it ends FAILED if the demo fails."""
+    if tracking_uri is None:
+        yield None
+        return
+    from .tracking import client_for, parent_run
+
+    with parent_run(client_for(tracking_uri), experiment_of(data, ipc), "demo", "demo", data.name,
+                    ipc=str(ipc)) as run_id:
+        yield run_id
+
+
+def experiment_of(data, ipc: int) -> str:
+    """The demo's experiment: its sets, their baseline and the parent run, side by side."""
+    return f"demo-{data.name}-ipc{ipc}"
+
+
+def _log_parent(tracking_uri: str, parent: str, out: Path, summary: dict[str, Any]) -> None:
+    """The comparison figure and the tables on the parent run; each set's cross-architecture mean as a metric; the
+    gain over random-real on every version it holds (tag ``gain_over_random``) and on the parent."""
+    from .tracking import KEY_ACC, TAG_GAIN, client_for, gain_text, log_summary, tag_gains
+
+    client = client_for(tracking_uri)
+    tag_gains(client, summary["best"])
+    singles = [r for r in summary["rows"] if r["arch"] != "ensemble"]
+    means = {}
+    for name in dict.fromkeys(r["set"] for r in singles):
+        accs = [r["acc_mean"] for r in singles if r["set"] == name]
+        means[f"{KEY_ACC}/{name.replace('+', '-')}"] = sum(accs) / len(accs)
+    baseline = summary["best"].get("baseline")
+    tags = {TAG_GAIN: gain_text(baseline)} if baseline else {}
+    tags |= {"best_version": str(summary["best"]["version"]), "demo.protocol": summary["protocol"]["id"]}
+    log_summary(client, parent, [out / "comparison.png", out / "results.md", out / "results.json"],
+                means | {KEY_ACC: summary["best"]["value"]}, tags)
+
+
+def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None, parent: str | None = None):
+    """Steps 1-4: proxies, DM, DM+CMI (each a job, tracked when ``tracking_uri``: DM, DM+CMI and random-real as
+    child runs of ``parent``), then random-real.
 
     Returns:
         (the three sets by name, the table rows, seconds per step).
     """
     # DM, DM+CMI and their random-real baseline in one experiment: the runs side by side in MLflow's UI
-    experiment = f"demo-{data.name}-ipc{jobs['dm'].ipc}"
+    experiment = experiment_of(data, jobs["dm"].ipc)
 
     def run(job, experiment=None):
-        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data, experiment=experiment).result
+        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data, experiment=experiment,
+                       parent_run_id=parent if experiment else None).result
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -152,7 +199,7 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None):
 
         for d, synset, res in scored:
             log_baseline("random-real", res.metrics(), protocol_of_job(job, data), job.ipc, job.eval,
-                         job.seed, experiment, tracking_uri, synset, draw=d)
+                         job.seed, experiment, tracking_uri, synset, draw=d, parent_run_id=parent)
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows

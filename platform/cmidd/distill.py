@@ -32,7 +32,7 @@ from .evaluate import evaluate
 from .formation import decode
 from .hooks import Hooks
 from .lam import LAM_KEY, effective_lambda, maybe_recalibrate
-from .progress import format_seconds
+from .progress import Progress
 from .shard import Shard
 from .synthetic import SyntheticSet
 
@@ -88,6 +88,7 @@ def distill(
     if resume and run.ckpt is not None and run.ckpt.is_file():
         _restore(run)
     t0 = time.perf_counter() - run.history.seconds
+    bar = Progress(f"distill {job.method.name}", job.method.iterations, initial=run.start)
     for it in range(run.start, job.method.iterations):
         # -- one iteration: the method draws its net / batches, then steps_per_iteration image updates ------
         gen = iteration_generator(job.seed, it)
@@ -100,11 +101,12 @@ def distill(
             metrics[LAM_KEY] = run.lam  # its curve (MLflow); the final value is the result's
         run.history.append(step, metrics)
         run.hooks.on_step(step, metrics)
-        _log_progress(run, step, metrics, time.perf_counter() - t0)
+        _log_progress(run, bar, step, metrics, time.perf_counter() - t0)
         _evaluate_and_checkpoint(run, step, t0)
         if run.hooks.should_stop():
             log.info("stopped early at iteration %d", step)
             break
+    bar.close()
     run.history.seconds = time.perf_counter() - t0
     return _synset(job, data, run.syn, run.labels, run.lam), run.history
 
@@ -188,15 +190,17 @@ def _mean_metrics(steps: list[tuple[float, float | None, float]]) -> dict[str, f
     return metrics
 
 
-def _log_progress(run: RunState, step: int, metrics: dict[str, float], elapsed: float) -> None:
-    """About 20 lines per run: the losses, seconds per iteration, elapsed and an estimate of the time left."""
+def _log_progress(run: RunState, bar: Progress, step: int, metrics: dict[str, float], elapsed: float) -> None:
+    """The bar (losses after it, ETA) when shown; else about 20 log lines per run with the losses and s/it."""
+    cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
+    if bar.active:
+        bar.update(step, note=f"loss_dd {metrics['loss_dd']:.4f}{cmi_txt}")
+        return
     iterations = run.job.method.iterations
     if step % max(1, iterations // 20) and step != iterations:
         return
     rate = elapsed / max(1, step - run.start)
-    cmi_txt = f" cmi {metrics['cmi']:.4f}" if "cmi" in metrics else ""
-    log.info("it %d/%d loss_dd %.4f%s (%.3f s/it), elapsed %s, left ~%s", step, iterations, metrics["loss_dd"],
-             cmi_txt, rate, format_seconds(elapsed), format_seconds(rate * (iterations - step)))
+    log.info("it %d/%d loss_dd %.4f%s (%.3f s/it)", step, iterations, metrics["loss_dd"], cmi_txt, rate)
 
 
 def _evaluate_and_checkpoint(run: RunState, step: int, t0: float) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from .data import Dataset, RealPool
 from .ensemble import ensemble_scores, train_seeds
 from .names import CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from .nets import create_net
-from .progress import Progress
+from .progress import Progress, shown
 from .training import predict_proba, seeded_net
 
 if TYPE_CHECKING:
@@ -122,12 +123,12 @@ def evaluate(
     archs = archs or cfg.archs
     builds = {a: (lambda a=a: create_net(a, data.channels, data.num_classes, data.im_size)) for a in archs}
     # progress in units of seconds: epochs x the measured cost of one epoch of each architecture (their costs
-    # differ ~15x at 8x8), so the estimate of the time left holds from the first line
-    epoch_s = {a: step_seconds(builds[a], x, y, cfg.batch, device) * math.ceil(x.shape[0] / cfg.batch)
-               for a in archs}
+    # differ ~15x at 8x8), so the estimate of the time left holds from the first update (measured only for a bar)
+    epoch_s = {a: (step_seconds(builds[a], x, y, cfg.batch, device) if shown(sys.stderr) else 1.0)
+               * math.ceil(x.shape[0] / cfg.batch) for a in archs}
     n_models = len(archs) * cfg.num_eval
     progress = Progress(f"eval {n_models} models", sum(epoch_s[a] * cfg.epochs_for(a) * cfg.num_eval for a in archs),
-                        fmt=lambda d, t: f"{100 * d / t:.0f}%")
+                        counts=False)
     done = 0.0
     for ai, arch in enumerate(archs):
         seeds = [seed * 1_000_003 + ai * 1_009 + e for e in range(cfg.num_eval)]
@@ -135,8 +136,8 @@ def evaluate(
 
         def tick(e: int, arch=arch, epochs=epochs, first=ai * cfg.num_eval, base=done) -> None:
             k = min(first + 1 + (e - 1) // epochs, n_models)
-            progress.update(base + e * epoch_s[arch], note=f"(model {k}/{n_models}: {arch}, "
-                            f"epoch {(e - 1) % epochs + 1}/{epochs})")
+            progress.update(base + e * epoch_s[arch], note=f"model {k}/{n_models}: {arch}, "
+                            f"epoch {(e - 1) % epochs + 1}/{epochs}")
 
         nets, mode = train_seeds(
             builds[arch], seeds, x, y,
@@ -150,6 +151,7 @@ def evaluate(
         probs = _score_arch(result, arch, nets, mode, x_test, y_test, hits)
         if cfg.ensemble:
             member_probs += probs
+    progress.close()
     _finish(result, member_probs, hits, y_test, data.num_classes, cfg)
     return result
 

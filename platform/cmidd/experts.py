@@ -22,6 +22,7 @@ from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
 from .files import replace_dir, sha256_file
+from .progress import Progress
 from .training import accuracy, seeded_net, train_classifier
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def train_experts(cfg: ExpertsCfg, net_cfg: NetCfg, data: Dataset, seed: int, de
     out = []
     dsa_params = DSAParams(strategy=cfg.dsa_strategy, mode=cfg.dsa_mode) if cfg.dsa else None
     x, y = data.train_x.to(device), data.train_y.to(device)
+    bar = Progress(f"train {cfg.num} experts", cfg.num * cfg.epochs)  # in epochs
     for i in range(cfg.num):
         s = seed * 1_000_003 + 7_919 * (i + 1)
         net = seeded_net(
@@ -65,11 +67,13 @@ def train_experts(cfg: ExpertsCfg, net_cfg: NetCfg, data: Dataset, seed: int, de
             net, x, y, epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0, batch=cfg.batch,
             gen=torch.Generator().manual_seed(s), dsa_params=dsa_params,
             snapshot_epochs=tuple(range(1, cfg.epochs + 1)),
+            on_epoch=lambda e, i=i: bar.update(i * cfg.epochs + e, note=f"expert {i + 1}/{cfg.num}"),
         )
         rows = [start] + [torch.cat([snap[n].reshape(-1) for n in names]) for snap in snaps]
         acc = accuracy(net, data.test_x.to(device), data.test_y.to(device))
         log.info("expert %d/%d (%s, %d epochs): test acc %.4f", i + 1, cfg.num, net_cfg.name, cfg.epochs, acc)
         out.append((torch.stack(rows), acc))
+    bar.close()
     return out
 
 

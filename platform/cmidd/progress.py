@@ -1,81 +1,102 @@
-"""Progress lines with elapsed time and an estimate of the time left, at a bounded rate.
+"""Progress bars with elapsed time and an estimate of the time left (``tqdm``), on stderr.
+
+A bar is shown when stderr is a terminal, or when asked (``show(True)``: ``cmidd --progress``), and never with
+``show(False)`` (``cmidd -q``, ``--no-progress``). It never writes to stdout, so ``--json`` output stays one
+document. Log lines written through ``BarSafeHandler`` (the CLI's) do not tear a bar.
 
 The estimate is linear in *cost units*: after ``done`` of ``total`` units in ``elapsed`` seconds, the time left is
-``elapsed * (total - done) / done``. Callers choose units whose cost is about constant (distillation iterations;
-evaluation epochs weighted by the measured cost of one training step of each architecture), so the estimate is
-right from the first update. Lines go to ``logging`` (the CLI prints them on stderr); the core never prints.
+``elapsed * (total - done) / done`` (``smoothing=0``: tqdm's average over the whole phase). Callers choose units
+whose cost is about constant (distillation iterations; evaluation epochs weighted by the measured cost of one
+training step of each architecture), so the estimate is right from the first update.
 
 Example::
 
-    p = Progress("distill dm", total=300)
-    for it in range(300):
-        ...
-        p.update(it + 1, note=f"loss {loss:.4f}")
+    with Progress("distill dm", total=300) as p:
+        for it in range(300):
+            ...
+            p.update(it + 1, note=f"loss_dd {loss:.4f}")
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Callable
+import sys
+from typing import IO, Any
 
-log = logging.getLogger(__name__)
+from tqdm import tqdm
+
+_SHOW: bool | None = None  # None: on a terminal only
 
 
-def format_seconds(s: float) -> str:
-    """``75.3`` -> ``'1m15s'``, ``3725`` -> ``'1h02m'``, ``4.2`` -> ``'4s'`` (seconds, rounded)."""
-    s = max(0, int(round(s)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+def show(on: bool | None) -> None:
+    """Show bars always (True), never (False), or only when the stream is a terminal (None, the default)."""
+    global _SHOW
+    _SHOW = on
+
+
+def shown(stream: IO[str]) -> bool:
+    """Whether a bar on ``stream`` is shown (``show``'s setting, else: ``stream`` is a terminal)."""
+    if _SHOW is not None:
+        return _SHOW
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+# percent rather than n/total: evaluation counts seconds of measured cost, not whole items
+_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+_FORMAT_UNITS = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]"
 
 
 class Progress:
-    """Logs ``<what>: <done>/<total> [<note>], elapsed <t>, left ~<t>`` at most every ``every_s`` seconds.
+    """A bar over ``total`` units: ``update(done)`` moves it to ``done`` (absolute), ``note`` after it.
 
     Args:
-        what: the task, e.g. ``"distill dm"`` or ``"eval VGG11BN"``.
-        total: the units of the whole task (> 0).
-        every_s: the least number of seconds between two lines, and before the first (the last update always logs).
-        clock: seconds, monotonic (``time.perf_counter``; tests pass a fake one).
-        logger: where lines go.
-        fmt: formats ``done``/``total`` for the line (default: integers).
+        what: the phase, e.g. ``"distill dm"`` or ``"eval 4 models"``.
+        total: the units of the whole phase (> 0).
+        initial: units already done (a resumed phase).
+        counts: show ``done/total`` (whole items); False for cost units (seconds), shown as percent only.
+        file: the stream (default: ``sys.stderr`` when the bar is made).
+        every_s: the least seconds between two redraws when the stream is not a terminal (a log file).
     """
 
-    def __init__(self, what: str, total: float, every_s: float = 10.0, clock: Callable[[], float] = time.perf_counter,
-                 logger: logging.Logger = log, fmt: Callable[[float, float], str] | None = None) -> None:
+    def __init__(self, what: str, total: float, initial: float = 0, counts: bool = True,
+                 file: IO[str] | None = None, every_s: float = 10.0) -> None:
         assert total > 0, f"Progress total must be > 0, got {total}"
-        self.what, self.total, self.every_s, self.clock, self.logger = what, total, every_s, clock, logger
-        self.fmt = fmt or (lambda d, t: f"{int(d)}/{int(t)}")
-        self.t0 = clock()
-        self._last = self.t0  # the first line after every_s: the first units carry warm-up costs
-        self.lines = 0
+        file = file if file is not None else sys.stderr
+        tty = bool(getattr(file, "isatty", None) and file.isatty())
+        self.bar = tqdm(total=total, initial=initial, desc=what, file=file, disable=not shown(file),
+                        leave=None, smoothing=0, mininterval=0.5 if tty else every_s, dynamic_ncols=tty,
+                        ncols=None if tty else 100, bar_format=_FORMAT if counts else _FORMAT_UNITS)
 
-    def elapsed(self) -> float:
-        return self.clock() - self.t0
+    @property
+    def active(self) -> bool:
+        """Whether the bar is drawn (else updates cost nothing)."""
+        return not self.bar.disable
 
-    def left(self, done: float) -> float | None:
-        """Estimated seconds left after ``done`` units (None before any unit is done)."""
-        if done <= 0:
-            return None
-        return self.elapsed() * max(0.0, self.total - done) / done
+    def update(self, done: float, note: str = "") -> None:
+        """Move the bar to ``done`` units, with ``note`` after the times."""
+        if self.bar.disable:
+            return
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(done - self.bar.n)
 
-    def line(self, done: float, note: str = "") -> str:
-        left = self.left(done)
-        eta = "?" if left is None else f"~{format_seconds(left)}"
-        extra = f" {note}" if note else ""
-        return f"{self.what}: {self.fmt(done, self.total)}{extra}, elapsed {format_seconds(self.elapsed())}, " \
-               f"left {eta}"
+    def close(self) -> None:
+        self.bar.close()
 
-    def update(self, done: float, note: str = "", force: bool = False) -> bool:
-        """Log a line if ``every_s`` passed since the last one, or at the end, or if ``force``; True if logged."""
-        now = self.clock()
-        due = now - self._last >= self.every_s or done >= self.total or force
-        if not due:
-            return False
-        self._last = now
-        self.lines += 1
-        self.logger.info("%s", self.line(done, note))
-        return True
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """A ``logging`` handler whose lines do not tear a progress bar (written through ``tqdm.write``, which clears
+    the bars, writes the line and draws them again)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's own contract: a failing handler reports, never raises
+            self.handleError(record)

@@ -28,6 +28,7 @@ from .cmi import freeze
 from .data import Dataset
 from .errors import DataError, IntegrityError
 from .nets import create_net
+from .progress import Progress
 from .proxy_sets import ProxySpec, proxy_specs
 from .files import replace_dir, sha256_file
 from .training import accuracy, seeded_net, train_classifier
@@ -60,7 +61,9 @@ def pretrain(cfg: ProxiesCfg, data: Dataset, seed: int, device: torch.device | s
     for s in specs:  # one training run per (arch, seed), snapshotted at each requested epoch
         runs.setdefault((s.arch, s.seed), []).append(s.epochs)
     states: dict[ProxySpec, tuple[dict, float]] = {}
-    for (arch, s), epochs in runs.items():
+    bar = Progress(f"pre-train {len(runs)} proxies", sum(max(e) for e in runs.values()))  # in epochs
+    done = 0
+    for i, ((arch, s), epochs) in enumerate(runs.items()):
         run_seed = seed * 7919 + s
 
         def build(arch=arch):
@@ -72,12 +75,15 @@ def pretrain(cfg: ProxiesCfg, data: Dataset, seed: int, device: torch.device | s
             net, x, y, epochs=max(snap_epochs), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, batch=cfg.batch, gen=torch.Generator().manual_seed(run_seed),
             snapshot_epochs=snap_epochs,
+            on_epoch=lambda e, base=done, i=i, arch=arch: bar.update(base + e, note=f"{i + 1}/{len(runs)}: {arch}"),
         )
+        done += max(snap_epochs)
         for e, state in zip(snap_epochs, snaps):
             net.load_state_dict(state)
             acc = accuracy(net, xt, yt)
             states[ProxySpec(arch, s, e)] = (state, acc)
             log.info("proxy %s seed %d epoch %d: test acc %.4f", arch, s, e, acc)
+    bar.close()
     return [(s, *states[s]) for s in specs]
 
 

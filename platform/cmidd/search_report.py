@@ -80,23 +80,6 @@ def lambda_figure(cfg: SearchCfg | None, rows: list[dict[str, Any]], metric: str
     return fig
 
 
-def importance_plot(imp: dict[str, float], folder: Path) -> list[str]:
-    """optuna_importances.png: a bar per searched parameter (fANOVA importances from Optuna)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.4 * len(imp)))
-    names = list(imp)[::-1]
-    ax.barh(names, [imp[n] for n in names])
-    ax.set_xlabel("importance (Optuna)")
-    fig.tight_layout()
-    fig.savefig(folder / "optuna_importances.png", dpi=100)
-    plt.close(fig)
-    return ["optuna_importances.png"]
-
-
 RAW_LAMBDA = ("cmi.lam", ZERO_ARM)  # shown as the effective lambda instead (a zero arm's cmi.lam is not what ran)
 
 

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with the time left, on stderr: --progress shows them even when stderr is not a "
+                        "terminal (a log file), --no-progress never (default: on a terminal, and not with -q)")
     p.add_argument("-V", "--version", action="version", version=f"cmidd {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     for command in COMMANDS:
@@ -95,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 ok; 2 bad input; 1 runtime failure; 130 interrupted (argparse itself exits 2 on a bad flag).
     """
+    from ..progress import BarSafeHandler, show
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="[cmidd] %(message)s", stream=sys.stderr
+    show(args.progress if args.progress is not None else (False if args.quiet else None))
+    logging.basicConfig(  # log lines through tqdm.write: they do not tear a progress bar
+        level=logging.WARNING if args.quiet else logging.INFO, format="[cmidd] %(message)s",
+        handlers=[BarSafeHandler(sys.stderr)],
     )
     for handler in logging.getLogger().handlers:  # cmidd's and urllib3's lines: no credentials (MLflow never
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):  # sees them: ``resolve_uri``)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
 
 from ..errors import ConfigError
 from ..names import CROSS_ARCH_MEAN
@@ -52,8 +55,10 @@ def add_out(p: argparse.ArgumentParser, default: str | None, help: str | None = 
 
 def add_dataset_ipc(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--dataset NAME`` and ``--ipc K`` (the registered model ``distilled-<dataset>-ipc<k>``)."""
-    p.add_argument("--dataset", required=required, default=None)
-    p.add_argument("--ipc", required=required, type=positive_int, default=None)
+    p.add_argument("--dataset", required=required, default=None,
+                   help="data set of the registered sets (digits; the model distilled-<dataset>-ipc<k>)")
+    p.add_argument("--ipc", required=required, type=positive_int, default=None,
+                   help="images per class of the registered sets (>= 1)")
 
 
 def positive_int(text: str) -> int:
@@ -79,3 +84,11 @@ def add_json(p) -> None:
     """``--json``: one JSON document on stdout (numbers as numbers); an error is ``{"error", "field"}`` with the same
     exit code."""
     p.add_argument("--json", action="store_true", help="print JSON (errors too: {\"error\": ..., \"field\": ...})")
+
+
+@contextlib.contextmanager
+def json_stdout(as_json: bool) -> Iterator[None]:
+    """With ``--json``, whatever the work prints goes to stderr, so that stdout holds only the one JSON document the
+    command prints after it."""
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        yield

@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
     b = sub.add_parser("bench", help="speed and quality side by side: bench.json, bench.md and plots")
     b.add_argument("--suite", default="all",
                    help="speed | quality | reproduce | ray | search | ensemble | all (not reproduce), or a comma list")
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    add_out(b, "runs/bench")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the benchmarks run (cpu)")
+    add_out(b, "runs/bench", "folder of the report and its figures (runs/bench)")
     b.add_argument("--quick", action="store_true", help="reduced sizes, under 10 minutes on 2 CPU cores")
     b.add_argument("--repeats", type=int, default=None, help="timed repetitions per speed setting (default 5)")
     b.add_argument("--budget", default=None,

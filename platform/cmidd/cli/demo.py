@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..names import CROSS_ARCH_MEAN
-from ._args import add_no_track, add_out, add_tracking_uri
+from ..redact import redact
+from ._args import add_json, add_no_track, add_out, add_tracking_uri, json_stdout
 
 
 def add_parser(sub) -> None:
     """Add ``demo`` to ``cmidd``'s subparsers."""
     d = sub.add_parser("demo", help="the main job on digits: DM and DM+CMI vs random-real")
-    add_out(d, "runs/demo")
+    add_out(d, "runs/demo", "folder of the jobs' outputs, results.json, results.md and comparison.png (runs/demo)")
     d.add_argument("--quick", action="store_true", help="toy sizes, finishes in under 3 minutes")
     add_tracking_uri(d, "MLflow store (default: sqlite:///mlflow.db here)")
     add_no_track(d, "write results to --out only, not to MLflow")
+    add_json(d)
     d.set_defaults(fn=command)
 
 
@@ -26,10 +28,21 @@ def command(args) -> None:
     from ..report import format_gain
 
     uri = None if args.no_track else tracking_uri(args.tracking_uri)
-    summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
+    with json_stdout(args.json):
+        summary = run_demo(args.out, quick=args.quick, tracking_uri=uri)
+    if args.json:  # results.json's mapping (and ``best`` when tracked), without the text table
+        import json
+
+        from ..curves import strict
+
+        print(json.dumps(strict({k: v for k, v in summary.items() if k != "table"}), default=str))
+        return
     print(summary["table"])
     print(f"results: {Path(args.out) / 'results.json'}")
     if uri is not None:
+        from ..tracking import run_ui_hint
+
+        print(redact(run_ui_hint(uri, summary["parent_run_id"])))
         best = summary["best"]
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --protocol {best['protocol']['id']} "
               f"--tracking-uri {uri}")

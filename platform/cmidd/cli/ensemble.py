@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     e.add_argument("--mode", choices=MODES, default="concat",
                    help="concat: IPC grows k-fold; per-class-best: each class from its best source, IPC kept")
     add_set(e, "evaluation settings", metavar="eval.KEY=VALUE")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed of the ensemble's evaluation (0)")
     add_tracking_uri(e)
     e.set_defaults(fn=command)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_dataset_ipc, add_tracking_uri, versions
+from ._args import add_dataset_ipc, add_json, add_tracking_uri, json_stdout, versions
 
 EXAMPLES = """examples:
   cmidd evaluate --dataset digits --ipc 10 --protocol 73def0cc9f            # every set not yet scored under it
@@ -22,8 +22,10 @@ def add_parser(sub) -> None:
                    help="a protocol id (or unique prefix) recorded here (`cmidd best`, `cmidd runs` show them)")
     e.add_argument("--versions", type=versions, default=None, help="only these versions (1,2,3; default: all)")
     e.add_argument("--seed", type=int, default=0, help="evaluation seed (0)")
-    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    e.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="where the evaluation nets train (auto: cuda when available)")
     add_tracking_uri(e)
+    add_json(e)
     e.set_defaults(fn=command)
 
 
@@ -33,13 +35,21 @@ def command(args) -> None:
     from ..tracking import best_set, rescore_versions
     from .best import format_best
 
-    done = rescore_versions(args.dataset, args.ipc, args.protocol, args.versions, args.tracking_uri, args.seed,
-                            args.device)
+    with json_stdout(args.json):
+        done = rescore_versions(args.dataset, args.ipc, args.protocol, args.versions, args.tracking_uri, args.seed,
+                                args.device)
+    best = best_set(args.dataset, args.ipc, uri=args.tracking_uri, protocol=args.protocol)
+    if args.json:  # the versions scored now and the registry's answer under that protocol
+        import json
+
+        from ..curves import strict
+
+        print(json.dumps(strict({"scored": done, "best": best}), default=str))
+        return
     for d in done:
         print(f"version {d['from_version']} scored under {args.protocol}: {CROSS_ARCH_MEAN} {d['value']:.4f} "
               f"-> registered as version {d['version']} (run {d['run_id']})")
     if not done:
         print(f"every selected set already has a version under protocol {args.protocol}")
     print()
-    print(format_best(best_set(args.dataset, args.ipc, uri=args.tracking_uri, protocol=args.protocol),
-                      CROSS_ARCH_MEAN))
+    print(format_best(best, CROSS_ARCH_MEAN))

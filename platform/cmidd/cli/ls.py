@@ -12,8 +12,8 @@ def add_parser(sub) -> None:
     from ..catalog import KINDS
 
     ls = sub.add_parser("ls", help="list registered names")
-    ls.add_argument("what", choices=list(KINDS))
-    ls.add_argument("pattern", nargs="?", default="*")
+    ls.add_argument("what", choices=list(KINDS), help="the kind of plug-in to list")
+    ls.add_argument("pattern", nargs="?", default="*", help="a shell-style pattern on the names ('ConvNet*'; default: all)")
     add_json(ls)
     ls.set_defaults(fn=command)
 

@@ -15,11 +15,11 @@ def add_parser(sub) -> None:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_ipc(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--version", type=positive_int, default=None)
+    which.add_argument("--version", type=positive_int, default=None, help="this registered version (a number)")
     which.add_argument("--alias", default=None, help="default: champion (the default protocol's champion)")
     which.add_argument("--protocol", default=None, metavar="ID|default",
                        help="the champion of this evaluation protocol (alias champion-<ID>)")
-    add_out(p, None)
+    add_out(p, None, "new or empty folder to write the set into (required)")
     add_tracking_uri(p)
     add_json(p)
     p.set_defaults(fn=command)

@@ -8,18 +8,30 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..redact import redact
-from ._args import add_address, add_no_track, add_resume, add_set, add_tracking_uri
+from ._args import add_address, add_json, add_no_track, add_resume, add_set, add_tracking_uri, json_stdout
 
 # the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
 KINDS = ("distill", "pretrain-proxies", "evaluate", "experts", "ensemble")
 
 
+EXAMPLES = """examples:
+  cmidd run jobs/distill_dm_digits_ipc10.yaml                      # tracked in sqlite:///mlflow.db (here)
+  cmidd run jobs/distill_dm_digits_ipc10.yaml --set method.iterations=20 --set eval.num_eval=1 --no-track
+  cmidd run jobs/distill_dm_digits_ipc10.yaml --resume              # continue from the job's checkpoint
+  cmidd run jobs/distill_dmcmi_digits_ipc10_2workers.yaml --address auto   # Ray Train on a running cluster
+  cmidd run jobs/distill_dm_digits_ipc10.yaml --json | jq .result.metrics
+"""
+
+
 def add_parser(sub) -> None:
     """Add ``run`` to ``cmidd``'s subparsers."""
+    import argparse
+
     r = sub.add_parser("run", help=f"run a job YAML ({' | '.join(KINDS)})",
-                       description=f"Run a job YAML of any kind: {', '.join(KINDS)}.")
-    r.add_argument("job", type=Path)
-    add_set(r)
+                       description=f"Run a job YAML of any kind: {', '.join(KINDS)}.", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("job", type=Path, help="the job file (jobs/*.yaml; `cmidd validate` checks one)")
+    add_set(r, "override a field of the job (method.iterations=20, cmi.lam=100); repeatable")
     add_resume(r, "continue from the job's checkpoint")
     add_tracking_uri(r)
     add_address(r, "Ray cluster for jobs with scaling.workers > 1 (default: a local Ray on this machine)")
@@ -27,6 +39,7 @@ def add_parser(sub) -> None:
     either.add_argument("--resume-run", default=None, metavar="RUN_ID",
                         help="continue this MLflow run from its last checkpoint (downloaded from MLflow)")
     add_no_track(either, "do not log to MLflow")
+    add_json(r)
     r.set_defaults(fn=command)
 
 
@@ -37,13 +50,24 @@ def command(args) -> None:
     from ..runner import check_job_data, load_job_data
 
     job = load_job(args.job, args.set)
-    with naming_file(args.job):  # the data-dependent rules (ipc too large, a missing root) name the file too
+    with naming_file(args.job), json_stdout(args.json):  # data-dependent rules (a missing root) name the file too
         data = load_job_data(job)
         check_job_data(job, data)
         done = execute(job, track=not args.no_track, uri=args.tracking_uri, address=args.address,
                        resume=args.resume, resume_run_id=args.resume_run, data=data, resume_hint=resume_command(args))
+    if args.json:
+        import json
+
+        from ..curves import strict
+
+        print(json.dumps(strict({"run_id": done.run_id, "tracking_uri": redact(done.uri) if done.uri else None,
+                                 "versions": done.versions, "result": done.result.to_json()}), default=str))
+        return
     if done.run_id is not None:
+        from ..tracking import run_ui_hint
+
         print(f"mlflow run: {done.run_id} ({redact(done.uri)})")
+        print(redact(run_ui_hint(done.uri, done.run_id)))
         for v in done.versions:
             alias = f" [{v['alias']}]" if v["alias"] else ""
             same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""

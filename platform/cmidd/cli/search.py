@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import argparse
 import json
+from pathlib import Path
 
 from ._args import add_address, add_json, add_resume, add_set, add_tracking_uri
 from .run import naming_file
 
 
+EXAMPLES = """examples:
+  cmidd search search_spaces/digits_dmcmi.yaml                                  # local Ray, sqlite:///mlflow.db
+  cmidd search search_spaces/digits_dmcmi.yaml --set search.num_samples=4 --set base.method.iterations=20
+  cmidd search search_spaces/digits_dmcmi.yaml --resume                         # continue an interrupted search
+  cmidd search search_spaces/digits_dmcmi.yaml --address auto --tracking-uri http://127.0.0.1:5000
+  cmidd search search_spaces/digits_dmcmi.yaml --json | jq .summary.best
+"""
+
+
 def add_parser(sub) -> None:
     """Add ``search`` to ``cmidd``'s subparsers."""
-    s = sub.add_parser("search", help="Ray Tune + Optuna search over a space YAML (search_spaces/), tracked in MLflow")
-    s.add_argument("space", type=Path)
+    s = sub.add_parser("search", help="Ray Tune + Optuna search over a space YAML (search_spaces/), tracked in MLflow",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("space", type=Path, help="the search-space file (search_spaces/*.yaml)")
     add_set(s, "override a field of the space (search.num_samples=4) or of its base job (base.ipc=5)")
     add_resume(s, "continue the interrupted search in its storage folder")
     add_address(s, "Ray cluster to run the trials on (default: $RAY_ADDRESS, else a local Ray)")
@@ -53,6 +63,12 @@ def command(args) -> None:
         print(f"{how}: {v['name']} version {v['version']} (run {v['run_id']}) under protocol {v.get('protocol', '-')}")
     print("\n".join(registered_answers(summary["registered"], args.tracking_uri)))
     print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+    from ..redact import redact
+    from ..tracking import resolve_uri, run_ui_hint
+
+    print(redact(run_ui_hint(resolve_uri(args.tracking_uri), summary["parent_run_id"])))
+    if "optuna_study" in summary:
+        print(f"optuna study {summary['optuna_study']['name']}: optuna-dashboard {summary['optuna_study']['storage']}")
 
 
 def registered_answers(registered: list[dict], uri: str | None) -> list[str]:

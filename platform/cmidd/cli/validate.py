@@ -13,7 +13,7 @@ from ._args import AlreadyReported, add_json
 def add_parser(sub) -> None:
     """Add ``validate`` to ``cmidd``'s subparsers."""
     v = sub.add_parser("validate", help="check job and search-space YAML files without running them")
-    v.add_argument("files", nargs="+", type=Path)
+    v.add_argument("files", nargs="+", type=Path, help="job or search-space YAML files (jobs/*.yaml, search_spaces/*.yaml)")
     add_json(v)
     v.set_defaults(fn=command)
 

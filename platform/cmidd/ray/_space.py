@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import ZERO_ARM, SearchCfg
 from ..lam import LAM_KEY
-from ..search_report import importance_plot, row_lam
+from ..search_report import row_lam
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,21 @@ def optuna_space(cfg: SearchCfg) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return space, points
 
 
-def optuna_searcher(cfg: SearchCfg) -> tuple[dict[str, Any], Any]:
+STUDY_DB = "optuna.db"  # the Optuna study of the search's TPE sampler (``optuna-dashboard sqlite:///<storage>/optuna.db``)
+
+
+def study_storage(cfg: SearchCfg) -> str:
+    """The RDB storage URL of the search's Optuna study: a sqlite file in its storage folder (the study is named
+    ``cfg.name``)."""
+    return f"sqlite:///{(cfg.storage_dir / STUDY_DB).absolute()}"
+
+
+def optuna_searcher(cfg: SearchCfg, storage: str | None = None) -> tuple[dict[str, Any], Any]:
     """(the Optuna space, Ray Tune's ``OptunaSearch`` over it): TPE seeded by ``search.seed``; with
-    ``search.objectives`` Optuna's multi-objective TPE, given the metrics and modes as lists."""
+    ``search.objectives`` Optuna's multi-objective TPE, given the metrics and modes as lists. With ``storage`` (an
+    RDB URL) the study lives there under the search's name, not in memory."""
     from optuna.samplers import TPESampler
+    from optuna.storages import RDBStorage
     from ray.tune.search.optuna import OptunaSearch
 
     space, points = optuna_space(cfg)
@@ -50,7 +61,8 @@ def optuna_searcher(cfg: SearchCfg) -> tuple[dict[str, Any], Any]:
     metric = [o.metric for o in targets] if cfg.search.multi else cfg.search.metric  # on searcher and scheduler:
     mode = [o.mode for o in targets] if cfg.search.multi else cfg.search.mode  # Tune's concurrency limiter does
     return space, OptunaSearch(space=space, points_to_evaluate=points or None,  # not pass TuneConfig's on
-                               sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode)
+                               sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode,
+                               storage=None if storage is None else RDBStorage(storage), study_name=cfg.name)
 
 
 def _start_value(cfg: SearchCfg, key: str, dist) -> Any:
@@ -77,9 +89,10 @@ def _inside(dist, value: Any) -> bool:
 
 
 def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv`` and parameter importances
-    (``optuna_importances.json`` and .png, when at least two finished trials differ; of the first objective in a
-    multi-objective search). Returns the files written."""
+    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv``, Optuna's optimization history plot
+    (``optuna_history.png``, from one finished trial; of the first objective in a multi-objective search) and
+    parameter importances (``optuna_importances.json`` and Optuna's plot of them, .png, when at least two finished
+    trials differ; of the first objective). Returns the files written."""
     import optuna
 
     space, _ = optuna_space(cfg)
@@ -95,6 +108,12 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
             user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)}))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
+    # several objectives: the plots and importances are of the first one; the evaluator ranks for low target
+    # values, so a max objective is negated there
+    first_target = (lambda t: t.values[0]) if cfg.search.multi else None
+    if study.trials:
+        files += _optuna_plot("plot_optimization_history", study, folder / "optuna_history.png", target=first_target,
+                              target_name=targets[0].metric)
     first = {t.values[0] for t in study.trials}
     if len(study.trials) >= 2 and len(first) > 1:
         try:
@@ -106,7 +125,32 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
                 imp = optuna.importance.get_param_importances(study, target=target)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
-            files += importance_plot(imp, folder)
+            files += _optuna_plot("plot_param_importances", study, folder / "optuna_importances.png", target=first_target,
+                                  target_name=targets[0].metric)
         except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
             log.info("optuna importances skipped: %s", e)
     return files
+
+
+def _optuna_plot(name: str, study, path: Path, target=None, target_name: str = "Objective Value") -> list[str]:
+    """Optuna's own matplotlib plot ``optuna.visualization.matplotlib.<name>`` of ``study`` into ``path`` (of
+    ``target(trial)`` when given: a multi-objective study's plots need one)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks its matplotlib backend experimental
+        kw = {} if target is None else {"target": target, "target_name": target_name}
+        ax = getattr(ovm, name)(study, **kw)
+    fig = ax.figure
+    fig.set_size_inches(6.4, 3.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path.name]

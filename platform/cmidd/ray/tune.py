@@ -43,11 +43,11 @@ from ..errors import ConfigError
 from ..files import atomic_write
 from ..names import DISTILL_SECONDS, FINAL, IPC, TAG_NODE
 from ..runner import load_job_data, proxies_dir
-from ._space import optuna_searcher, optuna_space, study_summary
+from ._space import STUDY_DB, optuna_searcher, optuna_space, study_storage, study_summary
 
-__all__ = ["PARENT_FILE", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage", "fit_search",
-           "experiment_path", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies", "read_trials", "save_parent",
-           "saved_parent", "study_summary"]
+__all__ = ["PARENT_FILE", "STUDY_DB", "TUNE_DIR", "ProxyBundle", "Trial", "TuneHooks", "build_tuner", "check_storage",
+           "experiment_path", "fit_search", "fit_tuner", "make_trainable", "optuna_space", "prepare_proxies",
+           "read_trials", "save_parent", "saved_parent", "study_storage", "study_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,10 @@ def _search_algs(cfg: SearchCfg) -> tuple[dict[str, Any], Any, Any]:
     """(the Optuna space, the TPE searcher, the ASHA scheduler or None) of the search ``cfg``."""
     from ray.tune.schedulers import ASHAScheduler
 
-    space, searcher = optuna_searcher(cfg)
+    cfg.storage_dir.mkdir(parents=True, exist_ok=True)
+    # the study in an RDB storage (not in memory), so that optuna-dashboard opens it; Tune pickles the searcher with
+    # its study into the experiment, and --resume reconnects to the same file
+    space, searcher = optuna_searcher(cfg, storage=study_storage(cfg))
     a = cfg.search.asha
     # max_t + 1: ASHA stops a trial whose step reaches max_t, which would kill it before its final evaluation
     scheduler = None if a is None else ASHAScheduler(

@@ -51,6 +51,10 @@ from ._sets import (
     verify_remote_set,
 )
 from ._tags import code_version, distill_tags, git_sha, job_params, job_tags, proxy_label, run_tags
+from ._ui import (
+    KEY_ACC, KEY_GAIN, KEY_LAMBDA, KEY_RATIO, TAG_GAIN, TRAINING_VIEW, gain_text, key_metrics, log_key_metrics,
+    log_summary, parent_run, run_ui_hint, tag_gains, ui_hint, ui_url,
+)
 
 __all__ = [
     "BASELINES", "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
@@ -68,4 +72,7 @@ __all__ = [
     "run_trial", "search_children", "search_concurrency", "search_parent", "set_default_protocol", "set_model_name",
     "set_tags", "tracked_run", "upload_checkpoint",
     "verify_proxy_folder", "verify_remote_set", "version_protocol",
+    # what MLflow's UI shows first (_ui)
+    "KEY_ACC", "KEY_GAIN", "KEY_LAMBDA", "KEY_RATIO", "TAG_GAIN", "TRAINING_VIEW", "gain_text", "key_metrics",
+    "log_key_metrics", "log_summary", "parent_run", "run_ui_hint", "tag_gains", "ui_hint", "ui_url",
 ]

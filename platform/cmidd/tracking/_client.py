@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DEFAULT_METRIC = CROSS_ARCH_MEAN
-# MLflow 3's UI opens an experiment without a kind in its GenAI view; this kind opens the model-training view
-# (runs table, metrics charts), which is what a distillation's runs need
+# The experiment kind MLflow 3's UI reads (values in its bundle: genai_development, custom_model_development, ...):
+# earlier 3.x UIs open an experiment of this kind in the model-training view. MLflow 3.17's UI ignores the tag (its
+# "GenAI | Model training" switch decides, default GenAI): cmidd's links add ?workflowType=machine_learning (_ui)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SYNTHETIC = "synthetic"
 PROXIES = "proxies"
@@ -95,15 +96,12 @@ _READY: set[str] = set()  # sqlite stores this process has seen created (their t
 
 @contextlib.contextmanager
 def store_lock(db: Path) -> Iterator[None]:
-    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``fcntl.flock``: released if the holder dies)."""
-    import fcntl
+    """An exclusive lock on ``<db>.lock`` beside a sqlite store (``filelock``: an OS lock, released if the holder
+    dies)."""
+    from filelock import FileLock
 
-    with open(db.with_name(db.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def client_for(uri: str) -> MlflowClient:

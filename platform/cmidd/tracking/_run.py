@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from ..distill import CHECKPOINT, Hooks, History, distill
 from ..errors import ConfigError, IntegrityError
 from ..files import atomic_write, sha256_file
-from ..lam import LAM_KEY
+from ..lam import LAM_KEY, lam_effective
 from ..outdir import owned
 from ..protocol import protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, check_resume_point, load_job_data, run_job
@@ -49,6 +49,7 @@ from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
 from ._proxies import publish_experts, publish_proxies, resolve_registry_proxies
 from ._sets import register_distilled, register_set, verify_remote_set
 from ._tags import distill_tags, job_params, job_tags
+from ._ui import log_key_metrics
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,9 @@ def _log_lambda(client: MlflowClient, run_id: str, job, result: JobResult) -> No
     if LAM_KEY in result.metrics:
         log_params(client, run_id, {LAM_KEY: repr(float(result.metrics[LAM_KEY]))})
     set_tags(client, run_id, distill_tags(job, result.metrics))
+    last = result.history.step[-1] if result.history is not None and result.history.step else 0
+    log_key_metrics(client, run_id, result.metrics,  # the key numbers again, under names the UI shows first
+                    lam_effective(job.cmi.lam, job.cmi.alpha, result.metrics.get(LAM_KEY), job.cmi.on), last)
 
 
 def _backfill(history: History, first_seen: int | None, skip_through: int) -> list[Metric]:

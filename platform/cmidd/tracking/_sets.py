@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
-from ..protocol import TAG_ID, TAG_SUMMARY, UNKNOWN
+from ..protocol import TAG_ID, TAG_JSON, TAG_SUMMARY, UNKNOWN
 from ..runner import JobResult
 from ..outdir import MARKER
 from ..synthetic import GRID, MANIFEST, TENSOR_FILES, SyntheticSet
@@ -93,7 +93,7 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
         client: the store's client.
         run_id: the run that scored the set (its metrics rank the version; its protocol tags are copied).
         synset: that set (its meta gives dataset, ipc and image size; its content sha256 becomes a tag).
-        metrics: the run's metrics; ``acc/``, ``acc_std/`` and ``ece/`` ones become tags.
+        metrics: the run's metrics; the ``acc/`` ones become tags.
         description: the version's description.
         extra_tags: what made the set (a job's method, lambda and proxy set; an ensemble's sources and mode).
         created: the new version is appended here as soon as it exists (for clean-up on a later failure).
@@ -108,9 +108,11 @@ def register_set(client: MlflowClient, run_id: str, synset: SyntheticSet, metric
     name = set_model_name(dataset, ipc)
     ensure_model(client, name, f"Distilled {dataset} sets, {ipc} images per class",
                  {"dataset": dataset, "ipc": str(ipc)})
-    accs = {k: f"{v:.6g}" for k, v in metrics.items()
-            if k.startswith(("acc/", "acc_std/", "ece/")) and isinstance(v, (int, float))}
-    protocol = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("protocol.")}
+    # short tags (the UI truncates long ones): the accuracies, not their spreads or the ECE, and the protocol's id and
+    # summary, not its JSON (all on the run that scored the set)
+    accs = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("acc/") and isinstance(v, (int, float))}
+    protocol = {k: v for k, v in client.get_run(run_id).data.tags.items()
+                if k.startswith("protocol.") and k != TAG_JSON}
     tags = {**(extra_tags or {}), "dataset": dataset, "ipc": str(ipc), "im_size": str(synset.meta["im_size"]),
             "content_sha256": synset.sha256(), "code_version": code_version(), **protocol, **accs}
     same = [v for v in client.search_model_versions(f"name = '{name}'")
