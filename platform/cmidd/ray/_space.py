@@ -125,7 +125,7 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
                 imp = optuna.importance.get_param_importances(study, target=target)
             (folder / "optuna_importances.json").write_text(json.dumps(imp, indent=2))
             files.append("optuna_importances.json")
-            files += _optuna_plot("plot_param_importances", study, folder / "optuna_importances.png", target=first_target,
+            files += _optuna_plot("plot_param_importances", study, folder / "optuna_importances.png", target=target,
                                   target_name=targets[0].metric)
         except (RuntimeError, ValueError) as e:  # degenerate studies (one distinct value per param ...)
             log.info("optuna importances skipped: %s", e)
@@ -146,6 +146,7 @@ def _optuna_plot(name: str, study, path: Path, target=None, target_name: str = "
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks its matplotlib backend experimental
+        warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # a target's sign is set
         kw = {} if target is None else {"target": target, "target_name": target_name}
         ax = getattr(ovm, name)(study, **kw)
     fig = ax.figure
