@@ -5,7 +5,11 @@ the layers below leave open:
 
 - the loop: the plain ``distill`` or Ray Train for ``scaling.workers > 1`` (``cmidd.ray.pick_loop``;
   the core ``cmidd.runner`` is handed the loop and never imports Ray), on the Ray cluster at ``address``;
-- the record: ``cmidd.tracking.tracked_run`` (an MLflow run, its artifacts, the registered set) or none.
+- the record: a ``cmidd.store.Store`` (``open_store``: MLflow's, ``cmidd.tracking.store.MlflowStore``; its
+  ``track`` is ``cmidd.tracking.tracked_run``: an MLflow run, its artifacts, the registered set) or none.
+
+The CLI reaches a store only through here: ``open_store`` for its queries (best, pull, runs), and the functions
+below for what the MLflow store still runs itself (``rescore``, ``ensemble``, ``pareto_best``: ``store.Workflows``).
 
 ``cmidd search`` and the bench's search suite call ``run_search``: Ray Tune runs the trials
 (``cmidd.ray.tune``), each one a ``SearchTrial`` (a tracked child run of the search's parent run), and the
@@ -31,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 from .distill import distill
 from .errors import CmiddError, ConfigError
 from .ray import pick_loop, run_job
+from .store import Store, Workflows
 from .synthetic import SetDataset, SyntheticSet
 
 if TYPE_CHECKING:
-    from .config import SearchCfg
+    from .config import EvalCfg, SearchCfg
     from .data import Dataset
     from .distill import Hooks
     from .runner import JobResult
@@ -70,8 +75,15 @@ def tracking_uri(uri: str | None) -> str:
     return resolve_uri(uri)
 
 
+def open_store(uri: str | None = None) -> Store:
+    """The store at ``uri``: MLflow's (``tracking_uri`` rules, applied when the store is first used)."""
+    from .tracking.store import MlflowStore
+
+    return MlflowStore(uri)
+
+
 def load_set(name_or_path: str | Path, version: int | None = None, alias: str | None = None,
-             uri: str | None = None) -> SetDataset:
+             uri: str | None = None, store: Store | None = None) -> SetDataset:
     """A distilled set as a verified ``torch.utils.data.Dataset``: a folder (``cmidd pull --out``, a run's
     ``synthetic/``) or a registered set ``DATASET/IPC`` (the champion unless ``version`` or ``alias``).
 
@@ -85,9 +97,8 @@ def load_set(name_or_path: str | Path, version: int | None = None, alias: str | 
     dataset, _, ipc = str(name_or_path).partition("/")
     if not dataset or not ipc.isdigit():
         raise ConfigError(f"load_set: a folder or DATASET/IPC (e.g. digits/10) is needed, got {str(name_or_path)!r}")
-    from .tracking import load_set as registered
-
-    return registered(dataset, int(ipc), version, alias, tracking_uri(uri)).dataset()
+    store = store if store is not None else open_store(tracking_uri(uri))
+    return store.load_set(dataset, int(ipc), version, alias).dataset()
 
 
 def needs_ray(job) -> bool:
@@ -98,8 +109,9 @@ def needs_ray(job) -> bool:
 def execute(job, *, track: bool = False, uri: str | None = None, address: str | None = None,
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
             data: Dataset | None = None, experiment: str | None = None,
-            resume_hint: str | None = None, parent_run_id: str | None = None) -> Execution:
-    """Run a validated job of any kind with the right loop, in an MLflow run when ``track``.
+            resume_hint: str | None = None, parent_run_id: str | None = None,
+            store: Store | None = None) -> Execution:
+    """Run a validated job of any kind with the right loop, in a run of the store when ``track``.
 
     Args:
         job: a validated job (``cmidd.config.load_job``).
@@ -115,6 +127,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
             their baseline in one, side by side.
         resume_hint: the command that resumes this job (named when a tracking outage ends it).
         parent_run_id: when tracked, the run this job's run is nested under (the demo's parent run).
+        store: the store when tracked (default: ``open_store(uri)``, MLflow's).
 
     Returns:
         Execution.
@@ -129,11 +142,9 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         connect(address)
     if not track:
         return Execution(run_job(job, hooks, resume, data))
-    from .tracking import tracked_run
-
-    done = tracked_run(job, uri, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                       loop=pick_loop(job), experiment=experiment, resume_hint=resume_hint,
-                       parent_run_id=parent_run_id)
+    store = store if store is not None else open_store(uri)
+    done = store.track(job, pick_loop(job), resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
+                       experiment=experiment, resume_hint=resume_hint, parent_run_id=parent_run_id)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))
 
 
@@ -216,11 +227,59 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
 def tag_search_gains(client, registered: list[dict[str, Any]], uri: str) -> None:
     """The gain over random-real (paired draws) on every version of each model and protocol a search registered
     into (tag ``gain_over_random``), once the search's random-real draws are logged."""
-    from .tracking import best_set, tag_gains
+    from .tracking import tag_gains
 
-    for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
-        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
+    store = open_store(uri)
+    for name, dataset, ipc, pid in _registered_models(registered):
         try:
-            tag_gains(client, best_set(dataset, int(ipc), uri=uri, protocol=pid))
+            tag_gains(client, store.best(dataset, ipc, protocol=pid))
         except CmiddError as e:  # a finished search stays finished: the tag is a convenience of the UI
             log.warning("gain_over_random not tagged on %s: %s", name, e)
+
+
+def _registered_models(registered: list[dict[str, Any]]) -> list[tuple[str, str, int, str | None]]:
+    """(model, dataset, ipc, protocol) of each model and protocol ``registered`` versions went into, in order."""
+    out = []
+    for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
+        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
+        out.append((name, dataset, int(ipc), pid))
+    return out
+
+
+def search_answers(store: Store, registered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The store's best version (``Store.best``) of each model and protocol a search registered into."""
+    return [store.best(dataset, ipc, protocol=pid) for _, dataset, ipc, pid in _registered_models(registered)]
+
+
+def _workflows(store: Store, what: str) -> Workflows:
+    """``store`` as ``Workflows`` (the MLflow store still evaluates sets itself), or ConfigError naming ``what``."""
+    if not isinstance(store, Workflows):
+        raise ConfigError(f"{what}: the store {store.uri} cannot run it (only the MLflow store evaluates sets)")
+    return store
+
+
+def rescore(store: Store, dataset: str, ipc: int, protocol: str, versions: list[int] | None = None, seed: int = 0,
+            device: str = "auto") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``cmidd evaluate``: score registered sets under ``protocol``, register them, then the store's best there.
+
+    Returns:
+        (the versions scored now ``[{"from_version", "version", "run_id", "value"}]``, ``Store.best`` under
+        ``protocol``).
+    """
+    done = _workflows(store, "evaluate").rescore(dataset, ipc, protocol, versions, seed, device)
+    return done, store.best(dataset, ipc, protocol=protocol)
+
+
+def ensemble(store: Store, mode: str, eval_cfg: EvalCfg, seed: int = 0, *, from_search: str | None = None,
+             top: int = 3, dataset: str | None = None, ipc: int | None = None, versions: list[int] | None = None):
+    """``cmidd ensemble``: one set from a search's ``top`` trials (``from_search``) or from registered ``versions``
+    of ``dataset``/``ipc``: combined, evaluated, logged and registered (``tracking.EnsembleResult``)."""
+    flows = _workflows(store, "ensemble")
+    if from_search:
+        return flows.ensemble_from_search(from_search, top, mode, eval_cfg, seed)
+    return flows.ensemble_from_versions(dataset, ipc, versions, mode, eval_cfg, seed)
+
+
+def pareto_best(store: Store, search: str, limits: dict[str, float]) -> dict[str, Any]:
+    """``cmidd best --pareto``: the best set of a multi-objective search's front within ``limits``."""
+    return _workflows(store, "--pareto").pareto_best(search, limits)

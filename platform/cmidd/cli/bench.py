@@ -43,11 +43,10 @@ def command(args) -> None:
 
 def log_to_mlflow(uri: str, report: dict, out: Path, quick: bool) -> None:
     """The report as one finished run of the ``cmidd-bench`` experiment (files as artifacts)."""
-    from ..app import tracking_uri
+    from ..app import open_store, tracking_uri
     from ..bench import report_metrics
-    from ..tracking import log_report
 
     files = ["bench.json", "bench.md", *report["plots"]]
-    run_id = log_report(tracking_uri(uri), "cmidd-bench", f"bench-{'quick' if quick else 'full'}",
-                        report["plan"], report_metrics(report), out, files)
+    run_id = open_store(tracking_uri(uri)).log_report("cmidd-bench", f"bench-{'quick' if quick else 'full'}",
+                                                      report["plan"], report_metrics(report), out, files)
     print(f"mlflow run: {run_id} (experiment cmidd-bench)")

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
 def command(args) -> None:
     """Print the best version of one protocol, or of each protocol (``--json``: one JSON object)."""
     from ..errors import ConfigError
-    from ..tracking import best_per_protocol, best_set, client_for, resolve_uri, set_default_protocol, set_model_name
+    from ..app import open_store
 
     if args.pareto is not None or args.max_ipc is not None or args.max_seconds is not None:
         return pareto_command(args)
@@ -57,14 +57,13 @@ def command(args) -> None:
     if args.make_default:
         if args.protocol is None:
             raise ConfigError("--make-default: needs --protocol ID (the protocol 'champion' should follow)")
-        client = client_for(resolve_uri(args.tracking_uri))
-        version = set_default_protocol(client, set_model_name(args.dataset, args.ipc), args.protocol, args.metric)
+        version = open_store(args.tracking_uri).make_default(args.dataset, args.ipc, args.protocol, args.metric)
         print(f"champion now follows protocol {args.protocol} (version {version})")
     if args.json or args.protocol is not None:  # one protocol, or a refusal naming them
-        best = best_set(args.dataset, args.ipc, args.metric, args.tracking_uri, args.protocol)
+        best = open_store(args.tracking_uri).best(args.dataset, args.ipc, args.metric, args.protocol)
         print(json.dumps(best, sort_keys=False) if args.json else format_best(best, args.metric))
         return
-    answers = best_per_protocol(args.dataset, args.ipc, args.metric, args.tracking_uri)
+    answers = open_store(args.tracking_uri).best_per_protocol(args.dataset, args.ipc, args.metric)
     if len(answers) > 1:
         print(f"{answers[0]['name']}: versions scored under {len(answers)} evaluation protocols, never ranked "
               "together; one answer per protocol (--protocol ID for one)\n")
@@ -72,19 +71,19 @@ def command(args) -> None:
 
 
 def pareto_command(args) -> None:
-    """``--pareto SEARCH``: the front's best set within the budget (``tracking.pareto_best``)."""
+    """``--pareto SEARCH``: the front's best set within the budget (``app.pareto_best``)."""
+    from ..app import open_store, pareto_best
     from ..errors import ConfigError
     from ..lam import fmt_lam
     from ..names import DISTILL_SECONDS, IPC
     from ..search_report import fmt_objective
-    from ..tracking import pareto_best
 
     if args.pareto is None:
         raise ConfigError("--max-ipc / --max-seconds: a budget needs --pareto SEARCH (a multi-objective search)")
     if args.max_seconds is not None and not 0 < args.max_seconds <= 1e9:
         raise ConfigError(f"--max-seconds: 0 < N <= 1e9 must hold, but got {args.max_seconds:g}")
     limits = {k: float(v) for k, v in ((IPC, args.max_ipc), (DISTILL_SECONDS, args.max_seconds)) if v is not None}
-    best = pareto_best(args.pareto, limits, args.tracking_uri)
+    best = pareto_best(open_store(args.tracking_uri), args.pareto, limits)
     if args.json:
         print(json.dumps(best, default=str))
         return

@@ -40,9 +40,9 @@ def command(args) -> None:
     print(summary["table"])
     print(f"results: {Path(args.out) / 'results.json'}")
     if uri is not None:
-        from ..tracking import run_ui_hint
+        from ..app import open_store
 
-        print(redact(run_ui_hint(uri, summary["parent_run_id"])))
+        print(redact(open_store(uri).run_hint(summary["parent_run_id"])))
         best = summary["best"]
         print(f"\ncmidd best --dataset digits --ipc {summary['ipc']} --protocol {best['protocol']['id']} "
               f"--tracking-uri {uri}")

@@ -53,17 +53,14 @@ def eval_cfg(overrides: list[str]):
 
 def command(args) -> None:
     """Build, evaluate, log and register the combined set; print its table and version."""
-    from ..tracking import ensemble_from_search, ensemble_from_versions
+    from ..app import ensemble, open_store
     from ..report import results_table
 
     cfg = eval_cfg(args.set)
-    if args.from_search:
-        r = ensemble_from_search(args.from_search, args.top, args.mode, cfg, args.tracking_uri, args.seed)
-    else:
-        if not (args.dataset and args.ipc and args.versions):
-            raise ConfigError("--versions: needs --dataset and --ipc too (or use --from-search RUN_ID)")
-        r = ensemble_from_versions(args.dataset, args.ipc, args.versions, args.mode, cfg, args.tracking_uri,
-                                   args.seed)
+    if not args.from_search and not (args.dataset and args.ipc and args.versions):
+        raise ConfigError("--versions: needs --dataset and --ipc too (or use --from-search RUN_ID)")
+    r = ensemble(open_store(args.tracking_uri), args.mode, cfg, args.seed, from_search=args.from_search,
+                 top=args.top, dataset=args.dataset, ipc=args.ipc, versions=args.versions)
     print(results_table(r.rows))
     print(f"ensemble of {', '.join(r.sources)} ({args.mode}, IPC {r.synset.ipc})")
     print(f"mlflow run: {r.run_id}")

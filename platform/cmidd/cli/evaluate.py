@@ -32,13 +32,12 @@ def add_parser(sub) -> None:
 def command(args) -> None:
     """Score, register, then print the answer of ``best`` under that protocol."""
     from ..names import CROSS_ARCH_MEAN
-    from ..tracking import best_set, rescore_versions
+    from ..app import open_store, rescore
     from .best import format_best
 
-    with json_stdout(args.json):
-        done = rescore_versions(args.dataset, args.ipc, args.protocol, args.versions, args.tracking_uri, args.seed,
-                                args.device)
-    best = best_set(args.dataset, args.ipc, uri=args.tracking_uri, protocol=args.protocol)
+    with json_stdout(args.json):  # the versions scored now, then the store's answer under that protocol
+        done, best = rescore(open_store(args.tracking_uri), args.dataset, args.ipc, args.protocol, args.versions,
+                             args.seed, args.device)
     if args.json:  # the versions scored now and the registry's answer under that protocol
         import json
 

@@ -27,10 +27,10 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Pull the version into ``--out`` and say how to load it."""
-    from ..tracking import pull
+    from ..app import open_store
 
-    out = pull(args.dataset, args.ipc, args.out, version=args.version, alias=args.alias, uri=args.tracking_uri,
-               protocol=args.protocol)
+    out = open_store(args.tracking_uri).pull(args.dataset, args.ipc, args.out, version=args.version,
+                                             alias=args.alias, protocol=args.protocol)
     rec = json.loads((out / "registry.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     if args.json:  # {"name", "version", "run_id", "path", "protocol": {"id", "summary"}, "content_sha256", "ipc", ...}

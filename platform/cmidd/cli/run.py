@@ -64,10 +64,10 @@ def command(args) -> None:
                                  "versions": done.versions, "result": done.result.to_json()}), default=str))
         return
     if done.run_id is not None:
-        from ..tracking import run_ui_hint
+        from ..app import open_store
 
         print(f"mlflow run: {done.run_id} ({redact(done.uri)})")
-        print(redact(run_ui_hint(done.uri, done.run_id)))
+        print(redact(open_store(done.uri).run_hint(done.run_id)))
         for v in done.versions:
             alias = f" [{v['alias']}]" if v["alias"] else ""
             same = " (already registered: the same set, by content sha256)" if v.get("existing") else ""

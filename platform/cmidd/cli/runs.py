@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
 
 def command(args) -> None:
     """Print the runs, newest first (or ``no runs``)."""
-    from ..tracking import list_runs
+    from ..app import open_store
 
-    rows = list_runs(args.tracking_uri, args.n, args.experiment)
+    rows = open_store(args.tracking_uri).runs(args.n, args.experiment)
     if args.json:
         print(json.dumps({"runs": [typed(r) for r in rows]}))
     else:

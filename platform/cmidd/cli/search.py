@@ -63,26 +63,22 @@ def command(args) -> None:
         print(f"{how}: {v['name']} version {v['version']} (run {v['run_id']}) under protocol {v.get('protocol', '-')}")
     print("\n".join(registered_answers(summary["registered"], args.tracking_uri)))
     print(f"mlflow parent run: {summary['parent_run_id']} (experiment {summary['experiment']})")
+    from ..app import open_store
     from ..redact import redact
-    from ..tracking import resolve_uri, run_ui_hint
 
-    print(redact(run_ui_hint(resolve_uri(args.tracking_uri), summary["parent_run_id"])))
+    print(redact(open_store(args.tracking_uri).run_hint(summary["parent_run_id"])))
     if "optuna_study" in summary:
         print(f"optuna study {summary['optuna_study']['name']}: optuna-dashboard {summary['optuna_study']['storage']}")
 
 
 def registered_answers(registered: list[dict], uri: str | None) -> list[str]:
     """Per model and protocol the search registered into: the best version there and its gain over random-real."""
+    from ..app import open_store, search_answers
     from ..report import format_gain
-    from ..tracking import best_set
 
-    lines = []
-    for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
-        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
-        best = best_set(dataset, int(ipc), uri=uri, protocol=pid)
-        lines.append(f"best of {name} under protocol {best['protocol']['id']}: version {best['version']} "
-                     f"{best['value']:.4f}, {format_gain(best['baseline'])}")
-    return lines
+    return [f"best of {best['name']} under protocol {best['protocol']['id']}: version {best['version']} "
+            f"{best['value']:.4f}, {format_gain(best['baseline'])}"
+            for best in search_answers(open_store(uri), registered)]
 
 
 def check_search_data(cfg) -> None:

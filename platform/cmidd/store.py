@@ -1,0 +1,116 @@
+"""The store seam: what the app needs from a system of record, as a ``typing.Protocol`` (no MLflow here).
+
+``Store`` holds what ``cmidd.app`` and the CLI ask a store for today, and nothing more:
+
+    runs       ``track`` (start a job's run, log it, finish it and register what it produced), ``log_report`` (one
+               finished run with files), ``runs`` (recent runs as rows), ``run_hint`` (where to look at a run)
+    sets       ``load_set`` (a registered set, checksums verified), ``pull`` (into a folder)
+    champions  ``best`` (the best version under one protocol), ``best_per_protocol``, ``make_default`` (the protocol
+               ``champion`` follows)
+
+MLflow's implementation is ``cmidd.tracking.store.MlflowStore`` (built from a tracking URI); ``cmidd.app.open_store``
+builds it, so the CLI never imports the tracking wing. A new store is one class with these methods, handed to the
+app's functions (``execute(job, track=True, store=...)``, ``best(store, ...)``; tests/test_store_seam.py has one).
+
+``Workflows`` is what the MLflow store still runs itself beyond storing: it evaluates sets (``rescore``, the
+ensembles) and reads a search's Pareto front. These are not part of ``Store``: moving them into job kinds run by the
+runner is the next step (docs/layout.md, "Store seam").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .names import CROSS_ARCH_MEAN
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .distill import Hooks
+    from .runner import JobResult, Loop
+    from .synthetic import SyntheticSet
+
+
+class StoredRun(Protocol):
+    """A finished tracked job: its result, its run and the versions it registered (``[{"name", "version",
+    "alias"}]``, empty when it registered none)."""
+
+    result: JobResult
+    run_id: str
+    uri: str
+    versions: list[dict[str, Any]]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A system of record for runs, distilled sets and their champions (see the module's docstring)."""
+
+    @property
+    def uri(self) -> str:
+        """Where the store is (shown in messages, credentials never included)."""
+        ...
+
+    def track(self, job, loop: Loop, *, resume_run_id: str | None = None, resume: bool = False,
+              hooks: Hooks | None = None, data: Dataset | None = None, experiment: str | None = None,
+              resume_hint: str | None = None, parent_run_id: str | None = None) -> StoredRun:
+        """Run ``job`` with ``loop`` inside a run of this store: start it, log it, finish it, register its set."""
+        ...
+
+    def log_report(self, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                   folder: Path, files: list[str]) -> str:
+        """One finished run holding ``params``, ``metrics`` and ``files`` of ``folder``; returns its id."""
+        ...
+
+    def runs(self, n: int = 20, experiment: str | None = None) -> list[dict[str, Any]]:
+        """The ``n`` newest runs as rows (``run_id``, ``experiment``, ``kind``, ``status``, ...)."""
+        ...
+
+    def run_hint(self, run_id: str) -> str:
+        """One line saying where to look at run ``run_id``."""
+        ...
+
+    def load_set(self, dataset: str, ipc: int, version: int | None = None,
+                 alias: str | None = None) -> SyntheticSet:
+        """A registered set (the champion unless ``version`` or ``alias``), checksums verified."""
+        ...
+
+    def pull(self, dataset: str, ipc: int, out: str | Path, version: int | None = None, alias: str | None = None,
+             protocol: str | None = None) -> Path:
+        """A registered set written into ``out`` (with its ``registry.json``), checksums verified."""
+        ...
+
+    def best(self, dataset: str, ipc: int, metric: str = CROSS_ARCH_MEAN,
+             protocol: str | None = None) -> dict[str, Any]:
+        """The best version under one evaluation protocol (``cmidd best --json``'s object)."""
+        ...
+
+    def best_per_protocol(self, dataset: str, ipc: int, metric: str = CROSS_ARCH_MEAN) -> list[dict[str, Any]]:
+        """``best`` for every protocol the versions were scored under, the default protocol first."""
+        ...
+
+    def make_default(self, dataset: str, ipc: int, protocol: str, metric: str = CROSS_ARCH_MEAN) -> int:
+        """Make ``protocol`` the one the alias ``champion`` follows; returns the version it now points at."""
+        ...
+
+
+@runtime_checkable
+class Workflows(Protocol):
+    """What the MLflow store still runs itself (it evaluates sets; next step: job kinds), and a search's front."""
+
+    def rescore(self, dataset: str, ipc: int, protocol: str, versions: list[int] | None, seed: int,
+                device: str) -> list[dict[str, Any]]:
+        """Score registered sets under ``protocol`` and register the scored versions."""
+        ...
+
+    def ensemble_from_search(self, parent_run_id: str, top: int, mode: str, eval_cfg, seed: int) -> Any:
+        """Combine, evaluate, log and register the sets of a search's ``top`` best trials."""
+        ...
+
+    def ensemble_from_versions(self, dataset: str, ipc: int, versions: list[int], mode: str, eval_cfg,
+                               seed: int) -> Any:
+        """Combine, evaluate, log and register registered versions."""
+        ...
+
+    def pareto_best(self, search: str, limits: dict[str, float]) -> dict[str, Any]:
+        """The best set of a multi-objective search's front within ``limits``."""
+        ...
