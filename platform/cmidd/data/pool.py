@@ -70,10 +70,14 @@ class RealPool:
         Returns:
             (min(n, counts[c]), C, H, W) on ``device``.
         """
+        return self.images[self.sample_index(c, n, gen).to(self.device)]
+
+    def sample_index(self, c: int, n: int, gen: torch.Generator) -> Tensor:
+        """The CPU row indices ``sample`` draws (same ``gen`` consumption), for a caller that gathers several
+        classes' draws with one copy to the device."""
         c = self._check_class(c)
         count, start = int(self.counts[c]), int(self.offsets[c])
-        idx = torch.randperm(count, generator=gen)[: max(0, min(n, count))] + start
-        return self.images[idx.to(self.device)]
+        return torch.randperm(count, generator=gen)[: max(0, min(n, count))] + start
 
     def sample_all(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw ``n`` distinct random images of every class with one batched index computation.
