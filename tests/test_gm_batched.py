@@ -94,6 +94,13 @@ def test_class_groups():
     assert class_groups([0, 1, 2, 3, 4], [5, 5, 4, 5, 0], False, 2) == [[0, 1], [3], [2]]
 
 
+def test_auto_is_batched_on_cuda_only(digits):
+    pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
+    ctx = MethodContext(MethodCfg(name="gm"), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
+    assert MethodCfg().gm_impl == "auto" and build_method(ctx).impl == "loop"
+    assert build_method(replace(ctx, cfg=MethodCfg(name="gm", gm_impl="batched"))).impl == "batched"
+
+
 def test_gm_impl_is_validated():
     from pydantic import ValidationError
 

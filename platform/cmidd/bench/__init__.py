@@ -57,7 +57,8 @@ class BenchPlan:
     warmup: int = 1
     repeats: int = 5
     speed_ipcs: tuple[int, ...] = (1, 10, 50)
-    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "dm+cmi(bf16)", "gm", "gm(loop)", "gm+cmi",
+    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "dm+cmi(bf16)", "gm", "gm(batched)", "gm(loop)",
+                                      "gm+cmi",
                                       "idc", "idc+cmi", "mtt", "mtt+cmi")
     speed_images: tuple[str, ...] = ("cifar32", "digits8")
     quality_ipcs: tuple[int, ...] = (1, 10, 50)
@@ -84,8 +85,7 @@ class BenchPlan:
             for ipc in self.speed_ipcs:
                 for m in self.speed_methods:
                     method, cmi, every, precision = parse_variant(m)
-                    impl = "loop" if method.endswith("(loop)") else "batched"  # gm(loop): the reference's loop
-                    method = method.removesuffix("(loop)")
+                    method, impl = gm_impl_of(method)
                     if cmi and ipc == 1:
                         continue  # CMI is identically 0 at IPC 1 (cmidd turns it off)
                     if every > 1 and (images != "cifar32" or ipc != 10):
@@ -244,6 +244,14 @@ def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...]
 SPEED_METHOD_NAMES = ("dm", "gm", "idc", "mtt")
 
 
+def gm_impl_of(method: str) -> tuple[str, str]:
+    """``"gm(loop)"`` -> (``gm``, ``loop``); ``"gm(batched)"`` -> (``gm``, ``batched``); ``"gm"`` -> (``gm``, ``auto``)."""
+    for impl in ("loop", "batched"):
+        if method.endswith(f"({impl})"):
+            return method.removesuffix(f"({impl})"), impl
+    return method, "auto"
+
+
 def speed_subset(plan: BenchPlan, speed: dict[str, str]) -> BenchPlan:
     """The speed suite's settings narrowed by ``--speed-methods``, ``--speed-ipcs``, ``--speed-images`` (comma lists).
 
@@ -254,10 +262,10 @@ def speed_subset(plan: BenchPlan, speed: dict[str, str]) -> BenchPlan:
     if speed.get("methods"):
         methods = tuple(speed["methods"].split(","))
         for m in methods:
-            name = parse_variant(m)[0].removesuffix("(loop)")
-            if name not in SPEED_METHOD_NAMES or ("(loop)" in m and name not in ("gm", "idc")):
+            name, impl = gm_impl_of(parse_variant(m)[0])
+            if name not in SPEED_METHOD_NAMES or (impl != "auto" and name not in ("gm", "idc")):
                 raise ConfigError(f"--speed-methods: unknown variant {m!r} (methods {', '.join(SPEED_METHOD_NAMES)}, "
-                                  "+cmi, (every4), (bf16); gm(loop) / idc(loop) for the reference's per-class loop)")
+                                  "+cmi, (every4), (bf16); gm(loop) / gm(batched), idc(...): the per-class loop / one vmap pass)")
         out["speed_methods"] = methods
     if speed.get("ipcs"):
         try:

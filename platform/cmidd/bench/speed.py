@@ -64,7 +64,7 @@ class Setting:
     cmi_every: int = 1  # cmi.every: apply CMI on every k-th image update (a fidelity-for-time trade)
     cmi_precision: str = "fp32"  # cmi.precision: fp32 | bf16 (the proxy under bfloat16 autocast)
     dd_precision: str = "fp32"  # method.precision: fp32 | bf16 (the DD net under bfloat16 autocast; dm only)
-    gm_impl: str = "batched"  # method.gm_impl (gm / idc): batched (one vmap pass) | loop (the reference's)
+    gm_impl: str = "auto"  # method.gm_impl (gm / idc): auto | batched (one vmap pass) | loop (the reference's)
 
     @property
     def key(self) -> str:
@@ -74,7 +74,7 @@ class Setting:
         if self.cmi_precision == "bf16":
             opts.append("bf16")
         cmi = ("+cmi" + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
-        dd = "(bf16)" if self.dd_precision == "bf16" else "(loop)" if self.gm_impl == "loop" else ""
+        dd = "(bf16)" if self.dd_precision == "bf16" else "" if self.gm_impl == "auto" else f"({self.gm_impl})"
         return f"{self.method}{dd}{cmi}/ipc{self.ipc}/{self.images}"
 
 
@@ -250,9 +250,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         out["dmcmi_s_per_iter_ipc50_32px"] = by["dm+cmi/ipc50/cifar32"]["s_per_iter"]["median"]
     for key, r in by.items():  # gradient matching: the reference's per-class loop over the batched pass
         method, _, rest = key.partition("/")
-        if "(loop)" in method and method.replace("(loop)", "") + "/" + rest in by:
-            new = by[method.replace("(loop)", "") + "/" + rest]["s_per_iter"]["median"]
-            out[f"{method.replace('(loop)', '')}_loop_over_batched/{rest}"] = r["s_per_iter"]["median"] / new
+        batched = method.replace("(loop)", "(batched)") + "/" + rest
+        if "(loop)" in method and batched in by:
+            out[f"{method.replace('(loop)', '')}_loop_over_batched/{rest}"] = (
+                r["s_per_iter"]["median"] / by[batched]["s_per_iter"]["median"])
     return out
 
 

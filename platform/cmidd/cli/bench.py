@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                    help="the reproduce suite's budget: full | quick | cpu (IPC 1) | cpu10 (IPC 10) "
                         "(default: quick with --quick, else full)")
     b.add_argument("--speed-methods", default=None, help="speed suite: only these variants, comma list (e.g. "
-                   "gm,gm(loop): the batched gradient matching beside the reference's per-class loop)")
+                   "gm(batched),gm(loop): gradient matching in one vmap pass beside the per-class loop)")
     b.add_argument("--speed-ipcs", default=None, help="speed suite: only these IPCs, comma list (e.g. 10)")
     b.add_argument("--speed-images", default=None, help="speed suite: cifar32 | digits8 | mnist28, comma list")
     add_set(b, "override a field of every job of the reproduce suite (data.name=mnist, data.root=DIR, ...)")

@@ -70,6 +70,8 @@ class GM(Method):
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy, mode=ctx.cfg.dsa_mode)
         self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
+        impl = ctx.cfg.gm_impl
+        self.impl = impl if impl != "auto" else "batched" if ctx.device.type == "cuda" else "loop"
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         reinit_(self.net, draw_seed(gen))
@@ -81,7 +83,7 @@ class GM(Method):
         return dsa(x, seed, self.dsa_params, shared=shared) if self.ctx.cfg.dsa else x
 
     def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
-        if self.ctx.cfg.gm_impl == "batched":
+        if self.impl == "batched":
             return self._loss_batched(syn, syn_y, gen, classes)
         return self._loss_loop(syn, syn_y, gen, classes)
 
