@@ -154,3 +154,18 @@ def ray_lines(r: dict[str, Any]) -> list[str]:
             f"Cluster {r['cluster']}; Ray started in {r['start_s']:.1f} s; {r['steps']} DM steps (digits, IPC 10) in "
             f"{r['seconds']:.1f} s, loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}, set sha256 "
             f"{r['sha256'][:16]}."]
+
+
+def faster_gm_impl(work: Path) -> tuple[str, str]:
+    """``method.gm_impl`` for the reproduce rows: the faster of loop and batched in the gm step's DSA (else DC) rows,
+    or ``auto`` when the gm step left no pair."""
+    import json
+
+    path = work / "gm.json"
+    rows = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    by = {(r["variant"], r["impl"]): (r.get("s_per_update") or {}).get("median") for r in rows}
+    for v in ("dsa", "dc"):
+        lo, ba = by.get((v, "loop")), by.get((v, "batched"))
+        if lo and ba:
+            return ("batched" if ba <= lo else "loop"), f"gm step, {v}: loop {lo:.4f} vs batched {ba:.4f} s/update"
+    return "auto", "no loop/batched pair from the gm step"
