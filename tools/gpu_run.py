@@ -551,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cmi step: also a DM arm with method.precision bf16")
     ap.add_argument("--precision-variants", action=argparse.BooleanOptionalAction, default=False,
                     help="harness step: also cmidd's fp32 vs bf16 variants")
+    ap.add_argument("--box", nargs="+", default=[], metavar="STEP=SECONDS",
+                    help="a step's time box (default: the plan's), e.g. reproduce=560")
     ap.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # a child: run one step
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -558,6 +560,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_full:  # the GPU sizes on this CPU (2 threads), e.g. the harness step on an idle machine
         sz = replace(GPU, device="cpu", budget_s=3600, boxes={k: 1800 for k in GPU.boxes},
                      harness_args=tuple(a if a != "8" else "2" for a in GPU.harness_args))
+    boxes = dict(sz.boxes)
+    for item in args.box:
+        name, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if name not in STEPS or not 10 <= seconds <= 3600:
+            ap.error(f"--box: STEP=SECONDS with STEP in {', '.join(STEPS)} and 10 <= SECONDS <= 3600, got {item!r}")
+        boxes[name] = seconds
+    sz = replace(sz, boxes=boxes)
     if args.render:
         report = merge([json.loads(p.read_text()) for p in args.render])
         args.out.mkdir(parents=True, exist_ok=True)

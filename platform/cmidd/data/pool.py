@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..device import to_device
 from ..errors import DataError
 
 
@@ -70,7 +71,7 @@ class RealPool:
         Returns:
             (min(n, counts[c]), C, H, W) on ``device``.
         """
-        return self.images[self.sample_index(c, n, gen).to(self.device)]
+        return self.images[to_device(self.sample_index(c, n, gen), self.device)]
 
     def sample_index(self, c: int, n: int, gen: torch.Generator) -> Tensor:
         """The CPU row indices ``sample`` draws (same ``gen`` consumption), for a caller that gathers several

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..chunks import rows_independent
+from ..device import to_device
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -74,13 +75,6 @@ def class_grads(net: nn.Module, x: Tensor, y: Tensor, w: Tensor) -> list[Tensor]
     with batch_stats_only(net):
         g = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, x, y, w)
     return [g[n] for n, _ in named]
-
-
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """A CPU tensor on ``device`` without a host sync (pinned memory, non-blocking copy, on CUDA)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def class_groups(keep: list[int], sizes: list[int], independent: bool, chunk: int) -> list[list[int]]:
