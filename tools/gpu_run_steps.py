@@ -77,6 +77,7 @@ def step_gm(sz, work: Path, until: float, args: argparse.Namespace) -> None:
             clock = StepClock(start=True)
             distill(parse_job(raw, f"gpu_run gm {name}"), data, None, clock)
             per = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][2:]
+            result["net"] = raw["net"]["name"]
             row = {"variant": name, "impl": impl, "s_per_update": bs.stats(per) if per else None}
             result["rows"].append(row)
             print(f"[gm] {name} {impl}: {row['s_per_update']['median'] if per else float('nan'):.4f} s per image "
@@ -132,7 +133,7 @@ def gm_lines(g: dict[str, Any]) -> list[str]:
     """The gm step's section of ``gpu_run.md``."""
     if not g.get("rows"):
         return []
-    lines = ["", f"## 3. Gradient matching: per-class loop vs batched ({g['images']}, IPC {g['ipc']}, ConvNet-3, "
+    lines = ["", f"## 3. Gradient matching: per-class loop vs batched ({g['images']}, IPC {g['ipc']}, {g.get('net')}, "
              f"median of {g['repeats']} image updates after 2)", "",
              "| method | loop s/update | batched s/update | loop / batched |", "|---|---:|---:|---:|"]
     by = {(r["variant"], r["impl"]): (r["s_per_update"] or {}).get("median") for r in g["rows"]}

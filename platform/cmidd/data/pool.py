@@ -100,7 +100,7 @@ class RealPool:
         pos = (self.offsets.unsqueeze(1) + torch.arange(n_eff).unsqueeze(0)).reshape(-1)
         idx = perm[pos]
         y = torch.arange(self.num_classes).repeat_interleave(n_eff)
-        return self.images[idx.to(self.device)], y.to(self.device)
+        return self.images[to_device(idx, self.device)], to_device(y, self.device)
 
     def first(self, c: int, n: int) -> Tensor:
         """The first ``n`` images of class ``c`` in stored (original) order: a deterministic pick.

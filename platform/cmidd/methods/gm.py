@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..augment import DSAParams, dsa, dsa_classes
 from ..chunks import ce_param_grads
+from ..device import to_device
 from ..nets import create_net
 from ._registry import METHODS
 from .base import Method, MethodContext, draw_seed, reinit_
@@ -130,7 +131,8 @@ class GM(Method):
             if self.net_on_real:
                 x, y = self.ctx.pool.sample_all(per_class, gen)
             else:
-                idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
+                idx = to_device(torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train],
+                                x_all.device)
                 x, y = x_all[idx], y_all[idx]
             grads = ce_param_grads(self.net, self.params, self._aug(x, draw_seed(gen)), y)
             for p, g in zip(self.params, grads):
