@@ -86,8 +86,8 @@ GPU = Sizes(
     cmi_alphas=(0.01, 0.03), cmi_max_iterations=20000, balance_draws=8,
 )
 DRY = Sizes(
-    device="cpu", budget_s=510, data="digits",
-    boxes={"check": 60, "harness": 60, "gm": 60, "reproduce": 90, "cmi": 120, "ray": 90},
+    device="cpu", budget_s=540, data="digits",
+    boxes={"check": 60, "harness": 120, "gm": 60, "reproduce": 90, "cmi": 120, "ray": 90},
     harness_args=("--tiny", "--threads", "2"), speed_ipcs=(2,), speed_repeats=1, ipc=2, eval_epochs=2,
     eval_seeds=2, published={"dc": 1000, "dsa": 1000}, experts=(1, 3), proxy_epochs=1,
     reproduce_overrides=("method.outer_loop=2", "method.inner_loop=2"),
