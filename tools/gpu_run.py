@@ -4,7 +4,7 @@ Run it through ``tools/gpu_run.sh`` on a bare GPU machine (it installs the carri
 dry run at toy sizes that ``tests/test_gpu_run.py`` runs so it cannot rot::
 
     tools/gpu_run.sh                      # cuda, at most 9 minutes, results under $OUT
-    tools/gpu_run.sh --dry --out runs/gpu-run-dry      # CPU, toy sizes, under 3 minutes
+    tools/gpu_run.sh --dry --out runs/gpu-run-dry      # CPU, toy sizes, about 3 minutes (budget 9)
 
 Steps, in order (each in a child process with its own time box; a step that fails or runs out of time is
 reported as such and the next one starts):
@@ -15,13 +15,13 @@ reported as such and the next one starts):
 3. ``gm``: gradient matching, ``method.gm_impl`` loop (the reference's per-class loop) vs batched (one vmap pass
    for all classes), s per image update of DC and DSA at MNIST size IPC 10, and host syncs in one matching loss
    (``tools/gpu_run_steps.py``).
-4. ``reproduce``: mnist5k IPC 10 rows of DC and DSA under the reference evaluation (ConvNet-3, 1000 epochs, 5
+4. ``ray``: a distill job through Ray Train, 1 worker, ``scaling.use_gpu`` (ray from the carried parts).
+5. ``reproduce``: mnist5k IPC 10 rows of DC and DSA under the reference evaluation (ConvNet-3, 1000 epochs, 5
    seeds), each at its published 1000 iterations or, when that does not fit its half of the box, at the most
    iterations that fit (labelled), beside random-real and the published numbers (97.4 / 97.8).
-5. ``cmi``: DM vs DM+CMI on mnist5k IPC 10 with ResNet18 proxies trained 40 epochs (the paper's proxy), lambda
+6. ``cmi``: DM vs DM+CMI on mnist5k IPC 10 with ResNet18 proxies trained 40 epochs (the paper's proxy), lambda
    set by gradient balance (``alpha`` x g_DD / g_CMI at the start), the zero arm first, on the same seeds
    and iteration count (``--bf16-arm``: also a bf16 arm).
-6. ``ray``: a distill job through Ray Train, 1 worker, ``scaling.use_gpu`` (ray from the carried parts).
 
 Writes ``gpu_run.json``, ``gpu_run.md``, ``gpu_run.log`` and ``gpu_check.md`` under ``--out`` (default ``$OUT``);
 the scratch (data, proxies, sets) stays under ``--work``. The summary is rewritten after every step.
@@ -77,8 +77,8 @@ class Sizes:
 
 
 GPU = Sizes(
-    device="cuda", budget_s=540, data="mnist5k",
-    boxes={"check": 45, "harness": 45, "gm": 50, "reproduce": 230, "cmi": 110, "ray": 60},
+    device="cuda", budget_s=510, data="mnist5k",
+    boxes={"check": 45, "harness": 45, "gm": 50, "ray": 60, "reproduce": 220, "cmi": 110},
     harness_args=("--ipcs", "10", "50", "--repeats", "5", "--warmup", "2", "--threads", "8", "--no-check"),
     speed_ipcs=(10, 50), speed_repeats=5, ipc=10, eval_epochs=1000, eval_seeds=5,
     published={"dc": 1000, "dsa": 1000}, experts=(5, 20), proxy_epochs=40,
@@ -87,7 +87,7 @@ GPU = Sizes(
 )
 DRY = Sizes(
     device="cpu", budget_s=540, data="digits",
-    boxes={"check": 60, "harness": 120, "gm": 60, "reproduce": 90, "cmi": 120, "ray": 90},
+    boxes={"check": 60, "harness": 120, "gm": 60, "ray": 90, "reproduce": 90, "cmi": 120},
     harness_args=("--tiny", "--threads", "2"), speed_ipcs=(2,), speed_repeats=1, ipc=2, eval_epochs=2,
     eval_seeds=2, published={"dc": 1000, "dsa": 1000}, experts=(1, 3), proxy_epochs=1,
     reproduce_overrides=("method.outer_loop=2", "method.inner_loop=2"),
@@ -360,8 +360,8 @@ def step_cmi(sz: Sizes, work: Path, until: float, args: argparse.Namespace) -> N
 
 
 STEPS: dict[str, Callable[[Sizes, Path, float, argparse.Namespace], None]] = {
-    "check": step_check, "harness": step_harness, "gm": step_gm, "reproduce": step_reproduce, "cmi": step_cmi,
-    "ray": step_ray}
+    "check": step_check, "harness": step_harness, "gm": step_gm, "ray": step_ray, "reproduce": step_reproduce,
+    "cmi": step_cmi}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -418,10 +418,10 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{med / base[key]:.2f} | {_f(med / ref[key] if ref.get(key) else None, 2)} |")
     if h.get("skipped"):
         lines += ["", f"## 2. Harness: skipped ({h['skipped']})"]
-    lines += gm_lines(report.get("gm", {}))
+    lines += gm_lines(report.get("gm", {})) + ray_lines(report.get("ray", {}))
     rp = report.get("reproduce", {})
     if rp.get("rows"):
-        lines += ["", f"## 4. Reproduce rows ({rp['data']}, IPC {rp['ipc']}, ConvNet-3, {rp['eval_epochs']} eval "
+        lines += ["", f"## 5. Reproduce rows ({rp['data']}, IPC {rp['ipc']}, ConvNet-3, {rp['eval_epochs']} eval "
                   f"epochs, {rp['seeds']} seeds; published: full MNIST, 20 seeds)", "",
                   "| set | ours % | published % | gap | vs random-real | iterations (published) | s/it | note |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -437,9 +437,8 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_f(vs, 1, True)} | {its} ({pub}) | {_f(row.get('s_per_iter'), 3)} | {note} |")
         if rp.get("gm_impl"):
             lines += ["", f"Gradient matching ran with `method.gm_impl: {rp['gm_impl']}` ({rp.get('gm_impl_why')})."]
-    for key, title in (("cmi", "## 5. Does CMI help?"), ("cmi_rerun", "### 5b. Does CMI help? (rerun, same seeds)")):
+    for key, title in (("cmi", "## 6. Does CMI help?"), ("cmi_rerun", "### 6b. Does CMI help? (rerun, same seeds)")):
         lines += _cmi_lines(report.get(key, {}), title)
-    lines += ray_lines(report.get("ray", {}))
     return "\n".join(lines) + "\n"
 
 

@@ -148,10 +148,10 @@ def gm_lines(g: dict[str, Any]) -> list[str]:
 def ray_lines(r: dict[str, Any]) -> list[str]:
     """The ray step's section of ``gpu_run.md``."""
     if r.get("skipped"):
-        return ["", f"## 6. Ray Train: skipped ({r['skipped']})"]
+        return ["", f"## 4. Ray Train: skipped ({r['skipped']})"]
     if "steps" not in r:
-        return ["", "## 6. Ray Train: did not finish (see gpu_run.log)"] if r else []
-    return ["", f"## 6. Ray Train, 1 worker, use_gpu={r['use_gpu']} (ray {r['ray']})", "",
+        return ["", "## 4. Ray Train: did not finish (see gpu_run.log)"] if r else []
+    return ["", f"## 4. Ray Train, 1 worker, use_gpu={r['use_gpu']} (ray {r['ray']})", "",
             f"Cluster {r['cluster']}; Ray started in {r['start_s']:.1f} s; {r['steps']} DM steps (digits, IPC 10) in "
             f"{r['seconds']:.1f} s, loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}, set sha256 "
             f"{r['sha256'][:16]}."]
