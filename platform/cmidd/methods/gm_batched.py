@@ -112,24 +112,26 @@ def batched_match(net: nn.Module, images: Tensor, idx: list[Tensor], seeds: list
     syn_yc = syn_y.view(num_classes, ipc)
     for group in class_groups(keep, sizes, rows_independent(net), chunk):
         k, n = len(group), max(sizes[c] for c in group)
-        pos = torch.arange(n)
+        cpu = torch.device("cpu")  # the draws and labels are packed on the host, then copied once
+        pos = torch.arange(n, device=cpu)
         rows = torch.stack([idx[c][pos % sizes[c]] for c in group])  # (k, n): padded by cycling the draw
         valid = torch.stack([pos < sizes[c] for c in group])
-        labels = torch.tensor(group).repeat_interleave(n).view(k, n)
+        labels = torch.tensor(group, device=cpu).repeat_interleave(n).view(k, n)
         # one copy to the device for the pass's rows, labels and row weights
-        packed = to_device(torch.stack([rows, labels, valid.long(), torch.tensor([sizes[c] for c in group])
+        packed = to_device(torch.stack([rows, labels, valid.long(), torch.tensor([sizes[c] for c in group], device=cpu)
                                         .unsqueeze(1).expand(k, n)]), device)
         real = images[packed[0].reshape(-1)]
         w_real = packed[2].to(syn.dtype) / packed[3].to(syn.dtype)
-        local = torch.arange(k).repeat_interleave(n)
+        local = torch.arange(k, device=cpu).repeat_interleave(n)  # dsa_classes reads the class of a row on the host
         group_seeds = [seeds[c] for c in group]
         real = aug(real, local, group_seeds).view(k, n, *real.shape[1:])
         if group == list(range(group[0], group[0] + k)):
             xs, ys = syn_c[group[0] : group[0] + k], syn_yc[group[0] : group[0] + k]
         else:
-            sel = to_device(torch.tensor(group), device)
+            sel = to_device(torch.tensor(group, device=cpu), device)
             xs, ys = syn_c[sel], syn_yc[sel]
-        xs = aug(xs.reshape(k * ipc, *syn.shape[1:]), torch.arange(k).repeat_interleave(ipc), group_seeds)
+        xs = aug(xs.reshape(k * ipc, *syn.shape[1:]), torch.arange(k, device=cpu).repeat_interleave(ipc),
+                 group_seeds)
         w_syn = syn.new_full((k, ipc), 1.0 / ipc)
         with torch.no_grad():  # the real side needs no graph (torch.func.grad still differentiates inside)
             g_real = class_grads(net, real, packed[1], w_real)
