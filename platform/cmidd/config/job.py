@@ -67,7 +67,7 @@ class MethodCfg(Cfg):
     batch_train: Int = Field(default=256, ge=1, le=MAX_BATCH)
     # gradient matching's per-class gradients: "batched" = every class in one torch.func vmap pass (per-class
     # BatchNorm statistics kept), "loop" = one backward per class as in the reference; equal up to float rounding.
-    # "auto": batched on CUDA (launch-bound there), loop elsewhere (on 2 CPU cores the loop is 2-4x faster: docs/gpu.md)
+    # "auto": batched on CUDA (launch-bound there), loop elsewhere (28x28 on 2 CPU cores: the loop ~4x faster, gpu.md)
     gm_impl: Literal["auto", "batched", "loop"] = "auto"
     gm_class_chunk: Int = Field(default=10, ge=1, le=1000)  # classes per batched pass (bounds its memory)
     # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
