@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S := 0.2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-fast test-cluster lint clean gpu-check gpu-check-cpu wheels seedbench gpu-run-dry
+.PHONY: setup demo demo-quick test test-fast test-cluster lint clean gpu-check gpu-check-cpu wheels wheels-ray seedbench gpu-run-dry
 
 setup: $(STAMP)
 
@@ -49,6 +49,16 @@ wheels:
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(WHEELS)
+
+# Ray for the GPU machine (tools/ray_parts.py): the ray wheel (79 MB) and what Ray Train imports that the GPU image
+# lacks, split into .ray-parts/a and .ray-parts/b (under 50 MiB each, one per device call), the round trip verified.
+RAY_WHEELS := ray==2.60.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 \
+  rpds-py==2026.9.1 colorful==0.5.8 wcwidth==0.9.4
+wheels-ray:
+	rm -rf .ray-wheels && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .ray-wheels $(RAY_WHEELS)
+	python3 tools/ray_parts.py split && python3 tools/ray_parts.py verify
 
 # The GPU run (tools/gpu_run.py, four time-boxed steps in about 9 minutes): `make wheels seedbench` here, then on the
 # GPU machine `tools/gpu_run.sh` with .whl and .seedbench carried; `make gpu-run-dry` is its CPU dry run.

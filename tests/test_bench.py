@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 
-from cmidd.bench import PLANS, SUITES, finite_or_null, report_metrics, run_bench, targets
+import cmidd.bench.speed as bs
+from cmidd.bench import PLANS, SUITES, finite_or_null, plan_for, report_metrics, run_bench, targets
 from cmidd.bench._common import stats
 from cmidd.bench.quality import parse_variant, variant_job
 from cmidd.bench.speed import Setting, summarize
 from cmidd.cli import main
+from cmidd.errors import ConfigError
 
 TINY = dataclasses.replace(
     PLANS["quick"], warmup=1, repeats=2, speed_ipcs=(2,), speed_images=("digits8",),
@@ -95,6 +98,30 @@ def test_summary_and_target_logic():
     assert t["CMI overhead on DM, IPC 10, 32x32 (ResNet18 proxy)"] is False
     assert t["loop time / bare forward+backward, DM+CMI IPC 10, 32x32"] is True
     assert finite_or_null({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+
+
+def test_gm_loop_and_batched_variants_and_their_ratio():
+    """``gm(loop)`` / ``gm(batched)`` pin ``method.gm_impl``; the summary gives loop / batched per setting."""
+    plan = plan_for(False, speed={"methods": "gm(batched),gm(loop),gm", "ipcs": "10", "images": "mnist28"})
+    keys = [s.key for s in plan.settings()]
+    assert keys == ["gm(batched)/ipc10/mnist28", "gm(loop)/ipc10/mnist28", "gm/ipc10/mnist28"]
+    jobs = [bs.speed_job(s, 1, "cpu") for s in plan.settings()]
+    assert [j["method"]["gm_impl"] for j in jobs] == ["batched", "loop", "auto"]
+    assert jobs[0]["method"]["dsa_strategy"] == "color_crop_cutout_scale_rotate"
+    rows = [{"setting": k, "s_per_iter": stats([m, m])} for k, m in zip(keys, (2.0, 6.0, 6.0))]
+    assert summarize(rows)["gm_loop_over_batched/ipc10/mnist28"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("speed, message", [
+    ({"methods": "gm(fast)"}, "--speed-methods: unknown variant 'gm(fast)'"),
+    ({"methods": "dm(loop)"}, "--speed-methods: unknown variant 'dm(loop)'"),
+    ({"ipcs": "10,x"}, "--speed-ipcs: must be integers in [1, 1000]"),
+    ({"ipcs": "0"}, "--speed-ipcs: must be integers in [1, 1000]"),
+    ({"images": "cifar100"}, "--speed-images: must be cifar32, digits8 or mnist28"),
+])
+def test_speed_subset_bad_input(speed, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_for(False, speed=speed)
 
 
 def test_plan_settings_and_variants(tmp_path):

@@ -1,24 +1,27 @@
-"""One GPU window, all the GPU questions: four time-boxed steps, each writing its results as it finishes.
+"""One GPU window, all the GPU questions: six time-boxed steps, each writing its results as it finishes.
 
 Run it through ``tools/gpu_run.sh`` on a bare GPU machine (it installs the carried wheels first), or as the CPU
 dry run at toy sizes that ``tests/test_gpu_run.py`` runs so it cannot rot::
 
-    tools/gpu_run.sh                      # cuda, about 9 minutes, results under $OUT
-    tools/gpu_run.sh --dry --out runs/gpu-run-dry      # CPU, toy sizes, under 3 minutes
+    tools/gpu_run.sh                      # cuda, at most 9 minutes, results under $OUT
+    tools/gpu_run.sh --dry --out runs/gpu-run-dry      # CPU, toy sizes, about 3 minutes (budget 9)
 
 Steps, in order (each in a child process with its own time box; a step that fails or runs out of time is
 reported as such and the next one starts):
 
 1. ``check``: ``tools/gpu_check.py`` (every method +/- CMI under a device audit, eval vmap vs loop, host syncs).
 2. ``harness``: the shared seedbench harness (``harness.py --device``) for DM and DM+CMI at IPC 10 and 50, the
-   reference's and cmidd's s/it side by side, then in the same process cmidd's fp32 vs bf16 variants
-   (``cmi.precision`` for the proxy, ``method.precision`` for the DD net).
-3. ``reproduce``: mnist5k IPC 10 rows the CPU cannot give (DC, DSA, IDC, MTT) under the reference evaluation
-   (ConvNet-3, 1000 epochs, 5 seeds), each at its published iteration count or, when that does not fit its time
-   box, at the most iterations that fit (labelled), beside random-real and the published numbers.
-4. ``cmi``: DM vs DM+CMI on mnist5k IPC 10 with ResNet18 proxies trained 40 epochs (the paper's proxy), lambda
-   set by gradient balance (``alpha`` x g_DD / g_CMI at the start), the zero arm and a bf16 arm on the same seeds
-   and iteration count.
+   reference's and cmidd's s/it side by side (``--precision-variants``: then cmidd's fp32 vs bf16 variants).
+3. ``gm``: gradient matching, ``method.gm_impl`` loop (the reference's per-class loop) vs batched (one vmap pass
+   for all classes), s per image update of DC and DSA at MNIST size IPC 10, and host syncs in one matching loss
+   (``tools/gpu_run_steps.py``).
+4. ``ray``: a distill job through Ray Train, 1 worker, ``scaling.use_gpu`` (ray from the carried parts).
+5. ``reproduce``: mnist5k IPC 10 rows of DC and DSA under the reference evaluation (ConvNet-3, 1000 epochs, 5
+   seeds), each at its published 1000 iterations or, when that does not fit its half of the box, at the most
+   iterations that fit (labelled), beside random-real and the published numbers (97.4 / 97.8).
+6. ``cmi``: DM vs DM+CMI on mnist5k IPC 10 with ResNet18 proxies trained 40 epochs (the paper's proxy), lambda
+   set by gradient balance (``alpha`` x g_DD / g_CMI at the start), the zero arm first, on the same seeds
+   and iteration count (``--bf16-arm``: also a bf16 arm).
 
 Writes ``gpu_run.json``, ``gpu_run.md``, ``gpu_run.log`` and ``gpu_check.md`` under ``--out`` (default ``$OUT``);
 the scratch (data, proxies, sets) stays under ``--work``. The summary is rewritten after every step.
@@ -41,8 +44,11 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 
+sys.path.insert(0, str(ROOT / "tools"))
+
 from cmidd.curves import strict  # noqa: E402
 from cmidd.hooks import Hooks  # noqa: E402
+from gpu_run_steps import faster_gm_impl, gm_lines, ray_lines, step_gm, step_ray  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -66,22 +72,26 @@ class Sizes:
     cmi_alphas: tuple[float, ...]
     cmi_max_iterations: int
     balance_draws: int
+    gm_images: str = "mnist28"  # the gm step's images (cmidd.bench.speed.speed_data)
+    ray_iterations: int = 50
 
 
 GPU = Sizes(
-    device="cuda", budget_s=540, boxes={"check": 100, "harness": 100, "reproduce": 200, "cmi": 240}, data="mnist5k",
+    device="cuda", budget_s=510, data="mnist5k",
+    boxes={"check": 45, "harness": 45, "gm": 50, "ray": 60, "reproduce": 220, "cmi": 110},
     harness_args=("--ipcs", "10", "50", "--repeats", "5", "--warmup", "2", "--threads", "8", "--no-check"),
     speed_ipcs=(10, 50), speed_repeats=5, ipc=10, eval_epochs=1000, eval_seeds=5,
-    published={"dc": 1000, "dsa": 1000, "idc": 2000, "mtt": 5000}, experts=(5, 20), proxy_epochs=40,
+    published={"dc": 1000, "dsa": 1000}, experts=(5, 20), proxy_epochs=40,
     reproduce_overrides=(),
-    cmi_alphas=(0.1, 1.0), cmi_max_iterations=20000, balance_draws=8,
+    cmi_alphas=(0.01, 0.03), cmi_max_iterations=20000, balance_draws=8,
 )
 DRY = Sizes(
-    device="cpu", budget_s=240, boxes={"check": 60, "harness": 60, "reproduce": 40, "cmi": 90}, data="digits",
+    device="cpu", budget_s=540, data="digits",
+    boxes={"check": 60, "harness": 120, "gm": 60, "ray": 90, "reproduce": 90, "cmi": 120},
     harness_args=("--tiny", "--threads", "2"), speed_ipcs=(2,), speed_repeats=1, ipc=2, eval_epochs=2,
-    eval_seeds=2, published={"dc": 1000, "dsa": 1000, "idc": 2000, "mtt": 5000}, experts=(1, 3), proxy_epochs=1,
+    eval_seeds=2, published={"dc": 1000, "dsa": 1000}, experts=(1, 3), proxy_epochs=1,
     reproduce_overrides=("method.outer_loop=2", "method.inner_loop=2"),
-    cmi_alphas=(1.0,), cmi_max_iterations=3, balance_draws=2,
+    cmi_alphas=(1.0,), cmi_max_iterations=3, balance_draws=2, gm_images="digits8", ray_iterations=3,
 )
 
 
@@ -174,6 +184,8 @@ def step_harness(sz: Sizes, work: Path, until: float, args: argparse.Namespace) 
                               "cuda_visible_restored": os.environ.get("CUDA_VISIBLE_DEVICES") == visible,
                               "loadavg": [raw.get("loadavg_start"), raw.get("loadavg_end")], "precision": []}
     save(work, "harness", result)
+    if not args.precision_variants:  # answered in the first window (bf16 does not pay on the H200): docs/gpu.md
+        return
     # cmidd's precision variants, in the same process on the same device, beside the harness's fp32 rows
     import cmidd.bench.speed as bs
 
@@ -227,13 +239,17 @@ def step_reproduce(sz: Sizes, work: Path, until: float, args: argparse.Namespace
     from cmidd.runner import random_real_set
 
     data = _load(sz)
-    variants = ("dc", "dsa", "idc", "mtt")
+    variants = tuple(sz.published)
     plan = plan_named("full", data=sz.data, ipcs=(sz.ipc,), variants=variants, eval_epochs=sz.eval_epochs,
                       seeds=sz.eval_seeds, experts=sz.experts[0], expert_epochs=sz.experts[1],
                       iterations=tuple((v, sz.published[v]) for v in variants))
     result: dict[str, Any] = {"data": data.name, "ipc": sz.ipc, "eval_epochs": sz.eval_epochs,
                               "seeds": sz.eval_seeds, "experts": list(sz.experts), "rows": []}
     jobs = variant_jobs(plan, work / "reproduce", sz.device, sz.reproduce_overrides)
+    # the faster gradient-matching implementation the gm step measured on this device (else the default, auto)
+    impl, why = faster_gm_impl(work)
+    result.update(gm_impl=impl, gm_impl_why=why)
+    jobs = {k: j.model_copy(update={"method": j.method.model_copy(update={"gm_impl": impl})}) for k, j in jobs.items()}
     ev = _eval_mode(data, jobs[sz.ipc, "dc"].eval, sz.device, result)
     jobs = {k: j.model_copy(update={"eval": ev}) for k, j in jobs.items()}
     first = jobs[sz.ipc, "dc"]
@@ -345,7 +361,8 @@ def step_cmi(sz: Sizes, work: Path, until: float, args: argparse.Namespace) -> N
 
 
 STEPS: dict[str, Callable[[Sizes, Path, float, argparse.Namespace], None]] = {
-    "check": step_check, "harness": step_harness, "reproduce": step_reproduce, "cmi": step_cmi}
+    "check": step_check, "harness": step_harness, "gm": step_gm, "ray": step_ray, "reproduce": step_reproduce,
+    "cmi": step_cmi}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -402,9 +419,10 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{med / base[key]:.2f} | {_f(med / ref[key] if ref.get(key) else None, 2)} |")
     if h.get("skipped"):
         lines += ["", f"## 2. Harness: skipped ({h['skipped']})"]
+    lines += gm_lines(report.get("gm", {})) + ray_lines(report.get("ray", {}))
     rp = report.get("reproduce", {})
     if rp.get("rows"):
-        lines += ["", f"## 3. Reproduce rows ({rp['data']}, IPC {rp['ipc']}, ConvNet-3, {rp['eval_epochs']} eval "
+        lines += ["", f"## 5. Reproduce rows ({rp['data']}, IPC {rp['ipc']}, ConvNet-3, {rp['eval_epochs']} eval "
                   f"epochs, {rp['seeds']} seeds; published: full MNIST, 20 seeds)", "",
                   "| set | ours % | published % | gap | vs random-real | iterations (published) | s/it | note |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -418,7 +436,9 @@ def markdown(report: dict[str, Any]) -> str:
             note = row.get("error") or ("" if its >= pub else f"reduced: {its} of {pub} iterations fit the box")
             lines.append(f"| {row['variant']} | {ours} | {_f(row.get('published'))} | {_f(gap, 1, True)} | "
                          f"{_f(vs, 1, True)} | {its} ({pub}) | {_f(row.get('s_per_iter'), 3)} | {note} |")
-    for key, title in (("cmi", "## 4. Does CMI help?"), ("cmi_rerun", "### 4b. Does CMI help? (rerun, same seeds)")):
+        if rp.get("gm_impl"):
+            lines += ["", f"Gradient matching ran with `method.gm_impl: {rp['gm_impl']}` ({rp.get('gm_impl_why')})."]
+    for key, title in (("cmi", "## 6. Does CMI help?"), ("cmi_rerun", "### 6b. Does CMI help? (rerun, same seeds)")):
         lines += _cmi_lines(report.get(key, {}), title)
     return "\n".join(lines) + "\n"
 
@@ -461,7 +481,8 @@ def run_all(sz: Sizes, out: Path, work: Path, args: argparse.Namespace, command:
             continue
         t = time.time()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--until", str(t + box - 5),
-               "--work", str(work), *(["--dry"] if args.dry else []), *(["--cpu-full"] if args.cpu_full else []), *(["--no-bf16-arm"] if not args.bf16_arm else []),
+               "--work", str(work), *(["--dry"] if args.dry else []), *(["--cpu-full"] if args.cpu_full else []), *(["--bf16-arm"] if args.bf16_arm else []),
+               *(["--precision-variants"] if args.precision_variants else []),
                *(["--alphas", *map(str, args.alphas)] if args.alphas else []),
                *(["--cmi-iterations", str(args.cmi_iterations)] if args.cmi_iterations else []),
                *(["--seedbench", str(args.seedbench)] if args.seedbench else [])]
@@ -526,8 +547,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alphas", type=float, nargs="+", help="cmi step: the lambda arms as multiples of the "
                     "gradient-balancing lambda (default: 0.1 1)")
     ap.add_argument("--cmi-iterations", type=int, help="cmi step: iterations per arm (default: as many as fit)")
-    ap.add_argument("--bf16-arm", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--bf16-arm", action=argparse.BooleanOptionalAction, default=False,
                     help="cmi step: also a DM arm with method.precision bf16")
+    ap.add_argument("--precision-variants", action=argparse.BooleanOptionalAction, default=False,
+                    help="harness step: also cmidd's fp32 vs bf16 variants")
+    ap.add_argument("--box", nargs="+", default=[], metavar="STEP=SECONDS",
+                    help="a step's time box (default: the plan's), e.g. reproduce=560")
     ap.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # a child: run one step
     ap.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -535,6 +560,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_full:  # the GPU sizes on this CPU (2 threads), e.g. the harness step on an idle machine
         sz = replace(GPU, device="cpu", budget_s=3600, boxes={k: 1800 for k in GPU.boxes},
                      harness_args=tuple(a if a != "8" else "2" for a in GPU.harness_args))
+    boxes = dict(sz.boxes)
+    for item in args.box:
+        name, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if name not in STEPS or not 10 <= seconds <= 3600:
+            ap.error(f"--box: STEP=SECONDS with STEP in {', '.join(STEPS)} and 10 <= SECONDS <= 3600, got {item!r}")
+        boxes[name] = seconds
+    sz = replace(sz, boxes=boxes)
     if args.render:
         report = merge([json.loads(p.read_text()) for p in args.render])
         args.out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .device import to_device
 from .errors import ConfigError, UnknownNameError
 
 # Probability of a horizontal flip, fixed at 0.5 as in DSA.
@@ -118,17 +119,17 @@ def _uniform_int(u: Tensor, low: int, high: int) -> Tensor:
 
 def _brightness(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     shift = (draw.rand(1) - 0.5) * p.brightness
-    return x + shift.to(x).view(-1, 1, 1, 1)
+    return x + to_device(shift, x.device, x.dtype).view(-1, 1, 1, 1)
 
 
 def _saturation(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    factor = (draw.rand(1) * p.saturation).to(x).view(-1, 1, 1, 1)
+    factor = to_device(draw.rand(1) * p.saturation, x.device, x.dtype).view(-1, 1, 1, 1)
     mean = x.mean(dim=1, keepdim=True)
     return (x - mean) * factor + mean
 
 
 def _contrast(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    factor = (draw.rand(1) + p.contrast).to(x).view(-1, 1, 1, 1)
+    factor = to_device(draw.rand(1) + p.contrast, x.device, x.dtype).view(-1, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * factor + mean
 
@@ -138,8 +139,8 @@ def _crop(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     n, _, h, w = x.shape
     sh, sw = int(h * p.ratio_crop_pad + 0.5), int(w * p.ratio_crop_pad + 0.5)
     u = draw.rand(2)
-    ty = _uniform_int(u[:, 0], -sh, sh).to(x.device)
-    tx = _uniform_int(u[:, 1], -sw, sw).to(x.device)
+    ty = to_device(_uniform_int(u[:, 0], -sh, sh), x.device)
+    tx = to_device(_uniform_int(u[:, 1], -sw, sw), x.device)
     padded = F.pad(x, (sw, sw, sh, sh))
     # Output pixel (i, j) reads padded pixel (i + sh - ty, j + sw - tx); indexing keeps the gradient.
     rows = torch.arange(h, device=x.device)[None, :] + sh - ty[:, None]
@@ -154,8 +155,8 @@ def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
     _, _, h, w = x.shape
     ch, cw = int(h * p.ratio_cutout + 0.5), int(w * p.ratio_cutout + 0.5)
     u = draw.rand(2)
-    top = (_uniform_int(u[:, 0], 0, h - 1) - ch // 2).to(x.device)[:, None]
-    left = (_uniform_int(u[:, 1], 0, w - 1) - cw // 2).to(x.device)[:, None]
+    top = to_device(_uniform_int(u[:, 0], 0, h - 1) - ch // 2, x.device)[:, None]
+    left = to_device(_uniform_int(u[:, 1], 0, w - 1) - cw // 2, x.device)[:, None]
     rows = torch.arange(h, device=x.device)[None, :]
     cols = torch.arange(w, device=x.device)[None, :]
     in_rows = (rows >= top) & (rows < top + ch)
@@ -166,13 +167,13 @@ def _cutout(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
 
 
 def _flip(x: Tensor, draw: _Draw, p: DSAParams) -> Tensor:
-    flip = (draw.rand(1) < FLIP_PROB).to(x.device).view(-1, 1, 1, 1)
+    flip = to_device(draw.rand(1) < FLIP_PROB, x.device).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 
 def _warp(x: Tensor, theta: Tensor) -> Tensor:
     """Resample (N, C, H, W) ``x`` through (N, 2, 3) affine maps, bilinear with zero padding."""
-    theta = theta.to(device=x.device, dtype=x.dtype)
+    theta = to_device(theta, x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
@@ -357,10 +358,10 @@ def dsa_classes(x: Tensor, labels: Tensor, seeds: list[int], params: DSAParams =
     for g in chosen.unique().tolist():
         rows = (chosen == g).nonzero()[:, 0]
         # the draw rows stay indexed by class, so each part's rows pick their class's parameter set
-        parts.append(_run(x[rows.to(x.device)], _ops_of([groups[g]]), list(seeds), index[rows], params))
+        parts.append(_run(x[to_device(rows, x.device)], _ops_of([groups[g]]), list(seeds), index[rows], params))
         order.append(rows)
     if len(parts) == 1:
         return parts[0]
     inverse = torch.empty_like(index)
     inverse[torch.cat(order)] = torch.arange(index.shape[0])
-    return torch.cat(parts)[inverse.to(x.device)]
+    return torch.cat(parts)[to_device(inverse, x.device)]

@@ -57,8 +57,9 @@ class BenchPlan:
     warmup: int = 1
     repeats: int = 5
     speed_ipcs: tuple[int, ...] = (1, 10, 50)
-    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "dm+cmi(bf16)", "gm", "gm+cmi", "idc", "idc+cmi", "mtt",
-                                      "mtt+cmi")
+    speed_methods: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)", "dm+cmi(bf16)", "gm", "gm(batched)", "gm(loop)",
+                                      "gm+cmi",
+                                      "idc", "idc+cmi", "mtt", "mtt+cmi")
     speed_images: tuple[str, ...] = ("cifar32", "digits8")
     quality_ipcs: tuple[int, ...] = (1, 10, 50)
     quality_variants: tuple[str, ...] = ("dm", "dm+cmi", "dm+cmi(every4)")
@@ -84,11 +85,12 @@ class BenchPlan:
             for ipc in self.speed_ipcs:
                 for m in self.speed_methods:
                     method, cmi, every, precision = parse_variant(m)
+                    method, impl = gm_impl_of(method)
                     if cmi and ipc == 1:
                         continue  # CMI is identically 0 at IPC 1 (cmidd turns it off)
                     if every > 1 and (images != "cifar32" or ipc != 10):
                         continue  # the every-k trade-off is shown at the headline setting only
-                    out.append(Setting(method, cmi, ipc, images, every, precision))
+                    out.append(Setting(method, cmi, ipc, images, every, precision, gm_impl=impl))
         return out
 
 
@@ -202,7 +204,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...] = (),
-             suites: tuple[str, ...] = (), budget: str | None = None) -> BenchPlan:
+             suites: tuple[str, ...] = (), budget: str | None = None, speed: dict[str, str] | None = None) -> BenchPlan:
     """``PLANS["quick"]`` or ``PLANS["full"]``, with ``repeats``, job ``overrides`` and the reproduce suite's
     ``budget`` (a ``REPRODUCE_PLANS`` name; default: the plan's own) when given.
 
@@ -222,6 +224,8 @@ def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...]
         if budget not in REPRODUCE_PLANS:
             raise ConfigError(f"--budget: must be one of {', '.join(REPRODUCE_PLANS)} (got {budget!r})")
         plan = dataclasses.replace(plan, reproduce=budget)
+    if speed:
+        plan = speed_subset(plan, speed)
     if repeats is not None:
         if repeats < 1:
             raise ConfigError(f"--repeats: must be >= 1 (got {repeats})")
@@ -235,6 +239,48 @@ def plan_for(quick: bool, repeats: int | None = None, overrides: tuple[str, ...]
         variant_jobs(REPRODUCE_PLANS[plan.reproduce], Path("."), "cpu", tuple(overrides))  # raises on bad input
         plan = dataclasses.replace(plan, job_overrides=tuple(overrides))
     return plan
+
+
+SPEED_METHOD_NAMES = ("dm", "gm", "idc", "mtt")
+
+
+def gm_impl_of(method: str) -> tuple[str, str]:
+    """``"gm(loop)"`` -> (``gm``, ``loop``); ``"gm(batched)"`` -> (``gm``, ``batched``); ``"gm"`` -> (``gm``, ``auto``)."""
+    for impl in ("loop", "batched"):
+        if method.endswith(f"({impl})"):
+            return method.removesuffix(f"({impl})"), impl
+    return method, "auto"
+
+
+def speed_subset(plan: BenchPlan, speed: dict[str, str]) -> BenchPlan:
+    """The speed suite's settings narrowed by ``--speed-methods``, ``--speed-ipcs``, ``--speed-images`` (comma lists).
+
+    Raises:
+        ConfigError: an unknown method, image kind or a non-integer / out-of-range IPC.
+    """
+    out: dict[str, tuple] = {}
+    if speed.get("methods"):
+        methods = tuple(speed["methods"].split(","))
+        for m in methods:
+            name, impl = gm_impl_of(parse_variant(m)[0])
+            if name not in SPEED_METHOD_NAMES or (impl != "auto" and name not in ("gm", "idc")):
+                raise ConfigError(f"--speed-methods: unknown variant {m!r} (methods {', '.join(SPEED_METHOD_NAMES)}, "
+                                  "+cmi, (every4), (bf16); gm(loop) / gm(batched), idc(...): the per-class loop / one vmap pass)")
+        out["speed_methods"] = methods
+    if speed.get("ipcs"):
+        try:
+            ipcs = tuple(int(v) for v in speed["ipcs"].split(","))
+        except ValueError:
+            raise ConfigError(f"--speed-ipcs: must be integers in [1, 1000], got {speed['ipcs']!r}") from None
+        if not all(1 <= v <= 1000 for v in ipcs):
+            raise ConfigError(f"--speed-ipcs: must be integers in [1, 1000], got {speed['ipcs']!r}")
+        out["speed_ipcs"] = ipcs
+    if speed.get("images"):
+        images = tuple(speed["images"].split(","))
+        if not set(images) <= {"cifar32", "digits8", "mnist28"}:
+            raise ConfigError(f"--speed-images: must be cifar32, digits8 or mnist28, got {speed['images']!r}")
+        out["speed_images"] = images
+    return dataclasses.replace(plan, **out)
 
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -161,7 +161,7 @@ def _every(iterations: int, points: int) -> int:
 
 
 def eval_cfg(plan: ReproducePlan) -> dict[str, Any]:
-    """The reference evaluate_synset protocol on ConvNet-3 (jobs/bench/reproduce.yaml's eval block) with the plan's
+    """The reference evaluate_synset protocol on ConvNet-3 (cmidd/jobs/bench/reproduce.yaml's eval block) with the plan's
     seeds and epochs."""
     return {**read_yaml(BASE)["eval"], "num_eval": plan.seeds, "epochs": plan.eval_epochs}
 

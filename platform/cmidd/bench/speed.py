@@ -65,6 +65,7 @@ class Setting:
     cmi_every: int = 1  # cmi.every: apply CMI on every k-th image update (a fidelity-for-time trade)
     cmi_precision: str = "fp32"  # cmi.precision: fp32 | bf16 (the proxy under bfloat16 autocast)
     dd_precision: str = "fp32"  # method.precision: fp32 | bf16 (the DD net under bfloat16 autocast; dm only)
+    gm_impl: str = "auto"  # method.gm_impl (gm / idc): auto | batched (one vmap pass) | loop (the reference's)
 
     @property
     def key(self) -> str:
@@ -74,14 +75,17 @@ class Setting:
         if self.cmi_precision == "bf16":
             opts.append("bf16")
         cmi = (CMI_SUFFIX + (f"({','.join(opts)})" if opts else "")) if self.cmi else ""
-        dd = "(bf16)" if self.dd_precision == "bf16" else ""
+        dd = "(bf16)" if self.dd_precision == "bf16" else "" if self.gm_impl == "auto" else f"({self.gm_impl})"
         return f"{self.method}{dd}{cmi}/ipc{self.ipc}/{self.images}"
 
 
 def speed_data(images: str, batch_real: int) -> Dataset:
-    """``cifar32``: CIFAR-shaped random tensors (speed does not depend on pixel values); ``digits8``: digits."""
+    """``cifar32``: CIFAR-shaped random tensors (speed does not depend on pixel values); ``mnist28``: MNIST-shaped
+    ones (28x28x1); ``digits8``: digits."""
     if images == "digits8":
         return load_dataset("digits")
+    if images == "mnist28":
+        return random_dataset(CLASSES, batch_real + 16, 28, 1, seed=0, name="random28", test_per_class=1)
     return random_dataset(CLASSES, batch_real + 16, 32, 3, seed=0, name="random32", test_per_class=1)
 
 
@@ -90,11 +94,15 @@ def speed_job(s: Setting, iterations: int, device: str) -> dict[str, Any]:
     fields: dict[str, Any] = {"device": device, "ipc": s.ipc, "method.name": s.method, "method.iterations": iterations,
                               "cmi.lam": 1.0 if s.cmi else 0.0, "cmi.every": s.cmi_every,
                               "cmi.precision": s.cmi_precision}
-    if s.images != "cifar32":  # 8x8 digits: the demo's net, fewer real images, the DSA that keeps digits legible
+    if s.images == "mnist28":  # the DD literature's MNIST row: ConvNet-3 w128, no flip (cmidd/jobs/bench/reproduce.yaml)
+        fields["method.dsa_strategy"] = "color_crop_cutout_scale_rotate"
+    elif s.images != "cifar32":  # 8x8 digits: the demo's net, fewer real images, the DSA that keeps digits legible
         fields.update({"net.name": "ConvNetD2", "method.batch_real": 64, "method.dsa_strategy": "crop_scale_rotate"})
     fields.update({f"method.{k}": v for k, v in SPEED_FIELDS.get(s.method, {}).items()})
     if s.dd_precision != "fp32":
         fields["method.precision"] = s.dd_precision
+    if s.method in ("gm", "idc"):
+        fields["method.gm_impl"] = s.gm_impl
     return load_raw(JOBS_DIR / "bench" / "speed.yaml", fields)
 
 
@@ -168,6 +176,7 @@ def time_loop(s: Setting, data: Dataset, warmup: int, repeats: int, device: torc
     return {"setting": s.key, "method": s.method, "cmi": s.cmi, "ipc": s.ipc, "images": s.images,
             "im_size": data.im_size, "proxy": (PROXY_32 if data.im_size == 32 else "ConvNetD2") if s.cmi else None,
             "cmi_every": s.cmi_every, "cmi_precision": s.cmi_precision, "dd_precision": s.dd_precision,
+            "gm_impl": s.gm_impl if s.method in ("gm", "idc") else None,
             "s_per_iter": stats(per_it), "peak_mem_mb": mem.peak_mb,
             "unit": "s per image update" if s.method in ("gm", "idc") else "s per iteration"}
 
@@ -240,6 +249,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
         out["dmcmi_s_per_iter_ipc10_32px"] = dmc["s_per_iter"]["median"]
     if "dm+cmi/ipc50/cifar32" in by:
         out["dmcmi_s_per_iter_ipc50_32px"] = by["dm+cmi/ipc50/cifar32"]["s_per_iter"]["median"]
+    for key, r in by.items():  # gradient matching: the reference's per-class loop over the batched pass
+        method, _, rest = key.partition("/")
+        batched = method.replace("(loop)", "(batched)") + "/" + rest
+        if "(loop)" in method and batched in by:
+            out[f"{method.replace('(loop)', '')}_loop_over_batched/{rest}"] = (
+                r["s_per_iter"]["median"] / by[batched]["s_per_iter"]["median"])
     return out
 
 

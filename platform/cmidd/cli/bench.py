@@ -20,6 +20,10 @@ def add_parser(sub) -> None:
     b.add_argument("--budget", default=None,
                    help="the reproduce suite's budget: full | quick | cpu (IPC 1) | cpu10 (IPC 10) "
                         "(default: quick with --quick, else full)")
+    b.add_argument("--speed-methods", default=None, help="speed suite: only these variants, comma list (e.g. "
+                   "gm(batched),gm(loop): gradient matching in one vmap pass beside the per-class loop)")
+    b.add_argument("--speed-ipcs", default=None, help="speed suite: only these IPCs, comma list (e.g. 10)")
+    b.add_argument("--speed-images", default=None, help="speed suite: cifar32 | digits8 | mnist28, comma list")
     add_set(b, "override a field of every job of the reproduce suite (data.name=mnist, data.root=DIR, ...)")
     add_tracking_uri(b, "also log the report to MLflow (default: $MLFLOW_TRACKING_URI if set, else not logged)")
     b.set_defaults(fn=command)
@@ -30,7 +34,8 @@ def command(args) -> None:
     from ..bench import plan_for, run_bench
 
     suites = args.suite.split(",")
-    plan = plan_for(args.quick, args.repeats, tuple(args.set), tuple(suites), args.budget)
+    speed = {"methods": args.speed_methods, "ipcs": args.speed_ipcs, "images": args.speed_images}
+    plan = plan_for(args.quick, args.repeats, tuple(args.set), tuple(suites), args.budget, speed)
     report = run_bench(suites, plan, args.device, args.out)
     print((Path(args.out) / "bench.md").read_text())
     missed = [t["target"] for t in report["targets"] if not t["met"]]

@@ -65,6 +65,11 @@ class MethodCfg(Cfg):
     inner_loop: Int = Field(default=50, ge=0, le=MAX_COUNT)
     lr_net: Float = Field(default=0.01, gt=0, le=100)
     batch_train: Int = Field(default=256, ge=1, le=MAX_BATCH)
+    # gradient matching's per-class gradients: "batched" = every class in one torch.func vmap pass (per-class
+    # BatchNorm statistics kept), "loop" = one backward per class as in the reference; equal up to float rounding.
+    # "auto": batched on CUDA (launch-bound there), loop elsewhere (28x28 on 2 CPU cores: the loop ~4x faster, gpu.md)
+    gm_impl: Literal["auto", "batched", "loop"] = "auto"
+    gm_class_chunk: Int = Field(default=10, ge=1, le=1000)  # classes per batched pass (bounds its memory)
     # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
     factor: Int = Field(default=1, ge=1, le=4)
     # trajectory matching (MTT): student steps on the set, expert epochs to match, start-epoch range, lrs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..device import to_device
 from ..errors import DataError
 
 
@@ -70,10 +71,14 @@ class RealPool:
         Returns:
             (min(n, counts[c]), C, H, W) on ``device``.
         """
+        return self.images[to_device(self.sample_index(c, n, gen), self.device)]
+
+    def sample_index(self, c: int, n: int, gen: torch.Generator) -> Tensor:
+        """The CPU row indices ``sample`` draws (same ``gen`` consumption), for a caller that gathers several
+        classes' draws with one copy to the device."""
         c = self._check_class(c)
         count, start = int(self.counts[c]), int(self.offsets[c])
-        idx = torch.randperm(count, generator=gen)[: max(0, min(n, count))] + start
-        return self.images[idx.to(self.device)]
+        return torch.randperm(count, generator=gen)[: max(0, min(n, count))] + start
 
     def sample_all(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Draw ``n`` distinct random images of every class with one batched index computation.
@@ -95,7 +100,7 @@ class RealPool:
         pos = (self.offsets.unsqueeze(1) + torch.arange(n_eff).unsqueeze(0)).reshape(-1)
         idx = perm[pos]
         y = torch.arange(self.num_classes).repeat_interleave(n_eff)
-        return self.images[idx.to(self.device)], y.to(self.device)
+        return self.images[to_device(idx, self.device)], to_device(y, self.device)
 
     def first(self, c: int, n: int) -> Tensor:
         """The first ``n`` images of class ``c`` in stored (original) order: a deterministic pick.

@@ -11,36 +11,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..augment import DSAParams, dsa
+from ..augment import DSAParams, dsa, dsa_classes
 from ..chunks import ce_param_grads
+from ..device import to_device
 from ..nets import create_net
 from ._registry import METHODS
 from .base import Method, MethodContext, draw_seed, reinit_
+from .gm_batched import batched_match
 
 
-def gm_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
+def gm_distance(g_real: list[Tensor], g_syn: list[Tensor], lead: int = 0) -> Tensor:
     """Layer-wise gradient distance: sum over weight tensors and output units of ``1 - cos``.
 
     One-dimensional tensors (biases, norm affines) are skipped, as in the DC formulation.
 
     Args:
         g_real, g_syn: per-parameter gradients of the same shapes.
+        lead: leading batch dimensions (1: one gradient per class, ``cmidd.methods.gm_batched``), summed over.
 
     Returns:
         Scalar distance >= 0.
     """
     total = g_syn[0].new_zeros(())
     for gr, gs in zip(g_real, g_syn):
-        if gs.dim() == 1:
+        if gs.dim() - lead == 1:
             continue
-        gr, gs = gr.reshape(gr.shape[0], -1), gs.reshape(gs.shape[0], -1)
-        cos = (gr * gs).sum(1) / (gr.norm(dim=1) * gs.norm(dim=1) + 1e-6)
+        gr, gs = gr.flatten(lead + 1), gs.flatten(lead + 1)
+        cos = (gr * gs).sum(-1) / (gr.norm(dim=-1) * gs.norm(dim=-1) + 1e-6)
         total = total + (1 - cos).sum()
     return total
 
 
-def mse_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
-    """IDC's gradient distance: the summed squared difference over every parameter's gradient."""
+def mse_distance(g_real: list[Tensor], g_syn: list[Tensor], lead: int = 0) -> Tensor:
+    """IDC's gradient distance: the summed squared difference over every parameter's gradient (and ``lead``)."""
     return sum(((gr - gs) ** 2).sum() for gr, gs in zip(g_real, g_syn))
 
 
@@ -68,6 +71,8 @@ class GM(Method):
         self.dsa_params = DSAParams(strategy=ctx.cfg.dsa_strategy, mode=ctx.cfg.dsa_mode)
         self.opt = torch.optim.SGD(self.params, lr=ctx.cfg.lr_net, momentum=self.net_momentum)
         self._step = 0
+        impl = ctx.cfg.gm_impl
+        self.impl = impl if impl != "auto" else "batched" if ctx.device.type == "cuda" else "loop"
 
     def begin_iteration(self, gen: torch.Generator) -> None:
         reinit_(self.net, draw_seed(gen))
@@ -79,9 +84,29 @@ class GM(Method):
         return dsa(x, seed, self.dsa_params, shared=shared) if self.ctx.cfg.dsa else x
 
     def loss(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None = None) -> Tensor:
+        if self.impl == "batched":
+            return self._loss_batched(syn, syn_y, gen, classes)
+        return self._loss_loop(syn, syn_y, gen, classes)
+
+    def _aug_classes(self, x: Tensor, local: Tensor, seeds: list[int]) -> Tensor:
+        """DSA per class (row i gets ``seeds[local[i]]``'s shared transform), as ``_aug(..., shared=True)``."""
+        return dsa_classes(x, local, seeds, self.dsa_params) if self.ctx.cfg.dsa else x
+
+    def _loss_batched(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None) -> Tensor:
+        """All classes' gradients in batched passes (``gm_batched``); ``gen`` consumed as by the loop."""
+        c_num, pool = self.ctx.num_classes, self.ctx.pool
+        idx, seeds = [], []
+        for c in range(c_num):
+            idx.append(pool.sample_index(c, self.ctx.cfg.batch_real, gen))
+            seeds.append(draw_seed(gen))
+        keep = list(range(c_num)) if classes is None else [c for c in range(c_num) if c in classes]
+        return batched_match(self.net, pool.images, idx, seeds, syn, syn_y, c_num, keep,
+                             self.ctx.cfg.gm_class_chunk, self._aug_classes, self.distance)
+
+    def _loss_loop(self, syn: Tensor, syn_y: Tensor, gen: torch.Generator, classes: list[int] | None) -> Tensor:
+        """The reference's per-class loop: one real and one synthetic backward per class."""
         c_num, ipc = self.ctx.num_classes, syn.shape[0] // self.ctx.num_classes
         total = syn.new_zeros(())
-        # Per-class gradients need one backward per class: the loop is inherent to gradient matching.
         for c in range(c_num):
             real = self.ctx.pool.sample(c, self.ctx.cfg.batch_real, gen)
             seed = draw_seed(gen)
@@ -106,7 +131,8 @@ class GM(Method):
             if self.net_on_real:
                 x, y = self.ctx.pool.sample_all(per_class, gen)
             else:
-                idx = torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train].to(x_all.device)
+                idx = to_device(torch.randperm(x_all.shape[0], generator=gen)[: self.ctx.cfg.batch_train],
+                                x_all.device)
                 x, y = x_all[idx], y_all[idx]
             grads = ce_param_grads(self.net, self.params, self._aug(x, draw_seed(gen)), y)
             for p, g in zip(self.params, grads):
