@@ -127,6 +127,9 @@ CASES = [
     # -- fields and values
     ("unknown-top-field", "run", over(iterations=3), [], "iterations: unknown field"),
     ("unknown-nested-field", "run", over(method__iteratons=3), [], "method.iteratons: unknown field"),
+    ("field-of-another-method", "run", over(method__outer_loop=3), [],
+     "method.outer_loop: unknown field for method dm (a field of method gm, idc)"),
+    ("unknown-method", "run", over(method__name="dx"), [], "method.name: unknown method 'dx'"),
     ("unknown-kind", "run", over(kind="train"), [], "kind: must be one of"),
     ("bad-name", "run", over(name="my job/1"), [], "name: String should match pattern"),
     ("unknown-dataset", "run", over(data__name="imagenet"), [], "data.name: unknown dataset"),
@@ -218,7 +221,7 @@ CASES = [
     ("net-depth-100", "run", over(net__depth=100), [], "net.depth"),
     ("iterations-1e12", "run", over(method__iterations=10**12), [], "method.iterations"),
     ("batch-real-1e9", "run", over(method__batch_real=10**9), [], "method.batch_real"),
-    ("lr-net-1e6", "run", over(method__lr_net=1e6), [], "method.lr_net"),
+    ("lr-net-1e6", "run", over(method__name="gm", method__lr_net=1e6), [], "method.lr_net"),
     ("eval-epochs-1e12", "run", over(eval__epochs=10**12), [], "eval.epochs"),
     ("eval-epochs-by-arch-1e12", "run", over(eval__epochs_by_arch={"ConvNetD1": 10**12}), [],
      "eval.epochs_by_arch.ConvNetD1"),

@@ -123,10 +123,15 @@ def _models(model, seen=None):
     if model in seen:
         return seen
     seen[model] = None
+
+    def walk(tp) -> None:  # through Optional, Annotated and unions (the method block: one model per method)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            _models(tp, seen)
+        for arg in typing.get_args(tp):
+            walk(arg)
+
     for info in model.model_fields.values():
-        for arg in (info.annotation, *typing.get_args(info.annotation)):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                _models(arg, seen)
+        walk(info.annotation)
     return seen
 
 
@@ -152,6 +157,9 @@ def test_every_number_has_a_declared_range():
             if not any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in info.metadata):
                 unbounded.append(f"{model.__name__}.{name}")
     assert checked >= 60 and not unbounded, (checked, unbounded)
+    from cmidd.config import METHOD_CONFIGS
+
+    assert {METHOD_CONFIGS.get(n) for n in METHOD_CONFIGS.names()} <= set(models)  # every method's model walked
 
 
 def test_paths_are_expanded_and_checked(tmp_path, monkeypatch):

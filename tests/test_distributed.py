@@ -72,12 +72,13 @@ def _grad_of(fn, syn: torch.Tensor) -> tuple[float, torch.Tensor]:
 @pytest.mark.parametrize("name", ["dm", "gm"])
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 def test_method_class_shards_sum_to_the_full_loss_and_gradient(digits, name, norm):
-    from cmidd.config import MethodCfg, NetCfg
+    from cmidd.config import NetCfg, method_cfg, method_fields
     from cmidd.data import RealPool
     from cmidd.methods import MethodContext, build_method
 
     pool = RealPool(digits.train_x.double(), digits.train_y, digits.num_classes)
-    cfg = MethodCfg(name=name, batch_real=8, dsa=True, outer_loop=1, inner_loop=0)
+    fields = dict(name=name, batch_real=8, dsa=True, outer_loop=1, inner_loop=0)
+    cfg = method_cfg(**{k: v for k, v in fields.items() if k in method_fields(name)})
     ctx = MethodContext(cfg, NetCfg(name="ConvNetD1", width=8, norm=norm), pool, 1, 10, 8, torch.device("cpu"))
     m = build_method(ctx)
     m.net.double()

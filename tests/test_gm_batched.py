@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cmidd.config import MethodCfg, NetCfg, parse_job
+from cmidd.config import NetCfg, method_cfg, parse_job
 from cmidd.data import RealPool
 from cmidd.distill import distill
 from cmidd.methods import MethodContext, build_method
@@ -25,7 +25,7 @@ from conftest import tiny_distill
 def _method(digits, impl: str, name: str = "gm", norm: str = "instance", dsa: bool = True, batch_real: int = 12,
             ipc: int = 3):
     pool = RealPool(digits.train_x.double(), digits.train_y, digits.num_classes)
-    cfg = MethodCfg(name=name, gm_impl=impl, dsa=dsa, batch_real=batch_real, gm_class_chunk=4)
+    cfg = method_cfg(name=name, gm_impl=impl, dsa=dsa, batch_real=batch_real, gm_class_chunk=4)
     m = build_method(MethodContext(cfg, NetCfg(name="ConvNetD2", width=8, norm=norm), pool, 1, 10, 8,
                                    torch.device("cpu")))
     m.net.double()
@@ -96,18 +96,18 @@ def test_class_groups():
 
 def test_auto_is_batched_on_cuda_only(digits):
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
-    ctx = MethodContext(MethodCfg(name="gm"), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
-    assert MethodCfg().gm_impl == "auto" and build_method(ctx).impl == "loop"
-    assert build_method(replace(ctx, cfg=MethodCfg(name="gm", gm_impl="batched"))).impl == "batched"
+    ctx = MethodContext(method_cfg(name="gm"), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
+    assert method_cfg(name="gm").gm_impl == "auto" and build_method(ctx).impl == "loop"
+    assert build_method(replace(ctx, cfg=method_cfg(name="gm", gm_impl="batched"))).impl == "batched"
 
 
 def test_gm_impl_is_validated():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="gm_impl"):
-        MethodCfg(name="gm", gm_impl="fast")
+        method_cfg(name="gm", gm_impl="fast")
     with pytest.raises(ValidationError, match="gm_class_chunk"):
-        MethodCfg(name="gm", gm_class_chunk=100_000)
+        method_cfg(name="gm", gm_class_chunk=100_000)
 
 
 @pytest.mark.parametrize("dsa", [False, True])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmidd.config import MethodCfg, NetCfg
+from cmidd.config import NetCfg, method_cfg, method_fields
 from cmidd.data import RealPool
 from cmidd.experts import flat_params
 from cmidd.methods import METHODS, MethodContext, build_method
@@ -18,7 +18,8 @@ from cmidd.nets import create_net
 @pytest.mark.parametrize("dsa", [True, False])
 def test_every_method_gives_finite_loss_and_image_gradients(digits, name, dsa):
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
-    cfg = MethodCfg(name=name, batch_real=8, dsa=dsa, outer_loop=2, inner_loop=1, batch_train=8)
+    fields = dict(name=name, batch_real=8, dsa=dsa, outer_loop=2, inner_loop=1, batch_train=8)
+    cfg = method_cfg(**{k: v for k, v in fields.items() if k in method_fields(name)})  # the method's own
     # MTT's expert trajectories: a ConvNetD1's parameters plus drift, one row per epoch (others ignore them)
     start = flat_params(create_net("ConvNetD1", 1, 10, 8, width=8))
     drift = torch.randn(start.shape, generator=torch.Generator().manual_seed(1))
@@ -60,7 +61,7 @@ def test_every_method_round_trips_its_state(digits, name):
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
     start = flat_params(create_net("ConvNetD1", 1, 10, 8, width=8))
     experts = [torch.stack([start] * 5)]
-    ctx = MethodContext(MethodCfg(name=name, batch_real=8), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8,
+    ctx = MethodContext(method_cfg(name=name, batch_real=8), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8,
                         torch.device("cpu"), experts)
     m = build_method(ctx)
     state = m.state_dict()
@@ -74,7 +75,7 @@ def test_gm_family_net_optimizer_follows_the_references(digits, name, momentum, 
     """DC/DSA's main.py trains the matching net with plain SGD (no momentum); IDC with momentum 0.9 and
     the squared-difference distance. IDC is GM composed with IDC's choices, not a subclass."""
     pool = RealPool(digits.train_x, digits.train_y, digits.num_classes)
-    ctx = MethodContext(MethodCfg(name=name), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
+    ctx = MethodContext(method_cfg(name=name), NetCfg(name="ConvNetD1", width=8), pool, 1, 10, 8, torch.device("cpu"))
     m = build_method(ctx)
     m.begin_iteration(torch.Generator().manual_seed(0))
     assert m.opt.param_groups[0]["momentum"] == momentum

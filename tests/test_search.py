@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,36 @@ def test_shipped_spaces_load(name):
 def test_method_space_loads_and_chooses_methods():
     cfg = load_search(ROOT / "search_spaces" / "digits_methods.yaml")
     assert cfg.params["method.name"].choice == ["dm", "gm"] and cfg.params["cmi.lam"].zero_arm
+    # the base carries gm's loops beside dm's fields; each trial keeps its own method's fields only
+    from cmidd.config import trial_job_raw
+
+    assert cfg.base.method.name == "dm" and not hasattr(cfg.base.method, "outer_loop")
+    gm = trial_job_raw(cfg, {"method.name": "gm"})["method"]
+    dm = trial_job_raw(cfg, {"method.name": "dm"})["method"]
+    assert gm["outer_loop"] == 10 and gm["inner_loop"] == 10 and "outer_loop" not in dm
+
+
+@pytest.mark.parametrize("params, base_method, rule", [
+    # a field searched over methods of which one lacks it
+    ({"method.name": {"choice": ["dm", "gm"]}, "method.outer_loop": {"int": [1, 3]}}, {},
+     "params.method.outer_loop: must name a field of every searched method (dm, gm)"),
+    ({"method.precision": {"choice": ["bf16"]}, "method.name": {"choice": ["gm"]}}, {},
+     "must name a field of every searched method (gm)"),
+    # a base field no searched method has (a typo, or a method not searched)
+    ({"method.name": {"choice": ["dm", "gm"]}}, {"syn_steps": 3}, "method.syn_steps: unknown field for method dm, gm"),
+    ({"cmi.lam": {"uniform": [1, 2]}}, {"outer_loop": 3}, "method.outer_loop: unknown field for method dm"),
+])
+def test_method_space_fields_resolve_through_the_method_union(tmp_path, params, base_method, rule):
+    mapping = space(tmp_path)
+    mapping["params"] = params
+    mapping["base"]["method"].update(base_method)
+    with pytest.raises(ConfigError, match=re.escape(rule)):
+        load_search(write(tmp_path, mapping))
+    if not base_method:  # the same space over one method that has the field loads
+        params = {k: v for k, v in params.items() if k != "method.name"}
+        mapping["params"] = {**params, "method.name": {"choice": ["gm", "idc"] if "method.outer_loop" in params
+                                                       else ["dm"]}}
+        load_search(write(tmp_path, mapping))
 
 
 def test_base_as_path_and_overrides(tmp_path):

@@ -177,6 +177,13 @@ def _run_pretrain(job: PretrainProxiesJob, data: Dataset, hooks: Hooks, resume: 
     )
 
 
+# the artifacts a method may declare (``MethodBase.artifacts``): name -> ``prepare(job, data, device)``
+ARTIFACTS: dict[str, Callable[..., Any]] = {
+    "experts": lambda job, data, device: expert_zoo.ensure(job.experts, job.net, data, experts_dir(job, data),
+                                                           job.seed, device),
+}
+
+
 @RUNNERS.register("distill")
 def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     if job.scaling.workers > 1 and loop is distill:
@@ -190,9 +197,8 @@ def _run_distill(job: DistillJob, data: Dataset, hooks: Hooks, resume: bool, loo
             raise ConfigError(f"proxies.from_registry={job.proxies.from_registry!r} needs the MLflow registry: "
                               "run with tracking (not --no-track)")
         proxies = proxy_zoo.ensure(job.proxies, data, proxies_dir(job, data), job.seed, device)
-    experts = None
-    if job.method.name == "mtt":
-        experts = expert_zoo.ensure(job.experts, job.net, data, experts_dir(job, data), job.seed, device)
+    artifacts = {name: ARTIFACTS[name](job, data, device) for name in job.method.artifacts}
+    experts = artifacts.get("experts")
     outdir = job.output.dir
     outdir.mkdir(parents=True, exist_ok=True)
 

@@ -13,18 +13,36 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 
 
-def format_error(source: str, err: ValidationError) -> str:
-    """One line per pydantic error: ``source: a.b: message (got value)``."""
+def format_error(source: str, err: ValidationError, unions: dict[str, dict[str, set[str]]] | None = None) -> str:
+    """One line per pydantic error: ``source: a.b: message (got value)``.
+
+    ``unions``: field -> {tag: the member's field names} for a tagged union (``method``, told apart by ``method.name``): the
+    tag pydantic puts in the path is dropped, an unknown field names the member it is unknown to, and an error
+    ``name: ...`` raised on the union itself (an unregistered tag) is put on its ``name``.
+    """
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        member = None
+        for i in range(len(parts) - 1):
+            if parts[i + 1] in (unions or {}).get(parts[i], {}):
+                member = (parts[i], parts.pop(i + 1))
+                break
         msg = e["msg"].removeprefix("Value error, ")
+        if parts and parts[-1] in (unions or {}) and msg.startswith("name: "):  # the union's tag field itself
+            parts, msg = [*parts, "name"], msg.removeprefix("name: ")
+        loc = ".".join(parts)
         got = e.get("input")
         shown = repr(got)
         shown = shown if len(shown) <= 80 else f"{shown[:60]}... ({len(shown)} characters)"
         tail = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {shown})"
         if e["type"] == "extra_forbidden":
             msg, tail = "unknown field", ""
+            if member is not None and unions is not None:
+                field, tag = member
+                others = [t for t, names in unions[field].items() if parts[-1] in names]
+                msg = f"unknown field for {field} {tag}" + (f" (a field of {field} {', '.join(others)})"
+                                                           if others else "")
         lines.append(f"{source}: {loc or '<root>'}: {msg}{tail}")
     return "; ".join(lines)
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, ValidationError, model_validator
 
-from ..errors import ConfigError
-from ._fields import (DSA_DEFAULT, MAX_BATCH, MAX_COUNT, MAX_LR, MAX_SEED, MAX_WIDTH, AggName, Bool, Cfg,
-                      DatasetName, Device, DsaMode, DsaStrategy, Float, Folder, Int, MethodName, NetName, ProxySetName,
+from ..errors import ConfigError, UnknownNameError
+from ._fields import (DSA_DEFAULT, MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WIDTH, AggName, Bool, Cfg,
+                      DatasetName, Device, DsaMode, DsaStrategy, Float, Folder, Int, NetName, ProxySetName,
                       UserPath)
 from ._load import apply_overrides, format_error, read_yaml
+from .methods import METHOD_CONFIGS, MethodBase
 
 
 class DataCfg(Cfg):
@@ -48,40 +49,43 @@ class NetCfg(Cfg):
         return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
 
 
-class MethodCfg(Cfg):
-    """The DD method and its image optimizer. ``gm``-only fields are ignored by ``dm``."""
+def _method_tag(value: Any) -> str | None:
+    """The ``method`` block's member of the union: its ``name`` (``dm`` when omitted)."""
+    if isinstance(value, dict):
+        name = value.get("name", "dm")
+        return name if isinstance(name, str) else None
+    return getattr(value, "name", None)
 
-    name: MethodName = "dm"
-    iterations: Int = Field(default=300, ge=1, le=MAX_COUNT)
-    lr_img: Float = Field(default=1.0, gt=0, le=MAX_LR)
-    momentum: Float = Field(default=0.5, ge=0, lt=1)
-    batch_real: Int = Field(default=256, ge=1, le=MAX_BATCH)  # real images per class per iteration
-    init: Literal["real", "noise"] = "real"
-    dsa: Bool = True
-    dsa_strategy: DsaStrategy = DSA_DEFAULT
-    dsa_mode: DsaMode = "single"
-    # gradient matching (DC / DSA): outer steps per fresh net, inner net-training steps, net lr
-    outer_loop: Int = Field(default=10, ge=1, le=MAX_COUNT)
-    inner_loop: Int = Field(default=50, ge=0, le=MAX_COUNT)
-    lr_net: Float = Field(default=0.01, gt=0, le=100)
-    batch_train: Int = Field(default=256, ge=1, le=MAX_BATCH)
-    # gradient matching's per-class gradients: "batched" = every class in one torch.func vmap pass (per-class
-    # BatchNorm statistics kept), "loop" = one backward per class as in the reference; equal up to float rounding.
-    # "auto": batched on CUDA (launch-bound there), loop elsewhere (28x28 on 2 CPU cores: the loop ~4x faster, gpu.md)
-    gm_impl: Literal["auto", "batched", "loop"] = "auto"
-    gm_class_chunk: Int = Field(default=10, ge=1, le=1000)  # classes per batched pass (bounds its memory)
-    # multi-formation (IDC): each stored image decodes into factor**2 training images (1 = off)
-    factor: Int = Field(default=1, ge=1, le=4)
-    # trajectory matching (MTT): student steps on the set, expert epochs to match, start-epoch range, lrs
-    syn_steps: Int = Field(default=10, ge=1, le=10_000)
-    expert_epochs: Int = Field(default=2, ge=1, le=MAX_COUNT)
-    max_start_epoch: Int = Field(default=2, ge=0, le=MAX_COUNT)
-    lr_teacher: Float = Field(default=0.01, gt=0, le=100)  # the student's initial (learnable) step size
-    lr_lr: Float = Field(default=1e-5, gt=0, le=100)  # the learning rate of that step size
-    batch_syn: Int | None = Field(default=None, ge=1, le=MAX_BATCH)  # synthetic images per student step (None = all)
-    # the DD net's forward/backward (real and synthetic sides) under bfloat16 autocast, embeddings cast back to
-    # float32 before the loss; the images and their optimizer stay float32. Opt-in; DM only (README: speed).
-    precision: Literal["fp32", "bf16"] = "fp32"
+
+def _known_method(value: Any) -> Any:
+    """Refuse an unregistered ``method.name`` with the registry's line (close match, the choices)."""
+    name = value.get("name", "dm") if isinstance(value, dict) else None
+    if isinstance(name, str) and name not in METHOD_CONFIGS:
+        try:
+            METHOD_CONFIGS.get(name)
+        except UnknownNameError as e:
+            raise ValueError(f"name: {e}") from None
+    return value
+
+
+# The DD method and its image optimizer: one model per registered method (``config.methods``), told apart
+# by ``name``; each forbids the fields of the others.
+METHOD_MODELS: dict[str, type[MethodBase]] = {n: METHOD_CONFIGS.get(n) for n in METHOD_CONFIGS.names()}
+MethodCfg = Annotated[Union[tuple(Annotated[m, Tag(n)] for n, m in METHOD_MODELS.items())],  # type: ignore[misc]
+                      Discriminator(_method_tag, custom_error_type="method",
+                                    custom_error_message=f"must be a mapping of a method's fields, its name one of "
+                                                         f"{', '.join(METHOD_MODELS)}"),
+                      BeforeValidator(_known_method)]
+
+
+def method_cfg(**fields: Any) -> MethodBase:
+    """The config model of method ``fields["name"]`` (``dm`` when omitted), validated: ``method_cfg(name="gm")``."""
+    return METHOD_CONFIGS.get(fields.get("name", "dm")).model_validate(fields)
+
+
+def method_fields(name: str) -> set[str]:
+    """The field names of method ``name``'s config model."""
+    return set(METHOD_MODELS[name].model_fields)
 
 
 class CMICfg(Cfg):
@@ -243,25 +247,17 @@ class DistillJob(_JobBase):
     kind: Literal["distill"] = "distill"
     ipc: Int = Field(default=10, ge=1, le=MAX_BATCH)
     net: NetCfg = NetCfg()  # the DD network (DM embedder / GM matching net)
-    method: MethodCfg = MethodCfg()
+    method: MethodCfg = Field(default_factory=lambda: METHOD_MODELS["dm"]())
     cmi: CMICfg = CMICfg()
     proxies: ProxiesCfg = ProxiesCfg()
     eval: EvalCfg = EvalCfg()
     scaling: ScalingCfg = ScalingCfg()
-    experts: ExpertsCfg = ExpertsCfg()  # used by method mtt
+    experts: ExpertsCfg = ExpertsCfg()  # used by a method whose artifacts name "experts" (mtt)
 
     @model_validator(mode="after")
     def _cmi_rules(self) -> "DistillJob":
         m = self.method
-        if m.name == "mtt" and m.max_start_epoch + m.expert_epochs > self.experts.epochs:
-            raise ValueError(
-                "method.max_start_epoch + method.expert_epochs <= experts.epochs must hold, but got "
-                f"{m.max_start_epoch} + {m.expert_epochs} > {self.experts.epochs}"
-            )
-        if m.precision != "fp32" and m.name != "dm":
-            raise ValueError(
-                f"method.precision bf16 is implemented for method dm only, but got method.name={m.name!r}"
-            )
+        m.check_job(self)  # the method's own rules on the rest of the job (cmidd.config.methods)
         if self.cmi.subsample is not None and self.cmi.subsample > self.ipc:
             raise ValueError(
                 f"cmi.subsample <= ipc must hold, but got cmi.subsample={self.cmi.subsample}, ipc={self.ipc}"
@@ -355,7 +351,7 @@ def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:
     try:
         return JOB_MODELS[kind].model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_error(source, e)) from None
+        raise ConfigError(format_error(source, e, {"method": {n: method_fields(n) for n in METHOD_MODELS}})) from None
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:

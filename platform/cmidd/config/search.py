@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..names import COSTS, CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from ._fields import MAX_COUNT, MAX_SEED, Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
-from .job import DistillJob, EvalCfg, parse_job
+from .job import METHOD_MODELS, DistillJob, EvalCfg, method_fields, parse_job
 
 ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = alpha = 0
 WEIGHTS = ("cmi.lam", "cmi.alpha")  # the searched CMI weights that may carry a zero arm
@@ -200,9 +200,16 @@ class SearchCfg(Cfg):
         return a.max_t if a is not None and a.max_t is not None else self.base.method.iterations
 
 
-def _field_exists(model: type[BaseModel], dotted: str) -> bool:
-    """Whether ``dotted`` names a leaf field of ``model`` (nested models walked by their annotations)."""
+def _field_exists(model: type[BaseModel], dotted: str, methods: list[str] | None = None) -> bool:
+    """Whether ``dotted`` names a leaf field of ``model`` (nested models walked by their annotations).
+
+    ``method.<field>`` resolves through the method union: it exists when every method of ``methods`` (the base
+    job's method, or each choice of a searched ``method.name``) has the field.
+    """
     parts = dotted.split(".")
+    if parts[0] == "method" and model is DistillJob and len(parts) == 2:
+        known = [m for m in methods or [] if m in METHOD_MODELS] or list(METHOD_MODELS)  # others: refused below
+        return all(parts[1] in method_fields(m) for m in known)
     for i, p in enumerate(parts):
         info = model.model_fields.get(p)
         if info is None:
@@ -216,15 +223,37 @@ def _field_exists(model: type[BaseModel], dotted: str) -> bool:
     return True
 
 
+def searched_methods(params: dict[str, Any], base_raw: dict[str, Any]) -> list[str]:
+    """The methods a search's trials run: the choices of a searched ``method.name``, else the base job's."""
+    spec = params.get("method.name")
+    choice = spec.get("choice") if isinstance(spec, dict) else getattr(spec, "choice", None)
+    if isinstance(choice, list) and choice:
+        return [str(c) for c in choice]
+    method = base_raw.get("method")
+    return [str(method.get("name", "dm")) if isinstance(method, dict) else "dm"]
+
+
+def fit_method(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the ``method`` fields its method's model lacks dropped: a search over ``method.name`` keeps, in
+    its base, the fields of every searched method (``load_search`` checked each belongs to one of them)."""
+    method = raw.get("method")
+    name = method.get("name", "dm") if isinstance(method, dict) else None
+    if not isinstance(name, str) or name not in METHOD_MODELS:
+        return raw
+    keep = method_fields(name)
+    return {**raw, "method": {k: v for k, v in method.items() if k in keep}}
+
+
 def trial_job_raw(cfg: SearchCfg, values: dict[str, Any]) -> dict[str, Any]:
-    """The base job's mapping with the sampled ``values`` applied (``cmi_on: false`` sets cmi.lam = alpha = 0)."""
+    """The base job's mapping with the sampled ``values`` applied (``cmi_on: false`` sets cmi.lam = alpha = 0),
+    the method fields of the trial's method kept (``fit_method``)."""
     raw = cfg.base_raw
     for path, value in values.items():
         if path != ZERO_ARM:
             raw = set_path(raw, path, value)
     if values.get(ZERO_ARM) is False:
         raw = set_path(set_path(raw, "cmi.lam", 0.0), "cmi.alpha", 0.0)
-    return raw
+    return fit_method(raw)
 
 
 def trial_job(cfg: SearchCfg, values: dict[str, Any], trial_id: str) -> DistillJob:
@@ -268,6 +297,16 @@ def _check_tune_settings(cfg: SearchCfg, path: Path) -> None:
                               f"carries ({', '.join(known + list(COSTS))}), but got {o.metric!r}")
 
 
+def _check_method_fields(base_raw: dict[str, Any], methods: list[str], source: str) -> None:
+    """Each field of the base's ``method`` block must belong to one of the searched methods (a typo is refused)."""
+    method = base_raw.get("method")
+    if not isinstance(method, dict) or not all(m in METHOD_MODELS for m in methods):
+        return  # parse_job names the problem
+    for key in method:
+        if not any(key in method_fields(m) for m in methods):
+            raise ConfigError(f"{source}: method.{key}: unknown field for method {', '.join(methods)}")
+
+
 def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchCfg:
     """Load a search-space YAML, resolve and validate its base job, and check every searched field.
 
@@ -291,7 +330,9 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
         raise ConfigError(f"{path}: base: must be a path to a distill job YAML or a mapping (got {base!r})")
     base_raw = apply_overrides(base_raw, [o.removeprefix("base.") for o in overrides if o.startswith("base.")],
                                str(path))
-    base_job = parse_job(base_raw, base_src)
+    methods = searched_methods(raw.get("params") or {}, base_raw)
+    _check_method_fields(base_raw, methods, base_src)
+    base_job = parse_job(fit_method(base_raw), base_src)
     if base_job.kind != "distill":
         raise ConfigError(f"{path}: base: a search needs a distill job, but {base_src} is kind {base_job.kind!r}")
     try:
@@ -309,9 +350,10 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
                       "effect; those trials differ only in the other fields", stacklevel=2)
     for key, spec in cfg.params.items():
         where = f"{path}: params.{key}"
-        if not _field_exists(DistillJob, key):
-            raise ConfigError(f"{where}: must name a field of the distill job (e.g. cmi.lam, ipc, method.lr_img), "
-                              f"but {key!r} is not one")
+        if not _field_exists(DistillJob, key, methods):
+            whose = f" of every searched method ({', '.join(methods)})" if key.startswith("method.") else ""
+            raise ConfigError(f"{where}: must name a field{whose} of the distill job (e.g. cmi.lam, ipc, "
+                              f"method.lr_img), but {key!r} is not one")
         if spec.zero_arm and key not in WEIGHTS:
             raise ConfigError(f"{where}: zero_arm is only allowed on cmi.lam or cmi.alpha (got zero_arm: true on "
                               f"{key!r})")
@@ -319,7 +361,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchC
             raise ConfigError(f"{where}: zero_arm needs loguniform/uniform/int; with choice, list 0 instead")
         for value in spec.examples():
             try:
-                parse_job(set_path(base_raw, key, value), where)
+                parse_job(fit_method(set_path(base_raw, key, value)), where)
             except ConfigError as e:
                 raise ConfigError(f"{e} [searched value {value!r}]") from None
     return cfg

@@ -12,14 +12,14 @@ from ..data import RealPool
 from ..training import draw_seed  # noqa: F401  (the methods draw their seeds with it)
 
 if TYPE_CHECKING:
-    from ..config import MethodCfg, NetCfg
+    from ..config import MethodBase, NetCfg
 
 
 @dataclass(frozen=True)
 class MethodContext:
     """What a method needs to build itself: its config, the DD net, the real data and the device."""
 
-    cfg: MethodCfg
+    cfg: MethodBase  # the method's own model (cmidd.config.methods)
     net: NetCfg
     pool: RealPool
     channels: int
