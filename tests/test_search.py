@@ -426,7 +426,7 @@ def test_interrupt_and_resume(tmp_path, template_db):
     versions = client_for(uri).search_model_versions("name = 'distilled-digits-ipc2'")
     assert len(versions) == 2 and len({v.run_id for v in versions}) == 2
     assert all(v.tags["gain_over_random"].endswith("pt (n=3)") for v in versions)  # paired with the 3 draws
-    # the Optuna study survived the interrupt in its sqlite file: one Optuna trial per Tune trial
+    # the resumed search wrote its Optuna study to the sqlite file: one Optuna trial per Tune trial
     import optuna
 
     study = optuna.load_study(study_name=doc["summary"]["optuna_study"]["name"],

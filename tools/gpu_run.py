@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from cmidd.curves import strict  # noqa: E402
 from cmidd.hooks import Hooks  # noqa: E402
-from gpu_run_steps import faster_gm_impl, gm_lines, ray_lines, step_gm, step_ray  # noqa: E402
+from gpu_run_steps import faster_gm_impl, gm_lines, ray_lines, save, step_gm, step_ray  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -93,13 +93,6 @@ DRY = Sizes(
     reproduce_overrides=("method.outer_loop=2", "method.inner_loop=2"),
     cmi_alphas=(1.0,), cmi_max_iterations=3, balance_draws=2, gm_images="digits8", ray_iterations=3,
 )
-
-
-def save(work: Path, step: str, result: dict[str, Any]) -> None:
-    """A step's results so far (strict JSON: non-finite numbers become null); atomic, so a kill never tears it."""
-    tmp = work / f"{step}.json.tmp"
-    tmp.write_text(json.dumps(strict(result), indent=1, default=str))
-    tmp.replace(work / f"{step}.json")
 
 
 class Deadline(Hooks):

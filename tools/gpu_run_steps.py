@@ -10,16 +10,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 
-def _save(work: Path, step: str, result: dict[str, Any]) -> None:
-    from gpu_run import save
+def save(work: Path, step: str, result: dict[str, Any]) -> None:
+    """A step's results so far (strict JSON: non-finite numbers become null); atomic, so a kill never tears it."""
+    from cmidd.curves import strict
 
-    save(work, step, result)
+    tmp = work / f"{step}.json.tmp"
+    tmp.write_text(json.dumps(strict(result), indent=1, default=str))
+    tmp.replace(work / f"{step}.json")
 
 
 def matching_syncs(device, impl: str, dsa: bool, images: str, ipc: int) -> int:
@@ -69,7 +73,7 @@ def step_gm(sz, work: Path, until: float, args: argparse.Namespace) -> None:
         for impl in ("loop", "batched"):
             if time.time() > until - 5:
                 result["note"] = "box reached before every row ran"
-                _save(work, "gm", result)
+                save(work, "gm", result)
                 return
             s = bs.Setting("gm", False, sz.ipc, sz.gm_images, gm_impl=impl)
             raw = bs.speed_job(s, 2 + sz.speed_repeats, device.type)
@@ -82,14 +86,14 @@ def step_gm(sz, work: Path, until: float, args: argparse.Namespace) -> None:
             result["rows"].append(row)
             print(f"[gm] {name} {impl}: {row['s_per_update']['median'] if per else float('nan'):.4f} s per image "
                   f"update", flush=True)
-            _save(work, "gm", result)
+            save(work, "gm", result)
     if device.type == "cuda":
         for impl in ("loop", "batched"):
             result["syncs"][impl] = matching_syncs(device, impl, True, sz.gm_images, sz.ipc)
             print(f"[gm] host syncs in one DSA matching loss + backward, {impl}: {result['syncs'][impl]}", flush=True)
     else:
         result["syncs"] = {"note": "n/a on cpu (torch counts syncs on CUDA only)"}
-    _save(work, "gm", result)
+    save(work, "gm", result)
 
 
 def step_ray(sz, work: Path, until: float, args: argparse.Namespace) -> None:
@@ -97,7 +101,7 @@ def step_ray(sz, work: Path, until: float, args: argparse.Namespace) -> None:
     try:
         import ray
     except ImportError as e:
-        _save(work, "ray", {"skipped": f"ray is not installed ({e}): carry .ray-parts (tools/ray_parts.py)"})
+        save(work, "ray", {"skipped": f"ray is not installed ({e}): carry .ray-parts (tools/ray_parts.py)"})
         return
     from cmidd.config import parse_job
     from cmidd.data import load_dataset
@@ -117,7 +121,7 @@ def step_ray(sz, work: Path, until: float, args: argparse.Namespace) -> None:
     try:
         result.update(ray=ray.__version__, cluster=dict(ray.cluster_resources()), use_gpu=use_gpu,
                       start_s=time.time() - t)
-        _save(work, "ray", result)
+        save(work, "ray", result)
         t = time.time()
         synset, history = distill_distributed(job, data, workdir=work / "ray")
         result.update(seconds=time.time() - t, steps=len(history.step), loss_first=history.loss_dd[0],
@@ -126,7 +130,7 @@ def step_ray(sz, work: Path, until: float, args: argparse.Namespace) -> None:
         disconnect()
     print(f"[ray] Ray Train, 1 worker, use_gpu={use_gpu}: {result['steps']} steps in {result['seconds']:.1f} s, "
           f"loss {result['loss_first']:.3f} -> {result['loss_last']:.3f}", flush=True)
-    _save(work, "ray", result)
+    save(work, "ray", result)
 
 
 def gm_lines(g: dict[str, Any]) -> list[str]:

@@ -48,12 +48,11 @@ def study_storage(cfg: SearchCfg) -> str:
     return f"sqlite:///{(cfg.storage_dir / STUDY_DB).absolute()}"
 
 
-def optuna_searcher(cfg: SearchCfg, storage: str | None = None) -> tuple[dict[str, Any], Any]:
+def optuna_searcher(cfg: SearchCfg) -> tuple[dict[str, Any], Any]:
     """(the Optuna space, Ray Tune's ``OptunaSearch`` over it): TPE seeded by ``search.seed``; with
-    ``search.objectives`` Optuna's multi-objective TPE, given the metrics and modes as lists. With ``storage`` (an
-    RDB URL) the study lives there under the search's name, not in memory."""
+    ``search.objectives`` Optuna's multi-objective TPE, given the metrics and modes as lists. Its study stays in
+    memory (see ``study_summary`` for the sqlite copy the dashboard opens)."""
     from optuna.samplers import TPESampler
-    from optuna.storages import RDBStorage
     from ray.tune.search.optuna import OptunaSearch
 
     space, points = optuna_space(cfg)
@@ -61,8 +60,7 @@ def optuna_searcher(cfg: SearchCfg, storage: str | None = None) -> tuple[dict[st
     metric = [o.metric for o in targets] if cfg.search.multi else cfg.search.metric  # on searcher and scheduler:
     mode = [o.mode for o in targets] if cfg.search.multi else cfg.search.mode  # Tune's concurrency limiter does
     return space, OptunaSearch(space=space, points_to_evaluate=points or None,  # not pass TuneConfig's on
-                               sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode,
-                               storage=None if storage is None else RDBStorage(storage), study_name=cfg.name)
+                               sampler=TPESampler(seed=cfg.search.seed), metric=metric, mode=mode)
 
 
 def _start_value(cfg: SearchCfg, key: str, dist) -> Any:
@@ -89,33 +87,49 @@ def _inside(dist, value: Any) -> bool:
 
 
 def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> list[str]:
-    """An Optuna study rebuilt from the finished trials: ``optuna_study.csv``, Optuna's optimization history plot
-    (``optuna_history.png``, from one finished trial; of the first objective in a multi-objective search) and
+    """The search's Optuna study, rebuilt from its trials into ``optuna.db`` in the storage folder (finished trials
+    COMPLETE, ASHA-stopped ones PRUNED, under the search's name; replaced on every call, so a resumed search writes
+    it whole again): what ``optuna-dashboard`` opens. Beside it ``optuna_study.csv``, Optuna's optimization history
+    plot (``optuna_history.png``, from one finished trial; of the first objective in a multi-objective search) and
     parameter importances (``optuna_importances.json`` and Optuna's plot of them, .png, when at least two finished
-    trials differ; of the first objective). Returns the files written."""
+    trials differ; of the first objective). Returns the files written into ``folder``.
+
+    The TPE sampler itself keeps its study in memory (Tune pickles it with the experiment): a study in the sqlite
+    file would run ahead of the pickled searcher when a driver is killed, and ``--resume`` would then tell Optuna
+    a trial it had already finished."""
     import optuna
 
     space, _ = optuna_space(cfg)
     targets = cfg.search.targets
-    study = optuna.create_study(directions=["maximize" if o.mode == "max" else "minimize" for o in targets])
+    cfg.storage_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(study_storage(cfg))
+    if cfg.name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        optuna.delete_study(study_name=cfg.name, storage=storage)  # cmidd's own file: rebuilt from the trials
+    study = optuna.create_study(storage=storage, study_name=cfg.name,
+                                directions=["maximize" if o.mode == "max" else "minimize" for o in targets])
+    complete = optuna.trial.TrialState.COMPLETE
     for r in rows:
         vals = [r["metric"]] if not cfg.search.multi else [(r.get("objectives") or {}).get(o.metric) for o in targets]
-        if r["state"] != "finished" or any(v is None for v in vals):
-            continue
         values = {k: v for k, v in r["params"].items() if k in space}
-        study.add_trial(optuna.trial.create_trial(
-            params=values, distributions={k: space[k] for k in values}, values=[float(v) for v in vals],
-            user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)}))
+        common = dict(params=values, distributions={k: space[k] for k in values},
+                      user_attrs={"tune_trial_id": r["trial_id"], LAM_KEY: row_lam(cfg, r)})
+        if r["state"] == "finished" and all(v is not None for v in vals):
+            study.add_trial(optuna.trial.create_trial(values=[float(v) for v in vals], **common))
+        elif r["state"] == "stopped":  # its last report as the intermediate value Optuna's dashboard plots
+            last = {} if cfg.search.multi or r["metric"] is None else {int(r.get("step") or 0): float(r["metric"])}
+            study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                                      intermediate_values=last, **common))
+    done = study.get_trials(deepcopy=False, states=(complete,))
     study.trials_dataframe().to_csv(folder / "optuna_study.csv", index=False)
     files = ["optuna_study.csv"]
     # several objectives: the plots and importances are of the first one; the evaluator ranks for low target
     # values, so a max objective is negated there
     first_target = (lambda t: t.values[0]) if cfg.search.multi else None
-    if study.trials:
+    if done:
         files += _optuna_plot("plot_optimization_history", study, folder / "optuna_history.png", target=first_target,
                               target_name=targets[0].metric)
-    first = {t.values[0] for t in study.trials}
-    if len(study.trials) >= 2 and len(first) > 1:
+    first = {t.values[0] for t in done}
+    if len(done) >= 2 and len(first) > 1:
         try:
             # several objectives: the first one's; the evaluator ranks for low target values, so a max one negated
             sign = 1.0 if targets[0].mode == "min" else -1.0

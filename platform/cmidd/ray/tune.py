@@ -322,10 +322,7 @@ def _search_algs(cfg: SearchCfg) -> tuple[dict[str, Any], Any, Any]:
     """(the Optuna space, the TPE searcher, the ASHA scheduler or None) of the search ``cfg``."""
     from ray.tune.schedulers import ASHAScheduler
 
-    cfg.storage_dir.mkdir(parents=True, exist_ok=True)
-    # the study in an RDB storage (not in memory), so that optuna-dashboard opens it; Tune pickles the searcher with
-    # its study into the experiment, and --resume reconnects to the same file
-    space, searcher = optuna_searcher(cfg, storage=study_storage(cfg))
+    space, searcher = optuna_searcher(cfg)
     a = cfg.search.asha
     # max_t + 1: ASHA stops a trial whose step reaches max_t, which would kill it before its final evaluation
     scheduler = None if a is None else ASHAScheduler(
