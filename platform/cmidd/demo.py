@@ -28,7 +28,7 @@ from .cmi import measure_cmi
 from .device import resolve_device
 from .gain import draw_seeds, random_real_draws
 from .protocol import protocol_of_job
-from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, results_table
+from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, gain_text, results_table
 from .runner import load_job_data, proxies_dir
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def experiment_of(data, ipc: int) -> str:
 def _log_parent(tracking_uri: str, parent: str, out: Path, summary: dict[str, Any]) -> None:
     """The comparison figure and the tables on the parent run; each set's cross-architecture mean as a metric; the
     gain over random-real on every version it holds (tag ``gain_over_random``) and on the parent."""
-    from .tracking import KEY_ACC, TAG_GAIN, client_for, gain_text, log_summary, tag_gains
+    from .tracking import KEY_ACC, TAG_GAIN, client_for, log_summary, tag_gains
 
     client = client_for(tracking_uri)
     tag_gains(client, summary["best"])
@@ -237,9 +237,7 @@ def _write_results(out: Path, summary: dict[str, Any], dm_job) -> str:
             text += f"; tied with version {', '.join(str(t['version']) for t in best['ties'])}"
         if best["baseline"] is not None:
             text += "\ngain over random-real per set (each over its paired draws): " + ", ".join(
-                f"{g['label']} (version {g['version']}) {g['gain']:+.1f}"
-                + (f" +- {g['gain_std']:.1f}" if g["gain_std"] is not None else "") + f" pt (n={g['n']})"
-                for g in best["baseline"]["versions"])
+                f"{g['label']} (version {g['version']}) {gain_text(g)}" for g in best["baseline"]["versions"])
         text += "\n"
     text += f"\nCMI under the proxies: {cmi_line}\n"
     (out / "results.md").write_text(text)

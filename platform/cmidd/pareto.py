@@ -59,6 +59,12 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
     return sorted(front)
 
 
+def within(point: Sequence[float], modes: Sequence[str], limits: Mapping[int, float]) -> bool:
+    """Whether ``point`` meets every budget in ``limits`` (objective index -> budget): a ``min`` objective's value
+    <= it, a ``max`` objective's >= it."""
+    return all((point[k] <= v) if modes[k] == "min" else (point[k] >= v) for k, v in limits.items())
+
+
 def best_within(points: Sequence[Sequence[float]], modes: Sequence[str], limits: Mapping[int, float]) -> int | None:
     """The index of the best point on objective 0 among the front points within ``limits``, or None.
 
@@ -71,10 +77,7 @@ def best_within(points: Sequence[Sequence[float]], modes: Sequence[str], limits:
         The front point within every limit that is best on objective 0; on a tie there, the one best on the
         next objectives, then the lowest index. None when no front point is within the limits.
     """
-    def within(p: Sequence[float]) -> bool:
-        return all((p[k] <= v) if modes[k] == "min" else (p[k] >= v) for k, v in limits.items())
-
-    ok = [i for i in pareto_front(points, modes) if within(points[i])]
+    ok = [i for i in pareto_front(points, modes) if within(points[i], modes, limits)]
     if not ok:
         return None
     return min(ok, key=lambda i: (tuple(-x for x in _signed(points[i], modes)), i))

@@ -28,6 +28,12 @@ def _pm(gain: float, std: float | None) -> str:
     return f"{gain:+.1f}" + (f" +- {std:.1f}" if std is not None else "")
 
 
+def gain_text(g: dict) -> str:
+    """``+3.2 +- 0.8 pt (n=3)``: a gain entry (``gain``, ``gain_std``, ``n``) in one short cell (a version's tag,
+    the demo's per-set line)."""
+    return f"{_pm(g['gain'], g.get('gain_std'))} pt (n={g['n']})"
+
+
 def format_draws(g: dict) -> str:
     """``+x.x +- y.y pt over n random-real draws (...)``: one version's paired gain (``cmidd.gain.paired_gain``
     with ``eval_seed``), saying what it is paired on and when it has no spread."""

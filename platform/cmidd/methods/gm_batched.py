@@ -1,4 +1,5 @@
-"""Gradient matching's per-class gradients for all classes at once (``method.gm_impl: batched``, the default).
+"""Gradient matching's per-class gradients for all classes at once (``method.gm_impl: batched``; ``auto``,
+the default, picks it on CUDA and the per-class loop elsewhere).
 
 The reference (and ``method.gm_impl: loop``) runs, per class c and outer step, a forward and backward of the
 net on class c's real batch and another, with the graph kept, on class c's synthetic images: 2 x C small passes,

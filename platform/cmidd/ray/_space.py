@@ -131,7 +131,6 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
     first = {t.values[0] for t in done}
     if len(done) >= 2 and len(first) > 1:
         try:
-            # several objectives: the first one's; the evaluator ranks for low target values, so a max one negated
             sign = 1.0 if targets[0].mode == "min" else -1.0
             target = (lambda t: sign * t.values[0]) if cfg.search.multi else None
             with warnings.catch_warnings():  # the target's sign is set above on purpose: its warning says nothing

@@ -35,7 +35,7 @@ from ..config import SearchCfg
 from ..errors import CmiddError, ConfigError
 from ..lam import LAM_KEY, fmt_lam
 from ..names import TAG_SEARCH, TAG_STOPPED, TAG_TRIAL
-from ..pareto import best_within
+from ..pareto import best_within, within
 from ..search_report import RAW_LAMBDA, arch_rows, objective_values, pareto_plot, pareto_rows, plots, row_lam, trial_lam
 from ._client import (
     RunSession, client_for, end_run, ensure_experiment, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
@@ -253,8 +253,6 @@ def comparison(client, cfg: SearchCfg, summary: dict[str, Any], folder: Path, to
     return ["comparison.png"]
 
 
-
-
 def pareto_best(search: str, limits: dict[str, float], uri: str | None = None) -> dict[str, Any]:
     """``cmidd best --pareto``: the best set of a multi-objective search under a budget, from its front.
 
@@ -294,12 +292,12 @@ def pareto_best(search: str, limits: dict[str, float], uri: str | None = None) -
                               f"{', '.join(index)}), so its front cannot answer a budget on it")
     points = [[r["objectives"][o["metric"]] for o in spec] for r in front]
     modes = [o["mode"] for o in spec]
-    i = best_within(points, modes, {index[m]: v for m, v in limits.items()})
+    by_index = {index[m]: v for m, v in limits.items()}
+    i = best_within(points, modes, by_index)
     if i is None:
         budget = ", ".join(f"{m} {'<=' if modes[index[m]] == 'min' else '>='} {v:g}" for m, v in limits.items())
         raise ConfigError(f"--pareto: no trial on the front of {search!r} within {budget} (the front: "
                           + "; ".join(", ".join(f"{m} {p:g}" for m, p in zip(index, pt)) for pt in points) + ")")
-    within = sum(all(p[index[m]] <= v if modes[index[m]] == "min" else p[index[m]] >= v for m, v in limits.items())
-                 for p in points)
-    return {**front[i], "objectives_spec": spec, "front_size": len(front), "within": within,
+    return {**front[i], "objectives_spec": spec, "front_size": len(front),
+            "within": sum(within(p, modes, by_index) for p in points),
             "parent_run_id": parent}

@@ -23,6 +23,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 from ..names import CROSS_ARCH_MEAN
+from ..report import gain_text
 from ._client import log_metrics, log_params, metrics_at, mlflow_errors, open_run, set_tags
 from ._tags import run_tags
 
@@ -77,12 +78,6 @@ def log_key_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], 
     log_metrics(client, run_id, metrics_at(step, keys))
     if KEY_LAMBDA in keys:
         log_params(client, run_id, {KEY_LAMBDA: repr(keys[KEY_LAMBDA])})
-
-
-def gain_text(g: dict[str, Any]) -> str:
-    """``+3.2 +- 0.8 pt (n=3)`` from a gain entry (``gain``, ``gain_std``, ``n``)."""
-    spread = f" +- {g['gain_std']:.1f}" if g.get("gain_std") is not None else ""
-    return f"{g['gain']:+.1f}{spread} pt (n={g['n']})"
 
 
 def tag_gains(client: MlflowClient, answer: dict[str, Any]) -> list[dict[str, Any]]:
