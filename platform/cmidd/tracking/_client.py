@@ -242,14 +242,18 @@ def fail_run(client: MlflowClient, run_id: str, error: BaseException, versions: 
 
     The status is ``status`` if given, else KILLED on Ctrl-C or ``SystemExit`` (how Ray Tune ends a trial
     that a scheduler stopped, possibly after the search's driver already marked that run KILLED: so both
-    orders end KILLED), else FAILED.
+    orders end KILLED), else KILLED for a run the driver already tagged stopped (a stopped trial with Ray Train
+    workers dies of its workers' error, not of SystemExit), else FAILED.
     """
     from ..errors import TrackingOutage
+    from ..names import TAG_STOPPED
 
     status = status or ("KILLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "FAILED")
     if isinstance(error, TrackingOutage):  # the store is down by definition (each call would wait out its timeout):
         return  # the run stays RUNNING, and the resume command the error line names ends it
     try:
+        if status == "FAILED" and client.get_run(run_id).data.tags.get(TAG_STOPPED) == "true":
+            status = "KILLED"
         for v in versions:
             if not v.get("existing"):  # a version an earlier run made for the same set stays
                 client.delete_model_version(v["name"], str(v["version"]))
