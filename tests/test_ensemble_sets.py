@@ -134,7 +134,7 @@ EVAL = EvalCfg(archs=["ConvNetD1"], num_eval=1, epochs=1, dsa=False)
 
 
 def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(search):
-    from cmidd.tracking import ensemble_from_search
+    from cmidd.app import ensemble, open_store
     from cmidd.tracking import load_set
 
     uri, client, parent, trials = search
@@ -142,7 +142,7 @@ def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(sea
     logged = client.get_run(trials[0].run_id).data.metrics  # every tracked evaluation logs its ensemble
     assert {"acc/ensemble", "ece/ensemble"} <= set(logged)
     top2 = sorted(acc, key=lambda r: -acc[r])[:2]
-    r = ensemble_from_search(parent, top=2, mode="concat", eval_cfg=EVAL, uri=uri)
+    r = ensemble(open_store(uri), "concat", EVAL, from_search=parent, top=2)
     assert r.sources == [f"runs:/{i}" for i in top2]
     assert r.version["name"] == "distilled-digits-ipc4" and r.synset.ipc == 4
     assert {"acc/ensemble", "ece/ensemble", "acc/cross_arch_mean"} <= set(r.metrics)
@@ -150,6 +150,7 @@ def test_from_search_concats_the_top_k_trials_and_registers_with_ensemble_of(sea
     assert json.loads(mv.tags["ensemble_of"]) == r.sources and mv.source == f"runs:/{r.run_id}/synthetic"
     run = client.get_run(r.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "ensemble"
+    assert run.data.tags["ensemble.from_search"] == parent  # the store's tags on the run the app's job made
     from cmidd.data import load_dataset
     from cmidd.protocol import Protocol  # scored under the ensemble's eval block: its protocol, on run and version
 

@@ -71,6 +71,7 @@ def test_mlflow_store_is_a_store_with_workflows(tmp_path):
 
     store = open_store(f"sqlite:///{tmp_path / 'm.db'}")
     assert isinstance(store, Store) and isinstance(store, Workflows)
+    assert not hasattr(store, "ensemble_from_search")  # an ensemble is the app's job, run in any store
     assert store.uri == f"sqlite:///{tmp_path / 'm.db'}"
     assert type(store).__module__ == "cmidd.tracking.store"
 
@@ -88,19 +89,19 @@ class MemoryStore:
         self.default: dict[str, str] = {}
 
     def track(self, job, loop, *, resume_run_id=None, resume=False, hooks=None, data=None, experiment=None,
-              resume_hint=None, parent_run_id=None):
+              resume_hint=None, parent_run_id=None, tags=None):
         from types import SimpleNamespace
 
         from cmidd.runner import run_job
 
         run_id = f"mem-{len(self.run_rows) + 1}"
         self.run_rows.append({"run_id": run_id, "experiment": experiment or job.name, "kind": job.kind,
-                              "status": "RUNNING"})
+                              "status": "RUNNING", "tags": dict(tags or {})})
         result = run_job(job, hooks, resume, data, loop=loop)
         self.run_rows[-1].update(status="FINISHED", metrics=dict(result.metrics))
         registered = []
-        if result.synset is not None:
-            name = f"distilled-{job.data.name}-ipc{job.ipc}"
+        if result.synset is not None and job.kind in ("distill", "ensemble"):
+            name = f"distilled-{job.data.name}-ipc{result.synset.ipc}"
             version = 1 + sum(v["name"] == name for v in self.versions)
             self.versions.append({"name": name, "version": version, "run_id": run_id, "synset": result.synset,
                                   "metrics": dict(result.metrics), "protocol": "p0"})
@@ -135,6 +136,18 @@ class MemoryStore:
 
     def pull(self, dataset, ipc, out, version=None, alias=None, protocol=None):
         return self._version(dataset, ipc, version, alias)["synset"].save(out)
+
+    def search_sets(self, parent_run_id, top, into):
+        from cmidd.errors import UnknownNameError
+
+        raise UnknownNameError(f"--from-search: this store keeps no searches ({parent_run_id})")
+
+    def version_sets(self, dataset, ipc, versions, into):
+        from types import SimpleNamespace
+
+        folders = [self.pull(dataset, ipc, Path(into) / f"v{v}", version=v) for v in versions]
+        return SimpleNamespace(folders=folders, sources=[f"distilled-{dataset}-ipc{ipc}/{v}" for v in versions],
+                               tags={"ensemble.from_versions": ",".join(map(str, versions))})
 
     def best(self, dataset, ipc, metric="acc/cross_arch_mean", protocol=None):
         from cmidd.errors import UnknownNameError
@@ -183,3 +196,55 @@ def test_the_app_runs_a_tracked_job_on_a_second_store(tmp_path, digits):
     with pytest.raises(ConfigError, match=r"^evaluate: the store memory:// cannot run it"):
         rescore(store, "digits", 2, "p0")
     assert len(store.run_rows) == 1
+
+
+def test_an_ensemble_is_a_job_the_app_runs_in_any_store(tmp_path, digits):
+    """``cmidd ensemble`` on the second store: the store fetches the sources, ``execute`` runs the ensemble job."""
+    import torch
+
+    from cmidd.app import ensemble, execute
+    from cmidd.config import EvalCfg, parse_job
+    from cmidd.ensemble import combine_sets
+
+    store = MemoryStore()
+    sets = []
+    for seed in (0, 1):
+        raw = tiny_distill(tmp_path / f"s{seed}") | {"seed": seed}
+        sets.append(execute(parse_job(raw), track=True, store=store, data=digits).result.synset)
+    ev = EvalCfg(archs=["ConvNetD1"], num_eval=1, epochs=2)
+    r = ensemble(store, "concat", ev, seed=0, dataset="digits", ipc=2, versions=[1, 2])
+    assert r.synset.ipc == 4 and r.run_id == "mem-3" and r.version == {"name": "distilled-digits-ipc4",
+                                                                       "version": 1, "alias": None}
+    assert r.sources == ["distilled-digits-ipc2/1", "distilled-digits-ipc2/2"]
+    ref = combine_sets(sets, "concat", None, r.sources)  # the runner's combination, made here directly
+    assert torch.equal(r.synset.images, ref.images) and torch.equal(r.synset.labels, ref.labels)
+    run = store.run_rows[-1]
+    assert run["kind"] == "ensemble" and run["experiment"] == "ensemble-digits" and run["status"] == "FINISHED"
+    assert run["tags"] == {"ensemble.from_versions": "1,2"} and "acc/cross_arch_mean" in run["metrics"]
+
+
+# functions that score or combine sets: the tracking wing records what jobs of the runner return, it calls none
+SCORING = {"evaluate", "combine_sets", "random_real_set", "baseline_set"}
+SCORING_MODULES = ("cmidd.evaluate", "cmidd.ensemble", "cmidd.training")
+
+
+def scoring_calls(path: Path, source: str | None = None) -> list[str]:
+    """The scoring functions a file calls (by name, ``f(...)`` or ``mod.f(...)``) and the scoring modules it
+    imports."""
+    tree = ast.parse(path.read_text() if source is None else source, str(path))
+    calls = [n.func.id if isinstance(n.func, ast.Name) else n.func.attr for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))]
+    mods = imported(path, source)
+    return sorted({c for c in calls if c in SCORING} | {m for m in mods if m in SCORING_MODULES})
+
+
+def test_the_tracking_wing_never_evaluates_a_set():
+    files = sorted((PKG / "tracking").glob("*.py"))
+    assert len(files) >= 15
+    bad = {f.name: scoring_calls(f) for f in files}
+    assert {k: v for k, v in bad.items() if v} == {}
+    # the check can fail: an evaluation written back into the wing is found
+    where = PKG / "tracking" / "_rescore.py"
+    written_back = "from ..evaluate import evaluate\nres = evaluate(x, y, data, ev, 0, 'cpu')\n"
+    assert scoring_calls(where, written_back) == ["cmidd.evaluate", "evaluate"]
+    assert scoring_calls(where, "import cmidd.runner as r\ns = r.random_real_set(data, 2, 0)\n") == ["random_real_set"]

@@ -8,8 +8,9 @@ the layers below leave open:
 - the record: a ``cmidd.store.Store`` (``open_store``: MLflow's, ``cmidd.tracking.store.MlflowStore``; its
   ``track`` is ``cmidd.tracking.tracked_run``: an MLflow run, its artifacts, the registered set) or none.
 
-The CLI reaches a store only through here: ``open_store`` for its queries (best, pull, runs), and the functions
-below for what the MLflow store still runs itself (``rescore``, ``ensemble``, ``pareto_best``: ``store.Workflows``).
+The CLI reaches a store only through here: ``open_store`` for its queries (best, pull, runs), ``ensemble`` (the
+store fetches the sources, ``execute`` runs the ``ensemble`` job in it), and the functions below for what the MLflow
+store still orchestrates itself (``rescore``, ``pareto_best``: ``store.Workflows``).
 
 ``cmidd search`` and the bench's search suite call ``run_search``: Ray Tune runs the trials
 (``cmidd.ray.tune``), each one a ``SearchTrial`` (a tracked child run of the search's parent run), and the
@@ -27,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -110,7 +112,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
             resume: bool = False, resume_run_id: str | None = None, hooks: Hooks | None = None,
             data: Dataset | None = None, experiment: str | None = None,
             resume_hint: str | None = None, parent_run_id: str | None = None,
-            store: Store | None = None) -> Execution:
+            store: Store | None = None, tags: dict[str, str] | None = None) -> Execution:
     """Run a validated job of any kind with the right loop, in a run of the store when ``track``.
 
     Args:
@@ -128,6 +130,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         resume_hint: the command that resumes this job (named when a tracking outage ends it).
         parent_run_id: when tracked, the run this job's run is nested under (the demo's parent run).
         store: the store when tracked (default: ``open_store(uri)``, MLflow's).
+        tags: more run tags when tracked (an ensemble's: where its sources were picked from).
 
     Returns:
         Execution.
@@ -144,7 +147,7 @@ def execute(job, *, track: bool = False, uri: str | None = None, address: str | 
         return Execution(run_job(job, hooks, resume, data))
     store = store if store is not None else open_store(uri)
     done = store.track(job, pick_loop(job), resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                       experiment=experiment, resume_hint=resume_hint, parent_run_id=parent_run_id)
+                       experiment=experiment, resume_hint=resume_hint, parent_run_id=parent_run_id, tags=tags)
     return Execution(done.result, done.run_id, done.uri, list(done.versions))
 
 
@@ -270,14 +273,41 @@ def rescore(store: Store, dataset: str, ipc: int, protocol: str, versions: list[
     return done, store.best(dataset, ipc, protocol=protocol)
 
 
+@dataclass
+class EnsembleResult:
+    """A logged and registered ensemble set: the set, its run, scores and rows, its version, its sources."""
+
+    synset: SyntheticSet
+    run_id: str
+    metrics: dict[str, float]
+    rows: list[dict]
+    version: dict[str, Any]  # {"name", "version", "alias"}
+    sources: list[str]
+
+
 def ensemble(store: Store, mode: str, eval_cfg: EvalCfg, seed: int = 0, *, from_search: str | None = None,
-             top: int = 3, dataset: str | None = None, ipc: int | None = None, versions: list[int] | None = None):
+             top: int = 3, dataset: str | None = None, ipc: int | None = None,
+             versions: list[int] | None = None) -> EnsembleResult:
     """``cmidd ensemble``: one set from a search's ``top`` trials (``from_search``) or from registered ``versions``
-    of ``dataset``/``ipc``: combined, evaluated, logged and registered (``tracking.EnsembleResult``)."""
-    flows = _workflows(store, "ensemble")
-    if from_search:
-        return flows.ensemble_from_search(from_search, top, mode, eval_cfg, seed)
-    return flows.ensemble_from_versions(dataset, ipc, versions, mode, eval_cfg, seed)
+    of ``dataset``/``ipc``, fetched and verified by the store, then an ``ensemble`` job (the runner combines and
+    evaluates) tracked in that store: a run of kind ``ensemble`` in experiment ``ensemble-<dataset>``, its set
+    registered (any failure ends the run FAILED and removes a version it created). Sets that do not combine are
+    refused before the run exists."""
+    from .config import parse_job
+
+    with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
+        src = (store.search_sets(from_search, top, Path(tmp)) if from_search
+               else store.version_sets(dataset, ipc, versions, Path(tmp)))
+        meta = SyntheticSet.load(src.folders[0]).meta
+        job = parse_job({"kind": "ensemble", "name": f"ensemble-{mode}", "seed": seed,
+                         "device": "auto",  # a GPU when there is one
+                         "data": {"name": str(meta["dataset"]), "im_size": meta.get("im_size")},
+                         "output": {"dir": str(Path(tmp) / "out")}, "sets": [str(f) for f in src.folders],
+                         "sources": src.sources, "mode": mode, "eval": eval_cfg.model_dump(mode="json")},
+                        "cmidd ensemble")
+        done = execute(job, track=True, store=store, experiment=f"ensemble-{meta['dataset']}", tags=src.tags)
+    return EnsembleResult(done.result.synset, done.run_id, done.result.metrics, done.result.rows, done.versions[0],
+                          list(src.sources))
 
 
 def pareto_best(store: Store, search: str, limits: dict[str, float]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .curves import draw_comparison
 from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .cmi import measure_cmi
 from .device import resolve_device
-from .gain import draw_seeds, random_real_draws
+from .gain import draw_seeds
 from .protocol import protocol_of_job
 from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, gain_text, results_table
 from .runner import load_job_data, proxies_dir
@@ -191,18 +191,19 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None, 
     draws = draw_seeds(job.seed, own_draw=job.seed)
     log.info("[4/4] evaluating the random-real baseline (draws %s; the table shows draw %d, the sets' own init)",
              draws, job.seed)
-    scored = random_real_draws(data, job.ipc, job.eval, job.seed, draws, resolve_device(job.device))
-    _, baseline, b_res = scored[0]
+    # a baseline job under the sets' eval block (their protocol, so that `cmidd best` can say the paired gain);
+    # tracked, each draw is a run of kind baseline nested under the job's run
+    scored = run(parse_job({"kind": "baseline", "name": "random-real", "seed": job.seed, "device": job.device,
+                            "data": job.data.model_dump(mode="json"), "ipc": job.ipc, "draws": draws,
+                            "eval": job.eval.model_dump(mode="json"),
+                            "output": {"dir": str(job.output.dir.parent / "random-real")}}, "demo:random-real"),
+                 experiment)
+    baseline = scored.synset  # the first draw: the sets' own initialization
     seconds["random-real"] = time.perf_counter() - t
-    if tracking_uri is not None:  # runs under the sets' protocol, so that `cmidd best` can say the paired gain
-        from .tracking import log_baseline
-
-        for d, synset, res in scored:
-            log_baseline("random-real", res.metrics(), protocol_of_job(job, data), job.ipc, job.eval,
-                         job.seed, experiment, tracking_uri, synset, draw=d, parent_run_id=parent)
+    own_rows = [{k: v for k, v in r.items() if k != "draw"} for r in scored.rows if r["draw"] == job.seed]
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
-    rows = b_res.rows("random-real") + results["dm"].rows + results["dm+cmi"].rows
+    rows = own_rows + results["dm"].rows + results["dm+cmi"].rows
     return sets, rows, seconds
 
 

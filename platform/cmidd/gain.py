@@ -59,15 +59,3 @@ def paired_gain(value: float, draws: dict[int, float], own_draw: int | None = No
     return {"gain": s["mean"], "gain_std": s["std"], "n": s["n"], "draws": rows,
             "own_draw": own_draw is not None and own_draw in draws}
 
-
-def random_real_draws(data, ipc: int, eval_cfg, eval_seed: int, draws: list[int], device="cpu") -> list[tuple]:
-    """Score the random-real draws ``draws`` (``random_real_set(data, ipc, d)``) with the evaluation seed
-    ``eval_seed``; returns [(draw, SyntheticSet, EvalResult)]."""
-    from .evaluate import evaluate
-    from .runner import random_real_set
-
-    out = []
-    for d in draws:
-        synset = random_real_set(data, ipc, d)
-        out.append((d, synset, evaluate(*synset.training_set(), data, eval_cfg, eval_seed, device)))
-    return out

@@ -37,13 +37,22 @@ from .registry import Registry
 from .synthetic import SyntheticSet
 
 if TYPE_CHECKING:
-    from .config import DistillJob, EnsembleJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
+    from .config import BaselineJob, DistillJob, EnsembleJob, EvaluateJob, ExpertsJob, PretrainProxiesJob
 
 log = logging.getLogger(__name__)
 
 CURVES = "curves.png"
 RUNNERS: Registry[Callable[..., "JobResult"]] = Registry("job kind")
 Loop = Callable[..., tuple[SyntheticSet, History]]
+
+
+@dataclass
+class Draw:
+    """One scored random-real draw of a ``baseline`` job: the seed that drew it, the set, its scores."""
+
+    draw: int
+    synset: SyntheticSet
+    metrics: dict[str, float]
 
 
 @dataclass
@@ -57,12 +66,16 @@ class JobResult:
     synset: SyntheticSet | None = None
     history: History | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    draws: list[Draw] = field(default_factory=list)  # a baseline job's scored draws
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind, "outdir": str(self.outdir), "metrics": self.metrics, "rows": self.rows,
             "sha256": self.synset.sha256() if self.synset is not None else None, **self.extra,
         }
+        if self.draws:
+            out["draws"] = [{"draw": d.draw, "sha256": d.synset.sha256(), "metrics": d.metrics} for d in self.draws]
+        return out
 
 
 def load_job_data(job) -> Dataset:
@@ -88,7 +101,7 @@ def check_job_data(job, data: Dataset) -> None:
         ConfigError: naming the field, the rule and the value (DataError for the data's rules).
     """
     device = resolve_device(job.device)  # device: cuda without a GPU is bad input too, before the store is touched
-    if job.kind == "distill" or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
+    if job.kind in ("distill", "baseline") or (job.kind == "evaluate" and "random-real" in job.eval.baselines):
         check_ipc(job.ipc, data)
     if job.kind == "distill":  # ipc x channels x size and net.width: refused before anything is allocated
         check_memory(job, data.num_classes, data.channels, data.im_size, device.type)
@@ -118,7 +131,8 @@ def run_job(job, hooks: Hooks | None = None, resume: bool = False, data: Dataset
     """Run a validated job of any kind.
 
     Args:
-        job: a ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob``, ``EvaluateJob`` or ``EnsembleJob``.
+        job: a ``DistillJob``, ``PretrainProxiesJob``, ``ExpertsJob``, ``EvaluateJob``, ``EnsembleJob`` or
+            ``BaselineJob``.
         hooks: callbacks for the distillation loop (tracking, reporting).
         resume: continue a distill job from its checkpoint.
         data: the loaded data set (loaded from ``job.data`` if None).
@@ -272,6 +286,22 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, l
         metrics.update(res.metrics())
     _evaluate_baselines(job, data, device, rows, metrics)
     return JobResult("evaluate", job.output.dir, metrics=metrics, rows=rows, synset=synset)
+
+
+@RUNNERS.register("baseline")
+def _run_baseline(job: BaselineJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
+    """Draw and score each random-real set of ``job.draws``; the metrics are the first draw's (its rows and every
+    draw's scores are in ``draws``)."""
+    device = resolve_device(job.device)
+    job.output.dir.mkdir(parents=True, exist_ok=True)
+    draws, rows = [], []
+    for d in job.draws:
+        synset = random_real_set(data, job.ipc, d)
+        res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
+        rows += [{**r, "draw": d} for r in res.rows("random-real")]
+        draws.append(Draw(d, synset, res.metrics()))
+    return JobResult("baseline", job.output.dir, metrics=dict(draws[0].metrics), rows=rows, synset=draws[0].synset,
+                     draws=draws)
 
 
 def ensemble_sources(job: EnsembleJob, data: Dataset) -> list[SyntheticSet]:

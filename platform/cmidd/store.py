@@ -4,7 +4,8 @@
 
     runs       ``track`` (start a job's run, log it, finish it and register what it produced), ``log_report`` (one
                finished run with files), ``runs`` (recent runs as rows), ``run_hint`` (where to look at a run)
-    sets       ``load_set`` (a registered set, checksums verified), ``pull`` (into a folder)
+    sets       ``load_set`` (a registered set, checksums verified), ``pull`` (into a folder), ``search_sets`` and
+               ``version_sets`` (an ensemble's sources, verified, into a folder)
     champions  ``best`` (the best version under one protocol), ``best_per_protocol``, ``make_default`` (the protocol
                ``champion`` follows)
 
@@ -12,9 +13,11 @@ MLflow's implementation is ``cmidd.tracking.store.MlflowStore`` (built from a tr
 builds it, so the CLI never imports the tracking wing. A new store is one class with these methods, handed to the
 app's functions (``execute(job, track=True, store=...)``, ``best(store, ...)``; tests/test_store_seam.py has one).
 
-``Workflows`` is what the MLflow store still runs itself beyond storing: it evaluates sets (``rescore``, the
-ensembles) and reads a search's Pareto front. These are not part of ``Store``: moving them into job kinds run by the
-runner is the next step (docs/layout.md, "Store seam").
+Every evaluation is a job of the runner: an ensemble is an ``ensemble`` job the app runs with ``track``
+(``cmidd.app.ensemble``), a re-scoring or a search's registration scores sets with ``evaluate`` jobs and the
+random-real draws with ``baseline`` jobs (``cmidd.scoring``); the store records what they return. ``Workflows`` is
+what the MLflow store still orchestrates itself beyond storing: a re-scoring (which versions to score, the runs
+that record them) and a search's Pareto front. They are not part of ``Store`` (docs/layout.md, "Store seam").
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ if TYPE_CHECKING:
     from .distill import Hooks
     from .runner import JobResult, Loop
     from .synthetic import SyntheticSet
+
+
+class SourceSets(Protocol):
+    """Verified sets in local folders (best first), where each came from (``runs:/<id>``, ``<model>/<version>``)
+    and the run tags that say how they were picked."""
+
+    folders: list[Path]
+    sources: list[str]
+    tags: dict[str, str]
 
 
 class StoredRun(Protocol):
@@ -52,8 +64,10 @@ class Store(Protocol):
 
     def track(self, job, loop: Loop, *, resume_run_id: str | None = None, resume: bool = False,
               hooks: Hooks | None = None, data: Dataset | None = None, experiment: str | None = None,
-              resume_hint: str | None = None, parent_run_id: str | None = None) -> StoredRun:
-        """Run ``job`` with ``loop`` inside a run of this store: start it, log it, finish it, register its set."""
+              resume_hint: str | None = None, parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> StoredRun:
+        """Run ``job`` with ``loop`` inside a run of this store: start it, log it (with ``tags`` beside the job's
+        own), finish it, register its set."""
         ...
 
     def log_report(self, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
@@ -79,6 +93,14 @@ class Store(Protocol):
         """A registered set written into ``out`` (with its ``registry.json``), checksums verified."""
         ...
 
+    def search_sets(self, parent_run_id: str, top: int, into: Path) -> SourceSets:
+        """The sets of a search's ``top`` best finished trials, verified, in folders under ``into``."""
+        ...
+
+    def version_sets(self, dataset: str, ipc: int, versions: list[int], into: Path) -> SourceSets:
+        """Registered versions of one data set and IPC, verified, in folders under ``into``."""
+        ...
+
     def best(self, dataset: str, ipc: int, metric: str = CROSS_ARCH_MEAN,
              protocol: str | None = None) -> dict[str, Any]:
         """The best version under one evaluation protocol (``cmidd best --json``'s object)."""
@@ -95,20 +117,12 @@ class Store(Protocol):
 
 @runtime_checkable
 class Workflows(Protocol):
-    """What the MLflow store still runs itself (it evaluates sets; next step: job kinds), and a search's front."""
+    """What the MLflow store still runs itself: a re-scoring (it picks the versions to score, has each scored by an
+    ``evaluate`` job of the runner, ``cmidd.scoring``, and records the scores) and a search's Pareto front."""
 
     def rescore(self, dataset: str, ipc: int, protocol: str, versions: list[int] | None, seed: int,
                 device: str) -> list[dict[str, Any]]:
-        """Score registered sets under ``protocol`` and register the scored versions."""
-        ...
-
-    def ensemble_from_search(self, parent_run_id: str, top: int, mode: str, eval_cfg, seed: int) -> Any:
-        """Combine, evaluate, log and register the sets of a search's ``top`` best trials."""
-        ...
-
-    def ensemble_from_versions(self, dataset: str, ipc: int, versions: list[int], mode: str, eval_cfg,
-                               seed: int) -> Any:
-        """Combine, evaluate, log and register registered versions."""
+        """Score registered sets under ``protocol`` (``evaluate`` jobs) and register the scored versions."""
         ...
 
     def pareto_best(self, search: str, limits: dict[str, float]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from ..redact import redact
 from ._args import add_address, add_json, add_no_track, add_resume, add_set, add_tracking_uri, json_stdout
 
 # the job kinds (cmidd.config.JOB_KINDS; a test keeps them equal), spelled out here so --help imports no torch
-KINDS = ("distill", "pretrain-proxies", "evaluate", "experts", "ensemble")
+KINDS = ("distill", "pretrain-proxies", "evaluate", "experts", "ensemble", "baseline")
 
 
 EXAMPLES = """examples:

@@ -13,7 +13,7 @@ Example:
 
 from ._fields import DSA_DEFAULT, Device
 from ._load import JOBS_DIR, apply_overrides, flatten, format_error, load_raw, read_yaml, set_path
-from .job import (JOB_KINDS, JOB_MODELS, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
+from .job import (JOB_KINDS, JOB_MODELS, BaselineJob, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
                   ExpertsJob, Job, METHOD_MODELS, MethodBase, MethodCfg, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg,
                   load_job, method_cfg, method_fields, parse_job)
 from .methods import METHOD_CONFIGS, DmCfg, GmCfg, IdcCfg, MttCfg
@@ -22,7 +22,7 @@ from .search import (ZERO_ARM, AshaCfg, Objective, ParamSpec, SearchCfg, SearchR
 
 __all__ = [
     "DSA_DEFAULT", "Device", "JOBS_DIR", "load_raw", "apply_overrides", "flatten", "format_error", "read_yaml", "set_path",
-    "JOB_KINDS", "JOB_MODELS", "CMICfg", "DataCfg", "DistillJob", "EnsembleJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
+    "JOB_KINDS", "JOB_MODELS", "BaselineJob", "CMICfg", "DataCfg", "DistillJob", "EnsembleJob", "EvalCfg", "EvaluateJob", "ExpertsCfg",
     "ExpertsJob", "Job", "METHOD_MODELS", "MethodBase", "MethodCfg", "NetCfg", "OutputCfg", "PretrainProxiesJob", "ProxiesCfg", "ScalingCfg",
     "load_job", "method_cfg", "method_fields", "parse_job",
     "METHOD_CONFIGS", "DmCfg", "GmCfg", "IdcCfg", "MttCfg",

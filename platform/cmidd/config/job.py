@@ -306,6 +306,23 @@ class EvaluateJob(_JobBase):
         return self
 
 
+class BaselineJob(_JobBase):
+    """Score the random-real baseline: ``ipc`` real train images per class drawn with each seed of ``draws``,
+    each evaluated under ``eval`` with the evaluation seed ``seed`` (``cmidd best`` pairs a set with the draws
+    scored with its own evaluation seed: ``cmidd.gain``)."""
+
+    kind: Literal["baseline"] = "baseline"
+    ipc: Int = Field(default=10, ge=1, le=MAX_BATCH)
+    draws: list[Annotated[Int, Field(ge=0, le=MAX_SEED)]] = Field(min_length=1, max_length=1000)
+    eval: EvalCfg = EvalCfg()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "BaselineJob":
+        if len(set(self.draws)) != len(self.draws):
+            raise ValueError(f"draws: must be distinct seeds, but got {self.draws}")
+        return self
+
+
 class EnsembleJob(_JobBase):
     """Combine saved synthetic sets of one data set (``sets``: folders, best first) into one set and evaluate it
     (``cmidd ensemble`` fetches them from a search's top trials or from registered versions)."""
@@ -331,12 +348,12 @@ class EnsembleJob(_JobBase):
         return list(self.sources) or [str(p) for p in self.sets]
 
 
-Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob, EnsembleJob],
+Job = Annotated[Union[DistillJob, PretrainProxiesJob, EvaluateJob, ExpertsJob, EnsembleJob, BaselineJob],
                 Field(discriminator="kind")]
 # kind -> model: parse_job dispatches here (a pydantic discriminated union would prefix every error path
 # with the kind); ``Job`` is the type of the result.
 JOB_MODELS = {"distill": DistillJob, "pretrain-proxies": PretrainProxiesJob, "evaluate": EvaluateJob,
-              "experts": ExpertsJob, "ensemble": EnsembleJob}
+              "experts": ExpertsJob, "ensemble": EnsembleJob, "baseline": BaselineJob}
 JOB_KINDS = tuple(JOB_MODELS)
 
 def parse_job(raw: dict[str, Any], source: str = "<job>") -> Job:

@@ -34,7 +34,7 @@ from ._client import (
     ensure_experiment, ensure_model, fail_run, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
     resolve_uri, set_tags,
 )
-from ._ensembles import EnsembleResult, ensemble_from_search, ensemble_from_versions, run_ensemble, search_children
+from ._ensembles import SourceSets, search_children, search_sets, version_sets
 from ._hooks import CHECKPOINT_SLOTS, TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks, upload_checkpoint
 from ._proxies import (
     experts_model_name, fetch_proxies, load_proxies_from_registry, proxy_model_name, publish_experts,
@@ -59,16 +59,16 @@ from ._ui import (
 __all__ = [
     "BASELINES", "CHAMPION", "CHECKPOINT_SLOTS", "DEFAULT_METRIC", "EXPERTS", "PROXIES", "PUBLISHERS", "SYNTHETIC",
     "TAG_ERROR", "TAG_EVALUATES", "TAG_SHA", "TAG_SLOT", "TAG_STEP",
-    "EnsembleResult", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
+    "SourceSets", "MlflowHooks", "Publisher", "RunSession", "TrackedRun",
     "best_per_protocol", "best_set", "champion_alias", "client_for", "code_version", "credentials_env",
-    "distill_tags", "end_run", "ensemble_from_search", "ensemble_from_versions", "ensure_experiment",
+    "distill_tags", "end_run", "ensure_experiment",
     "baseline_table", "ensure_model", "experts_model_name", "fail_run", "fetch_proxies", "find_protocol",
     "PARETO_FILE", "find_trial_run", "finish_search", "git_sha", "pareto_best",
     "job_params", "job_tags", "list_runs", "load_proxies_from_registry", "load_set", "load_verified", "quiet_mlflow",
     "log_baseline", "log_metrics", "log_params", "log_report", "metrics_at", "mlflow_errors", "move_champion",
     "open_run", "proxy_label", "proxy_model_name", "publish_experts", "publish_proxies", "pull",
     "register_distilled", "register_set", "rescore_versions", "resolve_registry_proxies", "resolve_uri",
-    "run_ensemble", "run_tags",
+    "run_tags", "search_sets", "version_sets",
     "run_trial", "search_children", "search_concurrency", "search_parent", "set_default_protocol", "set_model_name",
     "set_tags", "tracked_run", "upload_checkpoint",
     "verify_proxy_folder", "verify_remote_set", "version_protocol",

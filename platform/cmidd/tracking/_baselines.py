@@ -16,8 +16,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from ..errors import ConfigError
-from ..gain import draw_seeds, random_real_draws
+from ..gain import draw_seeds
 from ..protocol import Protocol
+from ..scoring import score_random_real
 from ..synthetic import SyntheticSet
 from ._ranking import TAG_DRAW, TAG_EVAL_SEED
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
@@ -77,12 +78,21 @@ def log_random_real_draws(data, ipc: int, protocol: Protocol, eval_cfg, eval_see
                           **log_kw) -> list[str]:
     """Score and log the random-real draws ``best`` pairs a set with (``cmidd.gain.draw_seeds``: ``own_draw``
     first, >= 3 in all) with the evaluation seed ``eval_seed``, one baseline run each; draws in ``skip`` (already
-    logged) are left out. ``log_kw`` goes to ``log_baseline`` (uri or client, parent_run_id, extra_tags).
+    logged) are left out. The scores come from one ``baseline`` job (``cmidd.scoring.score_random_real``);
+    ``log_kw`` goes to ``log_baseline`` (uri or client, parent_run_id, extra_tags).
 
     Returns:
         the new runs' ids.
     """
     todo = [d for d in draw_seeds(eval_seed, own_draw) if d not in (skip or set())]
-    return [log_baseline("random-real", res.metrics(), protocol, ipc, eval_cfg, eval_seed, experiment, synset=synset,
-                         draw=d, **log_kw)
-            for d, synset, res in random_real_draws(data, ipc, eval_cfg, eval_seed, todo, device)]
+    if not todo:
+        return []
+    return log_draws(score_random_real(data, ipc, eval_cfg, eval_seed, todo, device), protocol, ipc, eval_cfg,
+                     eval_seed, experiment, **log_kw)
+
+
+def log_draws(result, protocol: Protocol, ipc: int, eval_cfg, eval_seed: int, experiment: str,
+              **log_kw) -> list[str]:
+    """One baseline run per scored draw of a ``baseline`` job's ``result`` (``JobResult.draws``); returns their ids."""
+    return [log_baseline("random-real", d.metrics, protocol, ipc, eval_cfg, eval_seed, experiment, synset=d.synset,
+                         draw=d.draw, **log_kw) for d in result.draws]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError, IntegrityError
-from ..evaluate import evaluate
 from ..protocol import TAG_ID, TAG_JSON, Protocol
+from ..scoring import score_set
 from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
 from ._ranking import baseline_table, require_versions, set_seeds, version_protocol
@@ -123,22 +124,26 @@ def _to_score(client, name: str, protocol_id: str, versions: list[int] | None) -
 
 
 def _score_one(client, mv, src_run, protocol: Protocol, data, seed: int, device: str) -> dict[str, Any]:
-    """Download, verify, evaluate under ``protocol`` in a new run, register from it (source: the original)."""
+    """Download and verify the version's set, score it under ``protocol`` (an ``evaluate`` job of the runner:
+    ``cmidd.scoring.score_set``), then log the scores in a new run and register the set from it (source: the
+    original). Nothing is written to the store before the scores exist."""
     label = f"{mv.name} version {mv.version} ({mv.source})"
-    with tempfile.TemporaryDirectory(prefix="cmidd-rescore-") as tmp, mlflow_errors():
-        synset = load_verified(download_source(client, mv.source, tmp), label)
-    if synset.sha256() != mv.tags.get("content_sha256"):
-        raise IntegrityError(f"{label}: content sha256 differs from the version's tag: refusing to score it")
     eval_cfg = protocol.eval_cfg()
+    with tempfile.TemporaryDirectory(prefix="cmidd-rescore-") as tmp:
+        with mlflow_errors():
+            folder = download_source(client, mv.source, tmp)
+        synset = load_verified(folder, label)
+        if synset.sha256() != mv.tags.get("content_sha256"):
+            raise IntegrityError(f"{label}: content sha256 differs from the version's tag: refusing to score it")
+        log.info("re-scoring %s under protocol %s (%s)", label, protocol.id, protocol.summary)
+        metrics = score_set(folder, data, eval_cfg, seed, device, Path(tmp) / "job",
+                            name=f"{mv.name}-v{mv.version}").metrics
     made = {k: mv.tags[k] for k in ("method", "lambda", "proxy_set", "ensemble_of", "ensemble_mode") if k in mv.tags}
     tags = run_tags("evaluate", protocol.dataset, ipc=str(synset.ipc), **made, **protocol.tags(),
                     **{TAG_EVALUATES: mv.source, "cmidd.rescored_version": f"{mv.name}/{mv.version}"})
     params = {k: v for k, v in src_run.data.params.items() if not k.startswith("eval.")}
     params |= flat_params({"eval": eval_cfg.model_dump(mode="json")}) | {"rescore.seed": str(seed)}
-    log.info("re-scoring %s under protocol %s (%s)", label, protocol.id, protocol.summary)
     with open_run(client, f"rescore-{mv.name}", f"{mv.name}-v{mv.version}-{protocol.id}", tags, params) as run:
-        res = evaluate(*synset.training_set(), data, eval_cfg, seed, resolve_device(device))
-        metrics = res.metrics()
         with mlflow_errors():
             log_metrics(client, run.run_id, metrics_at(0, metrics))
             upload_set(client, run.run_id, synset)  # the version's source must be inside the run that scored it

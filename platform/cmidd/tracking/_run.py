@@ -39,10 +39,11 @@ from ..errors import ConfigError, IntegrityError
 from ..files import atomic_write, sha256_file
 from ..lam import LAM_KEY, lam_effective
 from ..outdir import owned
-from ..protocol import protocol_of_job
+from ..protocol import TAG_JSON, Protocol, protocol_of_job
 from ..runner import CURVES, JobResult, Loop, check_job_data, check_resume_point, load_job_data, run_job
 from ..synthetic import content_sha256
 from ._bounds import store_call_bound_s
+from ._baselines import log_draws
 from ._client import (SYNTHETIC, TAG_ERROR, client_for, end_run, log_metrics, log_params, metrics_at, mlflow_errors,
                       open_run, resolve_uri, set_tags)
 from ._hooks import TAG_SHA, TAG_SLOT, TAG_STEP, MlflowHooks
@@ -335,7 +336,18 @@ def _publish_ensemble(client: MlflowClient, run_id: str, job, result: JobResult,
                      {"method": synset.meta["method"], **made_of}, created)
 
 
+def _publish_baseline(client: MlflowClient, run_id: str, job, result: JobResult, created: list[dict[str, Any]],
+                      register: bool) -> None:
+    """Each scored draw as a run of kind ``baseline`` nested under the job's run, under the protocol the job's run
+    records (its ``protocol.json`` tag), so that ``cmidd best`` pairs the sets of that protocol with them."""
+    run = client.get_run(run_id)
+    protocol = Protocol.from_json(run.data.tags[TAG_JSON])
+    experiment = client.get_experiment(run.info.experiment_id).name
+    log_draws(result, protocol, job.ipc, job.eval, job.seed, experiment, client=client, parent_run_id=run_id)
+
+
 PUBLISHERS: dict[str, Publisher] = {
+    "baseline": _publish_baseline,
     "distill": _publish_distilled,
     "pretrain-proxies": _publish_proxies,
     "experts": _publish_experts,

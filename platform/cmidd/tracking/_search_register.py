@@ -29,11 +29,11 @@ from typing import Any
 
 from ..config import trial_job
 from ..device import resolve_device
-from ..evaluate import evaluate
 from ..lam import LAM_KEY
 from ..names import TAG_SEARCH, TAG_SEARCH_PARENT
 from ..protocol import TAG_ID, Protocol
 from ..runner import JobResult, load_job_data
+from ..scoring import score_set
 from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, SYNTHETIC, log_metrics, metrics_at, mlflow_errors, open_run, set_tags
 from ._ranking import baseline_table, move_champion, version_protocol
@@ -54,23 +54,26 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
         name = set_model_name(job.data.name, job.ipc)
         source = f"runs:/{row['run_id']}/{SYNTHETIC}"
         with tempfile.TemporaryDirectory(prefix="cmidd-top-") as tmp:
-            synset = load_verified(Path(client.download_artifacts(row["run_id"], SYNTHETIC, tmp)), source)
-        protocol = Protocol.of(cfg.registration_eval, _data(job, data_cache))  # names the data by its digest
-        entry = {"name": name, "run_id": row["run_id"], "source": source, "protocol": protocol.id,
-                 "rescored": False}
-        have = [mv for mv in client.search_model_versions(f"name = '{name}'")  # by content: a re-scored version's
-                if mv.tags.get("content_sha256") == synset.sha256()  # source is its scoring run's own copy
-                and version_protocol(mv) == protocol.id]
-        trial_run = client.get_run(row["run_id"])
-        if have:
-            entry["version"] = int(have[0].version)
-        elif trial_run.data.tags.get(TAG_ID) == protocol.id:
-            result = JobResult("distill", Path("."), metrics=dict(trial_run.data.metrics), synset=synset)
-            entry["version"] = register_distilled(client, row["run_id"], job, result, source=source)["version"]
-        else:
-            entry["version"], entry["scored_by"] = _rescore(client, cfg, parent, job, synset, protocol,
-                                                            _data(job, data_cache), source)
-            entry["rescored"] = True
+            folder = Path(client.download_artifacts(row["run_id"], SYNTHETIC, tmp))
+            synset = load_verified(folder, source)
+            protocol = Protocol.of(cfg.registration_eval, _data(job, data_cache))  # names the data by its digest
+            entry = {"name": name, "run_id": row["run_id"], "source": source, "protocol": protocol.id,
+                     "rescored": False}
+            have = [mv for mv in client.search_model_versions(f"name = '{name}'")  # by content: a re-scored
+                    if mv.tags.get("content_sha256") == synset.sha256()  # version's source is its scoring run's
+                    and version_protocol(mv) == protocol.id]  # own copy
+            trial_run = client.get_run(row["run_id"])
+            if have:
+                entry["version"] = int(have[0].version)
+            elif trial_run.data.tags.get(TAG_ID) == protocol.id:
+                result = JobResult("distill", Path("."), metrics=dict(trial_run.data.metrics), synset=synset)
+                entry["version"] = register_distilled(client, row["run_id"], job, result, source=source)["version"]
+            else:
+                scored = score_set(folder, _data(job, data_cache), cfg.registration_eval, job.seed, job.device,
+                                   Path(tmp) / "job", name=f"{job.name}-rescore")
+                entry["version"], entry["scored_by"] = _record_rescore(client, cfg, parent, job, synset, protocol,
+                                                                       scored.metrics, source)
+                entry["rescored"] = True
         out.append(entry)
         names.add(name)
         need_baseline.setdefault((job.ipc, protocol.id, job.seed), (job, protocol))
@@ -92,19 +95,18 @@ def _data(job, cache: dict[str, Any]):
     return cache[key]
 
 
-def _rescore(client, cfg, parent: str, job, synset, protocol: Protocol, data, source: str) -> tuple[int, str]:
-    """Evaluate ``synset`` under the registration protocol in a run linked to ``parent``, then register it from
-    that run (its metrics rank the version; it holds a copy of the files, ``source`` is tagged ``cmidd.evaluates``).
-    Returns (version, the run's id)."""
-    eval_cfg = cfg.registration_eval
-    scored = job.model_copy(update={"eval": eval_cfg})  # the params say the protocol the metrics come from
+def _record_rescore(client, cfg, parent: str, job, synset, protocol: Protocol, scores: dict[str, float],
+                    source: str) -> tuple[int, str]:
+    """Log the registration protocol's ``scores`` of ``synset`` (an ``evaluate`` job's) in a run linked to
+    ``parent``, then register the set from that run (its metrics rank the version; it holds a copy of the files,
+    ``source`` is tagged ``cmidd.evaluates``). Returns (version, the run's id)."""
+    scored = job.model_copy(update={"eval": cfg.registration_eval})  # the params say the protocol of the metrics
     used = {LAM_KEY: float(synset.meta.get("lam", 0.0))}  # the effective lambda the trial's loop used
     tags = run_tags("evaluate", job.data.name, ipc=str(job.ipc), **distill_tags(job, used), **protocol.tags(),
                     **{TAG_SEARCH_PARENT: parent, TAG_EVALUATES: source, TAG_SEARCH: cfg.name})
-    log.info("search: re-evaluating %s under protocol %s (%s)", source, protocol.id, protocol.summary)
+    log.info("search: %s re-evaluated under protocol %s (%s)", source, protocol.id, protocol.summary)
     with open_run(client, cfg.name, f"{job.name}-rescore-{protocol.id}", tags, job_params(scored)) as run:
-        res = evaluate(*synset.training_set(), data, eval_cfg, job.seed, resolve_device(job.device))
-        metrics = {**res.metrics(), **used}
+        metrics = {**scores, **used}
         with mlflow_errors():
             log_metrics(client, run.run_id, metrics_at(0, metrics))
             result = JobResult("distill", Path("."), metrics=metrics, synset=synset)

@@ -103,6 +103,7 @@ def distill_tags(job, metrics: dict | None = None) -> dict[str, str]:
 _KIND_TAGS = {  # what a run of this kind says beyond kind, dataset and code version (before it ran)
     "distill": lambda job: {"ipc": str(job.ipc), **distill_tags(job)},
     "ensemble": lambda job: {"ensemble_of": json.dumps(job.source_labels()), "ensemble_mode": job.mode},
+    "baseline": lambda job: {"ipc": str(job.ipc), "baseline.draws": ",".join(map(str, job.draws))},
 }
 
 

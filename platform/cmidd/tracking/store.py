@@ -12,7 +12,7 @@ from typing import Any
 
 from ..names import CROSS_ARCH_MEAN
 from ._client import client_for, resolve_uri
-from ._ensembles import ensemble_from_search, ensemble_from_versions
+from ._ensembles import SourceSets, search_sets, version_sets
 from ._ranking import set_default_protocol
 from ._reports import list_runs, log_report
 from ._rescore import rescore_versions
@@ -35,9 +35,10 @@ class MlflowStore:
 
     # runs
     def track(self, job, loop, *, resume_run_id=None, resume=False, hooks=None, data=None, experiment=None,
-              resume_hint=None, parent_run_id=None):
+              resume_hint=None, parent_run_id=None, tags=None):
         return tracked_run(job, self.given, resume_run_id=resume_run_id, resume=resume, hooks=hooks, data=data,
-                           loop=loop, experiment=experiment, resume_hint=resume_hint, parent_run_id=parent_run_id)
+                           loop=loop, experiment=experiment, resume_hint=resume_hint, parent_run_id=parent_run_id,
+                           tags=tags)
 
     def log_report(self, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
                    folder: Path, files: list[str]) -> str:
@@ -57,6 +58,12 @@ class MlflowStore:
              protocol: str | None = None) -> Path:
         return pull(dataset, ipc, out, version=version, alias=alias, uri=self.given, protocol=protocol)
 
+    def search_sets(self, parent_run_id: str, top: int, into: Path) -> SourceSets:
+        return search_sets(parent_run_id, top, into, self.given)
+
+    def version_sets(self, dataset: str, ipc: int, versions: list[int], into: Path) -> SourceSets:
+        return version_sets(dataset, ipc, versions, into, self.given)
+
     # champions
     def best(self, dataset: str, ipc: int, metric: str = CROSS_ARCH_MEAN,
              protocol: str | None = None) -> dict[str, Any]:
@@ -68,16 +75,10 @@ class MlflowStore:
     def make_default(self, dataset: str, ipc: int, protocol: str, metric: str = CROSS_ARCH_MEAN) -> int:
         return set_default_protocol(client_for(self.uri), set_model_name(dataset, ipc), protocol, metric)
 
-    # Workflows: what this store still runs itself (it evaluates sets)
+    # Workflows: what this store still orchestrates itself (a re-scoring's evaluate jobs, a search's front)
     def rescore(self, dataset: str, ipc: int, protocol: str, versions: list[int] | None, seed: int,
                 device: str) -> list[dict[str, Any]]:
         return rescore_versions(dataset, ipc, protocol, versions, self.given, seed, device)
-
-    def ensemble_from_search(self, parent_run_id: str, top: int, mode: str, eval_cfg, seed: int):
-        return ensemble_from_search(parent_run_id, top, mode, eval_cfg, self.given, seed)
-
-    def ensemble_from_versions(self, dataset: str, ipc: int, versions: list[int], mode: str, eval_cfg, seed: int):
-        return ensemble_from_versions(dataset, ipc, versions, mode, eval_cfg, self.given, seed)
 
     def pareto_best(self, search: str, limits: dict[str, float]) -> dict[str, Any]:
         return pareto_best(search, limits, self.given)
