@@ -97,12 +97,18 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     exp = c.get_experiment_by_name("demo-digits-ipc10")
     runs = c.search_runs([exp.experiment_id])
     kinds = sorted((r.data.tags.get("kind"), r.data.tags.get("method", "-")) for r in runs)
-    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 6 and kinds.count(("baseline", "-")) == 3
-    # one parent run (kind demo) holds DM, DM+CMI and the three random-real draws, and the comparison figure
+    # the demo, DM, DM+CMI, the random-real baseline job and its three draws
+    assert base.info.experiment_id == exp.experiment_id and len(kinds) == 7 and kinds.count(("baseline", "-")) == 4
+    # one parent run (kind demo) holds DM, DM+CMI and the baseline job (its three draws nested in it), and the
+    # comparison figure
     parent = c.get_run(res["parent_run_id"])
     assert parent.data.tags["kind"] == "demo" and parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags.get("method", r.data.tags["kind"]) for r in children) == ["baseline"] * 3 + ["dm"] * 2
+    assert sorted(r.data.tags.get("method", r.data.tags["kind"]) for r in children) == ["baseline"] + ["dm"] * 2
+    job_run = next(r for r in children if r.data.tags["kind"] == "baseline")
+    draws = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == job_run.info.run_id]
+    assert sorted(r.data.tags["baseline.draw"] for r in draws) == ["0", "1", "2"]
+    assert base.info.run_id in {r.info.run_id for r in draws}
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.png", "results.md", "results.json"}
     assert parent.data.metrics["_key/cross_arch_acc"] == pytest.approx(best["value"])
     assert parent.data.tags["gain_over_random"].endswith(f"pt (n={b['n']})")

@@ -362,8 +362,9 @@ def test_report_runs_carry_the_tag_keys_of_job_runs(logged, tmp_path):
 def test_publishers_are_a_registry_by_job_kind():
     from cmidd.runner import RUNNERS
 
-    assert set(T.PUBLISHERS) == {"distill", "pretrain-proxies", "experts", "ensemble"}
-    assert set(RUNNERS) - set(T.PUBLISHERS) == {"evaluate"}  # every job kind but evaluate publishes a set or proxies
+    assert set(T.PUBLISHERS) == {"distill", "pretrain-proxies", "experts", "ensemble", "baseline"}
+    # every job kind but evaluate publishes a set, proxies, experts or baseline draws
+    assert set(RUNNERS) - set(T.PUBLISHERS) == {"evaluate"}
 
 
 def test_bad_data_input_touches_no_store(tmp_path, monkeypatch, digits):
