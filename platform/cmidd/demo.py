@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from . import proxies as proxy_zoo
-from .app import execute
+from .app import execute, open_store
 from .curves import draw_comparison
 from .config import JOBS_DIR, apply_overrides, parse_job, read_yaml
 from .cmi import measure_cmi
 from .device import resolve_device
 from .gain import draw_seeds
+from .names import KEY_ACC, TAG_GAIN
 from .protocol import protocol_of_job
 from .report import CHANCE_MARK, at_chance, chance_warning, format_gain, gain_text, results_table
 from .runner import load_job_data, proxies_dir
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,9 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
     out = Path(out)
     jobs = {k: parse_job(v, f"demo:{k}") for k, v in demo_jobs(out, quick).items()}
     data = load_job_data(jobs["dm"])
-    with _parent_run(tracking_uri, data, jobs["dm"].ipc) as parent:
-        sets, rows, seconds = _distill_and_evaluate(jobs, data, tracking_uri, parent)
+    store = open_store(tracking_uri) if tracking_uri is not None else None
+    with _parent_run(store, data, jobs["dm"].ipc) as parent:
+        sets, rows, seconds = _distill_and_evaluate(jobs, data, store, parent)
         cmi = _cmi_of_sets(jobs, data, sets)
         protocol = protocol_of_job(jobs["dm"], data)
         chance = at_chance(rows, data.num_classes)
@@ -107,30 +110,25 @@ def run_demo(out: str | Path, quick: bool = False, tracking_uri: str | None = No
         }
         for line in summary["warnings"]:
             log.warning("%s", line.removeprefix("warning: "))
-        if tracking_uri is not None:
-            from .tracking import best_set
-
-            summary["best"] = best_set(data.name, jobs["dm"].ipc, uri=tracking_uri, protocol=protocol.id)
+        if store is not None:
+            summary["best"] = store.best(data.name, jobs["dm"].ipc, protocol=protocol.id)
             summary["parent_run_id"] = parent
         summary["table"] = _write_results(out, summary, jobs["dm"])
         draw_comparison(rows, out / "comparison.png", f"{data.name}, IPC {jobs['dm'].ipc}: random-real vs DM vs "
                         f"DM+CMI ({jobs['dm'].eval.num_eval} seeds)")
         if parent is not None:
-            _log_parent(tracking_uri, parent, out, summary)
+            _log_parent(store, parent, out, summary)
     return summary
 
 
 @contextlib.contextmanager
-def _parent_run(tracking_uri: str | None, data, ipc: int) -> Iterator[str | None]:
-    """The demo's parent run in its experiment (None untracked): DM, DM+CMI and the random-real draws nest under
-    it; it ends FAILED if the demo fails."""
-    if tracking_uri is None:
+def _parent_run(store: Store | None, data, ipc: int) -> Iterator[str | None]:
+    """The demo's parent run in its experiment (None untracked): DM, DM+CMI and the random-real baseline job nest
+    under it; it ends FAILED if the demo fails."""
+    if store is None:
         yield None
         return
-    from .tracking import client_for, parent_run
-
-    with parent_run(client_for(tracking_uri), experiment_of(data, ipc), "demo", "demo", data.name,
-                    ipc=str(ipc)) as run_id:
+    with store.parent_run(experiment_of(data, ipc), "demo", "demo", data.name, ipc=str(ipc)) as run_id:
         yield run_id
 
 
@@ -139,13 +137,10 @@ def experiment_of(data, ipc: int) -> str:
     return f"demo-{data.name}-ipc{ipc}"
 
 
-def _log_parent(tracking_uri: str, parent: str, out: Path, summary: dict[str, Any]) -> None:
+def _log_parent(store: Store, parent: str, out: Path, summary: dict[str, Any]) -> None:
     """The comparison figure and the tables on the parent run; each set's cross-architecture mean as a metric; the
     gain over random-real on every version it holds (tag ``gain_over_random``) and on the parent."""
-    from .tracking import KEY_ACC, TAG_GAIN, client_for, log_summary, tag_gains
-
-    client = client_for(tracking_uri)
-    tag_gains(client, summary["best"])
+    store.tag_gains(summary["best"])
     singles = [r for r in summary["rows"] if r["arch"] != "ensemble"]
     means = {}
     for name in dict.fromkeys(r["set"] for r in singles):
@@ -154,13 +149,13 @@ def _log_parent(tracking_uri: str, parent: str, out: Path, summary: dict[str, An
     baseline = summary["best"].get("baseline")
     tags = {TAG_GAIN: gain_text(baseline)} if baseline else {}
     tags |= {"best_version": str(summary["best"]["version"]), "demo.protocol": summary["protocol"]["id"]}
-    log_summary(client, parent, [out / "comparison.png", out / "results.md", out / "results.json"],
-                means | {KEY_ACC: summary["best"]["value"]}, tags)
+    store.log_summary(parent, [out / "comparison.png", out / "results.md", out / "results.json"],
+                      means | {KEY_ACC: summary["best"]["value"]}, tags)
 
 
-def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None, parent: str | None = None):
-    """Steps 1-4: proxies, DM, DM+CMI (each a job, tracked when ``tracking_uri``: DM, DM+CMI and random-real as
-    child runs of ``parent``), then random-real.
+def _distill_and_evaluate(jobs: dict[str, Any], data, store: Store | None, parent: str | None = None):
+    """Steps 1-4: proxies, DM, DM+CMI, then the random-real baseline (each a job, tracked in ``store`` when there
+    is one: DM, DM+CMI and the baseline as child runs of ``parent``).
 
     Returns:
         (the three sets by name, the table rows, seconds per step).
@@ -169,7 +164,7 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, tracking_uri: str | None, 
     experiment = experiment_of(data, jobs["dm"].ipc)
 
     def run(job, experiment=None):
-        return execute(job, track=tracking_uri is not None, uri=tracking_uri, data=data, experiment=experiment,
+        return execute(job, track=store is not None, store=store, data=data, experiment=experiment,
                        parent_run_id=parent if experiment else None).result
 
     seconds: dict[str, float] = {}

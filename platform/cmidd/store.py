@@ -3,7 +3,8 @@
 ``Store`` holds what ``cmidd.app`` and the CLI ask a store for today, and nothing more:
 
     runs       ``track`` (start a job's run, log it, finish it and register what it produced), ``log_report`` (one
-               finished run with files), ``runs`` (recent runs as rows), ``run_hint`` (where to look at a run)
+               finished run with files), ``parent_run`` / ``log_summary`` / ``tag_gains`` (a workflow's parent run,
+               its summary, the gains on its versions: the demo), ``runs`` (recent runs as rows), ``run_hint``
     sets       ``load_set`` (a registered set, checksums verified), ``pull`` (into a folder), ``search_sets`` and
                ``version_sets`` (an ensemble's sources, verified, into a folder)
     champions  ``best`` (the best version under one protocol), ``best_per_protocol``, ``make_default`` (the protocol
@@ -22,6 +23,7 @@ that record them) and a search's Pareto front. They are not part of ``Store`` (d
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -73,6 +75,21 @@ class Store(Protocol):
     def log_report(self, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
                    folder: Path, files: list[str]) -> str:
         """One finished run holding ``params``, ``metrics`` and ``files`` of ``folder``; returns its id."""
+        ...
+
+    def parent_run(self, experiment: str, run_name: str, kind: str, dataset: str,
+                   **tags: str) -> AbstractContextManager[str]:
+        """A run that nests the runs made inside the block (pass its id as ``parent_run_id``); it ends finished,
+        or failed with the error."""
+        ...
+
+    def log_summary(self, run_id: str, files: list[Path], metrics: dict[str, float],
+                    tags: dict[str, str] | None = None) -> None:
+        """A finished workflow's figures and tables, headline metrics and tags, on its (parent) run."""
+        ...
+
+    def tag_gains(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each version's paired gain over random-real of a ``best`` answer, on the version and its run."""
         ...
 
     def runs(self, n: int = 20, experiment: str | None = None) -> list[dict[str, Any]]:

@@ -25,10 +25,9 @@ import yaml
 
 from ..config import JOBS_DIR, load_raw, load_search
 from ..names import CROSS_ARCH_MEAN
-from ..app import SearchTrial, run_search
+from ..app import SearchTrial, open_store, run_search
 from ..ray import connected, require
 from ..ray.tune import TUNE_DIR, build_tuner, experiment_path, fit_tuner, read_trials
-from ..tracking import client_for, ensure_experiment
 
 if TYPE_CHECKING:
     from . import BenchPlan
@@ -119,12 +118,11 @@ def _tpe_arm(cfg, uri: str) -> dict[str, Any]:
 
 def _grid_arm(cfg, uri: str, lams: list[float], grid_dir: Path) -> dict[str, Any]:
     """The same trial function over a lambda grid, every trial to the end, under one parent run."""
-    client = client_for(uri)
-    parent = client.create_run(ensure_experiment(cfg.name, client=client), run_name="grid").info.run_id
-    t0 = time.perf_counter()
-    fit_tuner(build_tuner(cfg, SearchTrial(uri, cfg.name, parent), grid={"cmi.lam": lams}, storage=grid_dir))  # stdout stays the report's
-    wall = time.perf_counter() - t0
-    client.set_terminated(parent, "FINISHED")
+    with open_store(uri).parent_run(cfg.name, "grid", "search", cfg.base.data.name) as parent:  # FAILED on error
+        t0 = time.perf_counter()
+        fit_tuner(build_tuner(cfg, SearchTrial(uri, cfg.name, parent), grid={"cmi.lam": lams},
+                              storage=grid_dir))  # stdout stays the report's
+        wall = time.perf_counter() - t0
     return _arm(timeline(read_trials(grid_dir / TUNE_DIR)), wall, 0)
 
 

@@ -22,16 +22,12 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from ..names import CROSS_ARCH_MEAN
+from ..names import CROSS_ARCH_MEAN, KEY_ACC, KEY_GAIN, KEY_LAMBDA, KEY_RATIO, TAG_GAIN
 from ..report import gain_text
 from ._client import log_metrics, log_params, metrics_at, mlflow_errors, open_run, set_tags
 from ._tags import run_tags
 
 TRAINING_VIEW = "workflowType=machine_learning"
-KEY = "_key/"
-KEY_LAMBDA, KEY_RATIO, KEY_ACC, KEY_GAIN = (f"{KEY}{k}" for k in ("lambda", "cmi_ratio", "cross_arch_acc",
-                                                                 "gain_over_random_pt"))
-TAG_GAIN = "gain_over_random"  # on registry versions: "+3.2 +- 0.8 pt (n=3)"
 GAIN_NOTE = "gain over random-real "  # the same, at the end of the version's description
 PARENT = "mlflow.parentRunId"
 

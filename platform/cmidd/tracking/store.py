@@ -19,7 +19,7 @@ from ._rescore import rescore_versions
 from ._run import tracked_run
 from ._search import pareto_best
 from ._sets import best_per_protocol, best_set, load_set, pull, set_model_name
-from ._ui import run_ui_hint
+from ._ui import log_summary, parent_run, run_ui_hint, tag_gains
 
 
 class MlflowStore:
@@ -43,6 +43,16 @@ class MlflowStore:
     def log_report(self, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
                    folder: Path, files: list[str]) -> str:
         return log_report(self.uri, experiment, run_name, params, metrics, folder, files)
+
+    def parent_run(self, experiment: str, run_name: str, kind: str, dataset: str, **tags: str):
+        return parent_run(client_for(self.uri), experiment, run_name, kind, dataset, **tags)
+
+    def log_summary(self, run_id: str, files: list[Path], metrics: dict[str, float],
+                    tags: dict[str, str] | None = None) -> None:
+        log_summary(client_for(self.uri), run_id, files, metrics, tags)
+
+    def tag_gains(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        return tag_gains(client_for(self.uri), answer)
 
     def runs(self, n: int = 20, experiment: str | None = None) -> list[dict[str, Any]]:
         return list_runs(self.given, n, experiment)
