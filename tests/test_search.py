@@ -257,6 +257,32 @@ def test_zero_arm_verdict_weighs_the_gap_against_the_seed_spread(tmp_path, z_acc
     assert table[0].split()[3:5] == ["acc", "std"] and f"{z_std:.4f}" in "".join(table)
 
 
+def test_zero_arm_verdict_compares_the_arms_at_one_ipc_only(tmp_path):
+    """An IPC search: the zero arm's best trial at IPC 5 must not be set against the best lambda > 0 trial at IPC
+    2 (an IPC gap, not a CMI effect). The verdict compares within the best lambda > 0 trial's IPC, or says it
+    cannot decide; the Bonferroni count stays every lambda > 0 trial it was picked from."""
+    from cmidd.search_report import zero_arm_verdict
+
+    raw = space(tmp_path)
+    raw["params"]["ipc"] = {"choice": [2, 5]}
+    cfg = load_search(write(tmp_path, raw))
+
+    def row(tid, acc, lam, ipc, on=True):
+        r = {**_row(tid, "finished", acc, lam, on=on), "std": 0.002}
+        return {**r, "params": {**r["params"], "ipc": ipc, "eval.num_eval": 3}}
+
+    rows = [row("z5", 0.95, 5.0, 5, on=False), row("c2", 0.90, 700.0, 2), row("c5", 0.89, 50.0, 5)]
+    line = zero_arm_verdict({"trials": rows}, cfg)
+    assert line == ("zero arm: cannot decide: no lambda = 0 trial finished at ipc 2 (the best lambda > 0 trial's; "
+                    "lambda = 0 finished at ipc 5): the arms compare at the same ipc only")
+    rows.append(row("z2", 0.85, 5.0, 2, on=False))  # now a zero-arm trial at the same IPC: +5 pt there
+    line = zero_arm_verdict({"trials": rows}, cfg)
+    assert line.startswith("zero arm at ipc 2: lambda = 0 acc/cross_arch_mean 0.8500") and "+0.0500" in line
+    assert ", so lambda > 0 beats lambda = 0" in line and "best of 2 lambda > 0 trials" in line
+    # without the IPC in the space, the same rows would have compared 0.95 with 0.90: "worse"
+    assert "z5" not in line and "0.9500" not in line
+
+
 def test_bench_curve_is_best_so_far_against_cumulative_seconds():
     from cmidd.bench.search import best_so_far
 

@@ -114,7 +114,8 @@ def summary_table(summary: dict[str, Any], metric: str, cfg: SearchCfg | None = 
 
 def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
     """Whether the best finished trial with lambda > 0 beats the best with lambda = 0 (the zero arm), is worse, or
-    shows no detectable effect, by the rule of ``cmidd.study`` (2026-12-06) as far as a search allows: the gap must
+    shows no detectable effect, by the rule of ``cmidd.study`` (2026-12-06) as far as a search allows, within the
+    best lambda > 0 trial's stratum (its IPC and method when the search varies them: ``stratum``): the gap must
     be >= 0.5 pt (an ``acc/`` metric) and > c standard errors, the SE from the two trials' eval-seed spreads
     (``std``, a population std over ``eval.num_eval`` seeds), c the t quantile at one-sided 2.5% over the number of
     lambda > 0 trials the best was picked from (Bonferroni: the best of N is biased upward), 2(k - 1) degrees of
@@ -133,25 +134,44 @@ def zero_arm_verdict(summary: dict[str, Any], cfg: SearchCfg) -> str:
             f"no {name} trial finished ({_why([r for r in rows if arm[id(r)] == is_zero], is_zero)})"
             for name, is_zero in missing)
     sign = 1.0 if cfg.search.mode == "max" else -1.0
-    z, c = (max(a, key=lambda r: sign * r["metric"]) for a in (zero, cmi))
+    c, picked = max(cmi, key=lambda r: sign * r["metric"]), len(cmi)  # the best of all lambda > 0 trials
+    at = stratum(cfg, c)  # the arms compare only where the problem is the same (one IPC, one method)
+    zero = [r for r in zero if stratum(cfg, r) == at]
+    where = " at " + ", ".join(f"{k} {v}" for k, v in at) if at else ""
+    if not zero:
+        ran = sorted({", ".join(f"{k} {v}" for k, v in stratum(cfg, r)) for r in done if arm[id(r)]})
+        return (f"zero arm: cannot decide: no lambda = 0 trial finished{where} (the best lambda > 0 trial's; "
+                f"lambda = 0 finished at {'; '.join(ran)}): the arms compare at the same "
+                f"{' and '.join(k for k, _ in at)} only")
+    z = max(zero, key=lambda r: sign * r["metric"])
     gap = c["metric"] - z["metric"]
-    head = (f"zero arm: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 ({fmt_lam(row_lam(cfg, c))}) "
-            f"{_pm(c)}: {gap:+.4f}")
+    head = (f"zero arm{where}: lambda = 0 {cfg.search.metric} {_pm(z)}; best lambda > 0 "
+            f"({fmt_lam(row_lam(cfg, c))}) {_pm(c)}: {gap:+.4f}")
     k = {int(r["params"].get("eval.num_eval", cfg.base.eval.num_eval)) for r in (z, c)}
     if min(k) < 2:
         return f"{head}: cannot weigh it: one eval seed per trial, so no spread"
     se = math.sqrt(sum((r.get("std") or 0.0) ** 2 / (int(r["params"].get("eval.num_eval", min(k))) - 1)
                        for r in (z, c)))
     floor = MIN_GAIN if cfg.search.metric.startswith("acc/") else 0.0
-    crit = critical(2 * min(k) - 1, len(cmi))  # 2(k - 1) degrees of freedom
+    crit = critical(2 * min(k) - 1, picked)  # 2(k - 1) degrees of freedom
     how = (f"{'>= 0.5 pt and ' if floor else ''}> {crit:.2f} x SE {se:.4f}, eval seeds only (one distillation per "
-           f"trial); best of {len(cmi)} lambda > 0 trial{'s' if len(cmi) != 1 else ''}, Bonferroni")
+           f"trial); best of {picked} lambda > 0 trial{'s' if picked != 1 else ''}, Bonferroni")
     if sign * gap >= floor and sign * gap > crit * se:
         return f"{head}, so lambda > 0 beats lambda = 0 ({how})"
     if -sign * gap >= floor and -sign * gap > crit * se:
         return f"{head}, so lambda > 0 is worse than lambda = 0 ({how})"
     x = max(floor, (crit + 0.84) * se)  # found with ~80% probability (SE taken as known)
     return f"{head}: no effect >= {x:.4f} detectable ({how})"
+
+
+STRATA = ("ipc", "method.name")  # searched values that change the problem the arms solve
+
+
+def stratum(cfg: SearchCfg, r: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The searched values of ``STRATA`` a row ran with (empty when the search varies none of them): the zero
+    arm's verdict compares lambda = 0 with lambda > 0 at one IPC and one method only, since either moves the
+    accuracy more than the CMI term does."""
+    return tuple((k, r["params"].get(k)) for k in STRATA if k in cfg.params)
 
 
 def _why(arm: list[dict[str, Any]], zero: bool) -> str:
