@@ -102,6 +102,16 @@ def test_tiny_pareto_search_front_equals_brute_force(tmp_path, template_db, ray_
         got = json.loads(capsys.readouterr().out)
         assert got["objectives"][ACC] == max(r["objectives"][ACC] for r in ok) and got["objectives"][IPC] <= k
         assert got["trial_id"] in want
+        # every front trial is registered (not only the top-k by accuracy): the answer can be pulled
+        reg = got["registered"]
+        ipc = int(got["objectives"][IPC])
+        assert reg["name"] == f"distilled-digits-ipc{ipc}"
+        mv = client.get_model_version(reg["name"], str(reg["version"]))
+        assert mv.run_id == got["run_id"]  # scored under the registration protocol already: its own run
+        pulled = cli.main(["pull", "--dataset", "digits", "--ipc", str(ipc), "--version",
+                           str(reg["version"]), "--out", str(tmp_path / f"pulled-{k}"), "--tracking-uri", uri])
+        assert pulled == 0 and (tmp_path / f"pulled-{k}" / "manifest.json").is_file()
+    assert {e["run_id"] for e in summary["registered"]} >= {r["run_id"] for r in rows if r["trial_id"] in want}
     capsys.readouterr()
     assert cli.main(["best", "--pareto", "pareto-tiny", "--max-seconds", "5", "--tracking-uri", uri]) == 2
     assert "did not optimize time/distill_s (its objectives: acc/cross_arch_mean, ipc)" in capsys.readouterr().err

@@ -94,6 +94,11 @@ def pareto_command(args) -> None:
         print(f"  {o['metric']:<24} {value}  ({o['mode']})")
     print(f"  trial     {best['trial_id']}   lambda {fmt_lam(best.get('lam_effective'))}")
     print(f"  run       {best['run_id']}")
+    reg = best.get("registered")
+    if reg:  # every front trial is registered (under the search's registration protocol)
+        dataset, _, ipc = reg["name"].removeprefix("distilled-").rpartition("-ipc")
+        print(f"  version   {reg['name']} version {reg['version']}   "
+              f"(cmidd pull --dataset {dataset} --ipc {ipc} --version {reg['version']} --out DIR)")
 
 
 def format_best(best: dict, metric: str) -> str:

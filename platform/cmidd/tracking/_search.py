@@ -183,11 +183,17 @@ def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, An
         if not done:
             raise CmiddError(f"search {cfg.name}: no trial finished ({len(stopped)} stopped, "
                              f"{sum(r['state'] == 'error' for r in rows)} failed); see the child runs")
-        registered = register_top(client, cfg, done[:cfg.register_top_k], parent)
+        front = pareto_rows(cfg, rows) if cfg.search.multi else []
+        top = done[:cfg.register_top_k]  # and every front trial, so that each `best --pareto` answer can be pulled
+        top += [r for r in front if r["run_id"] and all(r is not t for t in top)]
+        registered = register_top(client, cfg, top, parent)
         summary = {"parent_run_id": parent, "experiment": cfg.name, "trials": rows, "best": done[0],
                    "registered": registered, "stopped": stopped, "wall_s": wall}
         if cfg.search.multi:
-            summary["pareto"] = [r["trial_id"] for r in pareto_rows(cfg, rows)]
+            summary["pareto"] = [r["trial_id"] for r in front]
+            version = {e["run_id"]: {"name": e["name"], "version": e["version"]} for e in registered}
+            for r in front:  # the registered version of each front trial (pareto.json, cmidd best --pareto)
+                r["registered"] = version.get(r["run_id"])
         _log_parent(client, cfg, parent, summary, study_files)
     return summary
 
