@@ -36,6 +36,7 @@ def test_key_numbers_sort_first_and_versions_carry_their_gain(tmp_path, digits):
     from cmidd.lam import LAM_KEY
     from cmidd.names import CROSS_ARCH_MEAN
     from cmidd.protocol import protocol_of_job
+    from cmidd.scoring import SCORER
     from cmidd.tracking._baselines import log_random_real_draws
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -54,7 +55,7 @@ def test_key_numbers_sort_first_and_versions_carry_their_gain(tmp_path, digits):
 
     # random-real draws under the set's protocol: the version gets its paired gain as a tag, its run as a metric
     protocol = protocol_of_job(job, digits)
-    log_random_real_draws(digits, job.ipc, protocol, job.eval, job.seed, job.name, own_draw=job.seed, uri=uri)
+    log_random_real_draws(SCORER, digits, job.ipc, protocol, job.eval, job.seed, job.name, own_draw=job.seed, uri=uri)
     answer = best_set("digits", job.ipc, uri=uri, protocol=protocol.id)
     tagged = tag_gains(client, answer)
     assert [g["version"] for g in tagged] == [answer["version"]]

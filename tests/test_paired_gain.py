@@ -46,6 +46,7 @@ def test_best_pairs_the_gain_and_never_reports_the_selected_max(tmp_path, monkey
     from cmidd.cli import main
     from cmidd.config import parse_job
     from cmidd.protocol import protocol_of_job
+    from cmidd.scoring import SCORER
     from cmidd.tracking._baselines import log_random_real_draws
 
     monkeypatch.chdir(tmp_path)
@@ -57,9 +58,9 @@ def test_best_pairs_the_gain_and_never_reports_the_selected_max(tmp_path, monkey
     protocol = protocol_of_job(jobs[0], digits)
     ev = jobs[0].eval
     for s in (0, 1):  # each set's paired draws: its eval seed, its own init draw first
-        log_random_real_draws(digits, 2, protocol, ev, s, "baselines", own_draw=s, client=c)
+        log_random_real_draws(SCORER, digits, 2, protocol, ev, s, "baselines", own_draw=s, client=c)
     # the newest baseline run of this protocol has another eval seed: the old answer took it, the paired one never
-    decoy = log_random_real_draws(digits, 2, protocol, ev, 7, "baselines", client=c)[-1]
+    decoy = log_random_real_draws(SCORER, digits, 2, protocol, ev, 7, "baselines", client=c)[-1]
 
     best = T.best_set("digits", 2, uri=uri)
     b = best["baseline"]

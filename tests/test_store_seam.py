@@ -250,7 +250,7 @@ def test_an_ensemble_is_a_job_the_app_runs_in_any_store(tmp_path, digits):
 
 # functions that score or combine sets: the tracking wing records what jobs of the runner return, it calls none
 SCORING = {"evaluate", "combine_sets", "random_real_set", "baseline_set"}
-SCORING_MODULES = ("cmidd.evaluate", "cmidd.ensemble", "cmidd.training")
+SCORING_MODULES = ("cmidd.evaluate", "cmidd.ensemble", "cmidd.training", "cmidd.scoring")
 
 
 def scoring_calls(path: Path, source: str | None = None) -> list[str]:

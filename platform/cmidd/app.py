@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .distill import distill
 from .errors import CmiddError, ConfigError
 from .ray import pick_loop, run_job
+from .scoring import SCORER
 from .store import Store, Workflows
 from .synthetic import SetDataset, SyntheticSet
 
@@ -217,7 +218,7 @@ def run_search(cfg: SearchCfg, uri: str | None = None, address: str | None = Non
                     disconnect()  # Ray's resources go back before the driver's MLflow work
                     started = False
             parent.fail_status = None  # Ctrl-C still ends it KILLED; "no trial finished" ends it FAILED
-            summary = finish_search(client, cfg, parent.run_id, trials, wall, partial(study_summary, cfg))
+            summary = finish_search(client, cfg, parent.run_id, trials, wall, SCORER, partial(study_summary, cfg))
             tag_search_gains(client, summary["registered"], uri)
             if (cfg.storage_dir / STUDY_DB).is_file():  # the TPE sampler's study: optuna-dashboard <storage>
                 summary["optuna_study"] = {"name": cfg.name, "storage": study_storage(cfg)}
@@ -269,7 +270,7 @@ def rescore(store: Store, dataset: str, ipc: int, protocol: str, versions: list[
         (the versions scored now ``[{"from_version", "version", "run_id", "value"}]``, ``Store.best`` under
         ``protocol``).
     """
-    done = _workflows(store, "evaluate").rescore(dataset, ipc, protocol, versions, seed, device)
+    done = _workflows(store, "evaluate").rescore(dataset, ipc, protocol, versions, seed, device, SCORER)
     return done, store.best(dataset, ipc, protocol=protocol)
 
 

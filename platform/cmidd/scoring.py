@@ -3,7 +3,8 @@
 Re-scoring a registered set under a protocol, scoring a search's top trial under its registration protocol and
 scoring the random-real draws a set's gain is paired with are an ``evaluate`` or a ``baseline`` job on data
 already loaded, run in a folder of their own (a temporary one, or the caller's). The tracking wing records what
-they return; it never evaluates a set itself (tests/test_store_seam.py checks that it imports no evaluation).
+they return; it never evaluates a set itself, and imports neither this module nor an evaluation: the app hands it
+``SCORER`` (a ``cmidd.store.Scorer``; tests/test_store_seam.py checks both).
 
 Example:
     >>> res = score_set(Path("runs/dm/synthetic"), data, job.eval, seed=0, workdir=Path(tmp))
@@ -77,3 +78,18 @@ def score_random_real(data: Dataset, ipc: int, eval_cfg: EvalCfg, eval_seed: int
                          "data": _data_block(data), "ipc": ipc, "draws": list(draws), "output": {"dir": str(out)},
                          "eval": eval_cfg.model_dump(mode="json") | {"baselines": []}}, "cmidd scoring")
         return run_job(job, data=data)
+
+
+class RunnerScorer:
+    """``cmidd.store.Scorer`` by the runner's jobs: what the app hands a store's workflows."""
+
+    def set(self, folder: Path, data: Dataset, eval_cfg: EvalCfg, seed: int, device: str | torch.device = "auto",
+            workdir: Path | None = None, name: str = "score") -> JobResult:
+        return score_set(folder, data, eval_cfg, seed, device, workdir, name)
+
+    def random_real(self, data: Dataset, ipc: int, eval_cfg: EvalCfg, eval_seed: int, draws: list[int],
+                    device: str | torch.device = "auto") -> JobResult:
+        return score_random_real(data, ipc, eval_cfg, eval_seed, draws, device)
+
+
+SCORER = RunnerScorer()

@@ -16,7 +16,8 @@ app's functions (``execute(job, track=True, store=...)``, ``best(store, ...)``; 
 
 Every evaluation is a job of the runner: an ensemble is an ``ensemble`` job the app runs with ``track``
 (``cmidd.app.ensemble``), a re-scoring or a search's registration scores sets with ``evaluate`` jobs and the
-random-real draws with ``baseline`` jobs (``cmidd.scoring``); the store records what they return. ``Workflows`` is
+random-real draws with ``baseline`` jobs, both by the ``Scorer`` the app hands the store (``cmidd.scoring.SCORER``);
+the store records what they return. ``Workflows`` is
 what the MLflow store still orchestrates itself beyond storing: a re-scoring (which versions to score, the runs
 that record them) and a search's Pareto front. They are not part of ``Store`` (docs/layout.md, "Store seam").
 """
@@ -132,14 +133,29 @@ class Store(Protocol):
         ...
 
 
+class Scorer(Protocol):
+    """The jobs of the runner a store's workflow has its sets scored by (``cmidd.scoring.SCORER``): the app hands
+    one to the store, which records what they return and never evaluates a set itself."""
+
+    def set(self, folder: Path, data: Dataset, eval_cfg, seed: int, device: str = "auto",
+            workdir: Path | None = None, name: str = "score") -> JobResult:
+        """An ``evaluate`` job of the verified set in ``folder``."""
+        ...
+
+    def random_real(self, data: Dataset, ipc: int, eval_cfg, eval_seed: int, draws: list[int],
+                    device: str = "auto") -> JobResult:
+        """A ``baseline`` job: the random-real ``draws``, each scored with ``eval_seed``."""
+        ...
+
+
 @runtime_checkable
 class Workflows(Protocol):
-    """What the MLflow store still runs itself: a re-scoring (it picks the versions to score, has each scored by an
-    ``evaluate`` job of the runner, ``cmidd.scoring``, and records the scores) and a search's Pareto front."""
+    """What the MLflow store still orchestrates itself: a re-scoring (it picks the versions to score, has each
+    scored by the ``Scorer`` the app hands it and records the scores) and a search's Pareto front."""
 
     def rescore(self, dataset: str, ipc: int, protocol: str, versions: list[int] | None, seed: int,
-                device: str) -> list[dict[str, Any]]:
-        """Score registered sets under ``protocol`` (``evaluate`` jobs) and register the scored versions."""
+                device: str, scorer: Scorer) -> list[dict[str, Any]]:
+        """Score registered sets under ``protocol`` by ``scorer``'s jobs and register the scored versions."""
         ...
 
     def pareto_best(self, search: str, limits: dict[str, float]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from ..errors import ConfigError
 from ..gain import draw_seeds
 from ..protocol import Protocol
-from ..scoring import score_random_real
+from ..store import Scorer
 from ..synthetic import SyntheticSet
 from ._ranking import TAG_DRAW, TAG_EVAL_SEED
 from ._client import SYNTHETIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
@@ -73,12 +73,12 @@ def log_baseline(name: str, metrics: dict[str, float], protocol: Protocol, ipc: 
     return run.run_id
 
 
-def log_random_real_draws(data, ipc: int, protocol: Protocol, eval_cfg, eval_seed: int, experiment: str,
-                          own_draw: int | None = None, device="cpu", skip: set[int] | None = None,
+def log_random_real_draws(scorer: Scorer, data, ipc: int, protocol: Protocol, eval_cfg, eval_seed: int,
+                          experiment: str, own_draw: int | None = None, device="cpu", skip: set[int] | None = None,
                           **log_kw) -> list[str]:
     """Score and log the random-real draws ``best`` pairs a set with (``cmidd.gain.draw_seeds``: ``own_draw``
     first, >= 3 in all) with the evaluation seed ``eval_seed``, one baseline run each; draws in ``skip`` (already
-    logged) are left out. The scores come from one ``baseline`` job (``cmidd.scoring.score_random_real``);
+    logged) are left out. The scores come from one ``baseline`` job of ``scorer`` (``cmidd.scoring.SCORER``);
     ``log_kw`` goes to ``log_baseline`` (uri or client, parent_run_id, extra_tags).
 
     Returns:
@@ -87,7 +87,7 @@ def log_random_real_draws(data, ipc: int, protocol: Protocol, eval_cfg, eval_see
     todo = [d for d in draw_seeds(eval_seed, own_draw) if d not in (skip or set())]
     if not todo:
         return []
-    return log_draws(score_random_real(data, ipc, eval_cfg, eval_seed, todo, device), protocol, ipc, eval_cfg,
+    return log_draws(scorer.random_real(data, ipc, eval_cfg, eval_seed, todo, device), protocol, ipc, eval_cfg,
                      eval_seed, experiment, **log_kw)
 
 

@@ -21,7 +21,7 @@ from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ConfigError, IntegrityError
 from ..protocol import TAG_ID, TAG_JSON, Protocol
-from ..scoring import score_set
+from ..store import Scorer
 from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, client_for, log_metrics, metrics_at, mlflow_errors, open_run, resolve_uri
 from ._ranking import baseline_table, require_versions, set_seeds, version_protocol
@@ -48,11 +48,12 @@ def find_protocol(client, protocol_id: str) -> Protocol:
     return Protocol.from_json(next(iter(found.values())))
 
 
-def rescore_versions(dataset: str, ipc: int, protocol_id: str, versions: list[int] | None = None,
+def rescore_versions(scorer: Scorer, dataset: str, ipc: int, protocol_id: str, versions: list[int] | None = None,
                      uri: str | None = None, seed: int = 0, device: str = "auto") -> list[dict[str, Any]]:
     """Score the registered sets of ``distilled-<dataset>-ipc<k>`` under the protocol ``protocol_id``.
 
     Args:
+        scorer: the jobs that score the sets and the random-real draws (``cmidd.scoring.SCORER``).
         dataset, ipc: the registered model.
         protocol_id: a protocol id (or a unique prefix) recorded in this store.
         versions: only these version numbers (default: all).
@@ -84,11 +85,11 @@ def rescore_versions(dataset: str, ipc: int, protocol_id: str, versions: list[in
         own = own if own is not None else set_seeds(src_run)[1]
         root = src_run.data.params.get("data.root", "None")
         data = data or protocol_data(protocol, None if root == "None" else root)
-        out.append(_score_one(client, mv, src_run, protocol, data, seed, device))
+        out.append(_score_one(scorer, client, mv, src_run, protocol, data, seed, device))
     with mlflow_errors():
         if todo:  # the random-real draws paired with the sets scored now (their evaluation seed), if missing
             have = set(baseline_table(client, dataset, ipc, protocol.id, DEFAULT_METRIC).get(seed, {}))
-            log_random_real_draws(data, ipc, protocol, protocol.eval_cfg(), seed, f"rescore-{name}", own_draw=own,
+            log_random_real_draws(scorer, data, ipc, protocol, protocol.eval_cfg(), seed, f"rescore-{name}", own_draw=own,
                                   device=resolve_device(device), skip=have, client=client)
     return out
 
@@ -123,9 +124,9 @@ def _to_score(client, name: str, protocol_id: str, versions: list[int] | None) -
     return list(picked.values())
 
 
-def _score_one(client, mv, src_run, protocol: Protocol, data, seed: int, device: str) -> dict[str, Any]:
-    """Download and verify the version's set, score it under ``protocol`` (an ``evaluate`` job of the runner:
-    ``cmidd.scoring.score_set``), then log the scores in a new run and register the set from it (source: the
+def _score_one(scorer: Scorer, client, mv, src_run, protocol: Protocol, data, seed: int,
+               device: str) -> dict[str, Any]:
+    """Download and verify the version's set, score it under ``protocol`` (``scorer``'s ``evaluate`` job), then log the scores in a new run and register the set from it (source: the
     original). Nothing is written to the store before the scores exist."""
     label = f"{mv.name} version {mv.version} ({mv.source})"
     eval_cfg = protocol.eval_cfg()
@@ -136,8 +137,8 @@ def _score_one(client, mv, src_run, protocol: Protocol, data, seed: int, device:
         if synset.sha256() != mv.tags.get("content_sha256"):
             raise IntegrityError(f"{label}: content sha256 differs from the version's tag: refusing to score it")
         log.info("re-scoring %s under protocol %s (%s)", label, protocol.id, protocol.summary)
-        metrics = score_set(folder, data, eval_cfg, seed, device, Path(tmp) / "job",
-                            name=f"{mv.name}-v{mv.version}").metrics
+        metrics = scorer.set(folder, data, eval_cfg, seed, device, Path(tmp) / "job",
+                             name=f"{mv.name}-v{mv.version}").metrics
     made = {k: mv.tags[k] for k in ("method", "lambda", "proxy_set", "ensemble_of", "ensemble_mode") if k in mv.tags}
     tags = run_tags("evaluate", protocol.dataset, ipc=str(synset.ipc), **made, **protocol.tags(),
                     **{TAG_EVALUATES: mv.source, "cmidd.rescored_version": f"{mv.name}/{mv.version}"})

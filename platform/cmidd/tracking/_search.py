@@ -36,6 +36,7 @@ from ..errors import CmiddError, ConfigError
 from ..lam import LAM_KEY, fmt_lam
 from ..names import TAG_SEARCH, TAG_STOPPED, TAG_TRIAL
 from ..pareto import best_within, within
+from ..store import Scorer
 from ..search_report import RAW_LAMBDA, arch_rows, objective_values, pareto_plot, pareto_rows, plots, row_lam, trial_lam
 from ._client import (
     RunSession, client_for, end_run, ensure_experiment, log_metrics, log_params, metrics_at, mlflow_errors, open_run,
@@ -130,10 +131,12 @@ def search_parent(client, cfg: SearchCfg, resume_id: str | None = None) -> Itera
 
 
 def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, Any]], wall: float,
-                  study_files: StudyFiles | None = None) -> dict[str, Any]:
+                  scorer: Scorer, study_files: StudyFiles | None = None) -> dict[str, Any]:
     """Mark stopped runs, register the top-k, log the summary to the parent (which the caller then ends).
 
     Args:
+        scorer: the jobs that score a registered trial under the registration protocol and the random-real draws
+            (``cmidd.scoring.SCORER``: the app hands it over; this wing evaluates nothing itself).
         trials: the Tune trials (``cmidd.ray.tune.read_trials``).
         wall: the search's wall seconds.
         study_files: writes the search library's own summary files (the Optuna study) into a folder.
@@ -186,7 +189,7 @@ def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, An
         front = pareto_rows(cfg, rows) if cfg.search.multi else []
         top = done[:cfg.register_top_k]  # and every front trial, so that each `best --pareto` answer can be pulled
         top += [r for r in front if r["run_id"] and all(r is not t for t in top)]
-        registered = register_top(client, cfg, top, parent)
+        registered = register_top(client, cfg, top, parent, scorer)
         summary = {"parent_run_id": parent, "experiment": cfg.name, "trials": rows, "best": done[0],
                    "registered": registered, "stopped": stopped, "wall_s": wall}
         if cfg.search.multi:

@@ -33,7 +33,7 @@ from ..lam import LAM_KEY
 from ..names import TAG_SEARCH, TAG_SEARCH_PARENT
 from ..protocol import TAG_ID, Protocol
 from ..runner import JobResult, load_job_data
-from ..scoring import score_set
+from ..store import Scorer
 from ._baselines import log_random_real_draws
 from ._client import DEFAULT_METRIC, SYNTHETIC, log_metrics, metrics_at, mlflow_errors, open_run, set_tags
 from ._ranking import baseline_table, move_champion, version_protocol
@@ -44,9 +44,10 @@ from ._tags import distill_tags, job_params, run_tags
 log = logging.getLogger(__name__)
 
 
-def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
+def register_top(client, cfg, top: list[dict[str, Any]], parent: str, scorer: Scorer) -> list[dict[str, Any]]:
     """Register the sets of ``top`` (rows of ``finish``: trial_id, run_id, params) under the search's
-    registration protocol; returns [{"name", "version", "run_id", "source", "protocol", "rescored"}]."""
+    registration protocol, scoring those not scored under it (and the random-real draws) by ``scorer``'s jobs;
+    returns [{"name", "version", "run_id", "source", "protocol", "rescored"}]."""
     out, names, need_baseline = [], set(), {}
     data_cache: dict[str, Any] = {}
     for row in top:
@@ -69,8 +70,8 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
                 result = JobResult("distill", Path("."), metrics=dict(trial_run.data.metrics), synset=synset)
                 entry["version"] = register_distilled(client, row["run_id"], job, result, source=source)["version"]
             else:
-                scored = score_set(folder, _data(job, data_cache), cfg.registration_eval, job.seed, job.device,
-                                   Path(tmp) / "job", name=f"{job.name}-rescore")
+                scored = scorer.set(folder, _data(job, data_cache), cfg.registration_eval, job.seed, job.device,
+                                    Path(tmp) / "job", name=f"{job.name}-rescore")
                 entry["version"], entry["scored_by"] = _record_rescore(client, cfg, parent, job, synset, protocol,
                                                                        scored.metrics, source)
                 entry["rescored"] = True
@@ -83,7 +84,7 @@ def register_top(client, cfg, top: list[dict[str, Any]], parent: str) -> list[di
         set_tags(client, parent, {"register.protocol.id": protocol.id, "register.protocol.summary": protocol.summary})
     for (ipc, _, seed), (job, protocol) in need_baseline.items():  # the draws paired with the sets, if missing
         have = set(baseline_table(client, job.data.name, ipc, protocol.id, DEFAULT_METRIC).get(seed, {}))
-        _log_random_real(client, cfg, parent, job, protocol, _data(job, data_cache), have)
+        _log_random_real(scorer, client, cfg, parent, job, protocol, _data(job, data_cache), have)
     return out
 
 
@@ -115,11 +116,11 @@ def _record_rescore(client, cfg, parent: str, job, synset, protocol: Protocol, s
     return entry["version"], run.run_id
 
 
-def _log_random_real(client, cfg, parent: str, job, protocol: Protocol, data, have: set[int]) -> list[str]:
+def _log_random_real(scorer: Scorer, client, cfg, parent: str, job, protocol: Protocol, data, have: set[int]) -> list[str]:
     """Evaluate the random-real draws paired with the job's sets (its evaluation seed, its own initialization
     draw first: ``cmidd.gain.draw_seeds``) under the registration protocol, those not in ``have``; log each as a
     run linked to ``parent`` (kind ``baseline``)."""
     real = job.method.init == "real" and job.method.factor == 1
-    return log_random_real_draws(data, job.ipc, protocol, cfg.registration_eval, job.seed, cfg.name,
+    return log_random_real_draws(scorer, data, job.ipc, protocol, cfg.registration_eval, job.seed, cfg.name,
                                  own_draw=job.seed if real else None, device=resolve_device(job.device), skip=have,
                                  client=client, extra_tags={TAG_SEARCH: cfg.name, TAG_SEARCH_PARENT: parent})

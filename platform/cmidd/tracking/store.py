@@ -87,8 +87,8 @@ class MlflowStore:
 
     # Workflows: what this store still orchestrates itself (a re-scoring's evaluate jobs, a search's front)
     def rescore(self, dataset: str, ipc: int, protocol: str, versions: list[int] | None, seed: int,
-                device: str) -> list[dict[str, Any]]:
-        return rescore_versions(dataset, ipc, protocol, versions, self.given, seed, device)
+                device: str, scorer) -> list[dict[str, Any]]:
+        return rescore_versions(scorer, dataset, ipc, protocol, versions, self.given, seed, device)
 
     def pareto_best(self, search: str, limits: dict[str, float]) -> dict[str, Any]:
         return pareto_best(search, limits, self.given)
