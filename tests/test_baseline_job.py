@@ -29,8 +29,12 @@ def test_a_baseline_job_scores_each_draw_as_the_evaluation_does(tmp_path, digits
         ref = evaluate(*ref_set.training_set(), digits, EvalCfg(**EVAL), 3, "cpu").metrics()
         assert d.metrics == pytest.approx(ref, abs=0)
     assert len({d.synset.sha256() for d in res.draws}) == 3  # three different draws
-    assert res.metrics == res.draws[0].metrics and res.synset is res.draws[0].synset
-    assert sorted({r["draw"] for r in res.rows}) == [0, 1, 3] and {r["set"] for r in res.rows} == {"random-real"}
+    assert res.metrics == res.draws[0].metrics and res.synset is None
+    assert {(r["draw"], r["set"]) for r in res.rows} == {(d, f"random-real draw {d}") for d in (3, 0, 1)}
+    from cmidd.synthetic import SyntheticSet  # each draw saved beside result.json, checksums verified on load
+
+    for d in res.draws:
+        assert SyntheticSet.load(tmp_path / "rr" / "draws" / str(d.draw)).sha256() == d.synset.sha256()
     written = json.loads((tmp_path / "rr" / "result.json").read_text())
     assert [d["draw"] for d in written["draws"]] == [3, 0, 1]
     assert written["draws"][1]["sha256"] == res.draws[1].synset.sha256()

@@ -193,9 +193,10 @@ def _distill_and_evaluate(jobs: dict[str, Any], data, store: Store | None, paren
                             "eval": job.eval.model_dump(mode="json"),
                             "output": {"dir": str(job.output.dir.parent / "random-real")}}, "demo:random-real"),
                  experiment)
-    baseline = scored.synset  # the first draw: the sets' own initialization
+    baseline = scored.draws[0].synset  # the first draw: the sets' own initialization
     seconds["random-real"] = time.perf_counter() - t
-    own_rows = [{k: v for k, v in r.items() if k != "draw"} for r in scored.rows if r["draw"] == job.seed]
+    own_rows = [{k: v for k, v in r.items() if k != "draw"} | {"set": "random-real"} for r in scored.rows
+                if r["draw"] == job.seed]
 
     sets = {"random-real": baseline, "dm": results["dm"].synset, "dm+cmi": results["dm+cmi"].synset}
     rows = own_rows + results["dm"].rows + results["dm+cmi"].rows

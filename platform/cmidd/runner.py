@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CURVES = "curves.png"
+DRAWS = "draws"  # a baseline job's drawn sets: <output.dir>/draws/<seed>/
 RUNNERS: Registry[Callable[..., "JobResult"]] = Registry("job kind")
 Loop = Callable[..., tuple[SyntheticSet, History]]
 
@@ -290,18 +291,19 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, l
 
 @RUNNERS.register("baseline")
 def _run_baseline(job: BaselineJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
-    """Draw and score each random-real set of ``job.draws``; the metrics are the first draw's (its rows and every
-    draw's scores are in ``draws``)."""
+    """Draw and score each random-real set of ``job.draws`` (saved, with checksums, in ``<output.dir>/draws/<seed>``);
+    the metrics are the first draw's, every draw's scores are in ``draws``, the rows name each draw."""
     device = resolve_device(job.device)
     job.output.dir.mkdir(parents=True, exist_ok=True)
     draws, rows = [], []
     for d in job.draws:
         synset = random_real_set(data, job.ipc, d)
         res = evaluate(*synset.training_set(), data, job.eval, job.seed, device)
-        rows += [{**r, "draw": d} for r in res.rows("random-real")]
+        synset.save(job.output.dir / DRAWS / str(d))
+        rows += [{**r, "draw": d} for r in res.rows(f"random-real draw {d}")]
         draws.append(Draw(d, synset, res.metrics()))
-    return JobResult("baseline", job.output.dir, metrics=dict(draws[0].metrics), rows=rows, synset=draws[0].synset,
-                     draws=draws)
+    return JobResult("baseline", job.output.dir, metrics=dict(draws[0].metrics), rows=rows, draws=draws,
+                     extra={"draws_dir": str(job.output.dir / DRAWS)})
 
 
 def ensemble_sources(job: EnsembleJob, data: Dataset) -> list[SyntheticSet]:

@@ -112,4 +112,6 @@ def print_result(result) -> None:
             print(f"{k}: {v:.4g}")
     if result.synset is not None:
         print(f"synthetic set: {result.outdir / 'synthetic'} (sha256 {result.synset.sha256()[:16]})")
+    for d in result.draws:  # a baseline job's drawn sets
+        print(f"random-real draw {d.draw}: {result.outdir / 'draws' / str(d.draw)} (sha256 {d.synset.sha256()[:16]})")
     print(f"results: {result.outdir / 'result.json'}")
