@@ -29,7 +29,13 @@ def test_a_baseline_job_scores_each_draw_as_the_evaluation_does(tmp_path, digits
         ref = evaluate(*ref_set.training_set(), digits, EvalCfg(**EVAL), 3, "cpu").metrics()
         assert d.metrics == pytest.approx(ref, abs=0)
     assert len({d.synset.sha256() for d in res.draws}) == 3  # three different draws
-    assert res.metrics == res.draws[0].metrics and res.synset is None
+    assert {k: v for k, v in res.metrics.items() if not k.startswith("draws/")} == res.draws[0].metrics
+    assert res.synset is None and res.metrics["draws/n"] == 3
+    accs = [d.metrics["acc/cross_arch_mean"] for d in res.draws]  # the spread over draws, by hand
+    mean = sum(accs) / 3
+    assert res.metrics["draws/mean/acc/cross_arch_mean"] == pytest.approx(mean, abs=1e-12)
+    assert res.metrics["draws/std/acc/cross_arch_mean"] == pytest.approx(
+        (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5, abs=1e-12)
     assert {(r["draw"], r["set"]) for r in res.rows} == {(d, f"random-real draw {d}") for d in (3, 0, 1)}
     from cmidd.synthetic import SyntheticSet  # each draw saved beside result.json, checksums verified on load
 

@@ -28,6 +28,7 @@ from .device import resolve_device
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .distill import History, Hooks, distill
 from .ensemble import check_combinable, combine_sets
+from .gain import spread
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult, baseline_set, evaluate
 from .lam import LAM_KEY, RATIO_KEY, effective_lambda, set_label_of_job
@@ -292,7 +293,8 @@ def _run_evaluate(job: EvaluateJob, data: Dataset, hooks: Hooks, resume: bool, l
 @RUNNERS.register("baseline")
 def _run_baseline(job: BaselineJob, data: Dataset, hooks: Hooks, resume: bool, loop: Loop) -> JobResult:
     """Draw and score each random-real set of ``job.draws`` (saved, with checksums, in ``<output.dir>/draws/<seed>``);
-    the metrics are the first draw's, every draw's scores are in ``draws``, the rows name each draw."""
+    the metrics are the first draw's plus the spread over the draws (``draws/mean|std/<ranking metric>``, ``draws/n``),
+    every draw's scores are in ``draws``, the rows name each draw."""
     device = resolve_device(job.device)
     job.output.dir.mkdir(parents=True, exist_ok=True)
     draws, rows = [], []
@@ -302,7 +304,11 @@ def _run_baseline(job: BaselineJob, data: Dataset, hooks: Hooks, resume: bool, l
         synset.save(job.output.dir / DRAWS / str(d))
         rows += [{**r, "draw": d} for r in res.rows(f"random-real draw {d}")]
         draws.append(Draw(d, synset, res.metrics()))
-    return JobResult("baseline", job.output.dir, metrics=dict(draws[0].metrics), rows=rows, draws=draws,
+    over = spread([d.metrics[names.CROSS_ARCH_MEAN] for d in draws])
+    metrics = {**draws[0].metrics, f"draws/mean/{names.CROSS_ARCH_MEAN}": over["mean"], "draws/n": float(over["n"])}
+    if over["std"] is not None:
+        metrics[f"draws/std/{names.CROSS_ARCH_MEAN}"] = over["std"]
+    return JobResult("baseline", job.output.dir, metrics=metrics, rows=rows, draws=draws,
                      extra={"draws_dir": str(job.output.dir / DRAWS)})
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..names import CROSS_ARCH_MEAN
 from ..redact import redact
 from ._args import add_address, add_json, add_no_track, add_resume, add_set, add_tracking_uri, json_stdout
 
@@ -114,4 +115,7 @@ def print_result(result) -> None:
         print(f"synthetic set: {result.outdir / 'synthetic'} (sha256 {result.synset.sha256()[:16]})")
     for d in result.draws:  # a baseline job's drawn sets
         print(f"random-real draw {d.draw}: {result.outdir / 'draws' / str(d.draw)} (sha256 {d.synset.sha256()[:16]})")
+    if len(result.draws) > 1:
+        m, s = (result.metrics.get(f"draws/{k}/{CROSS_ARCH_MEAN}") for k in ("mean", "std"))
+        print(f"random-real over {len(result.draws)} draws: {CROSS_ARCH_MEAN} {m:.4f} +- {s:.4f} (sample std)")
     print(f"results: {result.outdir / 'result.json'}")
