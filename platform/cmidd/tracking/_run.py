@@ -35,7 +35,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.exceptions import MlflowException
 
 from ..distill import CHECKPOINT, Hooks, History, distill
-from ..errors import ConfigError, IntegrityError
+from ..errors import CmiddError, ConfigError, IntegrityError
 from ..files import atomic_write, sha256_file
 from ..lam import LAM_KEY, lam_effective
 from ..outdir import owned
@@ -138,8 +138,11 @@ def _tracked(job, uri: str, resume_run_id: str | None, resume: bool, hooks: Hook
         if job.kind == "distill":
             _record_run(job.output.dir, run.run_id, uri)
         if not resume_run_id:
-            with mlflow_errors():
-                log_data_input(client, run.run_id, job, data)
+            try:
+                with mlflow_errors():
+                    log_data_input(client, run.run_id, job, data)
+            except CmiddError as e:  # a record for the UI only: a store lost now is met by the loop's hooks (the
+                log.warning("the data set's input record was not logged: %s", e)  # outage budget, the resume line)
         hooks_ml = MlflowHooks(client, run.run_id, inner=hooks, skip_through=skip, slot=slot,
                                call_bound=store_call_bound_s(uri),
                                where=f"MLflow store {uri}",
