@@ -237,6 +237,12 @@ def test_an_ensemble_is_a_job_the_app_runs_in_any_store(tmp_path, digits):
         raw = tiny_distill(tmp_path / f"s{seed}") | {"seed": seed}
         sets.append(execute(parse_job(raw), track=True, store=store, data=digits).result.synset)
     ev = EvalCfg(archs=["ConvNetD1"], num_eval=1, epochs=2)
+    from cmidd.errors import ConfigError
+
+    for bad in ([1], [1, 1], None):  # the app's rule, whatever the store: refused before anything runs
+        with pytest.raises(ConfigError, match=r"^--versions: need two or more distinct versions, got "):
+            ensemble(store, "concat", ev, seed=0, dataset="digits", ipc=2, versions=bad)
+    assert len(store.run_rows) == 2
     r = ensemble(store, "concat", ev, seed=0, dataset="digits", ipc=2, versions=[1, 2])
     assert r.synset.ipc == 4 and r.run_id == "mem-3" and r.version == {"name": "distilled-digits-ipc4",
                                                                        "version": 1, "alias": None}

@@ -296,6 +296,8 @@ def ensemble(store: Store, mode: str, eval_cfg: EvalCfg, seed: int = 0, *, from_
     refused before the run exists."""
     from .config import parse_job
 
+    if not from_search and (len(versions or []) < 2 or len(set(versions)) != len(versions)):
+        raise ConfigError(f"--versions: need two or more distinct versions, got {versions}")
     with tempfile.TemporaryDirectory(prefix="cmidd-ens-") as tmp:
         src = (store.search_sets(from_search, top, Path(tmp)) if from_search
                else store.version_sets(dataset, ipc, versions, Path(tmp)))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import UnknownNameError
 from ._client import DEFAULT_METRIC, SYNTHETIC, client_for, mlflow_errors, resolve_uri
 from ._sets import pull, set_model_name
 
@@ -80,8 +80,6 @@ def search_sets(parent_run_id: str, top: int, into: Path, uri: str | None = None
 
 def version_sets(dataset: str, ipc: int, versions: list[int], into: Path, uri: str | None = None) -> SourceSets:
     """Registered versions of ``distilled-<dataset>-ipc<ipc>``, pulled into ``into`` with checksums verified."""
-    if len(versions) < 2 or len(set(versions)) != len(versions):
-        raise ConfigError(f"--versions: need two or more distinct versions, got {versions}")
     uri = resolve_uri(uri)
     name = set_model_name(dataset, ipc)
     folders = [pull(dataset, ipc, Path(into) / f"v{v}", version=v, uri=uri) for v in versions]
