@@ -2,8 +2,9 @@
 
 ``rescore_versions`` takes a protocol by id (its definition is the ``protocol.json`` tag that every scored
 run and version carries), and for every registered set of ``distilled-<dataset>-ipc<k>`` that has no version
-under that protocol yet (by content sha256): downloads and verifies the set, evaluates it under the protocol
-in a new run (kind ``evaluate``, experiment ``rescore-<model>``, tags ``protocol.*`` and
+under that protocol yet (by content sha256): downloads and verifies the set, has it scored under the protocol by
+the app's ``Scorer`` (an ``evaluate`` job of the runner; this module evaluates nothing itself), then records the
+scores in a new run (kind ``evaluate``, experiment ``rescore-<model>``, tags ``protocol.*`` and
 ``cmidd.evaluates=<source>``, the source run's params with the ``eval.*`` ones replaced), copies the verified set
 into that run and registers it from there (an MLflow server accepts a ``runs:/`` source only inside the run the
 version names: ``upload_set``). The champions move as always (per protocol), and a random-real
