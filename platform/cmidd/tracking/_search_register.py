@@ -7,7 +7,8 @@ job's ``eval`` block). For each of the top-k finished trials:
 * its set is downloaded from the trial's run and verified (``runs:/<trial run>/synthetic``);
 * if the trial's run was scored under the registration protocol (tag ``protocol.id``), it is registered from
   that run;
-* else it is re-evaluated under the registration protocol in a new run (kind ``evaluate``, in the search's
+* else it is scored under the registration protocol by the app's ``Scorer`` (an ``evaluate`` job of the runner),
+  and the scores are recorded in a new run (kind ``evaluate``, in the search's
   experiment, tags ``protocol.*``, ``cmidd.evaluates=<source>`` and ``cmidd.search.parent=<parent run>``; not
   an MLflow child: the parent's children are its trials), and registered from that run, with a copy of the
   trial's verified files logged in that run as source (an MLflow server accepts a ``runs:/`` source only inside
@@ -15,8 +16,10 @@ job's ``eval`` block). For each of the top-k finished trials:
 * a version that already exists for that set (content sha256) and protocol is kept (a resumed search does not
   duplicate).
 
-Then the champions move (``move_champion``: per protocol) and, when no random-real baseline exists
-under the registration protocol for a registered IPC, one is evaluated and logged (kind ``baseline``), so that
+In a multi-objective search the caller passes the Pareto front's trials beside the top-k, so every answer of
+``cmidd best --pareto`` is a registered version. Then the champions move (``move_champion``: per protocol) and, when no random-real baseline exists
+under the registration protocol for a registered IPC, the ``Scorer``'s ``baseline`` job scores the draws and each
+is logged (kind ``baseline``), so that
 ``cmidd best`` can state the gain over it.
 """
 
