@@ -17,9 +17,9 @@ job's ``eval`` block). For each of the top-k finished trials:
   duplicate).
 
 In a multi-objective search the caller passes the Pareto front's trials beside the top-k, so every answer of
-``cmidd best --pareto`` is a registered version. Then the champions move (``move_champion``: per protocol) and, when no random-real baseline exists
-under the registration protocol for a registered IPC, the ``Scorer``'s ``baseline`` job scores the draws and each
-is logged (kind ``baseline``), so that
+``cmidd best --pareto`` is a registered version. Then the champions move (``move_champion``: per protocol) and,
+when no random-real baseline exists under the registration protocol for a registered IPC, the ``Scorer``'s
+``baseline`` job scores the draws and each is logged (kind ``baseline``), so that
 ``cmidd best`` can state the gain over it.
 """
 
