@@ -14,9 +14,9 @@ Example:
 from ._fields import DSA_DEFAULT, Device
 from ._load import JOBS_DIR, apply_overrides, flatten, format_error, load_raw, read_yaml, set_path
 from .job import (JOB_KINDS, JOB_MODELS, BaselineJob, CMICfg, DataCfg, DistillJob, EnsembleJob, EvalCfg, EvaluateJob, ExpertsCfg,
-                  ExpertsJob, Job, METHOD_MODELS, MethodBase, MethodCfg, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg,
-                  load_job, method_cfg, method_fields, parse_job)
-from .methods import METHOD_CONFIGS, DmCfg, GmCfg, IdcCfg, MttCfg
+                  ExpertsJob, Job, NetCfg, OutputCfg, PretrainProxiesJob, ProxiesCfg, ScalingCfg, load_job, parse_job)
+from .methods import (METHOD_CONFIGS, METHOD_MODELS, DmCfg, GmCfg, IdcCfg, MethodBase, MethodCfg, MttCfg, method_cfg,
+                      method_fields)
 from .search import (ZERO_ARM, AshaCfg, Objective, ParamSpec, SearchCfg, SearchRunCfg, TrialResources, load_search,
                      trial_job, trial_job_raw)
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError
 from ._fields import (DSA_DEFAULT, MAX_BATCH, MAX_COUNT, MAX_SEED, MAX_WIDTH, AggName, Bool, Cfg,
                       DatasetName, Device, DsaMode, DsaStrategy, Float, Folder, Int, NetName, ProxySetName,
                       UserPath)
 from ._load import apply_overrides, format_error, read_yaml
-from .methods import METHOD_CONFIGS, MethodBase
+from .methods import METHOD_MODELS, MethodCfg, method_fields
 
 
 class DataCfg(Cfg):
@@ -47,45 +47,6 @@ class NetCfg(Cfg):
     def kwargs(self) -> dict[str, Any]:
         """The overrides that are set, as keyword arguments for ``create_net``."""
         return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
-
-
-def _method_tag(value: Any) -> str | None:
-    """The ``method`` block's member of the union: its ``name`` (``dm`` when omitted)."""
-    if isinstance(value, dict):
-        name = value.get("name", "dm")
-        return name if isinstance(name, str) else None
-    return getattr(value, "name", None)
-
-
-def _known_method(value: Any) -> Any:
-    """Refuse an unregistered ``method.name`` with the registry's line (close match, the choices)."""
-    name = value.get("name", "dm") if isinstance(value, dict) else None
-    if isinstance(name, str) and name not in METHOD_CONFIGS:
-        try:
-            METHOD_CONFIGS.get(name)
-        except UnknownNameError as e:
-            raise ValueError(f"name: {e}") from None
-    return value
-
-
-# The DD method and its image optimizer: one model per registered method (``config.methods``), told apart
-# by ``name``; each forbids the fields of the others.
-METHOD_MODELS: dict[str, type[MethodBase]] = {n: METHOD_CONFIGS.get(n) for n in METHOD_CONFIGS.names()}
-MethodCfg = Annotated[Union[tuple(Annotated[m, Tag(n)] for n, m in METHOD_MODELS.items())],  # type: ignore[misc]
-                      Discriminator(_method_tag, custom_error_type="method",
-                                    custom_error_message=f"must be a mapping of a method's fields, its name one of "
-                                                         f"{', '.join(METHOD_MODELS)}"),
-                      BeforeValidator(_known_method)]
-
-
-def method_cfg(**fields: Any) -> MethodBase:
-    """The config model of method ``fields["name"]`` (``dm`` when omitted), validated: ``method_cfg(name="gm")``."""
-    return METHOD_CONFIGS.get(fields.get("name", "dm")).model_validate(fields)
-
-
-def method_fields(name: str) -> set[str]:
-    """The field names of method ``name``'s config model."""
-    return set(METHOD_MODELS[name].model_fields)
 
 
 class CMICfg(Cfg):

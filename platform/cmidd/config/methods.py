@@ -4,7 +4,7 @@ Kept in the config package, beside the job schema that builds its ``method`` uni
 plug-ins (``cmidd.methods``, which import torch) stay below the config (they name these models under
 ``TYPE_CHECKING`` only), so no import cycle runs through them.
 
-The job's ``method`` block is the union of these models, told apart by ``method.name`` (``config.job.MethodCfg``).
+The job's ``method`` block is the union of these models, told apart by ``method.name`` (``MethodCfg``, below).
 A model holds the fields shared by every method (``MethodBase``: the image optimizer, the loop's multi-formation,
 the real batch, DSA) plus its method's own; a field of another method is refused (``extra="forbid"``). Every
 int/float field has an upper bound (``tests/test_config.py``).
@@ -16,10 +16,11 @@ model also declares the artifacts the method needs (``artifacts``) and its rules
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import BeforeValidator, Discriminator, Field, Tag
 
+from ..errors import UnknownNameError
 from ..registry import Registry
 from ._fields import DSA_DEFAULT, MAX_BATCH, MAX_COUNT, MAX_LR, Bool, Cfg, DsaMode, DsaStrategy, Float, Int
 
@@ -103,3 +104,42 @@ class MttCfg(MethodBase):
         if self.max_start_epoch + self.expert_epochs > job.experts.epochs:
             raise ValueError("method.max_start_epoch + method.expert_epochs <= experts.epochs must hold, but got "
                              f"{self.max_start_epoch} + {self.expert_epochs} > {job.experts.epochs}")
+
+
+def _method_tag(value: Any) -> str | None:
+    """The ``method`` block's member of the union: its ``name`` (``dm`` when omitted)."""
+    if isinstance(value, dict):
+        name = value.get("name", "dm")
+        return name if isinstance(name, str) else None
+    return getattr(value, "name", None)
+
+
+def _known_method(value: Any) -> Any:
+    """Refuse an unregistered ``method.name`` with the registry's line (close match, the choices)."""
+    name = value.get("name", "dm") if isinstance(value, dict) else None
+    if isinstance(name, str) and name not in METHOD_CONFIGS:
+        try:
+            METHOD_CONFIGS.get(name)
+        except UnknownNameError as e:
+            raise ValueError(f"name: {e}") from None
+    return value
+
+
+# The DD method and its image optimizer: one model per registered method (above), told apart
+# by ``name``; each forbids the fields of the others.
+METHOD_MODELS: dict[str, type[MethodBase]] = {n: METHOD_CONFIGS.get(n) for n in METHOD_CONFIGS.names()}
+MethodCfg = Annotated[Union[tuple(Annotated[m, Tag(n)] for n, m in METHOD_MODELS.items())],  # type: ignore[misc]
+                      Discriminator(_method_tag, custom_error_type="method",
+                                    custom_error_message=f"must be a mapping of a method's fields, its name one of "
+                                                         f"{', '.join(METHOD_MODELS)}"),
+                      BeforeValidator(_known_method)]
+
+
+def method_cfg(**fields: Any) -> MethodBase:
+    """The config model of method ``fields["name"]`` (``dm`` when omitted), validated: ``method_cfg(name="gm")``."""
+    return METHOD_CONFIGS.get(fields.get("name", "dm")).model_validate(fields)
+
+
+def method_fields(name: str) -> set[str]:
+    """The field names of method ``name``'s config model."""
+    return set(METHOD_MODELS[name].model_fields)

@@ -16,7 +16,8 @@ from ..errors import ConfigError
 from ..names import COSTS, CROSS_ARCH_MEAN, CROSS_ARCH_STD
 from ._fields import MAX_COUNT, MAX_SEED, Bool, Cfg, Float, Folder, Int
 from ._load import apply_overrides, format_error, read_yaml, set_path
-from .job import METHOD_MODELS, DistillJob, EvalCfg, method_fields, parse_job
+from .job import DistillJob, EvalCfg, parse_job
+from .methods import METHOD_MODELS, method_fields
 
 ZERO_ARM = "cmi_on"  # the categorical that ``zero_arm: true`` adds: False runs the trial with cmi.lam = alpha = 0
 WEIGHTS = ("cmi.lam", "cmi.alpha")  # the searched CMI weights that may carry a zero arm
