@@ -197,12 +197,12 @@ def finish_search(client, cfg: SearchCfg, parent: str, trials: list[dict[str, An
             version = {e["run_id"]: {"name": e["name"], "version": e["version"]} for e in registered}
             for r in front:  # the registered version of each front trial (pareto.json, cmidd best --pareto)
                 r["registered"] = version.get(r["run_id"])
-        _log_parent(client, cfg, parent, summary, study_files)
+        _log_parent(client, cfg, parent, summary, study_files, front)
     return summary
 
 
-def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any], study_files: StudyFiles | None
-                ) -> None:
+def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any], study_files: StudyFiles | None,
+                front: list[dict[str, Any]]) -> None:
     """The best config as params, counts and the best value as metrics, trials.json, study summary, plots."""
     best = summary["best"]
     params = {f"best.{k}": str(v) for k, v in best["params"].items() if k not in RAW_LAMBDA}
@@ -222,7 +222,6 @@ def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any], st
         (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
         files = ["trials.json"]
         if "pareto" in summary:  # the front's rows and the objectives (cmidd best --pareto reads them)
-            front = [r for r in rows if r["trial_id"] in summary["pareto"]]
             doc = {"objectives": [o.model_dump() for o in cfg.search.targets], "front": front}
             (folder / PARETO_FILE).write_text(json.dumps(doc, indent=2, default=str))
             files.append(PARETO_FILE)
@@ -232,7 +231,7 @@ def _log_parent(client, cfg: SearchCfg, parent: str, summary: dict[str, Any], st
             files += plots(cfg, rows, folder)
             files += comparison(client, cfg, summary, folder)
             if "pareto" in summary:
-                files += pareto_plot(cfg, rows, pareto_rows(cfg, rows), folder)
+                files += pareto_plot(cfg, rows, front, folder)
         except Exception as e:  # plots are a convenience: never fail a finished search on them
             log.warning("search plots skipped: %s", e)
         for name in files:
