@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .distill import distill
 from .errors import CmiddError, ConfigError
+from .names import set_of_model
 from .ray import pick_loop, run_job
 from .scoring import SCORER
 from .store import Store, Workflows
@@ -245,8 +246,7 @@ def _registered_models(registered: list[dict[str, Any]]) -> list[tuple[str, str,
     """(model, dataset, ipc, protocol) of each model and protocol ``registered`` versions went into, in order."""
     out = []
     for name, pid in dict.fromkeys((v["name"], v.get("protocol")) for v in registered):
-        dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
-        out.append((name, dataset, int(ipc), pid))
+        out.append((name, *set_of_model(name), pid))
     return out
 
 

@@ -43,3 +43,14 @@ KEY = "_key/"  # metrics under it sort first in the runs table's column picker
 KEY_LAMBDA, KEY_RATIO, KEY_ACC, KEY_GAIN = (f"{KEY}{k}" for k in ("lambda", "cmi_ratio", "cross_arch_acc",
                                                                  "gain_over_random_pt"))
 TAG_GAIN = "gain_over_random"  # on registry versions: "+3.2 +- 0.8 pt (n=3)"
+
+
+def set_model_name(dataset: str, ipc: int) -> str:
+    """The registered model of a data set's distilled sets at one IPC: ``distilled-<dataset>-ipc<k>``."""
+    return f"distilled-{dataset}-ipc{int(ipc)}"
+
+
+def set_of_model(name: str) -> tuple[str, int]:
+    """(dataset, ipc) of a model named by ``set_model_name``."""
+    dataset, _, ipc = name.removeprefix("distilled-").rpartition("-ipc")
+    return dataset, int(ipc)

@@ -75,7 +75,7 @@ def pareto_command(args) -> None:
     from ..app import open_store, pareto_best
     from ..errors import ConfigError
     from ..lam import fmt_lam
-    from ..names import DISTILL_SECONDS, IPC
+    from ..names import DISTILL_SECONDS, IPC, set_of_model
     from ..search_report import fmt_objective
 
     if args.pareto is None:
@@ -96,7 +96,7 @@ def pareto_command(args) -> None:
     print(f"  run       {best['run_id']}")
     reg = best.get("registered")
     if reg:  # every front trial is registered (under the search's registration protocol)
-        dataset, _, ipc = reg["name"].removeprefix("distilled-").rpartition("-ipc")
+        dataset, ipc = set_of_model(reg["name"])
         print(f"  version   {reg['name']} version {reg['version']}   "
               f"(cmidd pull --dataset {dataset} --ipc {ipc} --version {reg['version']} --out DIR)")
 

@@ -148,8 +148,6 @@ def study_summary(cfg: SearchCfg, rows: list[dict[str, Any]], folder: Path) -> l
 def _optuna_plot(name: str, study, path: Path, target=None, target_name: str = "Objective Value") -> list[str]:
     """Optuna's own matplotlib plot ``optuna.visualization.matplotlib.<name>`` of ``study`` into ``path`` (of
     ``target(trial)`` when given: a multi-objective study's plots need one)."""
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")

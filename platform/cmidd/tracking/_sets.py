@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ..errors import CmiddError, ConfigError, IntegrityError, UnknownNameError
+from ..names import set_model_name
 from ..protocol import TAG_ID, TAG_JSON, TAG_SUMMARY, UNKNOWN
 from ..runner import JobResult
 from ..outdir import MARKER
@@ -33,11 +34,6 @@ from ._ranking import (
 from ._tags import code_version, distill_tags
 
 log = logging.getLogger(__name__)
-
-
-def set_model_name(dataset: str, ipc: int) -> str:
-    """``distilled-<dataset>-ipc<k>``."""
-    return f"distilled-{dataset}-ipc{int(ipc)}"
 
 
 def load_verified(folder: Path, label: str) -> SyntheticSet:
